@@ -1,0 +1,1 @@
+//! The report behind `provbox store check`.

@@ -1,0 +1,1 @@
+//! The typed records provbox keeps in the store.

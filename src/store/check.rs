@@ -1,1 +1,183 @@
-//! The report behind `provbox store check`.
+//! The report behind `provbox store check`: every sector, every record, and where anything
+//! is wrong.
+//!
+//! Power-cut residue (a torn last write, a sector whose erase or header write was
+//! interrupted) is normal and reported as a notice; mount tolerates it and reuse clears it.
+//! Corruption is anything a power cut cannot produce: unreadable data followed by more data,
+//! or a record whose body does not decode.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use embedded_storage::nor_flash::NorFlash;
+
+use super::engine::{SectorScan, SectorState, Tail, geometry_of, scan_sector};
+use super::format::HeaderState;
+use super::records::{AdminCredentials, AuditEntry, Device, Kind, OutboxItem, Record, Setting};
+use super::{Store, StoreError};
+
+/// One thing `check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Where: a sector and byte offset, or a record key.
+    pub location: String,
+    /// What.
+    pub what: String,
+}
+
+/// One sector's line in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectorLine {
+    /// Physical index.
+    pub index: usize,
+    /// Log position, for sectors in the log.
+    pub seq: Option<u32>,
+    /// Erases so far, when known.
+    pub erase_count: Option<u32>,
+    /// Bytes of records that are the latest for their key.
+    pub live_bytes: u32,
+    /// Bytes in use by anything else.
+    pub dead_bytes: u32,
+}
+
+/// The full report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Sector size in bytes.
+    pub sector_size: usize,
+    /// Every sector.
+    pub sectors: Vec<SectorLine>,
+    /// Live records by kind name.
+    pub records: BTreeMap<&'static str, usize>,
+    /// Normal power-cut residue.
+    pub notices: Vec<Finding>,
+    /// Damage.
+    pub corruption: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// True when nothing is damaged.
+    pub fn is_clean(&self) -> bool {
+        self.corruption.is_empty()
+    }
+}
+
+/// Reads every sector and record of the store on `flash`.
+pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
+    let geometry = geometry_of(&flash)?;
+    let mut image = vec![0xFF; geometry.capacity()];
+    flash.read(0, &mut image).map_err(|e| StoreError::Flash {
+        kind: embedded_storage::nor_flash::NorFlashError::kind(&e),
+        detail: format!("{e:?}"),
+    })?;
+    let mut notices = Vec::new();
+    let mut corruption = Vec::new();
+    for (index, bytes) in image.chunks(geometry.sector_size).enumerate() {
+        let base = index * geometry.sector_size;
+        let at = |offset: usize| format!("sector {index}, offset {:#x}", base + offset);
+        let SectorScan { header, tail, .. } = scan_sector(&geometry, bytes);
+        match (header, tail) {
+            (HeaderState::Garbage, _) => notices.push(Finding {
+                location: at(0),
+                what: "unreadable header (an interrupted erase or header write); reclaimed when reused".into(),
+            }),
+            (HeaderState::Valid(_), Tail::Torn { offset }) => notices.push(Finding {
+                location: at(offset),
+                what: "unfinished last write (a power cut); ignored, never written over".into(),
+            }),
+            (HeaderState::Valid(_), Tail::Corrupt { offset }) => corruption.push(Finding {
+                location: at(offset),
+                what: "unreadable entry followed by more data; records after it in this sector are lost".into(),
+            }),
+            _ => {}
+        }
+    }
+    let store = Store::mount(flash)?;
+    let mut records = BTreeMap::new();
+    for (key, value) in store.iter_prefix(&[]) {
+        let kind = Kind::from_byte(key[0]);
+        let decoded = match kind {
+            Some(Kind::Device) => Device::decode(value).map(drop),
+            Some(Kind::Setting) => Setting::decode(value).map(drop),
+            Some(Kind::Admin) => AdminCredentials::decode(value).map(drop),
+            Some(Kind::Outbox) => OutboxItem::decode(value).map(drop),
+            Some(Kind::Audit) => AuditEntry::decode(value).map(drop),
+            None => Ok(()),
+        };
+        *records.entry(kind.map_or("unknown", Kind::name)).or_insert(0) += 1;
+        if let Err(error) = decoded {
+            corruption.push(Finding { location: format!("record {}", hex(key)), what: error.to_string() });
+        }
+    }
+    let sectors = store
+        .sectors()
+        .iter()
+        .enumerate()
+        .map(|(index, info)| {
+            let (seq, erase_count) = match info.state {
+                SectorState::Active { seq, erase_count } => (Some(seq), Some(erase_count)),
+                SectorState::Free { erase_count } => (None, erase_count),
+            };
+            SectorLine {
+                index,
+                seq,
+                erase_count,
+                live_bytes: info.live_bytes,
+                dead_bytes: info.used_bytes.saturating_sub(info.live_bytes),
+            }
+        })
+        .collect();
+    Ok(CheckReport { sector_size: geometry.sector_size, sectors, records, notices, corruption })
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} sectors of {} bytes", self.sectors.len(), self.sector_size)?;
+        writeln!(f, "{:>6} {:>8} {:>7} {:>7} {:>7}", "sector", "seq", "erases", "live", "dead")?;
+        // Active sectors one per line; runs of free sectors on one line.
+        let mut lines = self.sectors.iter().peekable();
+        while let Some(line) = lines.next() {
+            let erases = |l: &SectorLine| l.erase_count.map_or("?".into(), |e| e.to_string());
+            if let Some(seq) = line.seq {
+                writeln!(
+                    f,
+                    "{:>6} {seq:>8} {:>7} {:>7} {:>7}",
+                    line.index,
+                    erases(line),
+                    line.live_bytes,
+                    line.dead_bytes
+                )?;
+                continue;
+            }
+            let mut last = line;
+            while let Some(next) = lines.next_if(|n| n.seq.is_none() && n.erase_count == line.erase_count) {
+                last = next;
+            }
+            let span = if last.index == line.index {
+                line.index.to_string()
+            } else {
+                format!("{}-{}", line.index, last.index)
+            };
+            writeln!(f, "{span:>6} {:>8} {:>7}", "free", erases(line))?;
+        }
+        let live: u32 = self.sectors.iter().map(|s| s.live_bytes).sum();
+        let dead: u32 = self.sectors.iter().map(|s| s.dead_bytes).sum();
+        let erases: Vec<u32> = self.sectors.iter().filter_map(|s| s.erase_count).collect();
+        let (min, max) = (erases.iter().min().unwrap_or(&0), erases.iter().max().unwrap_or(&0));
+        writeln!(f, "live {live} bytes, dead {dead} bytes, erase counts {min}..={max}")?;
+        let counts: Vec<String> = self.records.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        writeln!(f, "records: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") })?;
+        for finding in &self.notices {
+            writeln!(f, "notice: {}: {}", finding.location, finding.what)?;
+        }
+        for finding in &self.corruption {
+            writeln!(f, "CORRUPT: {}: {}", finding.location, finding.what)?;
+        }
+        Ok(())
+    }
+}

@@ -25,8 +25,7 @@ use std::collections::BTreeMap;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 
 use super::format::{
-    self, ENTRY_HEADER_LEN, Geometry, HeaderState, MAX_KEY_LEN, Op, SectorHeader,
-    Slot as FlashSlot, is_blank,
+    self, ENTRY_HEADER_LEN, Geometry, HeaderState, MAX_KEY_LEN, Op, SectorHeader, Slot as FlashSlot, is_blank,
 };
 
 /// Keys beginning with this byte belong to the engine itself.
@@ -38,6 +37,9 @@ const LOW_WATER_KEY: &[u8] = &[ENGINE_KEY_PREFIX, b'L'];
 const KEEP_FREE_FOR_PUTS: usize = 2;
 /// Reclaimable sectors a delete-only commit must leave behind.
 const KEEP_FREE_FOR_DELETES: usize = 1;
+/// How many erases the oldest live sector may lag behind the most-worn sector before its
+/// (static) records are moved, so that its sector rejoins the rotation.
+const WEAR_LAG_LIMIT: u32 = 2;
 
 /// A key as the store holds it.
 pub type Key = heapless::Vec<u8, MAX_KEY_LEN>;
@@ -54,9 +56,7 @@ pub enum StoreError {
         detail: String,
     },
     /// Not enough space even after compaction; nothing was written.
-    #[error(
-        "store full: {live_bytes} bytes of live data leave no room for {needed} more; remove records first"
-    )]
+    #[error("store full: {live_bytes} bytes of live data leave no room for {needed} more; remove records first")]
     Full {
         /// Bytes the rejected commit needed.
         needed: usize,
@@ -81,9 +81,7 @@ pub enum StoreError {
     #[error("not a provbox store: {0}; refusing to touch it (`provbox store format` erases it)")]
     NotRecognised(String),
     /// A sector written by a newer provbox.
-    #[error(
-        "sector {sector} uses store format version {version}, which this provbox cannot read; upgrade provbox"
-    )]
+    #[error("sector {sector} uses store format version {version}, which this provbox cannot read; upgrade provbox")]
     UnknownVersion {
         /// Sector index.
         sector: usize,
@@ -99,10 +97,7 @@ pub enum StoreError {
 }
 
 fn flash_error<E: NorFlashError>(error: E) -> StoreError {
-    StoreError::Flash {
-        kind: error.kind(),
-        detail: format!("{error:?}"),
-    }
+    StoreError::Flash { kind: error.kind(), detail: format!("{error:?}") }
 }
 
 /// What a sector holds, as the engine tracks it.
@@ -206,15 +201,9 @@ pub fn geometry_of<F: NorFlash>(flash: &F) -> Result<Geometry, StoreError> {
         )));
     }
     if sector_count < 4 {
-        return Err(StoreError::Geometry(format!(
-            "{sector_count} sectors; the store needs at least 4"
-        )));
+        return Err(StoreError::Geometry(format!("{sector_count} sectors; the store needs at least 4")));
     }
-    Ok(Geometry {
-        sector_size,
-        sector_count,
-        align,
-    })
+    Ok(Geometry { sector_size, sector_count, align })
 }
 
 /// How the data area of one active sector ends.
@@ -253,20 +242,12 @@ pub fn scan_sector<'a>(geometry: &Geometry, bytes: &'a [u8]) -> SectorScan<'a> {
     let header = SectorHeader::decode(bytes, geometry);
     let mut entries = Vec::new();
     let HeaderState::Valid(SectorHeader { seq, .. }) = header else {
-        return SectorScan {
-            header,
-            entries,
-            tail: Tail::Clean {
-                free_from: bytes.len(),
-            },
-        };
+        return SectorScan { header, entries, tail: Tail::Clean { free_from: bytes.len() } };
     };
     let mut at = geometry.header_len();
     let tail = loop {
         if at >= bytes.len() {
-            break Tail::Clean {
-                free_from: bytes.len(),
-            };
+            break Tail::Clean { free_from: bytes.len() };
         }
         let damaged_until = match format::read_slot(geometry, bytes, seq, at) {
             FlashSlot::Entry { payload, len } => {
@@ -283,17 +264,9 @@ pub fn scan_sector<'a>(geometry: &Geometry, bytes: &'a [u8]) -> SectorScan<'a> {
             FlashSlot::BadPayload { len } => at + len,
         };
         let after = bytes.get(damaged_until..).unwrap_or_default();
-        break if is_blank(after) {
-            Tail::Torn { offset: at }
-        } else {
-            Tail::Corrupt { offset: at }
-        };
+        break if is_blank(after) { Tail::Torn { offset: at } } else { Tail::Corrupt { offset: at } };
     };
-    SectorScan {
-        header,
-        entries,
-        tail,
-    }
+    SectorScan { header, entries, tail }
 }
 
 impl<F: NorFlash> Store<F> {
@@ -305,14 +278,10 @@ impl<F: NorFlash> Store<F> {
         let geometry = geometry_of(&flash)?;
         let mut image = vec![0xFF; geometry.capacity()];
         for (i, sector) in image.chunks_mut(geometry.sector_size).enumerate() {
-            flash
-                .read((i * geometry.sector_size) as u32, sector)
-                .map_err(flash_error)?;
+            flash.read((i * geometry.sector_size) as u32, sector).map_err(flash_error)?;
         }
-        let scans: Vec<SectorScan<'_>> = image
-            .chunks(geometry.sector_size)
-            .map(|bytes| scan_sector(&geometry, bytes))
-            .collect();
+        let scans: Vec<SectorScan<'_>> =
+            image.chunks(geometry.sector_size).map(|bytes| scan_sector(&geometry, bytes)).collect();
         recognise(&geometry, &scans)?;
 
         let headers: Vec<(usize, SectorHeader)> = scans
@@ -327,9 +296,7 @@ impl<F: NorFlash> Store<F> {
         let next_seq = match max_seq {
             None => 0,
             Some(seq) => seq.checked_add(1).ok_or_else(|| {
-                StoreError::Geometry(
-                    "sector sequence numbers are exhausted; reformat the store".into(),
-                )
+                StoreError::Geometry("sector sequence numbers are exhausted; reformat the store".into())
             })?,
         };
         let known_erases = headers.iter().map(|(_, h)| h.erase_count).max();
@@ -337,11 +304,7 @@ impl<F: NorFlash> Store<F> {
             .iter()
             .map(|scan| SectorInfo {
                 state: SectorState::Free {
-                    erase_count: if scan.header == HeaderState::Blank {
-                        Some(0)
-                    } else {
-                        known_erases
-                    },
+                    erase_count: if scan.header == HeaderState::Blank { Some(0) } else { known_erases },
                 },
                 live_records: 0,
                 live_bytes: 0,
@@ -353,16 +316,7 @@ impl<F: NorFlash> Store<F> {
         by_seq.sort_by_key(|(_, h)| h.seq);
         let decoded: Vec<(usize, Vec<Vec<Op<'_>>>)> = by_seq
             .iter()
-            .map(|&(i, _)| {
-                (
-                    i,
-                    scans[i]
-                        .entries
-                        .iter()
-                        .filter_map(|p| format::decode_ops(p))
-                        .collect(),
-                )
-            })
+            .map(|&(i, _)| (i, scans[i].entries.iter().filter_map(|p| format::decode_ops(p)).collect()))
             .collect();
         let low_water = decoded
             .iter()
@@ -388,21 +342,14 @@ impl<F: NorFlash> Store<F> {
         };
         for ((i, header), (_, entries)) in by_seq.iter().zip(&decoded) {
             let info = &mut sectors[*i];
-            info.state = SectorState::Free {
-                erase_count: Some(header.erase_count),
-            };
+            info.state = SectorState::Free { erase_count: Some(header.erase_count) };
             if header.seq < low_water {
                 continue;
             }
-            info.state = SectorState::Active {
-                seq: header.seq,
-                erase_count: header.erase_count,
-            };
+            info.state = SectorState::Active { seq: header.seq, erase_count: header.erase_count };
             info.used_bytes = match scans[*i].tail {
                 Tail::Clean { free_from } => free_from - geometry.header_len(),
-                Tail::Torn { .. } | Tail::Corrupt { .. } => {
-                    geometry.sector_size - geometry.header_len()
-                }
+                Tail::Torn { .. } | Tail::Corrupt { .. } => geometry.sector_size - geometry.header_len(),
             } as u32;
             for op in entries.iter().flatten() {
                 apply(&mut store.index, &mut sectors, *i, op);
@@ -415,11 +362,7 @@ impl<F: NorFlash> Store<F> {
             && let Tail::Clean { free_from } = scans[i].tail
             && free_from + geometry.align < geometry.sector_size
         {
-            store.head = Some(Head {
-                sector: i,
-                seq: header.seq,
-                offset: free_from + geometry.align,
-            });
+            store.head = Some(Head { sector: i, seq: header.seq, offset: free_from + geometry.align });
             store.sectors[i].used_bytes += geometry.align as u32;
         }
         Ok(store)
@@ -428,9 +371,7 @@ impl<F: NorFlash> Store<F> {
     /// Erases every sector and mounts the result as an empty store.
     pub fn format(mut flash: F) -> Result<Self, StoreError> {
         let geometry = geometry_of(&flash)?;
-        flash
-            .erase(0, geometry.capacity() as u32)
-            .map_err(flash_error)?;
+        flash.erase(0, geometry.capacity() as u32).map_err(flash_error)?;
         Self::mount(flash)
     }
 
@@ -455,15 +396,9 @@ impl<F: NorFlash> Store<F> {
     }
 
     /// All live user records whose key starts with `prefix`, in key order.
-    pub fn iter_prefix<'s>(
-        &'s self,
-        prefix: &'s [u8],
-    ) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
+    pub fn iter_prefix<'s>(&'s self, prefix: &'s [u8]) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + 's {
         self.index
-            .range::<[u8], _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
             .filter(|(key, _)| key.first() != Some(&ENGINE_KEY_PREFIX))
             .filter_map(|(key, slot)| Some((key.as_slice(), slot.value.as_deref()?)))
@@ -502,28 +437,18 @@ impl<F: NorFlash> Store<F> {
             }
         }
         // A delete of a key that holds nothing changes nothing; leave it out.
-        let ops: Vec<Op<'_>> = ops
-            .iter()
-            .filter(|op| matches!(op, Op::Put { .. }) || self.get(op.key()).is_some())
-            .cloned()
-            .collect();
+        let ops: Vec<Op<'_>> =
+            ops.iter().filter(|op| matches!(op, Op::Put { .. }) || self.get(op.key()).is_some()).cloned().collect();
         if ops.is_empty() {
             return Ok(());
         }
         let payload = format::encode_ops(&ops);
         let max = self.geometry.max_entry_payload();
         if payload.len() > max {
-            return Err(StoreError::TooLarge {
-                size: payload.len(),
-                max,
-            });
+            return Err(StoreError::TooLarge { size: payload.len(), max });
         }
         let deletes_only = ops.iter().all(|op| matches!(op, Op::Delete { .. }));
-        let keep_free = if deletes_only {
-            KEEP_FREE_FOR_DELETES
-        } else {
-            KEEP_FREE_FOR_PUTS
-        };
+        let keep_free = if deletes_only { KEEP_FREE_FOR_DELETES } else { KEEP_FREE_FOR_PUTS };
         self.make_room(self.geometry.entry_len(payload.len()), keep_free)?;
         let sector = self.append(&payload)?;
         self.counters.logical_bytes += ops.iter().map(|op| op_len(op) as u64).sum::<u64>();
@@ -585,21 +510,16 @@ impl<F: NorFlash> Store<F> {
         let info = &self.sectors[i];
         match info.state {
             SectorState::Free { .. } => true,
-            SectorState::Active { .. } => {
-                info.live_records == 0 && self.head.is_none_or(|h| h.sector != i)
-            }
+            SectorState::Active { .. } => info.live_records == 0 && self.head.is_none_or(|h| h.sector != i),
         }
     }
 
     fn reclaimable_count(&self) -> usize {
-        (0..self.sectors.len())
-            .filter(|&i| self.is_reclaimable(i))
-            .count()
+        (0..self.sectors.len()).filter(|&i| self.is_reclaimable(i)).count()
     }
 
     fn head_room(&self) -> usize {
-        self.head
-            .map_or(0, |h| self.geometry.sector_size - h.offset)
+        self.head.map_or(0, |h| self.geometry.sector_size - h.offset)
     }
 
     fn live_bytes(&self) -> usize {
@@ -614,27 +534,52 @@ impl<F: NorFlash> Store<F> {
         let per_sector = self.geometry.max_entry_payload();
         let needed_sectors = (self.live_bytes() + entry_len).div_ceil(per_sector);
         if needed_sectors + keep_free + 1 > self.sectors.len() {
-            return Err(StoreError::Full {
-                needed: entry_len,
-                live_bytes: self.live_bytes(),
-            });
+            return Err(StoreError::Full { needed: entry_len, live_bytes: self.live_bytes() });
         }
         for _ in 0..=self.sectors.len() {
             if self.head_room() >= entry_len {
                 return Ok(());
             }
             if self.reclaimable_count() > keep_free {
-                self.open_sector()?;
+                self.level_wear()?;
+                if self.head_room() < entry_len {
+                    self.open_sector()?;
+                }
                 return Ok(());
             }
             if !self.compact_oldest()? {
                 break;
             }
         }
-        Err(StoreError::Full {
-            needed: entry_len,
-            live_bytes: self.live_bytes(),
-        })
+        Err(StoreError::Full { needed: entry_len, live_bytes: self.live_bytes() })
+    }
+
+    /// Moves the records of the least-worn live sector when its erase count lags too far
+    /// behind the most-worn sector, so that sectors holding data that never changes still
+    /// take their share of erases.
+    fn level_wear(&mut self) -> Result<(), StoreError> {
+        let erase_count = |info: &SectorInfo| match info.state {
+            SectorState::Active { erase_count, .. } | SectorState::Free { erase_count: Some(erase_count) } => {
+                Some(erase_count)
+            }
+            SectorState::Free { erase_count: None } => None,
+        };
+        let most_worn = self.sectors.iter().filter_map(erase_count).max().unwrap_or(0);
+        let head_sector = self.head.map(|h| h.sector);
+        let least_worn_live = self
+            .active_sectors()
+            .into_iter()
+            .filter(|&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
+            .filter_map(|(_, i)| Some((erase_count(&self.sectors[i])?, i)))
+            .min();
+        let Some((count, sector)) = least_worn_live else { return Ok(()) };
+        if count + WEAR_LAG_LIMIT > most_worn {
+            return Ok(());
+        }
+        match self.oldest_live() {
+            Some((seq, oldest)) if oldest == sector => self.move_records(sector, Some(seq)),
+            _ => self.move_records(sector, None),
+        }
     }
 
     /// Erases a reclaimable sector, the least worn one, and makes it the head.
@@ -649,17 +594,8 @@ impl<F: NorFlash> Store<F> {
             .map(|step| (after_head + step) % count)
             .filter(|&i| self.is_reclaimable(i))
             .min_by_key(|&i| erase_estimate(&self.sectors[i]))
-            .ok_or(StoreError::Full {
-                needed: self.geometry.sector_size,
-                live_bytes: self.live_bytes(),
-            })?;
-        let known_max = self
-            .sectors
-            .iter()
-            .map(erase_estimate)
-            .filter(|&e| e != u32::MAX)
-            .max()
-            .unwrap_or(0);
+            .ok_or(StoreError::Full { needed: self.geometry.sector_size, live_bytes: self.live_bytes() })?;
+        let known_max = self.sectors.iter().map(erase_estimate).filter(|&e| e != u32::MAX).max().unwrap_or(0);
         let erase_count = match erase_estimate(&self.sectors[chosen]) {
             u32::MAX => known_max,
             known => known,
@@ -667,9 +603,9 @@ impl<F: NorFlash> Store<F> {
         .saturating_add(1);
 
         let seq = self.next_seq;
-        let next_seq = seq.checked_add(1).ok_or_else(|| {
-            StoreError::Geometry("sector sequence numbers are exhausted; reformat the store".into())
-        })?;
+        let next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Geometry("sector sequence numbers are exhausted; reformat the store".into()))?;
         let start = chosen * self.geometry.sector_size;
         self.sectors[chosen] = SectorInfo {
             state: SectorState::Free { erase_count: None },
@@ -678,75 +614,72 @@ impl<F: NorFlash> Store<F> {
             used_bytes: 0,
         };
         self.counters.erases += 1;
-        self.flash
-            .erase(start as u32, (start + self.geometry.sector_size) as u32)
-            .map_err(flash_error)?;
+        self.flash.erase(start as u32, (start + self.geometry.sector_size) as u32).map_err(flash_error)?;
         let header = SectorHeader { seq, erase_count }.encode(&self.geometry);
         self.counters.flash_bytes += header.len() as u64;
-        self.flash
-            .write(start as u32, &header)
-            .map_err(flash_error)?;
+        self.flash.write(start as u32, &header).map_err(flash_error)?;
         self.next_seq = next_seq;
         self.sectors[chosen].state = SectorState::Active { seq, erase_count };
-        self.head = Some(Head {
-            sector: chosen,
-            seq,
-            offset: self.geometry.header_len(),
-        });
+        self.head = Some(Head { sector: chosen, seq, offset: self.geometry.header_len() });
         Ok(chosen)
     }
 
     /// Writes one entry at the head, which must have room. On a flash error the head is
     /// abandoned: what the failed write left behind is never written over.
     fn append(&mut self, payload: &[u8]) -> Result<usize, StoreError> {
-        let head = self.head.take().ok_or(StoreError::Full {
-            needed: payload.len(),
-            live_bytes: self.live_bytes(),
-        })?;
+        let head = self.head.take().ok_or(StoreError::Full { needed: payload.len(), live_bytes: self.live_bytes() })?;
         let entry = format::encode_entry(&self.geometry, head.seq, payload);
         let offset = head.sector * self.geometry.sector_size + head.offset;
         self.counters.flash_bytes += entry.len() as u64;
         self.sectors[head.sector].used_bytes += entry.len() as u32;
-        self.flash
-            .write(offset as u32, &entry)
-            .map_err(flash_error)?;
-        self.head = Some(Head {
-            offset: head.offset + entry.len(),
-            ..head
-        });
+        self.flash.write(offset as u32, &entry).map_err(flash_error)?;
+        self.head = Some(Head { offset: head.offset + entry.len(), ..head });
         Ok(head.sector)
+    }
+
+    /// The oldest sector holding live records, other than the head.
+    fn oldest_live(&self) -> Option<(u32, usize)> {
+        let head_sector = self.head.map(|h| h.sector);
+        self.active_sectors().into_iter().find(|&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
     }
 
     /// Copies the live records of the oldest sector that has any to the head and retires
     /// it (and every older sector) by raising the low-water mark in the last entry written.
     /// Returns false when there is nothing to compact.
     fn compact_oldest(&mut self) -> Result<bool, StoreError> {
-        let head_sector = self.head.map(|h| h.sector);
-        let Some((victim_seq, victim)) = self
-            .active_sectors()
-            .into_iter()
-            .find(|&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
-        else {
+        let Some((seq, victim)) = self.oldest_live() else {
             return Ok(false);
         };
-        let moving: Vec<(Key, Box<[u8]>)> = self
+        self.move_records(victim, Some(seq))?;
+        Ok(true)
+    }
+
+    /// Copies the live records of `victim` to the head, filling fresh sectors as needed.
+    ///
+    /// With `retire_seq` (the victim is the oldest live sector), its tombstones are dropped
+    /// and the last entry raises the low-water mark past it, retiring it in the same entry
+    /// that completes the copies. Without, tombstones are copied too and the victim is left
+    /// with nothing live, to be reclaimed like any dead sector.
+    fn move_records(&mut self, victim: usize, retire_seq: Option<u32>) -> Result<(), StoreError> {
+        let moving: Vec<(Key, Option<Box<[u8]>>)> = self
             .index
             .iter()
-            .filter(|(key, slot)| slot.sector == victim && key.as_slice() != LOW_WATER_KEY)
-            .filter_map(|(key, slot)| Some((key.clone(), slot.value.clone()?)))
+            .filter(|(_, slot)| slot.sector == victim)
+            // Retiring drops tombstones and writes a new low-water record instead of the old.
+            .filter(|(key, slot)| retire_seq.is_none() || (slot.value.is_some() && key.as_slice() != LOW_WATER_KEY))
+            .map(|(key, slot)| (key.clone(), slot.value.clone()))
             .collect();
-        let low_water = (victim_seq + 1).to_le_bytes();
+        let low_water = retire_seq.map(|seq| (seq + 1).to_le_bytes());
         let mut ops: Vec<Op<'_>> = moving
             .iter()
-            .map(|(key, value)| Op::Put {
-                key: key.as_slice(),
-                value: &value[..],
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put { key: key.as_slice(), value: &value[..] },
+                None => Op::Delete { key: key.as_slice() },
             })
             .collect();
-        ops.push(Op::Put {
-            key: LOW_WATER_KEY,
-            value: &low_water,
-        });
+        if let Some(low_water) = &low_water {
+            ops.push(Op::Put { key: LOW_WATER_KEY, value: low_water });
+        }
 
         // Fill the head, then fresh sectors; the low-water record goes in the last entry,
         // so the victim is retired only once every copy is on flash.
@@ -761,14 +694,8 @@ impl<F: NorFlash> Store<F> {
                 end += 1;
             }
             if end == start {
-                if self
-                    .head
-                    .is_some_and(|h| h.offset == self.geometry.header_len())
-                {
-                    return Err(StoreError::TooLarge {
-                        size: op_len(&ops[start]) as usize,
-                        max: room,
-                    });
+                if self.head.is_some_and(|h| h.offset == self.geometry.header_len()) {
+                    return Err(StoreError::TooLarge { size: op_len(&ops[start]) as usize, max: room });
                 }
                 self.open_sector()?;
                 continue;
@@ -777,13 +704,13 @@ impl<F: NorFlash> Store<F> {
             written.push((sector, start..end));
             start = end;
         }
-
         for (sector, range) in written {
             for op in &ops[range] {
                 apply(&mut self.index, &mut self.sectors, sector, op);
             }
         }
-        self.low_water = victim_seq + 1;
+        let Some(seq) = retire_seq else { return Ok(()) };
+        self.low_water = seq + 1;
         // Tombstones in the victim have nothing older left to hide: drop them.
         let sectors = &mut self.sectors;
         self.index.retain(|_, slot| {
@@ -801,16 +728,14 @@ impl<F: NorFlash> Store<F> {
             {
                 debug_assert_eq!(info.live_records, 0, "a retired sector held live records");
                 *info = SectorInfo {
-                    state: SectorState::Free {
-                        erase_count: Some(erase_count),
-                    },
+                    state: SectorState::Free { erase_count: Some(erase_count) },
                     live_records: 0,
                     live_bytes: 0,
                     used_bytes: 0,
                 };
             }
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -824,14 +749,7 @@ fn apply(index: &mut BTreeMap<Key, Slot>, sectors: &mut [SectorInfo], sector: us
         Op::Delete { .. } => None,
     };
     let op_len = op_len(op);
-    if let Some(old) = index.insert(
-        key,
-        Slot {
-            value,
-            sector,
-            op_len,
-        },
-    ) {
+    if let Some(old) = index.insert(key, Slot { value, sector, op_len }) {
         sectors[old.sector].live_records -= 1;
         sectors[old.sector].live_bytes -= old.op_len;
     }
@@ -850,22 +768,18 @@ fn recognise(geometry: &Geometry, scans: &[SectorScan<'_>]) -> Result<(), StoreE
             _ => {}
         }
     }
-    if scans
-        .iter()
-        .any(|s| matches!(s.header, HeaderState::Valid(_)))
-    {
+    if scans.iter().any(|s| matches!(s.header, HeaderState::Valid(_))) {
         return Ok(());
     }
     // No valid sector: blank flash, or blank but for the very first sector being opened
     // when the power went. Anything more is someone else's data.
-    let mut foreign = scans
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.header != HeaderState::Blank);
-    match (foreign.next(), foreign.next()) {
-        (Some(_), Some((second, _))) => Err(StoreError::NotRecognised(format!(
-            "no sector carries a provbox header, and sector {second} (offset {:#x}) holds data",
-            second * geometry.sector_size
+    let foreign: Vec<usize> =
+        scans.iter().enumerate().filter(|(_, s)| s.header != HeaderState::Blank).map(|(i, _)| i).collect();
+    match foreign[..] {
+        [first, _, ..] => Err(StoreError::NotRecognised(format!(
+            "no sector carries a provbox header, yet {} sectors hold data, the first at sector {first} (offset {:#x})",
+            foreign.len(),
+            first * geometry.sector_size
         ))),
         _ => Ok(()),
     }

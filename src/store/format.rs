@@ -130,9 +130,7 @@ impl SectorHeader {
         if is_blank(&bytes[..geometry.header_len().min(bytes.len())]) {
             return HeaderState::Blank;
         }
-        let field = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
+        let field = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
         if bytes[0..4] != MAGIC || field(16) != crc32(&[&bytes[0..16]]) {
             return HeaderState::Garbage;
         }
@@ -145,10 +143,7 @@ impl SectorHeader {
         if bytes[6] != align_log2 || bytes[7] != sector_log2 {
             return HeaderState::OtherGeometry;
         }
-        HeaderState::Valid(SectorHeader {
-            seq: field(8),
-            erase_count: field(12),
-        })
+        HeaderState::Valid(SectorHeader { seq: field(8), erase_count: field(12) })
     }
 }
 
@@ -227,11 +222,7 @@ pub enum Slot<'a> {
 /// Reads the slot at `at` in `sector` (a whole sector's bytes) written under `seq`.
 pub fn read_slot<'a>(geometry: &Geometry, sector: &'a [u8], seq: u32, at: usize) -> Slot<'a> {
     let Some(header) = sector.get(at..at + ENTRY_HEADER_LEN) else {
-        return if is_blank(&sector[at..]) {
-            Slot::BlankWord
-        } else {
-            Slot::BadHeader
-        };
+        return if is_blank(&sector[at..]) { Slot::BlankWord } else { Slot::BadHeader };
     };
     if is_blank(&header[0..4]) {
         return Slot::BlankWord;
@@ -244,71 +235,37 @@ pub fn read_slot<'a>(geometry: &Geometry, sector: &'a [u8], seq: u32, at: usize)
     }
     let payload = &sector[at + ENTRY_HEADER_LEN..at + ENTRY_HEADER_LEN + len as usize];
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if crc != crc32(&[&seq.to_le_bytes(), &len.to_le_bytes(), payload])
-        || decode_ops(payload).is_none()
-    {
+    if crc != crc32(&[&seq.to_le_bytes(), &len.to_le_bytes(), payload]) || decode_ops(payload).is_none() {
         return Slot::BadPayload { len: total };
     }
-    Slot::Entry {
-        payload,
-        len: total,
-    }
+    Slot::Entry { payload, len: total }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const GEOMETRY: Geometry = Geometry {
-        sector_size: 4096,
-        sector_count: 4,
-        align: 4,
-    };
+    const GEOMETRY: Geometry = Geometry { sector_size: 4096, sector_count: 4, align: 4 };
 
     #[test]
     fn sector_header_round_trips_and_rejects_a_flipped_bit() {
-        let header = SectorHeader {
-            seq: 7,
-            erase_count: 3,
-        };
+        let header = SectorHeader { seq: 7, erase_count: 3 };
         let mut bytes = header.encode(&GEOMETRY);
-        assert_eq!(
-            SectorHeader::decode(&bytes, &GEOMETRY),
-            HeaderState::Valid(header)
-        );
+        assert_eq!(SectorHeader::decode(&bytes, &GEOMETRY), HeaderState::Valid(header));
         bytes[9] ^= 0x10;
-        assert_eq!(
-            SectorHeader::decode(&bytes, &GEOMETRY),
-            HeaderState::Garbage
-        );
+        assert_eq!(SectorHeader::decode(&bytes, &GEOMETRY), HeaderState::Garbage);
     }
 
     #[test]
     fn header_of_another_sector_size_is_not_valid() {
-        let other = Geometry {
-            sector_size: 65536,
-            ..GEOMETRY
-        };
-        let bytes = SectorHeader {
-            seq: 1,
-            erase_count: 1,
-        }
-        .encode(&other);
-        assert_eq!(
-            SectorHeader::decode(&bytes, &GEOMETRY),
-            HeaderState::OtherGeometry
-        );
+        let other = Geometry { sector_size: 65536, ..GEOMETRY };
+        let bytes = SectorHeader { seq: 1, erase_count: 1 }.encode(&other);
+        assert_eq!(SectorHeader::decode(&bytes, &GEOMETRY), HeaderState::OtherGeometry);
     }
 
     #[test]
     fn entry_round_trips_and_a_torn_payload_is_detected() {
-        let ops = [
-            Op::Put {
-                key: b"k",
-                value: b"value",
-            },
-            Op::Delete { key: b"gone" },
-        ];
+        let ops = [Op::Put { key: b"k", value: b"value" }, Op::Delete { key: b"gone" }];
         let payload = encode_ops(&ops);
         let mut sector = vec![0xFF; 256];
         let entry = encode_entry(&GEOMETRY, 9, &payload);
@@ -321,15 +278,9 @@ mod tests {
             other => panic!("expected an entry, got {other:?}"),
         }
         // The same bytes under another sector seq are stale, not valid.
-        assert!(matches!(
-            read_slot(&GEOMETRY, &sector, 10, 0),
-            Slot::BadPayload { .. }
-        ));
+        assert!(matches!(read_slot(&GEOMETRY, &sector, 10, 0), Slot::BadPayload { .. }));
         sector[ENTRY_HEADER_LEN + 2] ^= 0x01;
-        assert!(matches!(
-            read_slot(&GEOMETRY, &sector, 9, 0),
-            Slot::BadPayload { .. }
-        ));
+        assert!(matches!(read_slot(&GEOMETRY, &sector, 9, 0), Slot::BadPayload { .. }));
     }
 
     #[test]

@@ -1,1 +1,498 @@
-//! The typed records provbox keeps in the store.
+//! The typed records provbox keeps in the store, and [`Db`], the transactional facade the
+//! rest of the appliance uses.
+//!
+//! Keys are one kind byte followed by the record's identity (a MAC, a setting name, a queue
+//! position). Values are one schema-version byte followed by the postcard body. Postcard does
+//! not describe its own fields, so a change to a record's fields bumps its `SCHEMA`, and
+//! [`Record::upgrade`] learns to read the old body.
+
+use std::net::IpAddr;
+
+use embedded_storage::nor_flash::NorFlash;
+use heapless::{String, Vec as HVec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Op, Store, StoreError};
+use crate::mac::Mac;
+
+/// The most devices the appliance manages.
+pub const MAX_DEVICES: usize = 5000;
+/// Audit entries kept; the oldest are dropped beyond this.
+pub const AUDIT_CAPACITY: usize = 256;
+/// Longest setting name.
+pub const MAX_SETTING_NAME: usize = 31;
+
+/// What a record is, as the first byte of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A phone: [`Device`].
+    Device = 1,
+    /// One site setting: [`Setting`].
+    Setting = 2,
+    /// The administrator's credentials: [`AdminCredentials`].
+    Admin = 3,
+    /// Pending WAN work: [`OutboxItem`].
+    Outbox = 4,
+    /// Who did what: [`AuditEntry`].
+    Audit = 5,
+}
+
+impl Kind {
+    /// Every kind, in key order.
+    pub const ALL: [Kind; 5] = [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit];
+
+    /// The kind whose keys start with `byte`.
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| *kind as u8 == byte)
+    }
+
+    /// A short lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Device => "device",
+            Kind::Setting => "setting",
+            Kind::Admin => "admin",
+            Kind::Outbox => "outbox",
+            Kind::Audit => "audit",
+        }
+    }
+}
+
+/// Why a stored record could not be read or written.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A value with no schema byte.
+    #[error("{kind:?} record is empty")]
+    Empty {
+        /// The record kind.
+        kind: Kind,
+    },
+    /// A schema this build does not know: written by a newer provbox.
+    #[error("{kind:?} record has schema {found}, this provbox reads up to {supported}; upgrade provbox")]
+    UnknownSchema {
+        /// The record kind.
+        kind: Kind,
+        /// The schema found.
+        found: u8,
+        /// The newest schema this build reads.
+        supported: u8,
+    },
+    /// A body that does not decode.
+    #[error("{kind:?} record does not decode: {reason}")]
+    Malformed {
+        /// The record kind.
+        kind: Kind,
+        /// The decoder's complaint.
+        reason: std::string::String,
+    },
+    /// A field longer than its fixed capacity.
+    #[error("{field} is longer than {capacity} bytes")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its capacity.
+        capacity: usize,
+    },
+}
+
+/// A record type stored under one [`Kind`].
+pub trait Record: Serialize + DeserializeOwned {
+    /// Its kind.
+    const KIND: Kind;
+    /// The schema version written today.
+    const SCHEMA: u8;
+
+    /// Reads a body written under an older `schema`. No record has an older schema yet.
+    fn upgrade(schema: u8, _body: &[u8]) -> Result<Self, RecordError> {
+        Err(RecordError::UnknownSchema { kind: Self::KIND, found: schema, supported: Self::SCHEMA })
+    }
+
+    /// Encodes the record with its schema byte.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![Self::SCHEMA];
+        // Writing into a growable Vec cannot fail for these plain data types.
+        out.extend(postcard::to_allocvec(self).expect("postcard encodes records into a Vec"));
+        out
+    }
+
+    /// Decodes a stored value.
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let (&schema, body) = bytes.split_first().ok_or(RecordError::Empty { kind: Self::KIND })?;
+        match schema {
+            s if s == Self::SCHEMA => postcard::from_bytes(body)
+                .map_err(|e| RecordError::Malformed { kind: Self::KIND, reason: e.to_string() }),
+            s if s < Self::SCHEMA => Self::upgrade(s, body),
+            found => Err(RecordError::UnknownSchema { kind: Self::KIND, found, supported: Self::SCHEMA }),
+        }
+    }
+}
+
+/// Copies `text` into a fixed-capacity string, naming `field` if it does not fit.
+pub fn bounded<const N: usize>(field: &'static str, text: &str) -> Result<String<N>, RecordError> {
+    String::try_from(text).map_err(|_| RecordError::TooLong { field, capacity: N })
+}
+
+/// One SIP account on a phone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// The extension number.
+    pub extension: String<16>,
+    /// The name shown on the phone and to callees.
+    pub display_name: String<48>,
+    /// SIP authentication user.
+    pub sip_user: String<32>,
+    /// SIP authentication password.
+    pub sip_password: String<48>,
+}
+
+/// Where a phone stands in its one-time enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enrollment {
+    /// The enrollment URL serves the full config; `first_fetch` starts the grace period.
+    Open {
+        /// Unix time of the first enrollment fetch.
+        first_fetch: Option<u64>,
+    },
+    /// The enrollment URL serves nothing until a technician unlocks it.
+    Locked {
+        /// Unix time it locked.
+        since: u64,
+    },
+}
+
+/// The last time a phone fetched its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Unix time.
+    pub at: u64,
+    /// The phone's address.
+    pub ip: IpAddr,
+    /// Its User-Agent header.
+    pub user_agent: String<96>,
+    /// Firmware version parsed from the User-Agent.
+    pub firmware: String<32>,
+    /// Truncated hash of the configuration served.
+    pub config_hash: [u8; 8],
+}
+
+/// A phone the appliance provisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Its MAC address, also its key.
+    pub mac: Mac,
+    /// Vendor name, e.g. `yealink`.
+    pub vendor: String<16>,
+    /// Model, e.g. `T54W`.
+    pub model: String<24>,
+    /// Its SIP accounts.
+    pub lines: HVec<Line, 4>,
+    /// Secret of the one-time enrollment URL.
+    pub enrollment_token: [u8; 16],
+    /// Secret of the steady URL.
+    pub steady_token: [u8; 16],
+    /// Enrollment state.
+    pub enrollment: Enrollment,
+    /// Last configuration fetch.
+    pub last_contact: Option<Contact>,
+}
+
+impl Record for Device {
+    const KIND: Kind = Kind::Device;
+    const SCHEMA: u8 = 1;
+}
+
+/// One site setting (SIP server, NTP server, ...), stored under its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// The value.
+    pub value: String<256>,
+}
+
+impl Record for Setting {
+    const KIND: Kind = Kind::Setting;
+    const SCHEMA: u8 = 1;
+}
+
+/// The administrator's login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredentials {
+    /// Argon2id hash in PHC string form.
+    pub password_hash: String<128>,
+    /// Unix time of the last change.
+    pub changed_at: u64,
+}
+
+impl Record for AdminCredentials {
+    const KIND: Kind = Kind::Admin;
+    const SCHEMA: u8 = 1;
+}
+
+/// WAN work for a redirect service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxAction {
+    /// Point the MAC at this appliance.
+    Register,
+    /// Remove the MAC from the service.
+    Deregister,
+}
+
+/// A queued redirect-service operation, durable across reboots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// The phone concerned.
+    pub mac: Mac,
+    /// What to do.
+    pub action: OutboxAction,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Unix time before which it is not retried.
+    pub not_before: u64,
+}
+
+impl Record for OutboxItem {
+    const KIND: Kind = Kind::Outbox;
+    const SCHEMA: u8 = 1;
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix time.
+    pub at: u64,
+    /// Who: `admin`, `cli`, `api:<token name>`, `system`.
+    pub actor: String<32>,
+    /// What, in words; never a secret.
+    pub action: String<160>,
+}
+
+impl Record for AuditEntry {
+    const KIND: Kind = Kind::Audit;
+    const SCHEMA: u8 = 1;
+}
+
+fn key(kind: Kind, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(kind as u8);
+    key.extend_from_slice(id);
+    key
+}
+
+fn device_key(mac: &Mac) -> Vec<u8> {
+    key(Kind::Device, &mac.0)
+}
+
+fn setting_key(name: &str) -> Result<Vec<u8>, RecordError> {
+    if name.is_empty() || name.len() > MAX_SETTING_NAME {
+        return Err(RecordError::TooLong { field: "setting name", capacity: MAX_SETTING_NAME });
+    }
+    Ok(key(Kind::Setting, name.as_bytes()))
+}
+
+/// Why a database operation failed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record could not be encoded or decoded.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Adding devices beyond [`MAX_DEVICES`].
+    #[error("the appliance manages at most {MAX_DEVICES} devices; remove some first")]
+    TooManyDevices,
+}
+
+/// A set of changes committed atomically by [`Db::commit`].
+#[derive(Debug, Default)]
+pub struct Txn {
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    new_outbox: Vec<OutboxItem>,
+    new_audit: Vec<AuditEntry>,
+}
+
+impl Txn {
+    /// An empty transaction.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a device.
+    pub fn put_device(&mut self, device: &Device) -> &mut Self {
+        self.changes.push((device_key(&device.mac), Some(device.encode())));
+        self
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&mut self, mac: &Mac) -> &mut Self {
+        self.changes.push((device_key(mac), None));
+        self
+    }
+
+    /// Sets a site setting.
+    pub fn set_setting(&mut self, name: &str, value: &str) -> Result<&mut Self, RecordError> {
+        let setting = Setting { value: bounded("setting value", value)? };
+        self.changes.push((setting_key(name)?, Some(setting.encode())));
+        Ok(self)
+    }
+
+    /// Replaces the admin credentials.
+    pub fn set_admin(&mut self, credentials: &AdminCredentials) -> &mut Self {
+        self.changes.push((key(Kind::Admin, b""), Some(credentials.encode())));
+        self
+    }
+
+    /// Queues WAN work at the end of the outbox.
+    pub fn enqueue(&mut self, item: OutboxItem) -> &mut Self {
+        self.new_outbox.push(item);
+        self
+    }
+
+    /// Replaces the outbox item at `position` (after an attempt).
+    pub fn update_outbox(&mut self, position: u64, item: &OutboxItem) -> &mut Self {
+        self.changes.push((key(Kind::Outbox, &position.to_be_bytes()), Some(item.encode())));
+        self
+    }
+
+    /// Removes the outbox item at `position` (done, or given up).
+    pub fn complete_outbox(&mut self, position: u64) -> &mut Self {
+        self.changes.push((key(Kind::Outbox, &position.to_be_bytes()), None));
+        self
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(&mut self, at: u64, actor: &str, action: &str) -> Result<&mut Self, RecordError> {
+        self.new_audit.push(AuditEntry {
+            at,
+            actor: bounded("actor", actor)?,
+            action: bounded("audit action", action)?,
+        });
+        Ok(self)
+    }
+}
+
+/// The typed view of a [`Store`] the appliance works through.
+pub struct Db<F: NorFlash> {
+    store: Store<F>,
+}
+
+impl<F: NorFlash> Db<F> {
+    /// Wraps a mounted store.
+    pub fn new(store: Store<F>) -> Self {
+        Db { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store<F> {
+        &self.store
+    }
+
+    /// The underlying store, for maintenance (compaction).
+    pub fn store_mut(&mut self) -> &mut Store<F> {
+        &mut self.store
+    }
+
+    /// Gives the store back.
+    pub fn into_store(self) -> Store<F> {
+        self.store
+    }
+
+    /// The device with `mac`.
+    pub fn device(&self, mac: &Mac) -> Result<Option<Device>, RecordError> {
+        self.store.get(&device_key(mac)).map(Device::decode).transpose()
+    }
+
+    /// Every device, in MAC order.
+    pub fn devices(&self) -> impl Iterator<Item = Result<Device, RecordError>> + '_ {
+        self.store.iter_prefix(&[Kind::Device as u8]).map(|(_, value)| Device::decode(value))
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> usize {
+        self.store.iter_prefix(&[Kind::Device as u8]).count()
+    }
+
+    /// The value of setting `name`, if set.
+    pub fn setting(&self, name: &str) -> Result<Option<std::string::String>, RecordError> {
+        let Some(value) = self.store.get(&setting_key(name)?) else { return Ok(None) };
+        Ok(Some(Setting::decode(value)?.value.as_str().into()))
+    }
+
+    /// Every setting that is set, by name.
+    pub fn settings(&self) -> Result<Vec<(std::string::String, std::string::String)>, RecordError> {
+        self.store
+            .iter_prefix(&[Kind::Setting as u8])
+            .map(|(key, value)| {
+                let name = std::string::String::from_utf8_lossy(&key[1..]).into_owned();
+                Ok((name, Setting::decode(value)?.value.as_str().into()))
+            })
+            .collect()
+    }
+
+    /// The admin credentials, once set.
+    pub fn admin(&self) -> Result<Option<AdminCredentials>, RecordError> {
+        self.store.get(&key(Kind::Admin, b"")).map(AdminCredentials::decode).transpose()
+    }
+
+    /// The outbox in queue order, with each item's position.
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxItem)>, RecordError> {
+        self.positioned(Kind::Outbox)
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, RecordError> {
+        Ok(self.positioned::<AuditEntry>(Kind::Audit)?.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    fn positioned<R: Record>(&self, kind: Kind) -> Result<Vec<(u64, R)>, RecordError> {
+        self.store
+            .iter_prefix(&[kind as u8])
+            .filter_map(|(key, value)| Some((u64::from_be_bytes(key.get(1..9)?.try_into().ok()?), value)))
+            .map(|(position, value)| Ok((position, R::decode(value)?)))
+            .collect()
+    }
+
+    /// The position after the last record of a queue-like `kind`.
+    fn next_position(&self, kind: Kind) -> u64 {
+        self.store
+            .iter_prefix(&[kind as u8])
+            .filter_map(|(key, _)| Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?)))
+            .last()
+            .map_or(0, |last| last + 1)
+    }
+
+    /// Commits `txn` atomically: after a power cut, all of it or none of it is there.
+    pub fn commit(&mut self, txn: &Txn) -> Result<(), DbError> {
+        let mut changes = txn.changes.clone();
+        let added_devices = changes
+            .iter()
+            .filter(|(key, value)| key[0] == Kind::Device as u8 && value.is_some() && self.store.get(key).is_none())
+            .count();
+        if added_devices > 0 && self.device_count() + added_devices > MAX_DEVICES {
+            return Err(DbError::TooManyDevices);
+        }
+        let outbox = (self.next_position(Kind::Outbox)..).zip(&txn.new_outbox);
+        changes
+            .extend(outbox.map(|(position, item)| (key(Kind::Outbox, &position.to_be_bytes()), Some(item.encode()))));
+        let audit = (self.next_position(Kind::Audit)..).zip(&txn.new_audit);
+        changes
+            .extend(audit.map(|(position, entry)| (key(Kind::Audit, &position.to_be_bytes()), Some(entry.encode()))));
+        // Keep the audit log bounded: drop the oldest entries in the same transaction.
+        let kept = self.store.iter_prefix(&[Kind::Audit as u8]).count() + txn.new_audit.len();
+        let expired: Vec<Vec<u8>> = self
+            .store
+            .iter_prefix(&[Kind::Audit as u8])
+            .take(kept.saturating_sub(AUDIT_CAPACITY))
+            .map(|(key, _)| key.to_vec())
+            .collect();
+        changes.extend(expired.into_iter().map(|key| (key, None)));
+        let ops: Vec<Op<'_>> = changes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put { key, value },
+                None => Op::Delete { key },
+            })
+            .collect();
+        Ok(self.store.commit(&ops)?)
+    }
+}

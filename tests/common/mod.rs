@@ -31,10 +31,7 @@ pub enum Step {
 
 impl Step {
     /// Runs the step against `store`.
-    pub fn run<F: embedded_storage::nor_flash::NorFlash>(
-        &self,
-        store: &mut Store<F>,
-    ) -> Result<(), StoreError> {
+    pub fn run<F: embedded_storage::nor_flash::NorFlash>(&self, store: &mut Store<F>) -> Result<(), StoreError> {
         match self {
             Step::Put(key, value) => store.put(key, value),
             Step::Delete(key) => store.delete(key),
@@ -102,16 +99,18 @@ pub fn key(id: u64) -> Vec<u8> {
 }
 
 /// A workload of `steps` puts, updates, deletes and transactions over `keys` keys; values
-/// are 1..=`max_value` bytes and name the step that wrote them.
+/// are 1..=`max_value` bytes and name the step that wrote them. The first ten steps write
+/// static keys that never change again, so that wear levelling has to move them.
 pub fn workload(seed: u64, steps: usize, keys: u64, max_value: u64) -> Vec<Step> {
     let mut rng = Rng(seed);
+    let statics = (0..10).map(|i| Step::Put(format!("static{i}").into_bytes(), vec![b's'; 60]));
     let value = |rng: &mut Rng, step: usize| {
         let len = 1 + rng.below(max_value) as usize;
         let mut v = format!("{step}:").into_bytes();
         v.resize(len.max(v.len()), b'a' + (step % 26) as u8);
         v
     };
-    (0..steps)
+    let changing: Vec<Step> = (10..steps)
         .map(|step| match rng.below(10) {
             0..=5 => Step::Put(key(rng.below(keys)), value(&mut rng, step)),
             6 | 7 => Step::Delete(key(rng.below(keys))),
@@ -121,26 +120,20 @@ pub fn workload(seed: u64, steps: usize, keys: u64, max_value: u64) -> Vec<Step>
                     (0..n)
                         .map(|_| {
                             let k = key(rng.below(keys));
-                            let v = if rng.below(4) == 0 {
-                                None
-                            } else {
-                                Some(value(&mut rng, step))
-                            };
+                            let v = if rng.below(4) == 0 { None } else { Some(value(&mut rng, step)) };
                             (k, v)
                         })
                         .collect(),
                 )
             }
         })
-        .collect()
+        .collect();
+    statics.chain(changing).collect()
 }
 
 /// Everything the store holds, as a model.
 pub fn contents<F: embedded_storage::nor_flash::NorFlash>(store: &Store<F>) -> Model {
-    store
-        .iter_prefix(&[])
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect()
+    store.iter_prefix(&[]).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
 /// Checks that `store` holds `before` or `before` with all of `step` applied: nothing

@@ -11,9 +11,7 @@ pub mod sim;
 
 use std::path::{Path, PathBuf};
 
-use embedded_storage::nor_flash::{
-    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
-};
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 
 /// Sector size of the appliance's store, in bytes.
 pub const SECTOR_SIZE: usize = 4096;
@@ -48,18 +46,29 @@ impl NorFlashError for DeviceError {
     }
 }
 
+/// An access that breaks the flash's rules before any I/O happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misaccess {
+    NotAligned,
+    OutOfBounds,
+}
+
+impl From<Misaccess> for DeviceError {
+    fn from(misaccess: Misaccess) -> Self {
+        match misaccess {
+            Misaccess::NotAligned => DeviceError::NotAligned,
+            Misaccess::OutOfBounds => DeviceError::OutOfBounds,
+        }
+    }
+}
+
 /// Checks alignment and bounds of an access.
-fn check_access(
-    offset: usize,
-    len: usize,
-    align: usize,
-    capacity: usize,
-) -> Result<(), DeviceError> {
+fn check_access(offset: usize, len: usize, align: usize, capacity: usize) -> Result<(), Misaccess> {
     if !offset.is_multiple_of(align) || !len.is_multiple_of(align) {
-        return Err(DeviceError::NotAligned);
+        return Err(Misaccess::NotAligned);
     }
     if offset.checked_add(len).is_none_or(|end| end > capacity) {
-        return Err(DeviceError::OutOfBounds);
+        return Err(Misaccess::OutOfBounds);
     }
     Ok(())
 }
@@ -76,14 +85,10 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// Another process holds the store.
-    #[error(
-        "{0} is in use by another provbox process; stop it first (only one process may write the store)"
-    )]
+    #[error("{0} is in use by another provbox process; stop it first (only one process may write the store)")]
     Locked(PathBuf),
     /// The device is too small or oddly sized.
-    #[error(
-        "{path} holds {size} bytes; a store needs a multiple of {SECTOR_SIZE} bytes, at least 16 KiB"
-    )]
+    #[error("{path} holds {size} bytes; a store needs a multiple of {SECTOR_SIZE} bytes, at least 16 KiB")]
     BadSize {
         /// The device path.
         path: PathBuf,
@@ -161,16 +166,11 @@ impl NorFlash for AnyFlash {
 
 /// Takes an exclusive, non-blocking `flock` on `file`.
 fn lock(file: std::fs::File, path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, OpenError> {
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                OpenError::Locked(path.to_path_buf())
-            } else {
-                OpenError::Io {
-                    path: path.to_path_buf(),
-                    source: errno.into(),
-                }
-            }
-        },
-    )
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            OpenError::Locked(path.to_path_buf())
+        } else {
+            OpenError::Io { path: path.to_path_buf(), source: errno.into() }
+        }
+    })
 }

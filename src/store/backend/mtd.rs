@@ -76,24 +76,14 @@ pub struct MtdFlash {
 impl MtdFlash {
     /// Opens `/dev/mtdN` and checks that its geometry suits the store.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
-        let io = |source| OpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        let io = |source| OpenError::Io { path: path.to_path_buf(), source };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
         let file = lock(file, path)?;
         let mut info = MtdInfoUser::default();
         // SAFETY: the fd is an open MTD device and `info` is a properly sized, writable
         // `mtd_info_user` that outlives the call.
         unsafe { mem_get_info(file.as_raw_fd(), &mut info) }.map_err(|e| io(e.into()))?;
-        let unsupported = |reason: String| OpenError::UnsupportedMtd {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let unsupported = |reason: String| OpenError::UnsupportedMtd { path: path.to_path_buf(), reason };
         if info.kind != MTD_NORFLASH && info.kind != MTD_RAM {
             return Err(unsupported(format!(
                 "MTD type {} is not NOR flash; NAND needs UBI, which provbox does not use",
@@ -105,25 +95,19 @@ impl MtdFlash {
         }
         if info.erasesize == 0
             || info.erasesize as usize > SECTOR_SIZE
-            || SECTOR_SIZE % info.erasesize as usize != 0
+            || !SECTOR_SIZE.is_multiple_of(info.erasesize as usize)
         {
             return Err(unsupported(format!(
                 "erase block of {} bytes does not divide the store's {SECTOR_SIZE}-byte sector; enable CONFIG_MTD_SPI_NOR_USE_4K_SECTORS",
                 info.erasesize
             )));
         }
-        if info.writesize == 0 || WORD_SIZE % info.writesize as usize != 0 {
-            return Err(unsupported(format!(
-                "write size {} does not divide {WORD_SIZE}",
-                info.writesize
-            )));
+        if info.writesize == 0 || !WORD_SIZE.is_multiple_of(info.writesize as usize) {
+            return Err(unsupported(format!("write size {} does not divide {WORD_SIZE}", info.writesize)));
         }
         let capacity = info.size as usize / SECTOR_SIZE * SECTOR_SIZE;
         if capacity < 4 * SECTOR_SIZE {
-            return Err(OpenError::BadSize {
-                path: path.to_path_buf(),
-                size: info.size as u64,
-            });
+            return Err(OpenError::BadSize { path: path.to_path_buf(), size: info.size as u64 });
         }
         Ok(MtdFlash { file, capacity })
     }
@@ -138,9 +122,7 @@ impl ReadNorFlash for MtdFlash {
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), DeviceError> {
         check_access(offset as usize, bytes.len(), 1, self.capacity)?;
-        self.file
-            .read_exact_at(bytes, offset as u64)
-            .map_err(DeviceError::Io)
+        self.file.read_exact_at(bytes, offset as u64).map_err(DeviceError::Io)
     }
 
     fn capacity(&self) -> usize {
@@ -153,28 +135,17 @@ impl NorFlash for MtdFlash {
     const ERASE_SIZE: usize = SECTOR_SIZE;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), DeviceError> {
-        check_access(
-            from as usize,
-            (to as usize).saturating_sub(from as usize),
-            SECTOR_SIZE,
-            self.capacity,
-        )?;
-        let request = EraseInfoUser {
-            start: from,
-            length: to - from,
-        };
+        check_access(from as usize, (to as usize).saturating_sub(from as usize), SECTOR_SIZE, self.capacity)?;
+        let request = EraseInfoUser { start: from, length: to - from };
         // SAFETY: the fd is an open MTD device and `request` is a valid `erase_info_user`
         // that the kernel only reads during the call.
-        unsafe { mem_erase(self.file.as_raw_fd(), &request) }
-            .map_err(|e| DeviceError::Io(e.into()))?;
+        unsafe { mem_erase(self.file.as_raw_fd(), &request) }.map_err(|e| DeviceError::Io(e.into()))?;
         Ok(())
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), DeviceError> {
         check_access(offset as usize, bytes.len(), WORD_SIZE, self.capacity)?;
-        self.file
-            .write_all_at(bytes, offset as u64)
-            .map_err(DeviceError::Io)
+        self.file.write_all_at(bytes, offset as u64).map_err(DeviceError::Io)
     }
 }
 
@@ -187,14 +158,8 @@ mod tests {
         // Values of MEMGETINFO and MEMERASE as <mtd/mtd-abi.h> defines them on Linux.
         assert_eq!(std::mem::size_of::<MtdInfoUser>(), 32);
         assert_eq!(std::mem::size_of::<EraseInfoUser>(), 8);
-        assert_eq!(
-            nix::request_code_read!(b'M', 1, std::mem::size_of::<MtdInfoUser>()) as u32,
-            0x8020_4d01
-        );
-        assert_eq!(
-            nix::request_code_write!(b'M', 2, std::mem::size_of::<EraseInfoUser>()) as u32,
-            0x4008_4d02
-        );
+        assert_eq!(nix::request_code_read!(b'M', 1, std::mem::size_of::<MtdInfoUser>()) as u32, 0x8020_4d01);
+        assert_eq!(nix::request_code_write!(b'M', 2, std::mem::size_of::<EraseInfoUser>()) as u32, 0x4008_4d02);
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //! Every operation can also be recorded ([`SimFlash::record`]) and replayed, which lets a test
 //! rebuild the flash as it was at any cut point without rerunning the workload.
 
-use embedded_storage::nor_flash::{
-    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
-};
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+
+use super::{Misaccess, check_access};
 
 /// The write granularity of the simulated flash, in bytes.
 pub const WORD: usize = 4;
@@ -137,10 +137,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
     /// truncated to whole sectors.
     pub fn from_image(mut image: Vec<u8>) -> Self {
         image.truncate(image.len() / ERASE * ERASE);
-        let programmed = image
-            .chunks(WORD)
-            .map(|word| word.iter().any(|&b| b != 0xFF))
-            .collect();
+        let programmed = image.chunks(WORD).map(|word| word.iter().any(|&b| b != 0xFF)).collect();
         let sectors = image.len() / ERASE;
         SimFlash {
             data: image,
@@ -220,16 +217,10 @@ impl<const ERASE: usize> SimFlash<ERASE> {
         if self.dead {
             return Err(SimError::PowerCut);
         }
-        if offset % align != 0 || len % align != 0 {
-            return Err(SimError::NotAligned);
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.data.len())
-        {
-            return Err(SimError::OutOfBounds);
-        }
-        Ok(())
+        check_access(offset, len, align, self.data.len()).map_err(|misaccess| match misaccess {
+            Misaccess::NotAligned => SimError::NotAligned,
+            Misaccess::OutOfBounds => SimError::OutOfBounds,
+        })
     }
 
     /// Takes the armed cut if it falls on this operation.
@@ -247,9 +238,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
         let first_word = offset / WORD;
         for word in first_word..first_word + bytes.len() / WORD {
             if self.programmed[word] {
-                return Err(SimError::WordWrittenTwice {
-                    offset: word * WORD,
-                });
+                return Err(SimError::WordWrittenTwice { offset: word * WORD });
             }
         }
         for sector in offset / ERASE..(offset + bytes.len()).div_ceil(ERASE) {
@@ -257,10 +246,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
         }
         self.bytes_written += bytes.len() as u64;
         if let Some(log) = &mut self.recording {
-            log.push(FlashOp::Write {
-                offset,
-                data: bytes.to_vec(),
-            });
+            log.push(FlashOp::Write { offset, data: bytes.to_vec() });
         }
         let landed = match cut {
             None | Some(Cut::InterruptedErase { .. }) => bytes.len(),
@@ -277,8 +263,8 @@ impl<const ERASE: usize> SimFlash<ERASE> {
                 // but it has been written and must not be written again.
                 if seed % 4 != 0 {
                     let mut rng = Bits(seed);
-                    for i in landed..landed + WORD {
-                        let clear = !bytes[i] & rng.byte();
+                    for (i, &wanted) in bytes.iter().enumerate().skip(landed).take(WORD) {
+                        let clear = !wanted & rng.byte();
                         self.data[offset + i] &= !clear;
                     }
                 }
@@ -315,9 +301,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
         for word in from / WORD..erased_end.div_ceil(WORD) {
             self.programmed[word] = false;
         }
-        if let (true, Some(Cut::TornWord { seed, .. } | Cut::InterruptedErase { seed })) =
-            (scrambled, cut)
-        {
+        if let (true, Some(Cut::TornWord { seed, .. } | Cut::InterruptedErase { seed })) = (scrambled, cut) {
             let mut rng = Bits(seed);
             for byte in &mut self.data[from..to] {
                 // Erase drives bits towards 1: an interrupted one leaves some set, some not.
@@ -397,10 +381,7 @@ mod tests {
     fn second_write_to_a_word_is_refused() {
         let mut flash = SimFlash::<256>::new(2);
         flash.write(0, &[0x0F; 4]).unwrap();
-        assert_eq!(
-            flash.write(0, &[0x0F; 4]),
-            Err(SimError::WordWrittenTwice { offset: 0 })
-        );
+        assert_eq!(flash.write(0, &[0x0F; 4]), Err(SimError::WordWrittenTwice { offset: 0 }));
         flash.erase(0, 256).unwrap();
         flash.write(0, &[0x0F; 4]).unwrap();
     }
@@ -422,10 +403,7 @@ mod tests {
         assert_eq!(flash.write(8, &[0; 4]), Err(SimError::PowerCut));
         flash.power_cycle();
         // The torn second word counts as programmed even though three bytes still read 0xFF.
-        assert_eq!(
-            flash.write(4, &[0; 4]),
-            Err(SimError::WordWrittenTwice { offset: 4 })
-        );
+        assert_eq!(flash.write(4, &[0; 4]), Err(SimError::WordWrittenTwice { offset: 4 }));
     }
 
     #[test]
@@ -446,13 +424,6 @@ mod tests {
         assert_eq!(flash.erase(256, 512), Err(SimError::PowerCut));
         let sector = &flash.image()[256..];
         assert!(sector.iter().any(|&b| b != 0xFF) && sector.iter().any(|&b| b != 0));
-        assert_eq!(
-            flash.counters()[1],
-            SectorCounters {
-                reads: 0,
-                writes: 1,
-                erases: 1
-            }
-        );
+        assert_eq!(flash.counters()[1], SectorCounters { reads: 0, writes: 1, erases: 1 });
     }
 }

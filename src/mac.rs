@@ -1,0 +1,81 @@
+//! The `Mac` type: a phone's Ethernet address, parsed once at the edge.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A 48-bit MAC address. Displays as 12 lowercase hex digits, the form vendors use in
+/// provisioning file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Mac(pub [u8; 6]);
+
+/// Why a MAC address could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {input:?}: {reason}; write it as 12 hex digits, e.g. 00:15:65:aa:bb:cc or 001565AABBCC")]
+pub struct MacError {
+    input: String,
+    reason: &'static str,
+}
+
+impl FromStr for Mac {
+    type Err = MacError;
+
+    /// Accepts `001565aabbcc`, `00:15:65:aa:bb:cc` and `00-15-65-AA-BB-CC`.
+    fn from_str(input: &str) -> Result<Self, MacError> {
+        let error = |reason| MacError { input: input.chars().take(40).collect(), reason };
+        let digits: Vec<u8> = input.bytes().filter(|b| *b != b':' && *b != b'-').collect();
+        let separators = input.len() - digits.len();
+        if separators != 0 && separators != 5 {
+            return Err(error("separators must be between every pair of digits or absent"));
+        }
+        if separators == 5 && input.bytes().enumerate().any(|(i, b)| (i % 3 == 2) != (b == b':' || b == b'-')) {
+            return Err(error("separators must be between every pair of digits"));
+        }
+        if digits.len() != 12 {
+            return Err(error("expected 12 hex digits"));
+        }
+        let mut mac = [0; 6];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(|_| error("not hex"))?;
+            mac[i] = u8::from_str_radix(text, 16).map_err(|_| error("not hex"))?;
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_common_spellings() {
+        let expected = Mac([0x00, 0x15, 0x65, 0xaa, 0xbb, 0xcc]);
+        for text in ["001565aabbcc", "00:15:65:AA:BB:CC", "00-15-65-aa-bb-cc"] {
+            assert_eq!(text.parse::<Mac>(), Ok(expected), "{text}");
+        }
+        assert_eq!(expected.to_string(), "001565aabbcc");
+    }
+
+    #[test]
+    fn rejects_malformed_addresses_with_a_reason() {
+        for text in [
+            "",
+            "001565aabb",
+            "001565aabbccdd",
+            "00:15:65:aa:bb:cg",
+            "0:015:65:aa:bb:cc",
+            "00:1565aabbcc",
+            "é01565aabbcc",
+        ] {
+            let error = text.parse::<Mac>().unwrap_err();
+            assert!(error.to_string().contains("12 hex digits"), "{text}: {error}");
+        }
+    }
+}

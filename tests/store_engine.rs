@@ -290,3 +290,11 @@ fn settings_are_individually_atomic_records() {
     let ops = [Op::Put { key: b"x", value: b"y" }];
     db.store_mut().commit(&ops).unwrap();
 }
+
+#[test]
+fn delete_after_put_of_the_same_key_in_one_transaction_wins() {
+    let mut store = Store::mount(Flash::new(16)).unwrap();
+    store.commit(&[Op::Put { key: b"k", value: b"v" }, Op::Delete { key: b"k" }]).unwrap();
+    assert_eq!(store.get(b"k"), None);
+    assert_eq!(Store::mount(store.into_flash()).unwrap().get(b"k"), None);
+}

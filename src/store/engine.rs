@@ -436,9 +436,18 @@ impl<F: NorFlash> Store<F> {
                 return Err(StoreError::ReservedKey);
             }
         }
-        // A delete of a key that holds nothing changes nothing; leave it out.
-        let ops: Vec<Op<'_>> =
-            ops.iter().filter(|op| matches!(op, Op::Put { .. }) || self.get(op.key()).is_some()).cloned().collect();
+        // A delete of a key that holds nothing, before or earlier in this batch, changes
+        // nothing; leave it out.
+        let ops: Vec<Op<'_>> = ops
+            .iter()
+            .enumerate()
+            .filter(|(i, op)| {
+                matches!(op, Op::Put { .. })
+                    || self.get(op.key()).is_some()
+                    || ops[..*i].iter().any(|earlier| earlier.key() == op.key())
+            })
+            .map(|(_, op)| op.clone())
+            .collect();
         if ops.is_empty() {
             return Ok(());
         }

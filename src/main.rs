@@ -120,19 +120,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a status line; a closed stdout (a supervisor gone away) is not worth dying for.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Mounts the store and holds it until SIGTERM or Ctrl-C.
 fn serve(cli: &Cli) -> Result<(), CliError> {
     let (store, path) = cli.mount(true)?;
-    println!("provbox {}: store {} mounted, {} records", env!("CARGO_PKG_VERSION"), path.display(), store.len());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)?;
     runtime.block_on(async {
+        // Handlers first, so that a SIGTERM right after the ready line is never lost.
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Runtime)?;
+        say(format_args!(
+            "provbox {}: store {} mounted, {} records",
+            env!("CARGO_PKG_VERSION"),
+            path.display(),
+            store.len()
+        ));
         tokio::select! {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        println!("provbox: shutting down");
+        say(format_args!("provbox: shutting down"));
         Ok(())
     })
 }

@@ -1,0 +1,131 @@
+//! The store commands through the real `provbox` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use provbox::mac::Mac;
+use provbox::store::Store;
+use provbox::store::backend::{self, DEFAULT_CAPACITY};
+use provbox::store::records::{Db, Device, Enrollment, Line, Txn, bounded};
+
+fn provbox(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_provbox")).arg("--data").arg(data).args(args).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn check_of_random_bytes_fails_clearly_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let path = dir.path().join("random.bin");
+    std::fs::write(&path, &image).unwrap();
+    for command in [&["store", "check"][..], &["serve"][..]] {
+        let mut args = vec!["--store", path.to_str().unwrap()];
+        args.extend(command);
+        let output = provbox(dir.path(), &args);
+        assert!(!output.status.success(), "{command:?} accepted random bytes");
+        assert!(text(&output).contains("not a provbox store"), "{}", text(&output));
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), image, "a foreign image must never be written");
+}
+
+#[test]
+fn missing_explicit_store_is_an_error_not_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.bin");
+    let output = provbox(dir.path(), &["--store", path.to_str().unwrap(), "store", "check"]);
+    assert!(!output.status.success());
+    assert!(!path.exists());
+}
+
+#[test]
+fn dump_shows_records_as_json_with_secrets_masked_and_check_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.bin");
+    {
+        let flash = backend::open(&path, Some(DEFAULT_CAPACITY)).unwrap();
+        let mut db = Db::new(Store::mount(flash).unwrap());
+        let device = Device {
+            mac: "00:15:65:aa:bb:cc".parse::<Mac>().unwrap(),
+            vendor: bounded("vendor", "yealink").unwrap(),
+            model: bounded("model", "T54W").unwrap(),
+            lines: [Line {
+                extension: bounded("ext", "201").unwrap(),
+                display_name: bounded("name", "Front desk").unwrap(),
+                sip_user: bounded("user", "201").unwrap(),
+                sip_password: bounded("password", "Sup3r-Secret-Pass").unwrap(),
+            }]
+            .into_iter()
+            .collect(),
+            enrollment_token: [1; 16],
+            steady_token: [2; 16],
+            enrollment: Enrollment::Open { first_fetch: None },
+            last_contact: None,
+        };
+        db.commit(Txn::new().put_device(&device).audit(1, "cli", "added 001565aabbcc").unwrap()).unwrap();
+    }
+    let output = provbox(dir.path(), &["store", "dump", "--json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("Sup3r-Secret-Pass"), "secret leaked: {stdout}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["kind"], "device");
+    assert_eq!(lines[0]["key"], "001565aabbcc");
+    assert_eq!(lines[0]["record"]["lines"][0]["sip_password"], "***");
+    assert_eq!(lines[0]["record"]["lines"][0]["display_name"], "Front desk");
+    assert_eq!(lines[1]["kind"], "audit");
+
+    let check = provbox(dir.path(), &["store", "check"]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains("records: audit 1, device 1"), "{}", text(&check));
+}
+
+/// Kills the child when a failed assertion unwinds the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_holds_the_store_lock_and_stops_cleanly_on_sigterm() {
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let mut server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_provbox")).arg("--data").arg(&data).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("mounted"), "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(data.join("store.bin")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+
+    let second = provbox(&data, &["store", "check"]);
+    assert!(!second.status.success());
+    assert!(text(&second).contains("in use by another provbox process"), "{}", text(&second));
+
+    let kill = Command::new("kill").arg("-TERM").arg(server.0.id().to_string()).status().unwrap();
+    assert!(kill.success());
+    assert!(server.0.wait().unwrap().success());
+    assert!(provbox(&data, &["store", "check"]).status.success(), "lock released after shutdown");
+}
+
+#[test]
+fn format_then_compact_work_on_the_default_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let format = provbox(dir.path(), &["store", "format"]);
+    assert!(format.status.success(), "{}", text(&format));
+    let compact = provbox(dir.path(), &["store", "compact"]);
+    assert!(compact.status.success(), "{}", text(&compact));
+    assert!(text(&compact).contains("compacted"));
+}

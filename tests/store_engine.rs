@@ -298,3 +298,22 @@ fn delete_after_put_of_the_same_key_in_one_transaction_wins() {
     assert_eq!(store.get(b"k"), None);
     assert_eq!(Store::mount(store.into_flash()).unwrap().get(b"k"), None);
 }
+
+#[test]
+fn sector_repeating_another_sectors_log_position_is_ignored_and_reported() {
+    let mut store = Store::mount(Flash::new(16)).unwrap();
+    store.put(b"kept", b"original").unwrap();
+    let mut image = store.into_flash().image().to_vec();
+    let sector = (0..16).find(|s| image[s * 4096] == b'P').unwrap();
+    let copy = (sector + 5) % 16;
+    let bytes = image[sector * 4096..(sector + 1) * 4096].to_vec();
+    image[copy * 4096..(copy + 1) * 4096].copy_from_slice(&bytes);
+    let report = check(Flash::from_image(image.clone())).unwrap();
+    assert!(report.corruption.iter().any(|f| f.what.contains("repeats the log position")), "{report}");
+    let mut store = Store::mount(Flash::from_image(image)).unwrap();
+    assert_eq!(store.get(b"kept"), Some(&b"original"[..]));
+    for i in 0..2000u32 {
+        store.put(b"churn", &i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(store.get(b"kept"), Some(&b"original"[..]));
+}

@@ -11,7 +11,7 @@ use std::fmt;
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::engine::{SectorScan, SectorState, Tail, geometry_of, scan_sector};
+use super::engine::{SectorScan, SectorState, Tail, geometry_of, scan_sector, valid_headers};
 use super::format::HeaderState;
 use super::records::{AdminCredentials, AuditEntry, Device, Kind, OutboxItem, Record, Setting};
 use super::{Store, StoreError};
@@ -72,10 +72,17 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
     })?;
     let mut notices = Vec::new();
     let mut corruption = Vec::new();
-    for (index, bytes) in image.chunks(geometry.sector_size).enumerate() {
+    let scans: Vec<SectorScan<'_>> = image.chunks(geometry.sector_size).map(|b| scan_sector(&geometry, b)).collect();
+    for (duplicate, original) in valid_headers(&scans).duplicates {
+        corruption.push(Finding {
+            location: format!("sector {duplicate}, offset {:#x}", duplicate * geometry.sector_size),
+            what: format!("repeats the log position of sector {original}; ignored"),
+        });
+    }
+    for (index, scan) in scans.into_iter().enumerate() {
         let base = index * geometry.sector_size;
         let at = |offset: usize| format!("sector {index}, offset {:#x}", base + offset);
-        let SectorScan { header, tail, .. } = scan_sector(&geometry, bytes);
+        let SectorScan { header, tail, .. } = scan;
         match (header, tail) {
             (HeaderState::Garbage, _) => notices.push(Finding {
                 location: at(0),

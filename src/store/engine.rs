@@ -284,14 +284,7 @@ impl<F: NorFlash> Store<F> {
             image.chunks(geometry.sector_size).map(|bytes| scan_sector(&geometry, bytes)).collect();
         recognise(&geometry, &scans)?;
 
-        let headers: Vec<(usize, SectorHeader)> = scans
-            .iter()
-            .enumerate()
-            .filter_map(|(i, scan)| match scan.header {
-                HeaderState::Valid(header) => Some((i, header)),
-                _ => None,
-            })
-            .collect();
+        let headers = valid_headers(&scans).headers;
         let max_seq = headers.iter().map(|(_, h)| h.seq).max();
         let next_seq = match max_seq {
             None => 0,
@@ -746,6 +739,34 @@ impl<F: NorFlash> Store<F> {
         }
         Ok(())
     }
+}
+
+/// The sectors whose headers can be trusted.
+pub struct ValidHeaders {
+    /// `(sector, header)` for each trusted sector.
+    pub headers: Vec<(usize, SectorHeader)>,
+    /// `(duplicate, original)` for sectors repeating the seq of an earlier one. Cuts never
+    /// produce a repeat; a damaged or forged image can, and then only the first is trusted.
+    pub duplicates: Vec<(usize, usize)>,
+}
+
+/// Finds the trusted sector headers among `scans`.
+pub fn valid_headers(scans: &[SectorScan<'_>]) -> ValidHeaders {
+    let mut seen = std::collections::HashMap::new();
+    let mut headers = Vec::new();
+    let mut duplicates = Vec::new();
+    for (i, scan) in scans.iter().enumerate() {
+        if let HeaderState::Valid(header) = scan.header {
+            match seen.entry(header.seq) {
+                std::collections::hash_map::Entry::Occupied(first) => duplicates.push((i, *first.get())),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    headers.push((i, header));
+                }
+            }
+        }
+    }
+    ValidHeaders { headers, duplicates }
 }
 
 /// Makes `op`, found in `sector`, the latest record of its key.

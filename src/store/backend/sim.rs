@@ -125,6 +125,7 @@ pub struct SimFlash<const ERASE: usize> {
     ops_done: u64,
     dead: bool,
     recording: Option<Vec<FlashOp>>,
+    multiwrite: bool,
 }
 
 impl<const ERASE: usize> SimFlash<ERASE> {
@@ -148,12 +149,19 @@ impl<const ERASE: usize> SimFlash<ERASE> {
             ops_done: 0,
             dead: false,
             recording: None,
+            multiwrite: false,
         }
     }
 
     /// The raw contents.
     pub fn image(&self) -> &[u8] {
         &self.data
+    }
+
+    /// Allows words to be written again, each write ANDing bits into the word, as
+    /// `MultiwriteNorFlash` devices do (for stores that require it).
+    pub fn allow_rewrites(&mut self) {
+        self.multiwrite = true;
     }
 
     /// Starts recording every write and erase.
@@ -237,7 +245,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
         self.check(offset, bytes.len(), WORD)?;
         let first_word = offset / WORD;
         for word in first_word..first_word + bytes.len() / WORD {
-            if self.programmed[word] {
+            if self.programmed[word] && !self.multiwrite {
                 return Err(SimError::WordWrittenTwice { offset: word * WORD });
             }
         }

@@ -69,6 +69,7 @@ struct Tally {
     landed_new: usize,
     recoveries: usize,
     flash_ops: usize,
+    erases: usize,
 }
 
 /// Retries the interrupted step and runs a few more, cutting the power once more at a random
@@ -110,7 +111,8 @@ fn second_cut(image: &Flash, state: &Model, script: &[Step], rng: &mut Rng, cont
 
 fn sweep(steps: &[Step], density: &Density) -> Tally {
     let recording = record(steps);
-    let mut tally = Tally { flash_ops: recording.ops.len(), ..Tally::default() };
+    let erases = recording.ops.iter().filter(|op| matches!(op, FlashOp::Erase { .. })).count();
+    let mut tally = Tally { flash_ops: recording.ops.len(), erases, ..Tally::default() };
     let mut base = Flash::new(SECTORS);
     let mut before = Model::new();
     let mut step = 0;
@@ -167,7 +169,8 @@ fn every_sampled_cut_keeps_each_key_old_or_new_and_acknowledged_writes_survive()
     let density = Density { write_stride: 7, erase_stride: 256, torn_stride: 5, recovery_every: 97 };
     let tally = sweep(&workload_with_wraps(), &density);
     eprintln!("power-cut sample: {tally:?}");
-    assert!(tally.flash_ops > 2_000 && tally.cuts > 20_000 && tally.recoveries > 200, "{tally:?}");
+    assert!(tally.flash_ops > 2_000 && tally.erases > 3 * SECTORS, "{tally:?}");
+    assert!(tally.cuts > 20_000 && tally.recoveries > 200, "{tally:?}");
     assert!(tally.landed_new > 0, "some cuts after the last byte must show the new value");
 }
 

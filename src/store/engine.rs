@@ -165,7 +165,6 @@ pub struct Store<F: NorFlash> {
     index: BTreeMap<Key, Slot>,
     head: Option<Head>,
     next_seq: u32,
-    low_water: u32,
     counters: WriteCounters,
 }
 
@@ -284,7 +283,8 @@ impl<F: NorFlash> Store<F> {
             image.chunks(geometry.sector_size).map(|bytes| scan_sector(&geometry, bytes)).collect();
         recognise(&geometry, &scans)?;
 
-        let headers = valid_headers(&scans).headers;
+        let mut headers = valid_headers(&scans).headers;
+        headers.sort_by_key(|(_, h)| h.seq);
         let max_seq = headers.iter().map(|(_, h)| h.seq).max();
         let next_seq = match max_seq {
             None => 0,
@@ -305,15 +305,13 @@ impl<F: NorFlash> Store<F> {
             })
             .collect();
 
-        let mut by_seq = headers.clone();
-        by_seq.sort_by_key(|(_, h)| h.seq);
-        let decoded: Vec<(usize, Vec<Vec<Op<'_>>>)> = by_seq
+        let decoded: Vec<Vec<Vec<Op<'_>>>> = headers
             .iter()
-            .map(|&(i, _)| (i, scans[i].entries.iter().filter_map(|p| format::decode_ops(p)).collect()))
+            .map(|&(i, _)| scans[i].entries.iter().filter_map(|p| format::decode_ops(p)).collect())
             .collect();
         let low_water = decoded
             .iter()
-            .flat_map(|(_, entries)| entries.iter().flatten())
+            .flat_map(|entries| entries.iter().flatten())
             .filter_map(|op| match op {
                 Op::Put { key, value } if *key == LOW_WATER_KEY => {
                     <[u8; 4]>::try_from(*value).ok().map(u32::from_le_bytes)
@@ -323,17 +321,8 @@ impl<F: NorFlash> Store<F> {
             .max()
             .unwrap_or(0);
 
-        let mut store = Store {
-            flash,
-            geometry,
-            sectors: Vec::new(),
-            index: BTreeMap::new(),
-            head: None,
-            next_seq,
-            low_water,
-            counters: WriteCounters::default(),
-        };
-        for ((i, header), (_, entries)) in by_seq.iter().zip(&decoded) {
+        let mut index = BTreeMap::new();
+        for ((i, header), entries) in headers.iter().zip(&decoded) {
             let info = &mut sectors[*i];
             info.state = SectorState::Free { erase_count: Some(header.erase_count) };
             if header.seq < low_water {
@@ -345,20 +334,20 @@ impl<F: NorFlash> Store<F> {
                 Tail::Torn { .. } | Tail::Corrupt { .. } => geometry.sector_size - geometry.header_len(),
             } as u32;
             for op in entries.iter().flatten() {
-                apply(&mut store.index, &mut sectors, *i, op);
+                apply(&mut index, &mut sectors, *i, op);
             }
         }
-        store.sectors = sectors;
         // Resume in the newest sector only if its tail is pristine, one word past the end.
-        if let Some(&(i, header)) = by_seq.last()
+        let mut head = None;
+        if let Some(&(i, header)) = headers.last()
             && header.seq >= low_water
             && let Tail::Clean { free_from } = scans[i].tail
             && free_from + geometry.align < geometry.sector_size
         {
-            store.head = Some(Head { sector: i, seq: header.seq, offset: free_from + geometry.align });
-            store.sectors[i].used_bytes += geometry.align as u32;
+            head = Some(Head { sector: i, seq: header.seq, offset: free_from + geometry.align });
+            sectors[i].used_bytes += geometry.align as u32;
         }
-        Ok(store)
+        Ok(Store { flash, geometry, sectors, index, head, next_seq, counters: WriteCounters::default() })
     }
 
     /// Erases every sector and mounts the result as an empty store.
@@ -376,11 +365,6 @@ impl<F: NorFlash> Store<F> {
     /// Gives the flash back.
     pub fn into_flash(self) -> F {
         self.flash
-    }
-
-    /// The geometry in use.
-    pub fn geometry(&self) -> Geometry {
-        self.geometry
     }
 
     /// The value of `key`, from RAM.
@@ -711,8 +695,8 @@ impl<F: NorFlash> Store<F> {
                 apply(&mut self.index, &mut self.sectors, sector, op);
             }
         }
-        let Some(seq) = retire_seq else { return Ok(()) };
-        self.low_water = seq + 1;
+        let Some(victim_seq) = retire_seq else { return Ok(()) };
+        let low_water = victim_seq + 1;
         // Tombstones in the victim have nothing older left to hide: drop them.
         let sectors = &mut self.sectors;
         self.index.retain(|_, slot| {
@@ -726,7 +710,7 @@ impl<F: NorFlash> Store<F> {
         // Everything below the mark is retired, the victim and any dead sector before it.
         for info in self.sectors.iter_mut() {
             if let SectorState::Active { seq, erase_count } = info.state
-                && seq < self.low_water
+                && seq < low_water
             {
                 debug_assert_eq!(info.live_records, 0, "a retired sector held live records");
                 *info = SectorInfo {

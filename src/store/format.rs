@@ -165,6 +165,14 @@ pub enum Op<'a> {
 }
 
 impl<'a> Op<'a> {
+    /// Sets `key` to `value`, or removes it when `value` is `None`.
+    pub fn set(key: &'a [u8], value: Option<&'a [u8]>) -> Self {
+        match value {
+            Some(value) => Op::Put { key, value },
+            None => Op::Delete { key },
+        }
+    }
+
     /// The key this operation touches.
     pub fn key(&self) -> &'a [u8] {
         match self {

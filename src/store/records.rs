@@ -486,13 +486,7 @@ impl<F: NorFlash> Db<F> {
             .map(|(key, _)| key.to_vec())
             .collect();
         changes.extend(expired.into_iter().map(|key| (key, None)));
-        let ops: Vec<Op<'_>> = changes
-            .iter()
-            .map(|(key, value)| match value {
-                Some(value) => Op::Put { key, value },
-                None => Op::Delete { key },
-            })
-            .collect();
+        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
         Ok(self.store.commit(&ops)?)
     }
 }

@@ -36,13 +36,7 @@ impl Step {
             Step::Put(key, value) => store.put(key, value),
             Step::Delete(key) => store.delete(key),
             Step::Txn(changes) => {
-                let ops: Vec<Op<'_>> = changes
-                    .iter()
-                    .map(|(key, value)| match value {
-                        Some(value) => Op::Put { key, value },
-                        None => Op::Delete { key },
-                    })
-                    .collect();
+                let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
                 store.commit(&ops)
             }
         }

@@ -478,14 +478,9 @@ impl<F: NorFlash> Db<F> {
         changes
             .extend(audit.map(|(position, entry)| (key(Kind::Audit, &position.to_be_bytes()), Some(entry.encode()))));
         // Keep the audit log bounded: drop the oldest entries in the same transaction.
-        let kept = self.store.iter_prefix(&[Kind::Audit as u8]).count() + txn.new_audit.len();
-        let expired: Vec<Vec<u8>> = self
-            .store
-            .iter_prefix(&[Kind::Audit as u8])
-            .take(kept.saturating_sub(AUDIT_CAPACITY))
-            .map(|(key, _)| key.to_vec())
-            .collect();
-        changes.extend(expired.into_iter().map(|key| (key, None)));
+        let audit_keys: Vec<&[u8]> = self.store.iter_prefix(&[Kind::Audit as u8]).map(|(key, _)| key).collect();
+        let expired = (audit_keys.len() + txn.new_audit.len()).saturating_sub(AUDIT_CAPACITY);
+        changes.extend(audit_keys[..expired.min(audit_keys.len())].iter().map(|key| (key.to_vec(), None)));
         let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
         Ok(self.store.commit(&ops)?)
     }

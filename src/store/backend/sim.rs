@@ -66,21 +66,6 @@ pub enum FlashOp {
     },
 }
 
-impl FlashOp {
-    /// How many [`Cut::AfterByte`] positions this operation has (0 ..= its length).
-    pub fn len(&self) -> usize {
-        match self {
-            FlashOp::Write { data, .. } => data.len(),
-            FlashOp::Erase { from, to } => to - from,
-        }
-    }
-
-    /// True for a zero-length operation.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// How a power cut damages the operation it interrupts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -215,6 +200,7 @@ impl<const ERASE: usize> SimFlash<ERASE> {
 
     /// Applies `op` up to the damage `cut` describes, and leaves the flash cut.
     pub fn replay_cut(&mut self, op: &FlashOp, cut: Cut) {
+        // The result is always `PowerCut`: the damage is the point.
         let _ = match op {
             FlashOp::Write { offset, data } => self.do_write(*offset, data, Some(cut)),
             FlashOp::Erase { from, to } => self.do_erase(*from, *to, Some(cut)),

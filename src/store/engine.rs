@@ -230,8 +230,8 @@ pub enum Tail {
 pub struct SectorScan<'a> {
     /// Its header.
     pub header: HeaderState,
-    /// The operations of each valid entry, in order.
-    pub entries: Vec<Vec<Op<'a>>>,
+    /// Payloads of its valid entries, in order.
+    pub entries: Vec<&'a [u8]>,
     /// How its data ends (meaningless unless the header is valid).
     pub tail: Tail,
 }
@@ -249,8 +249,8 @@ pub fn scan_sector<'a>(geometry: &Geometry, bytes: &'a [u8]) -> SectorScan<'a> {
             break Tail::Clean { free_from: bytes.len() };
         }
         let damaged_until = match format::read_slot(geometry, bytes, seq, at) {
-            FlashSlot::Entry { ops, len } => {
-                entries.push(ops);
+            FlashSlot::Entry { payload, len } => {
+                entries.push(payload);
                 at += len;
                 continue;
             }
@@ -305,9 +305,13 @@ impl<F: NorFlash> Store<F> {
             })
             .collect();
 
-        let low_water = headers
+        let decoded: Vec<Vec<Vec<Op<'_>>>> = headers
             .iter()
-            .flat_map(|&(i, _)| scans[i].entries.iter().flatten())
+            .map(|&(i, _)| scans[i].entries.iter().filter_map(|p| format::decode_ops(p)).collect())
+            .collect();
+        let low_water = decoded
+            .iter()
+            .flat_map(|entries| entries.iter().flatten())
             .filter_map(|op| match op {
                 Op::Put { key, value } if *key == LOW_WATER_KEY => {
                     <[u8; 4]>::try_from(*value).ok().map(u32::from_le_bytes)
@@ -318,7 +322,7 @@ impl<F: NorFlash> Store<F> {
             .unwrap_or(0);
 
         let mut index = BTreeMap::new();
-        for (i, header) in &headers {
+        for ((i, header), entries) in headers.iter().zip(&decoded) {
             let info = &mut sectors[*i];
             info.state = SectorState::Free { erase_count: Some(header.erase_count) };
             if header.seq < low_water {
@@ -329,7 +333,7 @@ impl<F: NorFlash> Store<F> {
                 Tail::Clean { free_from } => free_from - geometry.header_len(),
                 Tail::Torn { .. } | Tail::Corrupt { .. } => geometry.sector_size - geometry.header_len(),
             } as u32;
-            for op in scans[*i].entries.iter().flatten() {
+            for op in entries.iter().flatten() {
                 apply(&mut index, &mut sectors, *i, op);
             }
         }

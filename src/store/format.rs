@@ -210,8 +210,8 @@ pub fn decode_ops(payload: &[u8]) -> Option<Vec<Op<'_>>> {
 pub enum Slot<'a> {
     /// A valid entry: its payload and its total length on flash.
     Entry {
-        /// The batch of operations it carries.
-        ops: Vec<Op<'a>>,
+        /// The batch of operations, still encoded.
+        payload: &'a [u8],
         /// Bytes the entry occupies, padding included.
         len: usize,
     },
@@ -243,11 +243,10 @@ pub fn read_slot<'a>(geometry: &Geometry, sector: &'a [u8], seq: u32, at: usize)
     }
     let payload = &sector[at + ENTRY_HEADER_LEN..at + ENTRY_HEADER_LEN + len as usize];
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let ops = (crc == crc32(&[&seq.to_le_bytes(), &len.to_le_bytes(), payload])).then(|| decode_ops(payload));
-    match ops.flatten() {
-        Some(ops) => Slot::Entry { ops, len: total },
-        None => Slot::BadPayload { len: total },
+    if crc != crc32(&[&seq.to_le_bytes(), &len.to_le_bytes(), payload]) || decode_ops(payload).is_none() {
+        return Slot::BadPayload { len: total };
     }
+    Slot::Entry { payload, len: total }
 }
 
 #[cfg(test)]
@@ -280,9 +279,9 @@ mod tests {
         let entry = encode_entry(&GEOMETRY, 9, &payload);
         sector[..entry.len()].copy_from_slice(&entry);
         match read_slot(&GEOMETRY, &sector, 9, 0) {
-            Slot::Entry { ops: read, len } => {
+            Slot::Entry { payload: read, len } => {
                 assert_eq!(len, entry.len());
-                assert_eq!(read, ops);
+                assert_eq!(decode_ops(read).as_deref(), Some(&ops[..]));
             }
             other => panic!("expected an entry, got {other:?}"),
         }

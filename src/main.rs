@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
 use provbox::store::check::{self, hex};
-use provbox::store::records::{AdminCredentials, AuditEntry, Device, Kind, OutboxItem, Record, Setting};
+use provbox::store::records::{Kind, decode_json};
 use provbox::store::{Store, StoreError};
 
 /// Provisioning appliance for SIP desk phones.
@@ -63,6 +63,13 @@ enum CliError {
     Runtime(std::io::Error),
 }
 
+impl CliError {
+    /// Wraps a store error with the device it concerns.
+    fn store(path: &Path) -> impl FnOnce(StoreError) -> CliError + '_ {
+        move |source| CliError::Store { path: path.to_path_buf(), source }
+    }
+}
+
 /// Where the store lives and whether it may be created.
 struct StorePath {
     path: PathBuf,
@@ -91,7 +98,7 @@ impl Cli {
 
     fn mount(&self, allow_create: bool) -> Result<(Store<AnyFlash>, PathBuf), CliError> {
         let (flash, path) = self.open_flash(allow_create)?;
-        let store = Store::mount(flash).map_err(|source| CliError::Store { path: path.clone(), source })?;
+        let store = Store::mount(flash).map_err(CliError::store(&path))?;
         Ok((store, path))
     }
 }
@@ -153,7 +160,7 @@ fn store_command(cli: &Cli, command: &StoreCommand) -> Result<(), CliError> {
     match command {
         StoreCommand::Check => {
             let (flash, path) = cli.open_flash(false)?;
-            let report = check::check(flash).map_err(|source| CliError::Store { path: path.clone(), source })?;
+            let report = check::check(flash).map_err(CliError::store(&path))?;
             print!("{report}");
             if report.is_clean() { Ok(()) } else { Err(CliError::Corrupt(path)) }
         }
@@ -172,13 +179,13 @@ fn store_command(cli: &Cli, command: &StoreCommand) -> Result<(), CliError> {
         StoreCommand::Compact => {
             let (mut store, path) = cli.mount(false)?;
             let before = store.counters().erases;
-            store.compact().map_err(|source| CliError::Store { path: path.clone(), source })?;
+            store.compact().map_err(CliError::store(&path))?;
             println!("compacted {}: {} sectors erased", path.display(), store.counters().erases - before);
             Ok(())
         }
         StoreCommand::Format => {
             let (flash, path) = cli.open_flash(true)?;
-            Store::format(flash).map_err(|source| CliError::Store { path: path.clone(), source })?;
+            Store::format(flash).map_err(CliError::store(&path))?;
             println!("formatted {}: empty store", path.display());
             Ok(())
         }
@@ -190,14 +197,6 @@ const SECRET_FIELDS: [&str; 4] = ["sip_password", "password_hash", "enrollment_t
 
 /// One record as a JSON line, with secrets masked.
 fn dump_json(key: &[u8], value: &[u8]) -> String {
-    fn decoded<R: Record>(value: &[u8]) -> serde_json::Value {
-        match R::decode(value) {
-            Ok(record) => {
-                serde_json::to_value(record).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
-            }
-            Err(error) => serde_json::json!({ "error": error.to_string() }),
-        }
-    }
     fn mask(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
@@ -214,12 +213,9 @@ fn dump_json(key: &[u8], value: &[u8]) -> String {
         }
     }
     let kind = Kind::from_byte(key[0]);
-    let mut record = match kind {
-        Some(Kind::Device) => decoded::<Device>(value),
-        Some(Kind::Setting) => decoded::<Setting>(value),
-        Some(Kind::Admin) => decoded::<AdminCredentials>(value),
-        Some(Kind::Outbox) => decoded::<OutboxItem>(value),
-        Some(Kind::Audit) => decoded::<AuditEntry>(value),
+    let mut record = match kind.map(|kind| decode_json(kind, value)) {
+        Some(Ok(record)) => record,
+        Some(Err(error)) => serde_json::json!({ "error": error.to_string() }),
         None => serde_json::json!({ "bytes": hex(value) }),
     };
     mask(&mut record);

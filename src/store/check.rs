@@ -13,7 +13,7 @@ use embedded_storage::nor_flash::NorFlash;
 
 use super::engine::{SectorScan, SectorState, Tail, geometry_of, scan_sector, valid_headers};
 use super::format::HeaderState;
-use super::records::{AdminCredentials, AuditEntry, Device, Kind, OutboxItem, Record, Setting};
+use super::records::{Kind, decode_json};
 use super::{Store, StoreError};
 
 /// One thing `check` found.
@@ -103,14 +103,7 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
     let mut records = BTreeMap::new();
     for (key, value) in store.iter_prefix(&[]) {
         let kind = Kind::from_byte(key[0]);
-        let decoded = match kind {
-            Some(Kind::Device) => Device::decode(value).map(drop),
-            Some(Kind::Setting) => Setting::decode(value).map(drop),
-            Some(Kind::Admin) => AdminCredentials::decode(value).map(drop),
-            Some(Kind::Outbox) => OutboxItem::decode(value).map(drop),
-            Some(Kind::Audit) => AuditEntry::decode(value).map(drop),
-            None => Ok(()),
-        };
+        let decoded = kind.map_or(Ok(()), |kind| decode_json(kind, value).map(drop));
         *records.entry(kind.map_or("unknown", Kind::name)).or_insert(0) += 1;
         if let Err(error) = decoded {
             corruption.push(Finding { location: format!("record {}", hex(key)), what: error.to_string() });

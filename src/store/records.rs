@@ -271,6 +271,21 @@ impl Record for AuditEntry {
     const SCHEMA: u8 = 1;
 }
 
+/// Decodes a stored value of `kind` into JSON, for the inspection commands.
+pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, RecordError> {
+    fn json<R: Record>(value: &[u8]) -> Result<serde_json::Value, RecordError> {
+        serde_json::to_value(R::decode(value)?)
+            .map_err(|e| RecordError::Malformed { kind: R::KIND, reason: e.to_string() })
+    }
+    match kind {
+        Kind::Device => json::<Device>(value),
+        Kind::Setting => json::<Setting>(value),
+        Kind::Admin => json::<AdminCredentials>(value),
+        Kind::Outbox => json::<OutboxItem>(value),
+        Kind::Audit => json::<AuditEntry>(value),
+    }
+}
+
 fn key(kind: Kind, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + id.len());
     key.push(kind as u8);

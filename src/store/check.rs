@@ -114,10 +114,11 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
         .iter()
         .enumerate()
         .map(|(index, info)| {
-            let (seq, erase_count) = match info.state {
-                SectorState::Active { seq, erase_count } => (Some(seq), Some(erase_count)),
-                SectorState::Free { erase_count } => (None, erase_count),
+            let seq = match info.state {
+                SectorState::Active { seq, .. } => Some(seq),
+                SectorState::Free { .. } => None,
             };
+            let erase_count = info.state.erase_count();
             SectorLine {
                 index,
                 seq,

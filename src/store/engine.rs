@@ -118,6 +118,16 @@ pub enum SectorState {
     },
 }
 
+impl SectorState {
+    /// Erases so far, when known.
+    pub fn erase_count(&self) -> Option<u32> {
+        match *self {
+            SectorState::Active { erase_count, .. } => Some(erase_count),
+            SectorState::Free { erase_count } => erase_count,
+        }
+    }
+}
+
 /// Bookkeeping for one sector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SectorInfo {
@@ -544,20 +554,9 @@ impl<F: NorFlash> Store<F> {
     /// behind the most-worn sector, so that sectors holding data that never changes still
     /// take their share of erases.
     fn level_wear(&mut self) -> Result<(), StoreError> {
-        let erase_count = |info: &SectorInfo| match info.state {
-            SectorState::Active { erase_count, .. } | SectorState::Free { erase_count: Some(erase_count) } => {
-                Some(erase_count)
-            }
-            SectorState::Free { erase_count: None } => None,
-        };
-        let most_worn = self.sectors.iter().filter_map(erase_count).max().unwrap_or(0);
-        let head_sector = self.head.map(|h| h.sector);
-        let least_worn_live = self
-            .active_sectors()
-            .into_iter()
-            .filter(|&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
-            .filter_map(|(_, i)| Some((erase_count(&self.sectors[i])?, i)))
-            .min();
+        let most_worn = self.sectors.iter().filter_map(|info| info.state.erase_count()).max().unwrap_or(0);
+        let least_worn_live =
+            self.live_sectors().filter_map(|(_, i)| Some((self.sectors[i].state.erase_count()?, i))).min();
         let Some((count, sector)) = least_worn_live else { return Ok(()) };
         if count + WEAR_LAG_LIMIT > most_worn {
             return Ok(());
@@ -570,23 +569,18 @@ impl<F: NorFlash> Store<F> {
 
     /// Erases a reclaimable sector, the least worn one, and makes it the head.
     fn open_sector(&mut self) -> Result<usize, StoreError> {
-        let erase_estimate = |info: &SectorInfo| match info.state {
-            SectorState::Free { erase_count } => erase_count.unwrap_or(u32::MAX),
-            SectorState::Active { erase_count, .. } => erase_count,
-        };
+        // A sector whose header was lost has an unknown count: use it last, and assume
+        // it is as worn as the most-worn known sector.
+        let erase_estimate = |i: usize| self.sectors[i].state.erase_count().unwrap_or(u32::MAX);
         let count = self.sectors.len();
         let after_head = self.head.map_or(0, |h| h.sector + 1);
         let chosen = (0..count)
             .map(|step| (after_head + step) % count)
             .filter(|&i| self.is_reclaimable(i))
-            .min_by_key(|&i| erase_estimate(&self.sectors[i]))
+            .min_by_key(|&i| erase_estimate(i))
             .ok_or(StoreError::Full { needed: self.geometry.sector_size, live_bytes: self.live_bytes() })?;
-        let known_max = self.sectors.iter().map(erase_estimate).filter(|&e| e != u32::MAX).max().unwrap_or(0);
-        let erase_count = match erase_estimate(&self.sectors[chosen]) {
-            u32::MAX => known_max,
-            known => known,
-        }
-        .saturating_add(1);
+        let known_max = self.sectors.iter().filter_map(|info| info.state.erase_count()).max().unwrap_or(0);
+        let erase_count = self.sectors[chosen].state.erase_count().unwrap_or(known_max).saturating_add(1);
 
         let seq = self.next_seq;
         let next_seq = seq
@@ -625,8 +619,15 @@ impl<F: NorFlash> Store<F> {
 
     /// The oldest sector holding live records, other than the head.
     fn oldest_live(&self) -> Option<(u32, usize)> {
+        self.live_sectors().next()
+    }
+
+    /// Sectors other than the head holding live records, as `(seq, index)`, oldest first.
+    fn live_sectors(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
         let head_sector = self.head.map(|h| h.sector);
-        self.active_sectors().into_iter().find(|&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
+        self.active_sectors()
+            .into_iter()
+            .filter(move |&(_, i)| Some(i) != head_sector && self.sectors[i].live_records > 0)
     }
 
     /// Copies the live records of the oldest sector that has any to the head and retires

@@ -3,8 +3,20 @@
 //! The crate is a library with a thin binary on top (`src/main.rs`, the CLI only).
 //!
 //! - [`store`]: the power-loss-safe key-value store on flash that holds all state.
-//! - [`mac`]: the `Mac` type, parsed once at the edge.
+//! - [`app`]: the appliance's state and every operation on it.
+//! - [`provision`]: vendor profiles, templates and the per-request enrollment decision.
+//! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
+//! - [`control`]: the CLI's protocol over a Unix socket; [`daemon`]: `provbox serve`.
+//! - [`devices`], [`settings`], [`mac`]: validated input.
 #![deny(missing_docs)]
 
+pub mod app;
+pub mod control;
+pub mod daemon;
+pub mod devices;
 pub mod mac;
+pub mod pki;
+pub mod provision;
+pub mod server;
+pub mod settings;
 pub mod store;

@@ -4,9 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use provbox::app::App;
+use provbox::control::{self, Request, Response};
+use provbox::daemon::{self, DaemonConfig};
+use provbox::devices::{DeviceSpec, LineSpec};
+use provbox::pki::KeyType;
+use provbox::server::Limits;
 use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
 use provbox::store::check::{self, hex};
-use provbox::store::records::{Kind, decode_json};
+use provbox::store::records::{Db, Kind, decode_json};
 use provbox::store::{Store, StoreError};
 
 /// Provisioning appliance for SIP desk phones.
@@ -26,10 +32,142 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance (the default).
-    Serve,
+    Serve(ServeArgs),
+    /// Manage phones.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show and change site settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Show exactly what a phone would be served, secrets masked unless --reveal.
+    Render {
+        /// The device's MAC.
+        mac: String,
+        /// The file name the phone requests, e.g. 805ec0d57d72.cfg.
+        file: String,
+        /// Show passwords and tokens.
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Inspect and maintain the on-flash store.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// HTTPS listen address.
+    #[arg(long, default_value = "[::]:8443")]
+    https: String,
+    /// Plain HTTP listen address (CA download and secret-free files only).
+    #[arg(long, default_value = "[::]:8080")]
+    http: String,
+    /// Key type of generated certificates.
+    #[arg(long, value_enum, default_value_t = KeyType::Rsa2048)]
+    key_type: KeyType,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Connections served at once per listener.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Add a phone with one line.
+    Add {
+        /// MAC address.
+        #[arg(long)]
+        mac: String,
+        /// Vendor: yealink, snom, polycom, grandstream, fanvil, gigaset.
+        #[arg(long)]
+        vendor: String,
+        /// Model, e.g. T54W.
+        #[arg(long)]
+        model: String,
+        /// Extension number.
+        #[arg(long)]
+        ext: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// SIP auth user [default: the extension].
+        #[arg(long)]
+        sip_user: Option<String>,
+        /// SIP password [default: a generated strong one].
+        #[arg(long)]
+        sip_password: Option<String>,
+    },
+    /// List phones.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one phone, with its enrollment and steady URLs.
+    Show {
+        /// MAC address.
+        mac: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a phone.
+    Remove {
+        /// MAC address.
+        mac: String,
+    },
+    /// Re-open enrollment with a fresh enrollment URL.
+    Unlock {
+        /// MAC address.
+        mac: String,
+    },
+    /// Let the tokenless LAN path (DHCP option 66, PnP) serve this phone's config for a while.
+    LanWindow {
+        /// MAC address.
+        mac: String,
+        /// Minutes.
+        #[arg(long, default_value_t = 15)]
+        minutes: u64,
+    },
+    /// Import phones from CSV (columns mac,vendor,model,extension,name[,sip_user,sip_password]).
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// Import the valid rows even if some are wrong (default: all or nothing).
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Export phones as CSV.
+    Export {
+        /// Include SIP passwords.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Unknown phones that asked for a config.
+    Seen {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show every setting, secrets masked.
+    Show {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a setting.
+    Set {
+        /// Setting name, e.g. sip.server.
+        name: String,
+        /// New value.
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,6 +199,18 @@ enum CliError {
     Corrupt(PathBuf),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0:?} is not a listen address; write it as IP:PORT, e.g. 0.0.0.0:443 or [::]:8443")]
+    Address(String),
+    #[error(transparent)]
+    Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    App(#[from] provbox::app::AppError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{message}")]
+    Refused { message: String },
 }
 
 impl CliError {
@@ -115,8 +265,15 @@ fn ensure_private_dir(dir: &Path) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        None | Some(Command::Serve) => serve(&cli),
+        None => serve(&cli, &ServeArgs::default_values()),
+        Some(Command::Serve(args)) => serve(&cli, args),
         Some(Command::Store(command)) => store_command(&cli, command),
+        Some(Command::Device(command)) => device_command(&cli, command),
+        Some(Command::Settings(command)) => settings_command(&cli, command),
+        Some(Command::Render { mac, file, reveal }) => {
+            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
+            control_request(&cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,27 +290,241 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
-/// Mounts the store and holds it until SIGTERM or Ctrl-C.
-fn serve(cli: &Cli) -> Result<(), CliError> {
+impl ServeArgs {
+    /// The flags' defaults, for a bare `provbox`.
+    fn default_values() -> ServeArgs {
+        ServeArgs {
+            https: "[::]:8443".into(),
+            http: "[::]:8080".into(),
+            key_type: KeyType::Rsa2048,
+            header_timeout: 10,
+            max_connections: 512,
+        }
+    }
+}
+
+/// Runs the appliance until SIGTERM or Ctrl-C.
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let address = |text: &str| text.parse().map_err(|_| CliError::Address(text.into()));
+    let config = DaemonConfig {
+        data_dir: cli.data.clone(),
+        https: address(&args.https)?,
+        http: address(&args.http)?,
+        key_type: args.key_type,
+        limits: Limits {
+            header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+            max_connections: args.max_connections.max(1),
+            ..Limits::default()
+        },
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(if std::env::var_os("PROVBOX_DEBUG").is_some() {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        })
+        .init();
     let (store, path) = cli.mount(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)?;
-    runtime.block_on(async {
-        // Handlers first, so that a SIGTERM right after the ready line is never lost.
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Runtime)?;
+    runtime.block_on(daemon::run(Db::new(store), config, |ready| {
         say(format_args!(
-            "provbox {}: store {} mounted, {} records",
+            "provbox {}: store {} mounted, {} devices\n  phones: {}  (HTTPS on {})\n  CA certificate: {}  (HTTP on {})\n  manage: provbox --data {} device add|list|show, settings show|set",
             env!("CARGO_PKG_VERSION"),
             path.display(),
-            store.len()
+            ready.devices,
+            ready.base_url,
+            ready.https,
+            ready.ca_url,
+            ready.http,
+            cli.data.display(),
         ));
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    }))?;
+    say(format_args!("provbox: stopped"));
+    Ok(())
+}
+
+/// Runs `request` on the running server, or on the store directly when none runs.
+fn control_request(cli: &Cli, request: &Request) -> Result<serde_json::Value, CliError> {
+    let response = match control::call(&cli.data, request)? {
+        Some(response) => response,
+        None => {
+            let (store, _) = cli.mount(true)?;
+            let app = App::new(Db::new(store), daemon::site(cli.data.clone(), 8443))?;
+            control::handle(&app, request, "cli")
         }
-        say(format_args!("provbox: shutting down"));
-        Ok(())
-    })
+    };
+    match response {
+        Response::Ok { result } => Ok(result),
+        Response::Error { message, problems } => {
+            for problem in problems {
+                eprintln!("line {}: {}", problem.line, problem.reason);
+            }
+            Err(CliError::Refused { message })
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
+    match command {
+        DeviceCommand::Add { mac, vendor, model, ext, name, sip_user, sip_password } => {
+            let spec = DeviceSpec {
+                mac: mac.clone(),
+                vendor: vendor.clone(),
+                model: model.clone(),
+                lines: vec![LineSpec {
+                    extension: ext.clone(),
+                    name: name.clone(),
+                    sip_user: sip_user.clone(),
+                    sip_password: sip_password.clone(),
+                }],
+            };
+            let device = control_request(cli, &Request::DeviceAdd { spec })?;
+            println!("added {}\n  enrollment URL: {}", text(&device["mac"]), text(&device["enrollment_url"]));
+        }
+        DeviceCommand::List { json } => {
+            let devices = control_request(cli, &Request::DeviceList)?;
+            if *json {
+                print_json(&devices);
+            } else {
+                println!(
+                    "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} LAST CONTACT",
+                    "MAC", "VENDOR", "MODEL", "EXT", "NAME", "ENROLL", "CONFIG"
+                );
+                for device in devices.as_array().into_iter().flatten() {
+                    let line = &device["lines"][0];
+                    println!(
+                        "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} {}",
+                        text(&device["mac"]),
+                        text(&device["vendor"]),
+                        text(&device["model"]),
+                        text(&line["extension"]),
+                        text(&line["name"]),
+                        text(&device["enrollment"]["state"]),
+                        text(&device["config"]),
+                        text(&device["last_contact"]["ip"]),
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { mac, json } => {
+            let device = control_request(cli, &Request::DeviceShow { mac: mac.clone() })?;
+            if *json {
+                print_json(&device);
+            } else {
+                println!("mac             {}", text(&device["mac"]));
+                println!("vendor / model  {} {}", text(&device["vendor"]), text(&device["model"]));
+                for line in device["lines"].as_array().into_iter().flatten() {
+                    println!(
+                        "line            {} {} (SIP user {})",
+                        text(&line["extension"]),
+                        text(&line["name"]),
+                        text(&line["sip_user"])
+                    );
+                }
+                println!("enrollment      {}", device["enrollment"]);
+                println!("enrollment URL  {}", text(&device["enrollment_url"]));
+                println!("steady URL      {}", text(&device["steady_url"]));
+                println!("config          {}", text(&device["config"]));
+                println!("last contact    {}", device["last_contact"]);
+                for file in device["files"].as_array().into_iter().flatten() {
+                    println!(
+                        "file            files/{}  {} bytes  sha256 {}",
+                        text(&file["path"]),
+                        file["size"],
+                        text(&file["sha256"])
+                    );
+                }
+            }
+        }
+        DeviceCommand::Remove { mac } => {
+            control_request(cli, &Request::DeviceRemove { mac: mac.clone() })?;
+            println!("removed {mac}");
+        }
+        DeviceCommand::Unlock { mac } => {
+            let device = control_request(cli, &Request::DeviceUnlock { mac: mac.clone() })?;
+            println!(
+                "enrollment reopened for {}\n  new enrollment URL: {}",
+                text(&device["mac"]),
+                text(&device["enrollment_url"])
+            );
+        }
+        DeviceCommand::LanWindow { mac, minutes } => {
+            let device = control_request(cli, &Request::DeviceLanWindow { mac: mac.clone(), minutes: *minutes })?;
+            println!(
+                "LAN enrollment window open for {} until {}",
+                text(&device["mac"]),
+                text(&device["lan_window_until"])
+            );
+        }
+        DeviceCommand::Import { file, partial } => {
+            let csv = std::fs::read_to_string(file).map_err(|source| CliError::Read { path: file.clone(), source })?;
+            let report = control_request(cli, &Request::DeviceImport { csv, partial: *partial })?;
+            for problem in report["problems"].as_array().into_iter().flatten() {
+                eprintln!("line {}: {} (skipped)", problem["line"], text(&problem["reason"]));
+            }
+            println!("imported {} device(s)", report["imported"]);
+        }
+        DeviceCommand::Export { reveal } => {
+            print!("{}", text(&control_request(cli, &Request::DeviceExport { reveal: *reveal })?));
+        }
+        DeviceCommand::Seen { json } => {
+            let seen = control_request(cli, &Request::PhonesSeen)?;
+            if *json {
+                print_json(&seen);
+            } else {
+                for phone in seen.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:15} {:10} {}",
+                        text(&phone["mac"]),
+                        text(&phone["ip"]),
+                        text(&phone["model"]),
+                        text(&phone["user_agent"])
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn settings_command(cli: &Cli, command: &SettingsCommand) -> Result<(), CliError> {
+    match command {
+        SettingsCommand::Show { json } => {
+            let settings = control_request(cli, &Request::SettingsShow)?;
+            if *json {
+                print_json(&settings);
+            } else {
+                for setting in settings.as_array().into_iter().flatten() {
+                    let default = if setting["default"] == true { " (default)" } else { "" };
+                    println!(
+                        "{:32} = {:24}{default}  # {}",
+                        text(&setting["name"]),
+                        text(&setting["value"]),
+                        text(&setting["help"])
+                    );
+                }
+            }
+        }
+        SettingsCommand::Set { name, value } => {
+            control_request(cli, &Request::SettingsSet { name: name.clone(), value: value.clone() })?;
+            println!("{name} set");
+        }
+    }
+    Ok(())
 }
 
 fn store_command(cli: &Cli, command: &StoreCommand) -> Result<(), CliError> {

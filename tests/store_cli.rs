@@ -63,7 +63,10 @@ fn dump_shows_records_as_json_with_secrets_masked_and_check_counts_them() {
             .collect(),
             enrollment_token: [1; 16],
             steady_token: [2; 16],
+            keys: Default::default(),
+            overrides: Default::default(),
             enrollment: Enrollment::Open { first_fetch: None },
+            lan_window_until: None,
             last_contact: None,
         };
         db.commit(Txn::new().put_device(&device).audit(1, "cli", "added 001565aabbcc").unwrap()).unwrap();

@@ -43,7 +43,10 @@ fn device(n: u32, lines: usize) -> Device {
         lines: (0..lines).map(line).collect(),
         enrollment_token: [n as u8; 16],
         steady_token: [!n as u8; 16],
+        keys: Default::default(),
+        overrides: Default::default(),
         enrollment: Enrollment::Open { first_fetch: None },
+        lan_window_until: None,
         last_contact: None,
     }
 }

@@ -18,6 +18,8 @@ use crate::mac::Mac;
 
 /// The most devices the appliance manages.
 pub const MAX_DEVICES: usize = 5000;
+/// Phones-seen entries kept; the least recent is dropped beyond this.
+pub const SEEN_CAPACITY: usize = 256;
 /// Audit entries kept; the oldest are dropped beyond this.
 pub const AUDIT_CAPACITY: usize = 256;
 /// Longest setting name.
@@ -36,11 +38,13 @@ pub enum Kind {
     Outbox = 4,
     /// Who did what: [`AuditEntry`].
     Audit = 5,
+    /// An unknown phone that asked for a config: [`PhoneSeen`].
+    Seen = 6,
 }
 
 impl Kind {
     /// Every kind, in key order.
-    pub const ALL: [Kind; 5] = [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit];
+    pub const ALL: [Kind; 6] = [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit, Kind::Seen];
 
     /// The kind whose keys start with `byte`.
     pub fn from_byte(byte: u8) -> Option<Kind> {
@@ -55,6 +59,7 @@ impl Kind {
             Kind::Admin => "admin",
             Kind::Outbox => "outbox",
             Kind::Audit => "audit",
+            Kind::Seen => "seen",
         }
     }
 }
@@ -176,6 +181,37 @@ pub struct Contact {
     pub config_hash: [u8; 8],
 }
 
+/// What a programmable key on the phone does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// Shows one of the phone's own lines; `value` is the line number.
+    Line,
+    /// Busy lamp field: watches the extension in `value`.
+    Blf,
+    /// Dials the number in `value`.
+    SpeedDial,
+}
+
+/// One programmable key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionKey {
+    /// What it does.
+    pub kind: KeyKind,
+    /// Line number, extension or number, per `kind`.
+    pub value: String<32>,
+    /// Text on the phone's display.
+    pub label: String<24>,
+}
+
+/// A vendor config key set for one device only, written after the template's own keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// The vendor's key, e.g. `features.dnd.enable`.
+    pub name: String<48>,
+    /// Its value.
+    pub value: String<96>,
+}
+
 /// A phone the appliance provisions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
@@ -187,12 +223,18 @@ pub struct Device {
     pub model: String<24>,
     /// Its SIP accounts.
     pub lines: HVec<Line, 4>,
+    /// Programmable line and BLF keys, in key order.
+    pub keys: HVec<FunctionKey, 16>,
+    /// Per-device vendor keys.
+    pub overrides: HVec<Override, 16>,
     /// Secret of the one-time enrollment URL.
     pub enrollment_token: [u8; 16],
     /// Secret of the steady URL.
     pub steady_token: [u8; 16],
     /// Enrollment state.
     pub enrollment: Enrollment,
+    /// Unix time until which the tokenless path may serve this phone's full config.
+    pub lan_window_until: Option<u64>,
     /// Last configuration fetch.
     pub last_contact: Option<Contact>,
 }
@@ -207,6 +249,28 @@ impl Record for Device {
 pub struct Setting {
     /// The value.
     pub value: String<256>,
+}
+
+/// An unknown phone that asked for its config on the tokenless path, kept for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneSeen {
+    /// Its MAC, also its key.
+    pub mac: Mac,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its User-Agent header.
+    pub user_agent: String<96>,
+    /// Vendor, when the User-Agent told.
+    pub vendor: String<16>,
+    /// Model, when the User-Agent told.
+    pub model: String<24>,
+    /// Unix time of its last request.
+    pub at: u64,
+}
+
+impl Record for PhoneSeen {
+    const KIND: Kind = Kind::Seen;
+    const SCHEMA: u8 = 1;
 }
 
 impl Record for Setting {
@@ -283,6 +347,7 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
         Kind::Admin => json::<AdminCredentials>(value),
         Kind::Outbox => json::<OutboxItem>(value),
         Kind::Audit => json::<AuditEntry>(value),
+        Kind::Seen => json::<PhoneSeen>(value),
     }
 }
 
@@ -375,6 +440,18 @@ impl Txn {
         self
     }
 
+    /// Records an unknown phone, or refreshes its entry.
+    pub fn put_seen(&mut self, seen: &PhoneSeen) -> &mut Self {
+        self.changes.push((key(Kind::Seen, &seen.mac.0), Some(seen.encode())));
+        self
+    }
+
+    /// Forgets an entry of the phones-seen list.
+    pub fn remove_seen(&mut self, mac: &Mac) -> &mut Self {
+        self.changes.push((key(Kind::Seen, &mac.0), None));
+        self
+    }
+
     /// Appends to the audit log.
     pub fn audit(&mut self, at: u64, actor: &str, action: &str) -> Result<&mut Self, RecordError> {
         self.new_audit.push(AuditEntry {
@@ -442,6 +519,11 @@ impl<F: NorFlash> Db<F> {
                 Ok((name, Setting::decode(value)?.value.as_str().into()))
             })
             .collect()
+    }
+
+    /// The phones-seen list, in MAC order.
+    pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, RecordError> {
+        self.store.iter_prefix(&[Kind::Seen as u8]).map(|(_, value)| PhoneSeen::decode(value)).collect()
     }
 
     /// The admin credentials, once set.

@@ -1,0 +1,635 @@
+//! The appliance's state and every operation on it. The HTTPS server, the control socket
+//! and the offline CLI all go through [`App`], so a device added on the command line and one
+//! added over the socket are the same code path.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec};
+use crate::mac::Mac;
+use crate::provision::context;
+use crate::provision::templates::{RenderError, Templates};
+use crate::provision::throttle::Throttle;
+use crate::settings::{self, SettingError};
+use crate::store::backend::AnyFlash;
+use crate::store::check::hex;
+use crate::store::records::{Contact, Db, DbError, Device, Enrollment, PhoneSeen, RecordError, SEEN_CAPACITY, Txn};
+
+/// Why an operation failed; every variant reads as advice to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A stored record is unreadable.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A device field was refused.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A setting was refused.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// A template failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A malformed MAC.
+    #[error(transparent)]
+    Mac(#[from] crate::mac::MacError),
+    /// No such device.
+    #[error("no device with MAC {0}; `provbox device list` shows the known ones")]
+    NoDevice(Mac),
+    /// A device with that MAC exists.
+    #[error("a device with MAC {0} already exists; remove it first or unlock it")]
+    DeviceExists(Mac),
+    /// The device's vendor serves no such file.
+    #[error("{vendor} phones are not served a file named {file:?}")]
+    NoSuchFile {
+        /// The device's vendor.
+        vendor: String,
+        /// The requested name.
+        file: String,
+    },
+    /// A CSV import with problems, imported all-or-nothing.
+    #[error("import refused, nothing imported: {} problem(s)", .0.len())]
+    Import(Vec<CsvProblem>),
+}
+
+/// Which URL a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `/e/<token>/`, the one-time enrollment URL.
+    Enrollment,
+    /// `/p/<token>/`, the steady URL.
+    Steady,
+}
+
+/// Where the appliance keeps its files, and how phones reach it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Default base URL when `provision.base_url` is empty, e.g. `https://192.0.2.10:8443/`.
+    pub default_base_url: String,
+}
+
+/// Mutable state under one lock; every critical section is short and never awaits.
+pub(crate) struct State {
+    pub(crate) db: Db<AnyFlash>,
+    tokens: HashMap<[u8; 16], (Mac, TokenKind)>,
+    /// Contacts not yet written to flash; flushed periodically to spare the flash.
+    pub(crate) pending_contacts: HashMap<Mac, Contact>,
+}
+
+/// The appliance.
+pub struct App {
+    state: Mutex<State>,
+    /// Vendor profiles and templates.
+    pub templates: Templates,
+    /// Token-miss throttling.
+    pub throttle: Throttle,
+    /// Paths and URLs.
+    pub site: Site,
+}
+
+/// Enrollment as shown to people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum EnrollmentView {
+    /// Never fetched: the enrollment URL serves the full config.
+    Open,
+    /// Fetched once; open until the grace period ends.
+    Grace {
+        /// Unix time it closes.
+        until: u64,
+    },
+    /// Closed: the enrollment URL serves nothing until unlocked.
+    Locked {
+        /// Unix time it closed.
+        since: u64,
+    },
+}
+
+/// Whether the phone has the config it would be served now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigState {
+    /// The phone has never fetched its device file.
+    NeverFetched,
+    /// It fetched exactly what it would get now.
+    Current,
+    /// The config changed since its last fetch.
+    Pending,
+}
+
+/// A static file offered under `/p/<steady>/files/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticFile {
+    /// Path below `files/`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A device as shown by `device show` and the page. Passwords are never part of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// MAC, 12 lowercase hex digits.
+    pub mac: String,
+    /// Vendor id.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Lines: extension, name, SIP user.
+    pub lines: Vec<LineView>,
+    /// Enrollment state.
+    pub enrollment: EnrollmentView,
+    /// The one-time enrollment URL.
+    pub enrollment_url: String,
+    /// The steady URL.
+    pub steady_url: String,
+    /// Until when the tokenless LAN path serves the full config, if open.
+    pub lan_window_until: Option<u64>,
+    /// Last fetch.
+    pub last_contact: Option<Contact>,
+    /// Whether the phone has its latest config.
+    pub config: ConfigState,
+    /// Files under `files/`, with checksums (only in `device show`).
+    pub files: Vec<StaticFile>,
+}
+
+/// One line without its password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    /// Extension.
+    pub extension: String,
+    /// Display name.
+    pub name: String,
+    /// SIP auth user.
+    pub sip_user: String,
+}
+
+/// A setting as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingView {
+    /// Name.
+    pub name: String,
+    /// Value; secrets are masked.
+    pub value: String,
+    /// Whether it is still the default.
+    pub default: bool,
+    /// What it does.
+    pub help: String,
+}
+
+/// The result of a CSV import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Devices created.
+    pub imported: usize,
+    /// Rows skipped, with reasons (partial imports only).
+    pub problems: Vec<CsvProblem>,
+}
+
+/// The current Unix time.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Masked stand-in for a secret.
+pub const MASK: &str = "********";
+
+impl App {
+    /// Wraps a mounted store. Generates the phones' admin password on first start.
+    pub fn new(db: Db<AnyFlash>, site: Site) -> Result<App, AppError> {
+        let templates = Templates::new(site.data_dir.join("templates"));
+        let mut state = State { db, tokens: HashMap::new(), pending_contacts: HashMap::new() };
+        if state.db.setting("phone.admin_password")?.is_none() {
+            let mut txn = Txn::new();
+            txn.set_setting("phone.admin_password", &devices::generate_password())?;
+            state.db.commit(&txn)?;
+        }
+        state.rebuild_tokens()?;
+        Ok(App { state: Mutex::new(state), templates, throttle: Throttle::default(), site })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the store consistent (commits are atomic),
+        // so later requests may go on.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The device owning `token` as a `kind` token, compared in constant time.
+    pub fn device_by_token(&self, token: &[u8; 16], kind: TokenKind) -> Result<Option<Device>, AppError> {
+        let state = self.lock();
+        let Some((mac, owner_kind)) = state.tokens.get(token).copied() else { return Ok(None) };
+        let Some(device) = state.db.device(&mac)? else { return Ok(None) };
+        let stored = match kind {
+            TokenKind::Enrollment => &device.enrollment_token,
+            TokenKind::Steady => &device.steady_token,
+        };
+        let matches: bool = stored.ct_eq(token).into();
+        Ok((matches && owner_kind == kind).then_some(device))
+    }
+
+    /// The effective base URL phones use.
+    pub fn base_url(&self) -> Result<String, AppError> {
+        let configured = self.lock().db.setting("provision.base_url")?.unwrap_or_default();
+        Ok(if configured.is_empty() { self.site.default_base_url.clone() } else { configured })
+    }
+
+    /// Every setting's effective value (secrets included: for rendering only).
+    pub fn effective_settings(&self) -> Result<std::collections::BTreeMap<String, String>, AppError> {
+        Ok(settings::effective(&self.lock().db.settings()?))
+    }
+
+    /// Adds a device.
+    pub fn add_device(&self, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
+        let catalog = self.templates.catalog();
+        let device = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        {
+            let mut state = self.lock();
+            if state.db.device(&device.mac)?.is_some() {
+                return Err(AppError::DeviceExists(device.mac));
+            }
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("added device {} ({})", device.mac, device.model))?;
+            state.commit_devices(&txn)?;
+        }
+        tracing::info!(mac = %device.mac, actor, "device added");
+        self.device_view(&device.mac, false)
+    }
+
+    /// Every device, in MAC order.
+    pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
+        let devices: Vec<Device> = self.lock().db.devices().collect::<Result<_, _>>()?;
+        devices.iter().map(|device| self.view_of(device, false)).collect()
+    }
+
+    /// One device, with its static files' checksums.
+    pub fn device_view(&self, mac: &Mac, with_files: bool) -> Result<DeviceView, AppError> {
+        let device = self.device(mac)?;
+        self.view_of(&device, with_files)
+    }
+
+    /// The stored device with `mac`, with any contact not yet flushed.
+    pub fn device(&self, mac: &Mac) -> Result<Device, AppError> {
+        let state = self.lock();
+        let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        if let Some(contact) = state.pending_contacts.get(mac) {
+            device.last_contact = Some(contact.clone());
+        }
+        Ok(device)
+    }
+
+    fn view_of(&self, device: &Device, with_files: bool) -> Result<DeviceView, AppError> {
+        let base = self.base_url()?;
+        let grace = self.grace_seconds()?;
+        let enrollment = match device.enrollment {
+            Enrollment::Open { first_fetch: None } => EnrollmentView::Open,
+            Enrollment::Open { first_fetch: Some(at) } if now() < at + grace => {
+                EnrollmentView::Grace { until: at + grace }
+            }
+            Enrollment::Open { first_fetch: Some(at) } => EnrollmentView::Locked { since: at + grace },
+            Enrollment::Locked { since } => EnrollmentView::Locked { since },
+        };
+        let config = match &device.last_contact {
+            Some(contact) if contact.config_hash != [0; 8] => match self.device_file_hash(device) {
+                Ok(hash) if hash == contact.config_hash => ConfigState::Current,
+                _ => ConfigState::Pending,
+            },
+            _ => ConfigState::NeverFetched,
+        };
+        let mut device_with_contact = device.clone();
+        if let Some(contact) = self.lock().pending_contacts.get(&device.mac) {
+            device_with_contact.last_contact = Some(contact.clone());
+        }
+        Ok(DeviceView {
+            mac: device.mac.to_string(),
+            vendor: device.vendor.to_string(),
+            model: device.model.to_string(),
+            lines: device
+                .lines
+                .iter()
+                .map(|line| LineView {
+                    extension: line.extension.to_string(),
+                    name: line.display_name.to_string(),
+                    sip_user: line.sip_user.to_string(),
+                })
+                .collect(),
+            enrollment,
+            enrollment_url: format!("{base}e/{}/", hex(&device.enrollment_token)),
+            steady_url: format!("{base}p/{}/", hex(&device.steady_token)),
+            lan_window_until: device.lan_window_until.filter(|until| *until > now()),
+            last_contact: device_with_contact.last_contact,
+            config,
+            files: if with_files { self.static_files() } else { Vec::new() },
+        })
+    }
+
+    /// The grace period after the first enrollment fetch, in seconds.
+    pub fn grace_seconds(&self) -> Result<u64, AppError> {
+        let minutes = self.effective_settings()?.get("provision.enroll_grace_minutes").and_then(|m| m.parse().ok());
+        Ok(minutes.unwrap_or(15u64) * 60)
+    }
+
+    /// Hash of the device file as it would be served now.
+    pub fn device_file_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
+        let catalog = self.templates.catalog();
+        let vendor = catalog.vendor(&device.vendor)?;
+        let file = vendor
+            .device_file_name(&device.mac, &device.model)
+            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
+        let body = self.render_for(device, &file, context::Secrets::Real)?;
+        Ok(context::config_hash(&body))
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&self, mac: &Mac, actor: &str) -> Result<(), AppError> {
+        let mut state = self.lock();
+        state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        let mut txn = Txn::new();
+        txn.remove_device(mac).audit(now(), actor, &format!("removed device {mac}"))?;
+        state.commit_devices(&txn)?;
+        state.pending_contacts.remove(mac);
+        tracing::info!(%mac, actor, "device removed");
+        Ok(())
+    }
+
+    /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
+    pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            device.enrollment_token = devices::new_token();
+            device.enrollment = Enrollment::Open { first_fetch: None };
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("unlocked enrollment of {mac}"))?;
+            state.commit_devices(&txn)?;
+        }
+        tracing::info!(%mac, actor, "enrollment unlocked");
+        self.device_view(mac, false)
+    }
+
+    /// Lets the tokenless LAN path serve `mac`'s full config for `minutes`.
+    pub fn open_lan_window(&self, mac: &Mac, minutes: u64, actor: &str) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            device.lan_window_until = Some(now() + minutes.min(24 * 60) * 60);
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("opened a {minutes}-minute LAN window for {mac}"))?;
+            state.db.commit(&txn)?;
+        }
+        self.device_view(mac, false)
+    }
+
+    /// Imports devices from CSV: all valid rows or none (`partial` imports the valid ones and
+    /// reports the rest).
+    pub fn import(&self, csv_text: &str, partial: bool, actor: &str) -> Result<ImportReport, AppError> {
+        let catalog = self.templates.catalog();
+        let (specs, mut problems) = devices::parse_csv(csv_text);
+        let mut state = self.lock();
+        let mut devices = Vec::new();
+        for (line, spec) in specs {
+            match spec.build(|vendor| catalog.vendors.contains_key(vendor)) {
+                Ok(device) if state.db.device(&device.mac)?.is_some() => problems
+                    .push(CsvProblem { line, reason: format!("a device with MAC {} already exists", device.mac) }),
+                Ok(device) => devices.push(device),
+                Err(error) => problems.push(CsvProblem { line, reason: error.to_string() }),
+            }
+        }
+        problems.sort_by_key(|p| p.line);
+        if !problems.is_empty() && !partial {
+            return Err(AppError::Import(problems));
+        }
+        let mut txn = Txn::new();
+        for device in &devices {
+            txn.put_device(device);
+        }
+        txn.audit(now(), actor, &format!("imported {} device(s) from CSV", devices.len()))?;
+        state.commit_devices(&txn)?;
+        Ok(ImportReport { imported: devices.len(), problems })
+    }
+
+    /// Every device as CSV; SIP passwords only with `reveal`.
+    pub fn export(&self, reveal: bool) -> Result<String, AppError> {
+        let devices: Vec<Device> = self.lock().db.devices().collect::<Result<_, _>>()?;
+        Ok(devices::write_csv(devices.iter(), reveal))
+    }
+
+    /// Every known setting, secrets masked.
+    pub fn settings_view(&self) -> Result<Vec<SettingView>, AppError> {
+        let stored = self.lock().db.settings()?;
+        Ok(settings::SETTINGS
+            .iter()
+            .map(|spec| {
+                let value = stored.iter().find(|(name, _)| name == spec.name).map(|(_, value)| value.clone());
+                let shown = match (&value, spec.secret) {
+                    (Some(v), true) if !v.is_empty() => MASK.to_string(),
+                    (Some(v), _) => v.clone(),
+                    (None, _) => spec.default.to_string(),
+                };
+                SettingView { name: spec.name.into(), value: shown, default: value.is_none(), help: spec.help.into() }
+            })
+            .collect())
+    }
+
+    /// Sets one setting after validating it.
+    pub fn set_setting(&self, name: &str, value: &str, actor: &str) -> Result<(), AppError> {
+        let value = settings::validate(name, value)?;
+        let shown = if settings::is_secret(name) { MASK } else { value.as_str() };
+        let mut txn = Txn::new();
+        txn.set_setting(name, &value)?.audit(now(), actor, &format!("set {name} = {shown}"))?;
+        self.lock().db.commit(&txn)?;
+        tracing::info!(setting = name, value = shown, actor, "setting changed");
+        Ok(())
+    }
+
+    /// Renders `file` exactly as the device would be served it now.
+    pub fn render(&self, mac: &Mac, file: &str, reveal: bool) -> Result<String, AppError> {
+        let device = self.device(mac)?;
+        let secrets = if reveal { context::Secrets::Real } else { context::Secrets::Masked };
+        self.render_for(&device, file, secrets)
+    }
+
+    /// Renders `file` for `device` through its vendor's profile.
+    pub fn render_for(&self, device: &Device, file: &str, secrets: context::Secrets) -> Result<String, AppError> {
+        let catalog = self.templates.catalog();
+        let vendor = catalog.vendor(&device.vendor)?;
+        let matched = vendor
+            .match_file(file)
+            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
+        let shown_device = matched.file.secrets.then_some(device);
+        let context = context::build(self, shown_device, &matched, secrets)?;
+        Ok(self.templates.render(&vendor.id, &matched.file.template, &context)?)
+    }
+
+    /// Every extension on the appliance, for phonebooks: (name, extension).
+    pub fn directory(&self) -> Result<Vec<(String, String)>, AppError> {
+        let state = self.lock();
+        let mut entries = Vec::new();
+        for device in state.db.devices() {
+            for line in device?.lines {
+                entries.push((line.display_name.to_string(), line.extension.to_string()));
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// The phones-seen list.
+    pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, AppError> {
+        Ok(self.lock().db.phones_seen()?)
+    }
+
+    /// Records an unknown phone; written at most once a minute per phone to spare the flash.
+    pub fn record_seen(&self, seen: PhoneSeen) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let existing = state.db.phones_seen()?;
+        if existing.iter().any(|old| old.mac == seen.mac && seen.at < old.at + 60) {
+            return Ok(());
+        }
+        let mut txn = Txn::new();
+        if existing.len() >= SEEN_CAPACITY
+            && !existing.iter().any(|old| old.mac == seen.mac)
+            && let Some(oldest) = existing.iter().min_by_key(|old| old.at)
+        {
+            txn.remove_seen(&oldest.mac);
+        }
+        txn.put_seen(&seen);
+        state.db.commit(&txn)?;
+        Ok(())
+    }
+
+    /// Files under `<data>/files/`, with SHA-256 sums.
+    pub fn static_files(&self) -> Vec<StaticFile> {
+        let root = self.site.data_dir.join("files");
+        let mut files = Vec::new();
+        let mut pending = vec![root.clone()];
+        // Bounded walk: the files area is small by design.
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten().take(10_000) {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else { continue };
+                if kind.is_dir() && files.len() < 10_000 {
+                    pending.push(path);
+                } else if kind.is_file()
+                    && let Ok(sum) = sha256_file(&path)
+                {
+                    let relative = path.strip_prefix(&root).unwrap_or(&path).to_string_lossy().into_owned();
+                    files.push(StaticFile { path: relative, size: sum.1, sha256: sum.0 });
+                }
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    /// Applies an enrollment change for a fetch durably, before the file is served.
+    pub fn commit_enrollment(&self, device: &Device) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.put_device(device);
+        let mut state = self.lock();
+        // Keep the newest contact: the one in `device` was taken before this commit.
+        state.pending_contacts.remove(&device.mac);
+        state.db.commit(&txn)?;
+        Ok(())
+    }
+
+    /// Notes a fetch; written to flash by [`App::flush_contacts`].
+    pub fn note_contact(&self, mac: Mac, contact: Contact) {
+        self.lock().pending_contacts.insert(mac, contact);
+    }
+
+    /// Writes pending contacts, and locks enrollments whose grace period ended, in one
+    /// transaction. Returns how many devices changed.
+    pub fn flush_contacts(&self) -> Result<usize, AppError> {
+        let grace = self.grace_seconds()?;
+        let mut state = self.lock();
+        let mut txn = Txn::new();
+        let mut changed = 0;
+        let contacts: Vec<(Mac, Contact)> = state.pending_contacts.drain().collect();
+        let mut expired = Vec::new();
+        for device in state.db.devices() {
+            let device = device?;
+            if let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
+                && now() >= at + grace
+            {
+                expired.push(device.mac);
+            }
+        }
+        for mac in contacts.iter().map(|(mac, _)| *mac).chain(expired.iter().copied()) {
+            let Some(mut device) = state.db.device(&mac)? else { continue };
+            if let Some((_, contact)) = contacts.iter().find(|(m, _)| *m == mac) {
+                device.last_contact = Some(contact.clone());
+            }
+            if expired.contains(&mac)
+                && let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
+            {
+                device.enrollment = Enrollment::Locked { since: at + grace };
+                tracing::info!(%mac, "enrollment closed: grace period over");
+            }
+            txn.put_device(&device);
+            changed += 1;
+        }
+        if changed > 0 {
+            state.db.commit(&txn)?;
+        }
+        Ok(changed)
+    }
+}
+
+impl State {
+    /// Commits a transaction that adds, removes or re-tokens devices, and re-indexes tokens.
+    fn commit_devices(&mut self, txn: &Txn) -> Result<(), AppError> {
+        self.db.commit(txn)?;
+        self.rebuild_tokens()
+    }
+
+    fn rebuild_tokens(&mut self) -> Result<(), AppError> {
+        let mut tokens = HashMap::new();
+        for device in self.db.devices() {
+            let device = device?;
+            tokens.insert(device.enrollment_token, (device.mac, TokenKind::Enrollment));
+            tokens.insert(device.steady_token, (device.mac, TokenKind::Steady));
+        }
+        self.tokens = tokens;
+        Ok(())
+    }
+}
+
+/// SHA-256 (hex) and size of a file, streamed.
+fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0; 64 * 1024];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        context.update(&buffer[..n]);
+    }
+    Ok((hex(context.finish().as_ref()), size))
+}
+
+/// The device spec for `IpAddr` display in logs and views.
+pub fn client_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}

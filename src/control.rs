@@ -1,0 +1,249 @@
+//! The control protocol behind `provbox device|settings|render`: one JSON request, one JSON
+//! response. While the server runs it holds the store and answers on a Unix socket in the
+//! data directory (mode 0600, peers of another user refused); otherwise the CLI mounts the
+//! store and calls [`handle`] itself.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use crate::app::{App, AppError};
+use crate::devices::{CsvProblem, DeviceSpec};
+use crate::mac::Mac;
+
+/// Largest request accepted (a CSV import of the full 5,000 devices fits easily).
+const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The socket's path in `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// One operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Add a device.
+    DeviceAdd {
+        /// What to add.
+        spec: DeviceSpec,
+    },
+    /// List devices.
+    DeviceList,
+    /// Show one device with URLs and files.
+    DeviceShow {
+        /// Its MAC.
+        mac: String,
+    },
+    /// Remove a device.
+    DeviceRemove {
+        /// Its MAC.
+        mac: String,
+    },
+    /// Re-open enrollment with a new enrollment URL.
+    DeviceUnlock {
+        /// Its MAC.
+        mac: String,
+    },
+    /// Let the tokenless LAN path serve the full config for a while.
+    DeviceLanWindow {
+        /// Its MAC.
+        mac: String,
+        /// How long.
+        minutes: u64,
+    },
+    /// Import devices from CSV text.
+    DeviceImport {
+        /// The CSV.
+        csv: String,
+        /// Import the valid rows even if some are wrong.
+        partial: bool,
+    },
+    /// Export devices as CSV.
+    DeviceExport {
+        /// Include SIP passwords.
+        reveal: bool,
+    },
+    /// Show settings.
+    SettingsShow,
+    /// Change a setting.
+    SettingsSet {
+        /// Its name.
+        name: String,
+        /// The new value.
+        value: String,
+    },
+    /// Render a file as a device would get it.
+    Render {
+        /// The device.
+        mac: String,
+        /// The file name.
+        file: String,
+        /// Show secrets.
+        reveal: bool,
+    },
+    /// List unknown phones that asked for a config.
+    PhonesSeen,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; the result depends on the request.
+    Ok {
+        /// The result.
+        result: serde_json::Value,
+    },
+    /// Refused or failed.
+    Error {
+        /// What went wrong, for the user.
+        message: String,
+        /// Per-line problems of a CSV import.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        problems: Vec<CsvProblem>,
+    },
+}
+
+impl From<AppError> for Response {
+    fn from(error: AppError) -> Self {
+        let problems = match &error {
+            AppError::Import(problems) => problems.clone(),
+            _ => Vec::new(),
+        };
+        Response::Error { message: error.to_string(), problems }
+    }
+}
+
+fn ok(value: impl Serialize) -> Result<serde_json::Value, AppError> {
+    // The views are plain data; serde_json cannot fail on them.
+    Ok(serde_json::to_value(value).expect("views serialise to JSON"))
+}
+
+/// Carries out `request` on `app` as `actor` (`cli`, `page`, ...).
+pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
+    let mac = |text: &str| text.trim().parse::<Mac>().map_err(AppError::from);
+    let result = match request {
+        Request::DeviceAdd { spec } => app.add_device(spec, actor).and_then(ok),
+        Request::DeviceList => app.devices().and_then(ok),
+        Request::DeviceShow { mac: m } => mac(m).and_then(|m| app.device_view(&m, true)).and_then(ok),
+        Request::DeviceRemove { mac: m } => mac(m).and_then(|m| app.remove_device(&m, actor)).and_then(ok),
+        Request::DeviceUnlock { mac: m } => mac(m).and_then(|m| app.unlock(&m, actor)).and_then(ok),
+        Request::DeviceLanWindow { mac: m, minutes } => {
+            mac(m).and_then(|m| app.open_lan_window(&m, *minutes, actor)).and_then(ok)
+        }
+        Request::DeviceImport { csv, partial } => app.import(csv, *partial, actor).and_then(ok),
+        Request::DeviceExport { reveal } => app.export(*reveal).and_then(ok),
+        Request::SettingsShow => app.settings_view().and_then(ok),
+        Request::SettingsSet { name, value } => app.set_setting(name, value, actor).and_then(ok),
+        Request::Render { mac: m, file, reveal } => mac(m).and_then(|m| app.render(&m, file, *reveal)).and_then(ok),
+        Request::PhonesSeen => app.phones_seen().and_then(ok),
+    };
+    match result {
+        Ok(result) => Response::Ok { result },
+        Err(error) => error.into(),
+    }
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Socket I/O failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server's answer did not parse.
+    #[error("control socket {path}: unreadable answer: {reason}")]
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sends `request` to a running server. Returns None when no server listens, so the caller
+/// may open the store itself.
+pub fn call(data_dir: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+    let path = socket_path(data_dir);
+    let io = |source| ControlError::Io { path: path.clone(), source };
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None);
+        }
+        Err(error) => return Err(io(error)),
+    };
+    let mut line = serde_json::to_vec(request)
+        .map_err(|e| ControlError::Protocol { path: path.clone(), reason: e.to_string() })?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream.take(MAX_REQUEST_BYTES * 2)).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| ControlError::Protocol { path: path.clone(), reason: e.to_string() })
+}
+
+/// Binds the control socket in `data_dir`, owner-only.
+pub fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
+    let path = socket_path(data_dir);
+    let io = |source| ControlError::Io { path: path.clone(), source };
+    // A socket left by a crashed server: nobody listens (the store lock proves we are the
+    // only server), so it can go.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Answers control requests until `shutdown` turns true.
+pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Ok((mut stream, _)) = accepted else { continue };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+            _ => {
+                tracing::warn!("control socket: refused a peer of another user");
+                continue;
+            }
+        }
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (reader, mut writer) = stream.split();
+            let mut line = String::new();
+            let read = tokio::io::BufReader::new(reader.take(MAX_REQUEST_BYTES)).read_line(&mut line).await;
+            let response = match read.map(|_| serde_json::from_str::<Request>(&line)) {
+                Ok(Ok(request)) => {
+                    let app = app.clone();
+                    tokio::task::spawn_blocking(move || handle(&app, &request, "cli"))
+                        .await
+                        .unwrap_or_else(|_| Response::Error { message: "internal error".into(), problems: Vec::new() })
+                }
+                Ok(Err(error)) => {
+                    Response::Error { message: format!("malformed request: {error}"), problems: Vec::new() }
+                }
+                Err(error) => Response::Error { message: format!("read failed: {error}"), problems: Vec::new() },
+            };
+            // Responses are plain data; serialising cannot fail.
+            let mut out = serde_json::to_vec(&response).expect("responses serialise");
+            out.push(b'\n');
+            let _ = writer.write_all(&out).await;
+        });
+    }
+}

@@ -1,0 +1,191 @@
+//! `provbox serve`: wires the store, the TLS identity, the listeners, the control socket and
+//! the background flusher together, and runs them until SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::app::{App, AppError, Site};
+use crate::control::{self, ControlError};
+use crate::pki::{KeyType, Pki, PkiError};
+use crate::server::{self, Limits, Listener, routes};
+use crate::store::backend::AnyFlash;
+use crate::store::records::Db;
+
+/// How often buffered last-contact records are written to flash.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What `serve` needs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// HTTPS listen address.
+    pub https: SocketAddr,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Key type of generated certificates.
+    pub key_type: KeyType,
+    /// Connection limits.
+    pub limits: Limits,
+}
+
+/// Why the appliance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state could not be loaded.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// The TLS identity could not be set up.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The control socket could not be bound.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What the appliance reports once it is up.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Bound HTTPS address.
+    pub https: SocketAddr,
+    /// Bound HTTP address.
+    pub http: SocketAddr,
+    /// The base URL phones are given.
+    pub base_url: String,
+    /// URL of the CA certificate over plain HTTP.
+    pub ca_url: String,
+    /// Devices in the store.
+    pub devices: usize,
+}
+
+/// The appliance's non-loopback addresses, IPv4 first.
+pub fn lan_addresses() -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|interfaces| {
+            interfaces
+                .filter(|i| i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+                .filter_map(|i| {
+                    let address = i.address?;
+                    let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                        (Some(v4), _) => IpAddr::V4(v4.ip()),
+                        (_, Some(v6)) if !v6.ip().is_unicast_link_local() => IpAddr::V6(v6.ip()),
+                        _ => return None,
+                    };
+                    (!ip.is_loopback()).then_some(ip)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    addresses.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    addresses.dedup();
+    addresses
+}
+
+/// The URL base for `ip` and `port`.
+pub fn base_url_for(ip: IpAddr, port: u16, scheme: &str) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}/"),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}/"),
+    }
+}
+
+/// The site description for `data_dir` when phones reach HTTPS on `https_port`.
+pub fn site(data_dir: PathBuf, https_port: u16) -> Site {
+    let ip = lan_addresses().first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    Site { data_dir, default_base_url: base_url_for(ip, https_port, "https") }
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(address).await.map_err(|source| DaemonError::Bind { address, source })
+}
+
+/// Runs the appliance on `db` until SIGTERM or Ctrl-C; calls `on_ready` once listening.
+pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+    // Handlers first, so that a signal right after the ready line is never lost.
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let https_socket = bind(config.https).await?;
+    let http_socket = bind(config.http).await?;
+    let https = https_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.https, source })?;
+    let http = http_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.http, source })?;
+
+    let devices = db.device_count();
+    let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port()))?);
+    let lan = lan_addresses();
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
+    let mut names = vec![host.clone(), format!("{host}.local"), "localhost".to_string()];
+    names.dedup();
+    let mut ips = lan.clone();
+    ips.extend([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+    let pki = Arc::new(Pki::ensure(&config.data_dir, config.key_type, &names, &ips)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
+    let shared = routes::Shared { app: app.clone(), pki: pki.clone() };
+    let listeners = vec![
+        Listener { socket: https_socket, router: routes::https(shared.clone()), tls: Some(acceptor) },
+        Listener { socket: http_socket, router: routes::http(shared), tls: None },
+    ];
+    let control_socket = control::bind(&config.data_dir)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
+    let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
+    let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
+
+    let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    on_ready(&Ready {
+        https,
+        http,
+        base_url: app.base_url()?,
+        ca_url: format!("{}ca.crt", base_url_for(ca_host, http.port(), "http")),
+        devices,
+    });
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hangup.recv() => match pki.reload() {
+                Ok(()) => tracing::info!(operator = pki.uses_operator_certificate(), "certificate reloaded"),
+                Err(error) => tracing::error!("certificate reload failed, keeping the current one: {error}"),
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = server.await;
+    let _ = control.await;
+    let _ = flusher.await;
+    let _ = std::fs::remove_file(control::socket_path(&config.data_dir));
+    let app_for_flush = app.clone();
+    tokio::task::spawn_blocking(move || app_for_flush.flush_contacts()).await.ok().transpose()?;
+    Ok(())
+}
+
+async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let app = app.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || app.flush_contacts()).await {
+            tracing::error!("writing last-contact records failed: {error}");
+        }
+    }
+}

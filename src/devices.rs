@@ -1,0 +1,359 @@
+//! Creating device records from what a technician types or imports: field validation, the
+//! SIP password policy, generated passwords and tokens, and the CSV format.
+
+use heapless::Vec as HVec;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::mac::Mac;
+use crate::store::records::{Device, Enrollment, Line, bounded};
+
+/// Characters of generated passwords: no look-alikes (0/O, 1/l/I).
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+/// Length of generated SIP passwords.
+const GENERATED_PASSWORD_LEN: usize = 20;
+/// Shortest SIP password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// What a technician supplies for one line of a new device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSpec {
+    /// Extension number.
+    pub extension: String,
+    /// Display name.
+    pub name: String,
+    /// SIP auth user; the extension when absent.
+    pub sip_user: Option<String>,
+    /// SIP password; generated when absent.
+    pub sip_password: Option<String>,
+}
+
+/// What a technician supplies for a new device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// MAC as typed.
+    pub mac: String,
+    /// Vendor id, e.g. `yealink`.
+    pub vendor: String,
+    /// Model, e.g. `T54W`.
+    pub model: String,
+    /// One to four lines.
+    pub lines: Vec<LineSpec>,
+}
+
+/// Why a device was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// A malformed MAC.
+    #[error(transparent)]
+    Mac(#[from] crate::mac::MacError),
+    /// A field that breaks its rule.
+    #[error("{field}: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A password that breaks the policy.
+    #[error("SIP password for extension {extension} refused: {reason}")]
+    WeakPassword {
+        /// The line's extension.
+        extension: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> DeviceError {
+    DeviceError::Field { field, reason: reason.into() }
+}
+
+/// Checks a free-text field: no control characters (they would inject config lines), and
+/// within `max` bytes.
+fn text<const N: usize>(name: &'static str, value: &str, required: bool) -> Result<heapless::String<N>, DeviceError> {
+    let value = value.trim();
+    if required && value.is_empty() {
+        return Err(field(name, "is required"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(field(name, "must not contain control characters"));
+    }
+    bounded(name, value).map_err(|e| field(name, e.to_string()))
+}
+
+/// Checks an identifier-like field (extension, SIP user): letters, digits and `._-+*#`.
+fn identifier<const N: usize>(name: &'static str, value: &str) -> Result<heapless::String<N>, DeviceError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(field(name, "is required"));
+    }
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || "._-+*#".contains(c)) {
+        return Err(field(name, format!("{value:?} may hold only letters, digits and ._-+*#")));
+    }
+    bounded(name, value).map_err(|e| field(name, e.to_string()))
+}
+
+/// Checks `password` against the policy: at least 12 characters, not all of one class, and
+/// not containing the extension or the MAC.
+pub fn check_password(password: &str, extension: &str, mac: &Mac) -> Result<(), &'static str> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err("use at least 12 characters");
+    }
+    if password.chars().any(char::is_control) {
+        return Err("control characters are not allowed");
+    }
+    let class = |c: char| match c {
+        'a'..='z' => 0,
+        'A'..='Z' => 1,
+        '0'..='9' => 2,
+        _ => 3,
+    };
+    let first = password.chars().next().map(class);
+    if password.chars().all(|c| Some(class(c)) == first) {
+        return Err("mix character classes: it is all lowercase, all uppercase, all digits or all symbols");
+    }
+    let lower = password.to_lowercase();
+    if !extension.is_empty() && lower.contains(&extension.to_lowercase()) {
+        return Err("it contains the extension");
+    }
+    let mac_hex = mac.to_string();
+    let mac_colon: String = mac.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac_dash = mac_colon.replace(':', "-");
+    if [mac_hex, mac_colon, mac_dash].iter().any(|form| lower.contains(form.as_str())) {
+        return Err("it contains the MAC address");
+    }
+    Ok(())
+}
+
+/// Fills `out` from the system's secure random source.
+fn random_fill(out: &mut [u8]) {
+    // The kernel's getrandom only fails before the entropy pool is initialised at early
+    // boot, long before provbox runs; continuing with predictable secrets would be worse.
+    SystemRandom::new().fill(out).expect("the system random source works");
+}
+
+/// A fresh 128-bit URL token.
+pub fn new_token() -> [u8; 16] {
+    let mut token = [0; 16];
+    random_fill(&mut token);
+    token
+}
+
+/// A strong random password that passes [`check_password`] for any extension and MAC.
+pub fn generate_password() -> String {
+    loop {
+        let mut bytes = [0u8; GENERATED_PASSWORD_LEN];
+        random_fill(&mut bytes);
+        // Rejection sampling keeps every character equally likely.
+        let limit = 256 - 256 % PASSWORD_ALPHABET.len();
+        if bytes.iter().any(|b| usize::from(*b) >= limit) {
+            continue;
+        }
+        let password: String =
+            bytes.iter().map(|b| char::from(PASSWORD_ALPHABET[usize::from(*b) % PASSWORD_ALPHABET.len()])).collect();
+        let classes = [
+            password.chars().any(|c| c.is_ascii_lowercase()),
+            password.chars().any(|c| c.is_ascii_uppercase()),
+            password.chars().any(|c| c.is_ascii_digit()),
+        ];
+        if classes.iter().all(|present| *present) {
+            return password;
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Validates the spec and builds a new device with fresh tokens and open enrollment.
+    /// `known_vendor` says whether a vendor id has a profile.
+    pub fn build(&self, known_vendor: impl Fn(&str) -> bool) -> Result<Device, DeviceError> {
+        let mac: Mac = self.mac.trim().parse()?;
+        let vendor = self.vendor.trim().to_lowercase();
+        if !known_vendor(&vendor) {
+            return Err(field("vendor", format!("{vendor:?} has no profile under templates/")));
+        }
+        if self.lines.is_empty() {
+            return Err(field("lines", "a device needs at least one line"));
+        }
+        let mut lines = HVec::new();
+        for spec in &self.lines {
+            let extension: heapless::String<16> = identifier("extension", &spec.extension)?;
+            let sip_user = identifier("sip user", spec.sip_user.as_deref().unwrap_or(&spec.extension))?;
+            let password = match &spec.sip_password {
+                Some(password) => {
+                    check_password(password, &extension, &mac)
+                        .map_err(|reason| DeviceError::WeakPassword { extension: extension.to_string(), reason })?;
+                    password.clone()
+                }
+                None => generate_password(),
+            };
+            let line = Line {
+                display_name: text("name", &spec.name, true)?,
+                sip_user,
+                sip_password: text("sip password", &password, true)?,
+                extension,
+            };
+            lines.push(line).map_err(|_| field("lines", "at most 4 lines per device"))?;
+        }
+        Ok(Device {
+            mac,
+            vendor: text("vendor", &vendor, true)?,
+            model: identifier("model", &self.model)?,
+            lines,
+            keys: HVec::new(),
+            overrides: HVec::new(),
+            enrollment_token: new_token(),
+            steady_token: new_token(),
+            enrollment: Enrollment::Open { first_fetch: None },
+            lan_window_until: None,
+            last_contact: None,
+        })
+    }
+}
+
+/// The CSV columns, in order. `sip_user` and `sip_password` may be empty.
+pub const CSV_COLUMNS: [&str; 7] = ["mac", "vendor", "model", "extension", "name", "sip_user", "sip_password"];
+
+/// One bad CSV line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvProblem {
+    /// 1-based line number in the file.
+    pub line: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Parses a device CSV: a header naming [`CSV_COLUMNS`], then one row per line; rows with the
+/// same MAC add lines to one device. Returns the specs with the line each starts on, and the
+/// rows that are wrong.
+pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
+    let mut specs: Vec<(u64, DeviceSpec)> = Vec::new();
+    let mut problems = Vec::new();
+    let header: Vec<String> = match reader.headers() {
+        Ok(header) => header.iter().map(str::to_lowercase).collect(),
+        Err(error) => return (specs, vec![CsvProblem { line: 1, reason: error.to_string() }]),
+    };
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let required = ["mac", "vendor", "model", "extension", "name"];
+    let missing: Vec<&str> = required.iter().copied().filter(|name| column(name).is_none()).collect();
+    if !missing.is_empty() {
+        let reason = format!("header lacks column(s) {}; expected {}", missing.join(", "), CSV_COLUMNS.join(","));
+        return (specs, vec![CsvProblem { line: 1, reason }]);
+    }
+    for row in reader.records() {
+        let row = match row {
+            Ok(row) => row,
+            Err(error) => {
+                let line = error.position().map_or(0, |p| p.line());
+                problems.push(CsvProblem { line, reason: error.to_string() });
+                continue;
+            }
+        };
+        let line = row.position().map_or(0, |p| p.line());
+        let get = |name: &str| column(name).and_then(|i| row.get(i)).unwrap_or("").to_string();
+        let optional = |name: &str| Some(get(name)).filter(|value| !value.is_empty());
+        let line_spec = LineSpec {
+            extension: get("extension"),
+            name: get("name"),
+            sip_user: optional("sip_user"),
+            sip_password: optional("sip_password"),
+        };
+        let mac = get("mac");
+        // Rows of one phone may spell its MAC differently; group by the parsed address.
+        let same_phone = |other: &str| match (mac.parse::<Mac>(), other.parse::<Mac>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        match specs.iter_mut().find(|(_, spec)| same_phone(&spec.mac)) {
+            Some((_, spec)) => spec.lines.push(line_spec),
+            None => specs
+                .push((line, DeviceSpec { mac, vendor: get("vendor"), model: get("model"), lines: vec![line_spec] })),
+        }
+    }
+    (specs, problems)
+}
+
+/// Writes devices as CSV in [`CSV_COLUMNS`] order; passwords only when `reveal`.
+pub fn write_csv<'d>(devices: impl Iterator<Item = &'d Device>, reveal: bool) -> String {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    // Writing to a Vec cannot fail.
+    let write = |writer: &mut csv::Writer<Vec<u8>>, row: &[&str]| writer.write_record(row).expect("CSV into a Vec");
+    write(&mut writer, &CSV_COLUMNS);
+    for device in devices {
+        let mac = device.mac.to_string();
+        for line in &device.lines {
+            let password = if reveal { line.sip_password.as_str() } else { "" };
+            write(
+                &mut writer,
+                &[&mac, &device.vendor, &device.model, &line.extension, &line.display_name, &line.sip_user, password],
+            );
+        }
+    }
+    // into_inner flushes into the Vec, which cannot fail.
+    String::from_utf8(writer.into_inner().expect("CSV into a Vec")).expect("CSV of UTF-8 fields is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac() -> Mac {
+        "805ec0d57d72".parse().unwrap()
+    }
+
+    #[test]
+    fn password_policy_says_why() {
+        assert_eq!(check_password("Short1", "100", &mac()), Err("use at least 12 characters"));
+        assert!(check_password("alllowercaseletters", "100", &mac()).unwrap_err().contains("classes"));
+        assert!(check_password("Abcdefgh4711xyz", "4711", &mac()).unwrap_err().contains("extension"));
+        assert!(check_password("X805EC0D57D72y", "100", &mac()).unwrap_err().contains("MAC"));
+        assert!(check_password("80:5e:c0:d5:7d:72Zz", "100", &mac()).unwrap_err().contains("MAC"));
+        assert_eq!(check_password("Tr0ub4dor&3horse", "100", &mac()), Ok(()));
+    }
+
+    #[test]
+    fn generated_passwords_pass_and_differ() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), GENERATED_PASSWORD_LEN);
+        assert_eq!(check_password(&a, "100", &mac()), Ok(()));
+    }
+
+    #[test]
+    fn csv_rows_group_by_mac_and_report_lines() {
+        let text = "mac,vendor,model,extension,name\n\
+                    805ec0d57d72,yealink,T54W,100,Alice\n\
+                    80:5E:C0:D5:7D:72,yealink,T54W,101,Alice 2\n\
+                    \"unterminated,x\n";
+        let (specs, problems) = parse_csv(text);
+        assert_eq!(specs[0].0, 2);
+        assert_eq!(specs[0].1.lines.len(), 2, "two spellings of one MAC are one phone");
+        // The broken last row is reported, either now or when its MAC fails to parse.
+        assert!(problems.iter().all(|p| p.line >= 4));
+        assert!(specs.len() == 2 || !problems.is_empty());
+        let (_, problems) = parse_csv("mac,vendor\n1,2\n");
+        assert!(problems[0].reason.contains("model"));
+    }
+
+    #[test]
+    fn build_refuses_bad_fields() {
+        let spec = |mac: &str, ext: &str, name: &str| DeviceSpec {
+            mac: mac.into(),
+            vendor: "yealink".into(),
+            model: "T54W".into(),
+            lines: vec![LineSpec { extension: ext.into(), name: name.into(), sip_user: None, sip_password: None }],
+        };
+        let known = |v: &str| v == "yealink";
+        assert!(matches!(spec("zz", "100", "A").build(known), Err(DeviceError::Mac(_))));
+        assert!(spec("805ec0d57d72", "10 0", "A").build(known).unwrap_err().to_string().contains("extension"));
+        assert!(spec("805ec0d57d72", "100", "A\nstatic.x=1").build(known).unwrap_err().to_string().contains("control"));
+        let device = spec("805ec0d57d72", "100", "Alice").build(known).unwrap();
+        assert_eq!(device.lines[0].sip_user, "100");
+        assert_ne!(device.enrollment_token, device.steady_token);
+        let mut foreign = spec("805ec0d57d72", "100", "A");
+        foreign.vendor = "acme".into();
+        assert!(foreign.build(known).unwrap_err().to_string().contains("acme"));
+    }
+}

@@ -1,0 +1,308 @@
+//! The appliance's TLS identity: a local CA created on first start, a server certificate it
+//! signs for the appliance's names and addresses, and an operator-supplied chain that
+//! overrides both and is reloaded on SIGHUP.
+//!
+//! Files live in `<data>/tls/`: `ca.crt`, `ca.key`, `server.crt`, `server.key`,
+//! `server.json` (what the server certificate covers) and, when the operator supplies them,
+//! `operator.crt` (PEM chain, leaf first) and `operator.key`. Keys are written mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+
+/// Years the local CA is valid.
+const CA_YEARS: u64 = 20;
+/// Days a server certificate is valid; it is reissued at start when fewer than
+/// [`RENEW_DAYS`] remain.
+const SERVER_DAYS: u64 = 825;
+/// Remaining validity below which the server certificate is reissued.
+const RENEW_DAYS: u64 = 30;
+/// TLS sessions remembered for resumption by session ID.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The key algorithm of generated certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// RSA-2048 with SHA-256: what every phone understands.
+    Rsa2048,
+    /// ECDSA P-256: smaller and faster, for fleets known to support it.
+    EcdsaP256,
+}
+
+/// Why the TLS identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Certificate or key generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+    /// A PEM file did not hold a usable certificate chain or key.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS library refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What the current server certificate was issued for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ServerCoverage {
+    names: Vec<String>,
+    ips: Vec<IpAddr>,
+    not_after: u64,
+    key_type: String,
+}
+
+/// The appliance's TLS files.
+pub struct Pki {
+    dir: PathBuf,
+    provider: Arc<CryptoProvider>,
+    resolver: Arc<Resolver>,
+    ca_pem: String,
+}
+
+impl Pki {
+    /// Loads the TLS identity from `<data>/tls`, creating the CA and server certificate if
+    /// missing, and reissuing the server certificate when it no longer covers `names` and
+    /// `ips` or is about to expire.
+    pub fn ensure(data_dir: &Path, key_type: KeyType, names: &[String], ips: &[IpAddr]) -> Result<Pki, PkiError> {
+        let dir = data_dir.join("tls");
+        create_private_dir(&dir)?;
+        let ca_cert_path = dir.join("ca.crt");
+        let ca_key_path = dir.join("ca.key");
+        if !ca_cert_path.exists() || !ca_key_path.exists() {
+            let (cert, key) = new_ca(key_type)?;
+            write_file(&ca_key_path, key.as_bytes(), 0o600)?;
+            write_file(&ca_cert_path, cert.as_bytes(), 0o644)?;
+            tracing::info!(path = %ca_cert_path.display(), "created the local CA");
+        }
+        let ca_pem = read_string(&ca_cert_path)?;
+        let wanted = ServerCoverage {
+            names: names.to_vec(),
+            ips: ips.to_vec(),
+            not_after: unix(SystemTime::now() + SERVER_DAYS as u32 * DAY),
+            key_type: format!("{key_type:?}"),
+        };
+        if needs_reissue(&dir, &wanted) {
+            let ca_key = read_string(&ca_key_path)?;
+            let (cert, key) = new_server_cert(&ca_pem, &ca_key, key_type, &wanted)?;
+            write_file(&dir.join("server.key"), key.as_bytes(), 0o600)?;
+            write_file(&dir.join("server.crt"), cert.as_bytes(), 0o644)?;
+            let coverage = serde_json::to_vec_pretty(&wanted).map_err(|e| PkiError::Generate(e.to_string()))?;
+            write_file(&dir.join("server.json"), &coverage, 0o644)?;
+            tracing::info!(names = ?wanted.names, ips = ?wanted.ips, "issued the server certificate");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = load_certified_key(&dir, &provider)?;
+        Ok(Pki { dir, provider, resolver: Arc::new(Resolver(ArcSwap::new(current))), ca_pem })
+    }
+
+    /// The local CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Whether an operator certificate is in use.
+    pub fn uses_operator_certificate(&self) -> bool {
+        operator_paths(&self.dir).0.exists()
+    }
+
+    /// Reloads the served certificate: the operator chain if present, else the generated
+    /// one. On error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), PkiError> {
+        let key = load_certified_key(&self.dir, &self.provider)?;
+        self.resolver.0.store(key);
+        Ok(())
+    }
+
+    /// A rustls server configuration serving the current certificate, with TLS 1.2 and 1.3,
+    /// session-ID and ticket resumption, and HTTP/1.1 as the only protocol.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Hands rustls whichever certificate is current; swapped on reload.
+#[derive(Debug)]
+struct Resolver(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+fn operator_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("operator.crt"), dir.join("operator.key"))
+}
+
+fn load_certified_key(dir: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, PkiError> {
+    let (operator_cert, operator_key) = operator_paths(dir);
+    let (cert_path, key_path) = if operator_cert.exists() {
+        (operator_cert, operator_key)
+    } else {
+        (dir.join("server.crt"), dir.join("server.key"))
+    };
+    let pem_error = |path: &Path, reason: String| PkiError::Pem { path: path.to_path_buf(), reason };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| pem_error(&cert_path, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(&cert_path, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_error(&cert_path, "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_error(&key_path, e.to_string()))?;
+    let certified = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| pem_error(&key_path, format!("does not match {}: {e}", cert_path.display())))?;
+    Ok(Arc::new(certified))
+}
+
+fn needs_reissue(dir: &Path, wanted: &ServerCoverage) -> bool {
+    let Ok(text) = fs::read(dir.join("server.json")) else { return true };
+    let Ok(current) = serde_json::from_slice::<ServerCoverage>(&text) else { return true };
+    let renew_at = current.not_after.saturating_sub(RENEW_DAYS * DAY.as_secs());
+    current.names != wanted.names
+        || current.ips != wanted.ips
+        || current.key_type != wanted.key_type
+        || unix(SystemTime::now()) >= renew_at
+        || !dir.join("server.crt").exists()
+        || !dir.join("server.key").exists()
+}
+
+fn generate_key(key_type: KeyType) -> Result<KeyPair, PkiError> {
+    let generate = |e: &dyn std::fmt::Display| PkiError::Generate(e.to_string());
+    match key_type {
+        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| generate(&e)),
+        KeyType::Rsa2048 => {
+            use rsa::pkcs8::EncodePrivateKey;
+            // ring signs with RSA keys but cannot generate them; the rsa crate does.
+            let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| generate(&e))?;
+            let der = key.to_pkcs8_der().map_err(|e| generate(&e))?;
+            let der = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
+            KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256).map_err(|e| generate(&e))
+        }
+    }
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - DAY).into();
+    params.not_after = (now + lifetime).into();
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    name.push(DnType::CommonName, format!("provbox local CA {host}").trim_end());
+    name.push(DnType::OrganizationName, "provbox");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, CA_YEARS as u32 * 365 * DAY);
+    params
+}
+
+/// A new self-signed CA: (certificate PEM, key PEM).
+fn new_ca(key_type: KeyType) -> Result<(String, String), PkiError> {
+    let key = generate_key(key_type)?;
+    let cert = ca_params().self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A server certificate for `coverage`, signed by the CA: (certificate PEM, key PEM).
+fn new_server_cert(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    key_type: KeyType,
+    coverage: &ServerCoverage,
+) -> Result<(String, String), PkiError> {
+    let generate = |e: rcgen::Error| PkiError::Generate(e.to_string());
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(generate)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(generate)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, coverage.names.first().map_or("provbox", String::as_str));
+    params.distinguished_name = name;
+    params.subject_alt_names = coverage
+        .names
+        .iter()
+        .map(|n| n.as_str().try_into().map(SanType::DnsName))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(generate)?;
+    params.subject_alt_names.extend(coverage.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, SERVER_DAYS as u32 * DAY);
+    let key = generate_key(key_type)?;
+    let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn unix(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn read_string(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
+}
+
+/// Creates `dir` (and parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Writes `bytes` to `path` with `mode` via a temporary file and rename, so a power cut
+/// leaves the old file or the new one.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let temporary = path.with_extension("tmp");
+    let _ = fs::remove_file(&temporary);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temporary, path).map_err(io)
+}

@@ -1,0 +1,174 @@
+//! What templates see. A file without secrets gets only site-wide, non-secret values; a
+//! device file gets the device, its lines and the steady URL.
+//!
+//! - `site["sip.server"]` and every other setting (secret ones only in device files)
+//! - `device.mac`, `.mac_upper`, `.mac_colon`, `.vendor`, `.model`,
+//!   `.lines[i].{number, extension, display_name, sip_user, sip_password}`,
+//!   `.keys[i].{number, kind, value, label}`, `.overrides[i].{name, value}`
+//! - `urls.base`, `urls.ca`, `urls.steady`, `urls.files`, `urls.phonebook` (the last three
+//!   only in device files)
+//! - `request.file` and the file name's placeholders (`request.n`, ...)
+//! - `directory[i].{name, extension}` in files marked `directory = true`
+//! - `provbox.version`
+
+use std::collections::BTreeMap;
+
+use minijinja::Value;
+use serde::Serialize;
+
+use super::vendor::FileMatch;
+use crate::app::{App, AppError, MASK};
+use crate::settings;
+use crate::store::check::hex;
+use crate::store::records::{Device, KeyKind};
+
+/// Whether secrets are rendered or masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// As served to the phone.
+    Real,
+    /// Masked, for showing to a person.
+    Masked,
+}
+
+#[derive(Serialize)]
+struct LineContext {
+    number: usize,
+    extension: String,
+    display_name: String,
+    sip_user: String,
+    sip_password: String,
+}
+
+#[derive(Serialize)]
+struct KeyContext {
+    number: usize,
+    kind: &'static str,
+    value: String,
+    label: String,
+}
+
+#[derive(Serialize)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct DeviceContext {
+    mac: String,
+    mac_upper: String,
+    mac_colon: String,
+    vendor: String,
+    model: String,
+    lines: Vec<LineContext>,
+    keys: Vec<KeyContext>,
+    overrides: Vec<NameValue>,
+}
+
+#[derive(Serialize)]
+struct DirectoryEntry {
+    name: String,
+    extension: String,
+}
+
+#[derive(Serialize)]
+struct Urls {
+    base: String,
+    ca: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steady: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phonebook: Option<String>,
+}
+
+/// Builds the template context for `matched`, showing `device` only if given (device files).
+pub fn build(app: &App, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Result<Value, AppError> {
+    let mask =
+        |value: &str| if secrets == Secrets::Masked && !value.is_empty() { MASK.to_string() } else { value.into() };
+    let base = app.base_url()?;
+    let mut site: BTreeMap<String, String> = app.effective_settings()?;
+    for (name, value) in site.iter_mut() {
+        if settings::is_secret(name) {
+            *value = if device.is_some() { mask(value) } else { String::new() };
+        }
+    }
+    let steady = device.map(|device| match secrets {
+        Secrets::Real => format!("{base}p/{}/", hex(&device.steady_token)),
+        Secrets::Masked => format!("{base}p/{MASK}/"),
+    });
+    let urls = Urls {
+        ca: format!("{base}ca.crt"),
+        files: steady.as_ref().map(|steady| format!("{steady}files/")),
+        phonebook: steady.as_ref().map(|steady| format!("{steady}phonebook.xml")),
+        steady,
+        base,
+    };
+    let device_context = device.map(|device| {
+        let mac = device.mac.to_string();
+        DeviceContext {
+            mac_upper: mac.to_uppercase(),
+            mac_colon: device.mac.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            mac,
+            vendor: device.vendor.to_string(),
+            model: device.model.to_string(),
+            lines: device
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| LineContext {
+                    number: i + 1,
+                    extension: line.extension.to_string(),
+                    display_name: line.display_name.to_string(),
+                    sip_user: line.sip_user.to_string(),
+                    sip_password: mask(&line.sip_password),
+                })
+                .collect(),
+            keys: device
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| KeyContext {
+                    number: i + 1,
+                    kind: match key.kind {
+                        KeyKind::Line => "line",
+                        KeyKind::Blf => "blf",
+                        KeyKind::SpeedDial => "speed_dial",
+                    },
+                    value: key.value.to_string(),
+                    label: key.label.to_string(),
+                })
+                .collect(),
+            overrides: device
+                .overrides
+                .iter()
+                .map(|o| NameValue { name: o.name.to_string(), value: o.value.to_string() })
+                .collect(),
+        }
+    });
+    let directory: Vec<DirectoryEntry> = if matched.file.directory {
+        app.directory()?.into_iter().map(|(name, extension)| DirectoryEntry { name, extension }).collect()
+    } else {
+        Vec::new()
+    };
+    let mut request = matched.captures.clone();
+    request.insert("file".into(), matched.requested.clone());
+    Ok(minijinja::context! {
+        site => site,
+        device => device_context,
+        urls => urls,
+        request => request,
+        directory => directory,
+        provbox => minijinja::context! { version => env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// The truncated SHA-256 recorded as "config last served".
+pub fn config_hash(body: &str) -> [u8; 8] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    let mut hash = [0; 8];
+    hash.copy_from_slice(&digest.as_ref()[..8]);
+    hash
+}

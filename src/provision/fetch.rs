@@ -1,0 +1,275 @@
+//! The decision behind every config fetch: who is asking, through which URL, and what they
+//! may have. This is where one-time enrollment is enforced.
+//!
+//! - `/e/<enrollment token>/FILE`: secret-free files always; the device file while
+//!   enrollment is open, which the first fetch turns into a grace period.
+//! - `/p/<steady token>/FILE`: everything; the first fetch here closes enrollment.
+//! - `/FILE` (no token): secret-free files; a device file only inside a LAN enrollment
+//!   window, else a blank bootstrap config (or 404), and unknown phones are listed as seen.
+
+use std::net::IpAddr;
+
+use super::context::{self, Secrets};
+use super::vendor::{FileMatch, UserAgentInfo, Vendor};
+use crate::app::{App, AppError, TokenKind, now};
+use crate::mac::Mac;
+use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, bounded};
+
+/// Which URL a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// `/e/<token>/`.
+    Enrollment(&'a str),
+    /// `/p/<token>/`.
+    Steady(&'a str),
+    /// No token. `secure` is false on plain HTTP, which never carries secrets.
+    Tokenless {
+        /// Whether the request came over TLS.
+        secure: bool,
+    },
+}
+
+/// One config request.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The URL kind and token.
+    pub access: Access<'a>,
+    /// The requested file name (one path segment).
+    pub file: &'a str,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Its User-Agent header.
+    pub user_agent: &'a str,
+}
+
+/// What to answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The rendered file.
+    File {
+        /// Its contents.
+        body: String,
+        /// Its Content-Type.
+        content_type: String,
+    },
+    /// The same 404 for every miss, whatever the reason.
+    NotFound,
+    /// Too many misses from this address.
+    Throttled,
+    /// A template or store failure; logged, nothing served.
+    Failed,
+}
+
+/// Decides and renders the answer to `request`.
+pub fn fetch(app: &App, request: &FetchRequest<'_>) -> Fetched {
+    if app.throttle.is_blocked(request.ip) {
+        return Fetched::Throttled;
+    }
+    let outcome = match request.access {
+        Access::Enrollment(token) => by_token(app, request, token, TokenKind::Enrollment),
+        Access::Steady(token) => by_token(app, request, token, TokenKind::Steady),
+        Access::Tokenless { secure } => tokenless(app, request, secure),
+    };
+    match outcome {
+        Ok(Outcome::Serve(fetched)) => fetched,
+        Ok(Outcome::Deny) => Fetched::NotFound,
+        Ok(Outcome::Miss) => {
+            if app.throttle.record_miss(request.ip) {
+                tracing::warn!(ip = %request.ip, "too many unknown URLs from this address; answering 429");
+            }
+            Fetched::NotFound
+        }
+        Err(error) => {
+            tracing::error!(ip = %request.ip, file = request.file, "cannot serve: {error}");
+            Fetched::Failed
+        }
+    }
+}
+
+enum Outcome {
+    Serve(Fetched),
+    /// A refusal that is not a guess (locked enrollment, wrong phone): 404, not counted.
+    Deny,
+    /// An unknown token or file: 404, counted towards throttling.
+    Miss,
+}
+
+/// Parses a URL token: 32 hex digits.
+pub fn parse_token(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut token = [0; 16];
+    for (i, byte) in token.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(token)
+}
+
+/// The phone's own claims from its User-Agent, through `vendor`'s profile.
+fn user_agent_of(vendor: &Vendor, user_agent: &str) -> UserAgentInfo {
+    vendor.identify(user_agent).unwrap_or_default()
+}
+
+/// Refuses a phone whose User-Agent MAC is not `mac`.
+fn wrong_phone(request: &FetchRequest<'_>, claimed: &UserAgentInfo, mac: &Mac) -> bool {
+    match claimed.mac {
+        Some(ua_mac) if ua_mac != *mac => {
+            tracing::warn!(ip = %request.ip, requested = %mac, user_agent_mac = %ua_mac, file = request.file,
+                "refused: the User-Agent names another phone");
+            true
+        }
+        _ => false,
+    }
+}
+
+fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind) -> Result<Outcome, AppError> {
+    let Some(token) = parse_token(token) else { return Ok(Outcome::Miss) };
+    let Some(mut device) = app.device_by_token(&token, kind)? else { return Ok(Outcome::Miss) };
+    let catalog = app.templates.catalog();
+    let vendor = catalog.vendor(&device.vendor)?;
+    let Some(matched) = vendor.match_file(request.file) else { return Ok(Outcome::Miss) };
+    let claimed = user_agent_of(vendor, request.user_agent);
+    if matched.mac.is_some_and(|mac| mac != device.mac) {
+        tracing::warn!(ip = %request.ip, mac = %device.mac, file = request.file, "refused: file of another phone");
+        return Ok(Outcome::Deny);
+    }
+    if wrong_phone(request, &claimed, &device.mac) {
+        return Ok(Outcome::Deny);
+    }
+    let before = device.enrollment;
+    match kind {
+        TokenKind::Steady => {
+            if let Enrollment::Open { .. } = device.enrollment {
+                device.enrollment = Enrollment::Locked { since: now() };
+                tracing::info!(mac = %device.mac, "enrollment closed: the phone uses its steady URL");
+            }
+            device.lan_window_until = None;
+        }
+        TokenKind::Enrollment if matched.file.secrets => match device.enrollment {
+            Enrollment::Locked { .. } => {
+                tracing::warn!(ip = %request.ip, mac = %device.mac, "refused: enrollment is locked; unlock it to re-enroll");
+                return Ok(Outcome::Deny);
+            }
+            Enrollment::Open { first_fetch: Some(at) } if now() >= at + app.grace_seconds()? => {
+                device.enrollment = Enrollment::Locked { since: now() };
+                app.commit_enrollment(&device)?;
+                tracing::warn!(ip = %request.ip, mac = %device.mac, "refused: enrollment grace period is over");
+                return Ok(Outcome::Deny);
+            }
+            Enrollment::Open { first_fetch: None } => device.enrollment = Enrollment::Open { first_fetch: Some(now()) },
+            Enrollment::Open { .. } => {}
+        },
+        TokenKind::Enrollment => {}
+    }
+    let shown = matched.file.secrets.then_some(&device);
+    serve(app, request, vendor, &matched, shown, &claimed, Some(&device), device.enrollment != before)
+}
+
+fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outcome, AppError> {
+    let catalog = app.templates.catalog();
+    // Several vendors may claim a name like `<mac>.cfg`: the vendor whose User-Agent this is
+    // wins, then the vendor of the known device with that MAC, then the first by name.
+    let candidates: Vec<(&Vendor, FileMatch<'_>)> =
+        catalog.vendors.values().filter_map(|vendor| Some((vendor, vendor.match_file(request.file)?))).collect();
+    let owner = candidates
+        .iter()
+        .find_map(|(_, matched)| matched.mac)
+        .and_then(|mac| app.device(&mac).ok())
+        .map(|device| device.vendor.to_string());
+    let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| {
+        (vendor.identify(request.user_agent).is_none(), owner.as_deref() != Some(vendor.id.as_str()))
+    }) else {
+        return Ok(Outcome::Miss);
+    };
+    let claimed = user_agent_of(vendor, request.user_agent);
+    if !matched.file.secrets {
+        return serve(app, request, vendor, &matched, None, &claimed, None, false);
+    }
+    let Some(mac) = matched.mac else { return Ok(Outcome::Miss) };
+    if wrong_phone(request, &claimed, &mac) {
+        return Ok(Outcome::Deny);
+    }
+    let device = match app.device(&mac) {
+        Ok(device) => Some(device),
+        Err(AppError::NoDevice(_)) => None,
+        Err(error) => return Err(error),
+    };
+    if let Some(device) = device.filter(|d| d.vendor.as_str() == vendor.id) {
+        let window_open = device.lan_window_until.is_some_and(|until| now() < until);
+        if window_open && secure {
+            // The window, not the enrollment URL, admits this fetch: enrollment is left as
+            // it is, and the phone's first steady fetch closes the window.
+            tracing::info!(mac = %mac, ip = %request.ip, "serving the full config through the LAN enrollment window");
+            return serve(app, request, vendor, &matched, Some(&device), &claimed, Some(&device), false);
+        }
+        tracing::info!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
+    } else {
+        app.record_seen(PhoneSeen {
+            mac,
+            ip: request.ip,
+            user_agent: truncated(request.user_agent),
+            vendor: bounded("vendor", &vendor.id).unwrap_or_default(),
+            model: claimed.model.as_deref().and_then(|m| bounded("model", m).ok()).unwrap_or_default(),
+            at: now(),
+        })?;
+        tracing::info!(mac = %mac, ip = %request.ip, "unknown phone asked for its config; listed under phones seen");
+    }
+    if app.effective_settings()?.get("provision.bootstrap").is_some_and(|mode| mode == "off") {
+        return Ok(Outcome::Deny);
+    }
+    serve(app, request, vendor, &matched, None, &claimed, None, false)
+}
+
+/// Renders and, for a known device, records the contact. An enrollment change is committed
+/// before the file leaves, so a power cut cannot reopen what a served file closed.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    app: &App,
+    request: &FetchRequest<'_>,
+    vendor: &Vendor,
+    matched: &FileMatch<'_>,
+    shown: Option<&Device>,
+    claimed: &UserAgentInfo,
+    contacted: Option<&Device>,
+    enrollment_changed: bool,
+) -> Result<Outcome, AppError> {
+    let context = context::build(app, shown, matched, Secrets::Real)?;
+    let body = app.templates.render(&vendor.id, &matched.file.template, &context)?;
+    if let Some(device) = contacted {
+        let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
+        // Only the device file's hash tells whether the phone has its latest account config.
+        let is_device_file = shown.is_some()
+            && vendor
+                .device_file_name(&device.mac, &device.model)
+                .is_some_and(|name| name.eq_ignore_ascii_case(&matched.requested));
+        let contact = Contact {
+            at: now(),
+            ip: request.ip,
+            user_agent: truncated(request.user_agent),
+            firmware: claimed.firmware.as_deref().and_then(|f| bounded("firmware", f).ok()).unwrap_or_default(),
+            config_hash: if is_device_file { context::config_hash(&body) } else { previous_hash },
+        };
+        if enrollment_changed {
+            let mut device = device.clone();
+            device.last_contact = Some(contact);
+            app.commit_enrollment(&device)?;
+        } else {
+            app.note_contact(device.mac, contact);
+        }
+        tracing::info!(mac = %device.mac, ip = %request.ip, file = request.file, "served");
+    } else {
+        tracing::debug!(ip = %request.ip, file = request.file, "served a secret-free file");
+    }
+    Ok(Outcome::Serve(Fetched::File { body, content_type: matched.file.content_type.clone() }))
+}
+
+fn truncated<const N: usize>(text: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}

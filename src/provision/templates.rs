@@ -1,0 +1,201 @@
+//! Template sources and rendering. Stock templates are compiled into the binary; a file of
+//! the same name under `<data>/templates/` overrides one, and a vendor directory there adds
+//! a vendor. Overrides are read on every request, so an edit takes effect at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+use super::vendor::{ProfileError, Vendor};
+
+include!(concat!(env!("OUT_DIR"), "/stock_templates.rs"));
+
+/// Why a file could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The template is missing, does not parse, or failed while rendering.
+    #[error("template {name}: {detail}")]
+    Template {
+        /// `vendor/file`.
+        name: String,
+        /// minijinja's account, with line numbers.
+        detail: String,
+    },
+    /// The vendor is unknown.
+    #[error("unknown vendor {0:?}; known vendors are the directories under templates/")]
+    UnknownVendor(String),
+}
+
+/// Stock templates plus the operator's overrides.
+pub struct Templates {
+    override_dir: PathBuf,
+    catalog: Mutex<Option<(Stamp, Arc<Catalog>)>>,
+}
+
+/// The loaded vendor profiles.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Profiles by vendor id.
+    pub vendors: BTreeMap<String, Vendor>,
+    /// Profiles that failed to load, with the reason; their phones get nothing.
+    pub broken: Vec<ProfileError>,
+}
+
+impl Catalog {
+    /// The profile of vendor `id`.
+    pub fn vendor(&self, id: &str) -> Result<&Vendor, RenderError> {
+        self.vendors.get(id).ok_or_else(|| RenderError::UnknownVendor(id.into()))
+    }
+}
+
+/// Modification times of the override profiles; a change reloads the catalog.
+type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+impl Templates {
+    /// Templates overridden from `override_dir` (`<data>/templates`).
+    pub fn new(override_dir: PathBuf) -> Templates {
+        Templates { override_dir, catalog: Mutex::new(None) }
+    }
+
+    /// The directory whose files override the stock templates.
+    pub fn override_dir(&self) -> &Path {
+        &self.override_dir
+    }
+
+    /// Template `name` (`vendor/file`): the override if present, else the stock one.
+    pub fn source(&self, name: &str) -> Option<String> {
+        read_source(&self.override_dir, name)
+    }
+
+    /// The vendor profiles, reloaded when an override profile changed.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        let stamp = self.stamp();
+        // A poisoned lock only means another request panicked mid-reload; the cache is
+        // rebuilt below either way.
+        let mut cached = self.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((current, catalog)) = cached.as_ref()
+            && *current == stamp
+        {
+            return catalog.clone();
+        }
+        let catalog = Arc::new(self.load_catalog());
+        for broken in &catalog.broken {
+            tracing::error!("{broken}");
+        }
+        *cached = Some((stamp, catalog.clone()));
+        catalog
+    }
+
+    fn vendor_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            STOCK.iter().filter_map(|(name, _)| name.strip_suffix("/vendor.toml")).map(String::from).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.override_dir) {
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().join("vendor.toml").is_file() && !ids.contains(&id) && !id.starts_with('.') {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+
+    fn stamp(&self) -> Stamp {
+        let dir_stamp = |path: PathBuf| {
+            let meta = std::fs::metadata(&path).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            (path, modified, meta.map_or(0, |m| m.len()))
+        };
+        let mut stamp = vec![dir_stamp(self.override_dir.clone())];
+        stamp.extend(self.vendor_ids().into_iter().map(|id| dir_stamp(self.override_dir.join(id).join("vendor.toml"))));
+        stamp
+    }
+
+    fn load_catalog(&self) -> Catalog {
+        let mut catalog = Catalog::default();
+        for id in self.vendor_ids() {
+            let Some(text) = self.source(&format!("{id}/vendor.toml")) else { continue };
+            match Vendor::parse(&id, &text) {
+                Ok(vendor) => {
+                    catalog.vendors.insert(id, vendor);
+                }
+                Err(error) => catalog.broken.push(error),
+            }
+        }
+        catalog
+    }
+
+    /// Renders template `vendor/file` with `context`. The whole file is rendered before
+    /// anything is returned, so a failure never yields a partial file.
+    pub fn render(&self, vendor: &str, file: &str, context: &minijinja::Value) -> Result<String, RenderError> {
+        let name = format!("{vendor}/{file}");
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_auto_escape_callback(auto_escape_for);
+        env.set_formatter(|out, state, value| {
+            if state.auto_escape() == XML_ESCAPE && !value.is_safe() {
+                let text = value.to_string();
+                out.write_str(&xml_escape(&text)).map_err(minijinja::Error::from)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        let override_dir = self.override_dir.clone();
+        env.set_loader(move |name| Ok(read_source(&override_dir, name)));
+        let result = env.get_template(&name).and_then(|template| template.render(context));
+        result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
+    }
+}
+
+/// Escaping for templates named `.xml`, `.htm` or `.html` (whatever the served file is
+/// called): only the five XML specials, so URLs stay readable to phones' simple parsers.
+const XML_ESCAPE: AutoEscape = AutoEscape::Custom("xml");
+
+fn auto_escape_for(name: &str) -> AutoEscape {
+    if [".xml", ".htm", ".html"].iter().any(|suffix| name.ends_with(suffix)) { XML_ESCAPE } else { AutoEscape::None }
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn read_source(override_dir: &Path, name: &str) -> Option<String> {
+    if name.split('/').any(|part| part.is_empty() || part == ".." || part.starts_with('.')) {
+        return None;
+    }
+    match std::fs::read_to_string(override_dir.join(name)) {
+        Ok(text) => Some(text),
+        Err(_) => STOCK.iter().find(|(stock, _)| *stock == name).map(|(_, text)| text.to_string()),
+    }
+}
+
+/// minijinja's error with its chain of causes and the template line.
+fn describe(error: &minijinja::Error) -> String {
+    let mut text = error.to_string();
+    if let (Some(name), Some(line)) = (error.name(), error.line()) {
+        text = format!("{text} ({name} line {line})");
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,275 @@
+//! Vendor profiles: how provbox recognises a vendor's phones and which files it serves them.
+//!
+//! Each vendor is a directory `templates/<vendor>/` holding `vendor.toml` and its
+//! templates. Adding a vendor adds such a directory; no code knows vendor names.
+//!
+//! ```toml
+//! name = "Yealink"
+//! user_agent = '^Yealink SIP[- ](?P<model>\S+) (?P<firmware>\S+) (?P<mac>[0-9a-fA-F:]{17})'
+//! check_sync_event = "check-sync;reboot=false"
+//!
+//! [[files]]
+//! name = "y000000000{n}.cfg"   # {mac} {MAC} {n} {model} are placeholders
+//! template = "common.cfg"
+//!
+//! [[files]]
+//! name = "{mac}.cfg"
+//! template = "device.cfg"
+//! secrets = true               # only served to an identified, enrolled phone
+//! ```
+
+use std::collections::BTreeMap;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+
+use crate::mac::Mac;
+
+/// Why a vendor profile is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("vendor profile {vendor}: {reason}")]
+pub struct ProfileError {
+    /// The vendor directory.
+    pub vendor: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    check_sync_event: Option<String>,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    name: String,
+    template: String,
+    #[serde(default)]
+    secrets: bool,
+    #[serde(default)]
+    directory: bool,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+/// One file a vendor's phones request.
+#[derive(Debug)]
+pub struct VendorFile {
+    /// The file name with placeholders, e.g. `{mac}.cfg`.
+    pub name: String,
+    /// Template that renders it, relative to the vendor directory.
+    pub template: String,
+    /// Whether it carries secrets (SIP passwords, the steady URL): only an identified,
+    /// enrolled phone gets it.
+    pub secrets: bool,
+    /// Whether the template receives the phonebook of all extensions.
+    pub directory: bool,
+    /// The Content-Type it is served with.
+    pub content_type: String,
+    pattern: Regex,
+}
+
+/// A file request matched against a vendor's files.
+#[derive(Debug)]
+pub struct FileMatch<'v> {
+    /// The matched entry.
+    pub file: &'v VendorFile,
+    /// The MAC in the file name, if its pattern has one.
+    pub mac: Option<Mac>,
+    /// Other placeholders' values, by name.
+    pub captures: BTreeMap<String, String>,
+    /// The file name as requested.
+    pub requested: String,
+}
+
+/// What a User-Agent header says about the phone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UserAgentInfo {
+    /// Model, when the vendor's User-Agent carries it.
+    pub model: Option<String>,
+    /// Firmware version.
+    pub firmware: Option<String>,
+    /// The phone's own MAC.
+    pub mac: Option<Mac>,
+}
+
+/// A vendor's profile.
+#[derive(Debug)]
+pub struct Vendor {
+    /// Directory name and the `vendor` of its devices, e.g. `yealink`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// SIP event that makes its phones re-fetch their config.
+    pub check_sync_event: Option<String>,
+    /// Files its phones request, in match order.
+    pub files: Vec<VendorFile>,
+    user_agent: Option<Regex>,
+}
+
+impl Vendor {
+    /// Parses `vendor.toml` of vendor directory `id`.
+    pub fn parse(id: &str, toml_text: &str) -> Result<Vendor, ProfileError> {
+        let error = |reason: String| ProfileError { vendor: id.into(), reason };
+        let profile: ProfileFile = toml::from_str(toml_text).map_err(|e| error(e.to_string()))?;
+        let user_agent = profile
+            .user_agent
+            .map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("user_agent: {e}"))))
+            .transpose()?;
+        let files = profile
+            .files
+            .into_iter()
+            .map(|entry| {
+                let pattern =
+                    file_pattern(&entry.name).map_err(|reason| error(format!("file {}: {reason}", entry.name)))?;
+                let content_type = entry.content_type.unwrap_or_else(|| content_type_for(&entry.name).into());
+                Ok(VendorFile {
+                    name: entry.name,
+                    template: entry.template,
+                    secrets: entry.secrets,
+                    directory: entry.directory,
+                    content_type,
+                    pattern,
+                })
+            })
+            .collect::<Result<_, ProfileError>>()?;
+        Ok(Vendor { id: id.into(), name: profile.name, check_sync_event: profile.check_sync_event, files, user_agent })
+    }
+
+    /// Reads `user_agent` if it is this vendor's.
+    pub fn identify(&self, user_agent: &str) -> Option<UserAgentInfo> {
+        let captures = self.user_agent.as_ref()?.captures(user_agent)?;
+        let group = |name| captures.name(name).map(|m| m.as_str().to_string());
+        Some(UserAgentInfo {
+            model: group("model"),
+            firmware: group("firmware"),
+            mac: group("mac").and_then(|text| text.parse().ok()),
+        })
+    }
+
+    /// The entry matching file name `requested`.
+    pub fn match_file(&self, requested: &str) -> Option<FileMatch<'_>> {
+        self.files.iter().find_map(|file| {
+            let captures = file.pattern.captures(requested)?;
+            let mut mac = None;
+            let mut named = BTreeMap::new();
+            for name in file.pattern.capture_names().flatten() {
+                let Some(value) = captures.name(name) else { continue };
+                if name == "mac" {
+                    mac = Some(value.as_str().parse().ok()?);
+                } else {
+                    named.insert(name.to_string(), value.as_str().to_string());
+                }
+            }
+            Some(FileMatch { file, mac, captures: named, requested: requested.to_string() })
+        })
+    }
+
+    /// The file holding one device's account (the first secret file named by its MAC), as
+    /// the phone with `mac` and `model` would request it.
+    pub fn device_file_name(&self, mac: &Mac, model: &str) -> Option<String> {
+        self.files
+            .iter()
+            .filter(|f| f.secrets && (f.name.contains("{mac}") || f.name.contains("{MAC}")))
+            .map(|f| {
+                f.name
+                    .replace("{mac}", &mac.to_string())
+                    .replace("{MAC}", &mac.to_string().to_uppercase())
+                    .replace("{model}", model)
+            })
+            .find(|name| !name.contains('{'))
+    }
+}
+
+/// Turns `{mac}.cfg` into an anchored regular expression.
+fn file_pattern(name: &str) -> Result<Regex, String> {
+    let mut pattern = String::from("^");
+    let mut rest = name;
+    let mut has_mac = false;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&regex_lite::escape(&rest[..open]));
+        let close = rest[open..].find('}').ok_or("unclosed {")? + open;
+        let placeholder = &rest[open + 1..close];
+        let group = match placeholder {
+            "mac" | "MAC" if !has_mac => {
+                has_mac = true;
+                "(?P<mac>[0-9A-Fa-f]{12})"
+            }
+            "n" => "(?P<n>[0-9]{1,4})",
+            "model" => "(?P<model>[A-Za-z0-9_-]{1,24})",
+            other => return Err(format!("unknown or repeated placeholder {{{other}}}")),
+        };
+        pattern.push_str(group);
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("stray }".into());
+    }
+    pattern.push_str(&regex_lite::escape(rest));
+    pattern.push('$');
+    Regex::new(&pattern).map_err(|e| e.to_string())
+}
+
+fn content_type_for(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("xml") => "application/xml",
+        Some("htm" | "html") => "text/html; charset=utf-8",
+        _ => "text/plain; charset=utf-8",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = r#"
+        name = "Example"
+        user_agent = '^Example (?P<model>\S+) (?P<firmware>\S+) (?P<mac>[0-9a-f:]{17})'
+        [[files]]
+        name = "x{n}.cfg"
+        template = "common.cfg"
+        [[files]]
+        name = "{mac}.cfg"
+        template = "device.cfg"
+        secrets = true
+    "#;
+
+    #[test]
+    fn files_match_by_placeholder() {
+        let vendor = Vendor::parse("example", PROFILE).unwrap();
+        let common = vendor.match_file("x124.cfg").unwrap();
+        assert!(!common.file.secrets && common.mac.is_none() && common.captures["n"] == "124");
+        let device = vendor.match_file("805EC0D57D72.cfg").unwrap();
+        assert_eq!(device.mac.unwrap().to_string(), "805ec0d57d72");
+        assert!(vendor.match_file("805ec0d57d7.cfg").is_none());
+        assert!(vendor.match_file("../805ec0d57d72.cfg").is_none());
+        assert!(vendor.match_file("x1.cfg.bak").is_none());
+        assert_eq!(vendor.device_file_name(&"805ec0d57d72".parse().unwrap(), "T31G").unwrap(), "805ec0d57d72.cfg");
+    }
+
+    #[test]
+    fn user_agent_yields_model_firmware_and_mac() {
+        let vendor = Vendor::parse("example", PROFILE).unwrap();
+        let info = vendor.identify("Example T31G 124.85.257.55 80:5e:c0:d5:7d:72").unwrap();
+        assert_eq!(info.model.as_deref(), Some("T31G"));
+        assert_eq!(info.firmware.as_deref(), Some("124.85.257.55"));
+        assert_eq!(info.mac.unwrap().to_string(), "805ec0d57d72");
+        assert!(vendor.identify("curl/8.0").is_none());
+    }
+
+    #[test]
+    fn broken_profiles_are_refused_with_reasons() {
+        let unknown = PROFILE.replace("x{n}", "x{nope}");
+        assert!(Vendor::parse("example", &unknown).unwrap_err().to_string().contains("{nope}"));
+        assert!(Vendor::parse("example", "name = 1").is_err());
+        let bad_regex = PROFILE.replace("(?P<model>", "(?P<model");
+        assert!(Vendor::parse("example", &bad_regex).unwrap_err().to_string().contains("user_agent"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The HTTPS and HTTP listeners: accept loops with a connection cap, TLS handshake, read,
+//! write and header timeouts, a header size limit, keep-alive, and graceful shutdown.
+
+pub mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_io_timeout::TimeoutStream;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use routes::Peer;
+
+/// Limits that keep one slow or hostile client from hurting the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once per listener; more are closed at accept.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request's headers to arrive (slowloris).
+    pub header_timeout: Duration,
+    /// A read or write that makes no progress this long ends the connection; also the
+    /// keep-alive idle limit.
+    pub io_timeout: Duration,
+    /// Largest request head in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One listener: its socket, its routes and, for HTTPS, its TLS acceptor.
+pub struct Listener {
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// Its routes.
+    pub router: Router,
+    /// TLS, or None for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Serves `listeners` until `shutdown` turns true, then lets in-flight requests finish for
+/// up to [`Limits::drain_timeout`].
+pub async fn serve(listeners: Vec<Listener>, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        loops.spawn(accept_loop(listener, limits, graceful.clone(), shutdown.clone()));
+    }
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    while loops.join_next().await.is_some() {}
+    // The accept loops have ended, so this is the last reference.
+    let Some(graceful) = Arc::into_inner(graceful) else { return };
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections did not finish within the drain timeout");
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    limits: Limits,
+    graceful: Arc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.socket.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection cap reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut stream = TimeoutStream::new(tcp);
+        stream.set_read_timeout(Some(limits.io_timeout));
+        stream.set_write_timeout(Some(limits.io_timeout));
+        let router = listener.router.clone();
+        let tls = listener.tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream = Box::pin(stream);
+            match tls {
+                Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => serve_connection(tls_stream, router, peer, limits, watcher).await,
+                    Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => serve_connection(stream, router, peer, limits, watcher).await,
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(stream: S, router: Router, peer: SocketAddr, limits: Limits, watcher: Watcher)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = router.map_request(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        request
+    });
+    let service = TowerToHyperService::new(service.map_err(|never: Infallible| match never {}));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, "connection ended: {error}");
+    }
+}

@@ -1,0 +1,177 @@
+//! URL routing: which handler answers which path, on HTTPS and on plain HTTP.
+//!
+//! Every miss gets the same bare 404, so a scanner cannot tell a wrong token from a wrong
+//! file name. Request URLs are never logged: they carry tokens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower::ServiceExt;
+
+use crate::app::{App, TokenKind, client_ip};
+use crate::pki::Pki;
+use crate::provision::fetch::{self, Access, FetchRequest, Fetched};
+
+/// The client's socket address, attached to each request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct Shared {
+    /// The appliance.
+    pub app: Arc<App>,
+    /// Its TLS identity (for `/ca.crt`).
+    pub pki: Arc<Pki>,
+}
+
+/// Routes of the HTTPS listener.
+pub fn https(shared: Shared) -> Router {
+    Router::new()
+        .route("/ca.crt", get(ca_certificate))
+        .route("/e/{token}/{file}", get(enrollment))
+        .route("/p/{token}/{file}", get(steady))
+        .route("/p/{token}/files/{*path}", get(static_file))
+        .route("/{file}", get(tokenless_secure))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+/// Routes of the plain-HTTP listener: the CA and secret-free files only.
+pub fn http(shared: Shared) -> Router {
+    Router::new()
+        .route("/ca.crt", get(ca_certificate))
+        .route("/{file}", get(tokenless_plain))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+async fn not_found() -> Response {
+    StatusCode::NOT_FOUND.into_response()
+}
+
+async fn ca_certificate(State(shared): State<Shared>) -> Response {
+    let mut response = shared.pki.ca_pem().to_string().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-x509-ca-cert"));
+    response
+}
+
+fn user_agent(headers: &HeaderMap) -> &str {
+    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Runs the blocking decision (store access, rendering) off the async workers.
+async fn answer(shared: Shared, access: OwnedAccess, file: String, peer: Peer, headers: HeaderMap) -> Response {
+    let outcome = tokio::task::spawn_blocking(move || {
+        let access = match &access {
+            OwnedAccess::Enrollment(token) => Access::Enrollment(token),
+            OwnedAccess::Steady(token) => Access::Steady(token),
+            OwnedAccess::Tokenless { secure } => Access::Tokenless { secure: *secure },
+        };
+        let request =
+            FetchRequest { access, file: &file, ip: client_ip(peer.0.ip()), user_agent: user_agent(&headers) };
+        fetch::fetch(&shared.app, &request)
+    })
+    .await;
+    match outcome {
+        Ok(Fetched::File { body, content_type }) => {
+            let mut response = body.into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
+                headers.insert(header::CONTENT_TYPE, value);
+            }
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(Fetched::NotFound) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Fetched::Throttled) => StatusCode::TOO_MANY_REQUESTS.into_response(),
+        Ok(Fetched::Failed) | Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+enum OwnedAccess {
+    Enrollment(String),
+    Steady(String),
+    Tokenless { secure: bool },
+}
+
+async fn enrollment(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path((token, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    answer(shared, OwnedAccess::Enrollment(token), file, peer, headers).await
+}
+
+async fn steady(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path((token, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    answer(shared, OwnedAccess::Steady(token), file, peer, headers).await
+}
+
+async fn tokenless_secure(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    answer(shared, OwnedAccess::Tokenless { secure: true }, file, peer, headers).await
+}
+
+async fn tokenless_plain(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    answer(shared, OwnedAccess::Tokenless { secure: false }, file, peer, headers).await
+}
+
+/// `/p/<steady>/files/<path>`: firmware, logos and ringtones from `<data>/files/`, with
+/// Range support; only for a valid steady token.
+async fn static_file(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path((token, _)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let ip = client_ip(peer.0.ip());
+    if shared.app.throttle.is_blocked(ip) {
+        return StatusCode::TOO_MANY_REQUESTS.into_response();
+    }
+    let app = shared.app.clone();
+    let owner = tokio::task::spawn_blocking(move || {
+        let token = fetch::parse_token(&token)?;
+        app.device_by_token(&token, TokenKind::Steady).ok().flatten()
+    })
+    .await;
+    let Ok(Some(device)) = owner else {
+        shared.app.throttle.record_miss(ip);
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Hand ServeDir the still-encoded rest of the path; it decodes and refuses `..` itself.
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().splitn(5, '/').nth(4).unwrap_or("").to_string();
+    let Ok(uri) = format!("/{path}").parse() else { return StatusCode::NOT_FOUND.into_response() };
+    parts.uri = uri;
+    let files = tower_http::services::ServeDir::new(shared.app.site.data_dir.join("files"));
+    match files.oneshot(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            if response.status().is_success() {
+                tracing::info!(mac = %device.mac, %ip, file = path, "served a static file");
+            }
+            response.map(Body::new)
+        }
+        Err(never) => match never {},
+    }
+}

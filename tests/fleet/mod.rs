@@ -1,0 +1,367 @@
+//! The phone-fleet simulator: a real provbox process, and phones that speak HTTP/1.1 over
+//! real TLS (trusting only the appliance's CA) with their vendors' User-Agents and request
+//! sequences. Everything runs on loopback.
+#![allow(dead_code)] // each test binary uses its own part of the simulator
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A running `provbox serve` on loopback with its own data directory.
+pub struct Appliance {
+    pub data: PathBuf,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Runs the provbox CLI against `data`; returns (success, stdout, stderr).
+pub fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_provbox")).arg("--data").arg(data).args(args).output().expect("provbox runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+/// Like [`cli`], but fails the test on error and returns stdout.
+pub fn cli_ok(data: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(data, args);
+    assert!(ok, "provbox {args:?} failed: {err}");
+    out
+}
+
+impl Appliance {
+    /// Starts provbox on a fresh data directory with `sip.server` set.
+    pub fn start() -> Appliance {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
+        Appliance::start_on(data, Some(dir), &[])
+    }
+
+    /// Starts provbox on `data` with extra `serve` flags.
+    pub fn start_on(data: PathBuf, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Appliance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_provbox"))
+            .arg("--data")
+            .arg(&data)
+            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0", "--key-type", "ecdsa-p256"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("provbox starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut https = None;
+        let mut http = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while https.is_none() || http.is_none() {
+            assert!(Instant::now() < deadline, "provbox did not report its listeners");
+            let Some(Ok(line)) = lines.next() else { panic!("provbox exited before listening") };
+            let address = |marker: &str| {
+                let rest = line.split(marker).nth(1)?;
+                rest.trim_end_matches(')').trim().parse::<SocketAddr>().ok()
+            };
+            https = https.or(address("(HTTPS on "));
+            http = http.or(address("(HTTP on "));
+        }
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        std::thread::spawn(move || for _ in lines {});
+        Appliance { data, https: https.unwrap(), http: http.unwrap(), child, log, _dir: dir }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the log contains `text`.
+    pub fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+    }
+
+    /// SIGTERM and wait; returns whether it exited cleanly, and the data directory kept.
+    pub fn stop(mut self) -> (bool, PathBuf, Option<tempfile::TempDir>) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let data = self.data.clone();
+        let dir = self._dir.take();
+        (status.is_some_and(|s| s.success()), data, dir)
+    }
+
+    /// The CA certificate the phones are told to trust.
+    pub fn ca(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(self.data.join("tls/ca.crt")).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// A TLS client configuration trusting only the appliance's CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        client_config_trusting(&self.ca(), None)
+    }
+
+    /// `device show MAC --json`.
+    pub fn device(&self, mac: &str) -> serde_json::Value {
+        serde_json::from_str(&cli_ok(&self.data, &["device", "show", mac, "--json"])).unwrap()
+    }
+
+    /// Path part of a URL printed by provbox, e.g. `/e/<token>/`.
+    pub fn path_of(url: &str) -> String {
+        let after_scheme = url.split("://").nth(1).expect("absolute URL");
+        format!("/{}", after_scheme.split_once('/').map_or("", |(_, path)| path))
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client configuration trusting `roots`, optionally limited to one TLS version.
+pub fn client_config_trusting(
+    roots: &[CertificateDer<'static>],
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).expect("CA parses");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        version.map_or(vec![&rustls::version::TLS13, &rustls::version::TLS12], |v| vec![v]);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One keep-alive HTTPS connection, as a phone opens it.
+pub struct Connection {
+    stream: AsyncBufReader<TlsStream<TcpStream>>,
+}
+
+impl Connection {
+    /// Connects from `local` (a loopback address) to `server` with a full TLS handshake.
+    pub async fn open(
+        config: Arc<rustls::ClientConfig>,
+        server: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> std::io::Result<Connection> {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(local) = local {
+            socket.bind(SocketAddr::new(local, 0))?;
+        }
+        let tcp = tokio::time::timeout(Duration::from_secs(10), socket.connect(server)).await??;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls =
+            tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(name, tcp)).await??;
+        Ok(Connection { stream: AsyncBufReader::new(tls) })
+    }
+
+    /// The negotiated TLS version and whether the session was resumed.
+    pub fn handshake(&self) -> (Option<rustls::ProtocolVersion>, Option<rustls::HandshakeKind>) {
+        let (_, connection) = self.stream.get_ref().get_ref();
+        (connection.protocol_version(), connection.handshake_kind())
+    }
+
+    /// Sends a GET with `headers` and reads the response.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        tokio::time::timeout(Duration::from_secs(20), async {
+            self.stream.get_mut().write_all(request.as_bytes()).await?;
+            read_response(&mut self.stream).await
+        })
+        .await?
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Response> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line).await? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+    }
+    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid("status"))?;
+    let mut headers = Vec::new();
+    for _ in 0..100 {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| invalid("header"))?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(Ok(0), |(_, v)| v.parse().map_err(|_| invalid("length")))?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await?;
+    Ok(Response { status, headers, body })
+}
+
+/// A simulated phone: vendor, model, MAC, firmware, and its vendor's boot sequence.
+#[derive(Debug, Clone)]
+pub struct Phone {
+    pub vendor: &'static str,
+    pub model: &'static str,
+    pub mac: String,
+    pub firmware: &'static str,
+}
+
+impl Phone {
+    pub fn yealink(mac: &str) -> Phone {
+        Phone { vendor: "yealink", model: "T54W", mac: mac.into(), firmware: "96.86.0.15" }
+    }
+    pub fn snom(mac: &str) -> Phone {
+        Phone { vendor: "snom", model: "D785", mac: mac.into(), firmware: "10.1.33.33" }
+    }
+    pub fn poly(mac: &str) -> Phone {
+        Phone { vendor: "polycom", model: "VVX400", mac: mac.into(), firmware: "6.4.3.5156" }
+    }
+    pub fn grandstream(mac: &str) -> Phone {
+        Phone { vendor: "grandstream", model: "GXP2135", mac: mac.into(), firmware: "1.0.7.97" }
+    }
+
+    fn colon_mac(&self) -> String {
+        self.mac.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(":")
+    }
+
+    /// The User-Agent its firmware sends.
+    pub fn user_agent(&self) -> String {
+        match self.vendor {
+            "yealink" => format!("Yealink SIP-{} {} {}", self.model, self.firmware, self.colon_mac()),
+            "snom" => format!(
+                "Mozilla/4.0 (compatible; snom{}-SIP {} 2010.12-00004-g9ba52f5 {} SXM:0 UXM:0)",
+                self.model,
+                self.firmware,
+                self.mac.to_uppercase()
+            ),
+            "polycom" => format!("FileTransport PolycomVVX-VVX_400-UA/{} Type/Application", self.firmware),
+            "grandstream" => format!("Grandstream Model HW {} SW {} DevId {}", self.model, self.firmware, self.mac),
+            other => panic!("no simulator for {other}"),
+        }
+    }
+
+    /// The files it requests at boot, in order.
+    pub fn boot_files(&self) -> Vec<String> {
+        match self.vendor {
+            "yealink" => vec![
+                format!("{}.boot", self.mac),
+                "y000000000000.boot".into(),
+                "y000000000096.cfg".into(),
+                format!("{}.cfg", self.mac),
+            ],
+            "snom" => {
+                vec![format!("snom{}.htm", self.model), format!("snom{}-{}.htm", self.model, self.mac.to_uppercase())]
+            }
+            "polycom" => vec![format!("{}.cfg", self.mac), format!("{}-user.cfg", self.mac)],
+            "grandstream" => vec![format!("cfg{}.xml", self.mac)],
+            other => panic!("no simulator for {other}"),
+        }
+    }
+
+    /// The file carrying its account.
+    pub fn device_file(&self) -> String {
+        self.boot_files().pop().unwrap()
+    }
+
+    /// Boots against `base_path` (`/e/<token>/`, `/p/<token>/` or `/`) over one
+    /// keep-alive connection; returns each file's response.
+    pub async fn boot(&self, connection: &mut Connection, base_path: &str) -> Vec<(String, Response)> {
+        let user_agent = self.user_agent();
+        let mut responses = Vec::new();
+        for file in self.boot_files() {
+            let response =
+                connection.get(&format!("{base_path}{file}"), &[("User-Agent", &user_agent)]).await.expect("request");
+            responses.push((file, response));
+        }
+        responses
+    }
+
+    /// The steady URL path written into its config, as the phone would read it.
+    pub fn steady_path_in(&self, config: &str) -> Option<String> {
+        let url = match self.vendor {
+            "yealink" => config.lines().find_map(|l| l.strip_prefix("static.auto_provision.server.url = "))?,
+            "snom" => config.split("<setting_server perm=\"R\">").nth(1)?.split('<').next()?,
+            "polycom" => config.split("device.prov.serverName=\"").nth(1)?.split('"').next()?,
+            "grandstream" => {
+                return Some(format!("/{}", config.split("<P237>").nth(1)?.split('<').next()?.split_once('/')?.1));
+            }
+            _ => return None,
+        };
+        Some(Appliance::path_of(url.trim()))
+    }
+}

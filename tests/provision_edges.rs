@@ -1,0 +1,223 @@
+//! The server's edges: TLS versions and resumption, limits against slow or hostile clients,
+//! hostile paths, static files with Range, and the CLI's refusals.
+
+mod fleet;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use fleet::{Appliance, Connection, Phone, cli, cli_ok};
+
+const MAC: &str = "805ec0d57d72";
+
+fn add_yealink(appliance: &Appliance) -> serde_json::Value {
+    cli_ok(
+        &appliance.data,
+        &["device", "add", "--mac", MAC, "--vendor", "yealink", "--model", "T54W", "--ext", "100", "--name", "Alice"],
+    );
+    appliance.device(MAC)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_12_and_13_both_work_and_sessions_resume() {
+    let appliance = Appliance::start();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config = fleet::client_config_trusting(&appliance.ca(), Some(version));
+        let mut first = Connection::open(config.clone(), appliance.https, None).await.unwrap();
+        assert_eq!(first.handshake().0, Some(version.version));
+        assert_eq!(first.handshake().1, Some(rustls::HandshakeKind::Full));
+        // TLS 1.3 tickets arrive after the handshake; one request makes sure they are read.
+        assert_eq!(first.get("/ca.crt", &[]).await.unwrap().status, 200);
+        let second = Connection::open(config, appliance.https, None).await.unwrap();
+        assert_eq!(second.handshake().1, Some(rustls::HandshakeKind::Resumed), "{:?}", version.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let appliance = Appliance::start();
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    for _ in 0..50 {
+        assert_eq!(connection.get("/ca.crt", &[]).await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_and_headers_get_clean_errors() {
+    let appliance = Appliance::start();
+    let device = add_yealink(&appliance);
+    let steady = Appliance::path_of(device["steady_url"].as_str().unwrap());
+    std::fs::create_dir_all(appliance.data.join("files")).unwrap();
+    std::fs::write(appliance.data.join("files/firmware.rom"), b"0123456789abcdefghij").unwrap();
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    for path in [
+        format!("{steady}files/../store.bin"),
+        format!("{steady}files/%2e%2e/store.bin"),
+        format!("{steady}files/..%2fstore.bin"),
+        format!("{steady}..%2f..%2fstore.bin"),
+        "/%2e%2e/%2e%2e/etc/passwd".to_string(),
+        "/tls/ca.key".to_string(),
+        format!("{steady}%ff%fe.cfg"),
+        "/e/not-hex/805ec0d57d72.cfg".to_string(),
+    ] {
+        let response = connection.get(&path, &[]).await.unwrap();
+        assert!(matches!(response.status, 400 | 404), "{path}: {}", response.status);
+        assert!(!response.text().contains("BEGIN"), "{path} leaked a file");
+    }
+    // Range requests on static files, and their checksums in `device show`.
+    let ranged = connection.get(&format!("{steady}files/firmware.rom"), &[("Range", "bytes=10-13")]).await.unwrap();
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.body, b"abcd");
+    let shown = appliance.device(MAC);
+    assert_eq!(shown["files"][0]["path"], "firmware.rom");
+    let sum = ring::digest::digest(&ring::digest::SHA256, b"0123456789abcdefghij");
+    let hex: String = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(shown["files"][0]["sha256"], hex);
+    assert_eq!(
+        connection.get("/p/00000000000000000000000000000000/files/firmware.rom", &[]).await.unwrap().status,
+        404
+    );
+
+    // An oversized header block: 431, and the server goes on.
+    let huge = "x".repeat(40 * 1024);
+    let mut other = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let refused = other.get("/ca.crt", &[("X-Padding", &huge)]).await;
+    assert!(refused.is_err() || refused.as_ref().unwrap().status == 431, "{refused:?}");
+    assert_eq!(connection.get("/ca.crt", &[]).await.unwrap().status, 200);
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let appliance = Appliance::start_on(data, Some(dir), &["--header-timeout", "1"]);
+    let mut slow = std::net::TcpStream::connect(appliance.http).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 512];
+    // The server answers 408 or just closes once the header timeout passes.
+    let _ = slow.read(&mut buffer);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "cut off after {waited:?}");
+    let mut fine = std::net::TcpStream::connect(appliance.http).unwrap();
+    fine.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    fine.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn the_connection_cap_turns_away_extra_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "2"]);
+    let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(appliance.http).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(appliance.http).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buffer = [0u8; 64];
+    assert!(matches!(extra.read(&mut buffer), Ok(0) | Err(_)), "closed without an answer");
+    assert!(appliance.wait_for_log("connection cap reached"));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fine = std::net::TcpStream::connect(appliance.http).unwrap();
+    fine.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    fine.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn the_cli_refuses_bad_input_with_reasons_and_keeps_what_was_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let add = |extra: &[&str]| {
+        let mut args = vec!["device", "add", "--vendor", "yealink", "--model", "T54W", "--name", "Alice"];
+        args.extend_from_slice(extra);
+        cli(&data, &args)
+    };
+    let (ok, _, err) = add(&["--mac", "80:5e:c0:d5:7d", "--ext", "100"]);
+    assert!(!ok && err.contains("invalid MAC"), "{err}");
+    let (ok, _, err) = add(&["--mac", MAC, "--ext", "100", "--sip-password", "short"]);
+    assert!(!ok && err.contains("at least 12"), "{err}");
+    let (ok, _, err) = add(&["--mac", MAC, "--ext", "4711", "--sip-password", "Secret4711Abc"]);
+    assert!(!ok && err.contains("extension"), "{err}");
+    let (ok, _, err) =
+        cli(&data, &["device", "add", "--mac", MAC, "--vendor", "acme", "--model", "X", "--ext", "1", "--name", "A"]);
+    assert!(!ok && err.contains("acme"), "{err}");
+    let (ok, _, err) = cli(&data, &["settings", "set", "sip.transport", "carrier-pigeon"]);
+    assert!(!ok && err.contains("udp, tcp, tls"), "{err}");
+    assert!(cli_ok(&data, &["device", "list", "--json"]).trim() == "[]", "nothing was added");
+
+    cli_ok(
+        &data,
+        &["device", "add", "--mac", MAC, "--vendor", "yealink", "--model", "T54W", "--ext", "100", "--name", "Alice"],
+    );
+    let (ok, _, err) = cli(
+        &data,
+        &["device", "add", "--mac", MAC, "--vendor", "yealink", "--model", "T54W", "--ext", "101", "--name", "B"],
+    );
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    let csv = dir.path().join("phones.csv");
+    std::fs::write(
+        &csv,
+        "mac,vendor,model,extension,name,sip_user,sip_password\n\
+         000413922d24,snom,D785,200,Bob,,\n\
+         zz:zz,yealink,T54W,201,Carol,,\n\
+         000b828aa872,grandstream,GXP2135,202,Dan,,weak\n\
+         805ec0d57d72,yealink,T54W,203,Dup,,\n\
+         0004f2a1b2c3,polycom,VVX400,204,Eve,,\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&data, &["device", "import", csv.to_str().unwrap()]);
+    assert!(!ok, "all-or-nothing refuses");
+    assert!(err.contains("line 3: invalid MAC"), "{err}");
+    assert!(err.contains("line 4: SIP password"), "{err}");
+    assert!(err.contains("line 5: a device with MAC 805ec0d57d72 already exists"), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&cli_ok(&data, &["device", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing imported");
+
+    let (ok, out, err) = cli(&data, &["device", "import", csv.to_str().unwrap(), "--partial"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("imported 2 device(s)"), "{out}");
+    assert!(err.contains("line 3") && err.contains("(skipped)"), "{err}");
+    let export = cli_ok(&data, &["device", "export"]);
+    assert!(export.starts_with("mac,vendor,model,extension,name,sip_user,sip_password\n"));
+    assert!(export.contains("000413922d24,snom,D785,200,Bob,200,\n"), "passwords masked: {export}");
+    let revealed = cli_ok(&data, &["device", "export", "--reveal"]);
+    assert!(!revealed.contains("000413922d24,snom,D785,200,Bob,200,\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_to_the_running_server_over_its_socket() {
+    let appliance = Appliance::start();
+    let socket = appliance.data.join("control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    for key in ["tls/ca.key", "tls/server.key", "store.bin"] {
+        let mode = std::fs::metadata(appliance.data.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    // The store is held by the server; the device still gets added, through the socket.
+    add_yealink(&appliance);
+    let phone = Phone::yealink(MAC);
+    let device = appliance.device(MAC);
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
+    assert_eq!(phone.boot(&mut connection, &enrollment).await[3].1.status, 200);
+    let settings = cli_ok(&appliance.data, &["settings", "show"]);
+    assert!(settings.contains("phone.admin_password") && settings.contains("********"));
+    assert!(
+        !appliance.log().contains(
+            &cli_ok(&appliance.data, &["render", MAC, &format!("{MAC}.cfg"), "--reveal"])
+                .lines()
+                .find(|l| l.starts_with("account.1.password"))
+                .unwrap()
+                .replace("account.1.password = ", "")
+        ),
+        "no password in the log"
+    );
+}

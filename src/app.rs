@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec};
+use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec, KeySpec};
 use crate::mac::Mac;
 use crate::provision::context;
 use crate::provision::templates::{RenderError, Templates};
@@ -19,7 +19,9 @@ use crate::provision::throttle::Throttle;
 use crate::settings::{self, SettingError};
 use crate::store::backend::AnyFlash;
 use crate::store::check::hex;
-use crate::store::records::{Contact, Db, DbError, Device, Enrollment, PhoneSeen, RecordError, SEEN_CAPACITY, Txn};
+use crate::store::records::{
+    Contact, Db, DbError, Device, Enrollment, FunctionKey, Override, PhoneSeen, RecordError, SEEN_CAPACITY, Txn,
+};
 
 /// Why an operation failed; every variant reads as advice to the user.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,10 @@ pub struct DeviceView {
     pub last_contact: Option<Contact>,
     /// Whether the phone has its latest config.
     pub config: ConfigState,
+    /// Programmable keys.
+    pub keys: Vec<FunctionKey>,
+    /// Per-device vendor keys.
+    pub overrides: Vec<Override>,
     /// Files under `files/`, with checksums (only in `device show`).
     pub files: Vec<StaticFile>,
 }
@@ -331,6 +337,8 @@ impl App {
             lan_window_until: device.lan_window_until.filter(|until| *until > now()),
             last_contact: device_with_contact.last_contact,
             config,
+            keys: device.keys.to_vec(),
+            overrides: device.overrides.to_vec(),
             files: if with_files { self.static_files() } else { Vec::new() },
         })
     }
@@ -376,6 +384,44 @@ impl App {
             state.commit_devices(&txn)?;
         }
         tracing::info!(%mac, actor, "enrollment unlocked");
+        self.device_view(mac, false)
+    }
+
+    /// Sets programmable key `number` (1-based) of a device, or clears it with None.
+    pub fn set_key(
+        &self,
+        mac: &Mac,
+        number: usize,
+        key: Option<&KeySpec>,
+        actor: &str,
+    ) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            devices::set_key(&mut device, number, key)?;
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("set key {number} of {mac}"))?;
+            state.db.commit(&txn)?;
+        }
+        self.device_view(mac, false)
+    }
+
+    /// Sets a per-device vendor key, or removes it when `value` is None.
+    pub fn set_override(
+        &self,
+        mac: &Mac,
+        name: &str,
+        value: Option<&str>,
+        actor: &str,
+    ) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            devices::set_override(&mut device, name, value)?;
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("set override {name} of {mac}"))?;
+            state.db.commit(&txn)?;
+        }
         self.device_view(mac, false)
     }
 

@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use crate::app::{App, AppError};
-use crate::devices::{CsvProblem, DeviceSpec};
+use crate::devices::{CsvProblem, DeviceSpec, KeySpec};
 use crate::mac::Mac;
 
 /// Largest request accepted (a CSV import of the full 5,000 devices fits easily).
@@ -57,6 +57,24 @@ pub enum Request {
         mac: String,
         /// How long.
         minutes: u64,
+    },
+    /// Set or clear a programmable key.
+    DeviceKey {
+        /// Its MAC.
+        mac: String,
+        /// Key number, from 1.
+        number: usize,
+        /// The key, or None to clear it.
+        key: Option<KeySpec>,
+    },
+    /// Set or remove a per-device vendor key.
+    DeviceOverride {
+        /// Its MAC.
+        mac: String,
+        /// The vendor's key name.
+        name: String,
+        /// Its value, or None to remove it.
+        value: Option<String>,
     },
     /// Import devices from CSV text.
     DeviceImport {
@@ -137,6 +155,12 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::DeviceUnlock { mac: m } => mac(m).and_then(|m| app.unlock(&m, actor)).and_then(ok),
         Request::DeviceLanWindow { mac: m, minutes } => {
             mac(m).and_then(|m| app.open_lan_window(&m, *minutes, actor)).and_then(ok)
+        }
+        Request::DeviceKey { mac: m, number, key } => {
+            mac(m).and_then(|m| app.set_key(&m, *number, key.as_ref(), actor)).and_then(ok)
+        }
+        Request::DeviceOverride { mac: m, name, value } => {
+            mac(m).and_then(|m| app.set_override(&m, name, value.as_deref(), actor)).and_then(ok)
         }
         Request::DeviceImport { csv, partial } => app.import(csv, *partial, actor).and_then(ok),
         Request::DeviceExport { reveal } => app.export(*reveal).and_then(ok),

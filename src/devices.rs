@@ -6,7 +6,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
-use crate::store::records::{Device, Enrollment, Line, bounded};
+use crate::store::records::{Device, Enrollment, FunctionKey, KeyKind, Line, Override, bounded};
 
 /// Characters of generated passwords: no look-alikes (0/O, 1/l/I).
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -211,6 +211,77 @@ impl DeviceSpec {
     }
 }
 
+/// A programmable key as typed: `line`, `blf` or `speed_dial`, with its value and label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySpec {
+    /// `line`, `blf` or `speed_dial`.
+    pub kind: String,
+    /// Line number, watched extension or number to dial.
+    pub value: String,
+    /// Text on the phone.
+    pub label: String,
+}
+
+/// Sets key `number` (1-based, at most 16) of `device`, or clears it (and the keys after it
+/// shift down) when `key` is None.
+pub fn set_key(device: &mut Device, number: usize, key: Option<&KeySpec>) -> Result<(), DeviceError> {
+    let index = number.checked_sub(1).ok_or_else(|| field("key number", "keys are numbered from 1"))?;
+    let Some(key) = key else {
+        if index < device.keys.len() {
+            device.keys.remove(index);
+        }
+        return Ok(());
+    };
+    let kind = match key.kind.as_str() {
+        "line" => KeyKind::Line,
+        "blf" => KeyKind::Blf,
+        "speed_dial" => KeyKind::SpeedDial,
+        other => return Err(field("key kind", format!("{other:?} is not one of line, blf, speed_dial"))),
+    };
+    let function_key =
+        FunctionKey { kind, value: identifier("key value", &key.value)?, label: text("key label", &key.label, false)? };
+    if index < device.keys.len() {
+        device.keys[index] = function_key;
+    } else if index == device.keys.len() {
+        device.keys.push(function_key).map_err(|_| field("key number", "at most 16 keys"))?;
+    } else {
+        return Err(field("key number", format!("set key {} first", device.keys.len() + 1)));
+    }
+    Ok(())
+}
+
+/// Sets per-device vendor key `name` to `value`, or removes it when `value` is None. Names
+/// are restricted to characters safe as config keys and XML names.
+pub fn set_override(device: &mut Device, name: &str, value: Option<&str>) -> Result<(), DeviceError> {
+    let name = name.trim();
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !valid {
+        return Err(field(
+            "override name",
+            format!("{name:?} must start with a letter and hold only letters, digits and ._-"),
+        ));
+    }
+    let position = device.overrides.iter().position(|o| o.name == name);
+    match (value, position) {
+        (None, Some(position)) => {
+            device.overrides.remove(position);
+        }
+        (None, None) => {}
+        (Some(value), position) => {
+            let entry = Override {
+                name: bounded("override name", name).map_err(|e| field("override name", e.to_string()))?,
+                value: text("override value", value, false)?,
+            };
+            match position {
+                Some(position) => device.overrides[position] = entry,
+                None => device.overrides.push(entry).map_err(|_| field("overrides", "at most 16 per device"))?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The CSV columns, in order. `sip_user` and `sip_password` may be empty.
 pub const CSV_COLUMNS: [&str; 7] = ["mac", "vendor", "model", "extension", "name", "sip_user", "sip_password"];
 
@@ -335,6 +406,33 @@ mod tests {
         assert!(specs.len() == 2 || !problems.is_empty());
         let (_, problems) = parse_csv("mac,vendor\n1,2\n");
         assert!(problems[0].reason.contains("model"));
+    }
+
+    #[test]
+    fn keys_and_overrides_are_validated() {
+        let spec = DeviceSpec {
+            mac: "805ec0d57d72".into(),
+            vendor: "yealink".into(),
+            model: "T54W".into(),
+            lines: vec![LineSpec { extension: "100".into(), name: "A".into(), sip_user: None, sip_password: None }],
+        };
+        let mut device = spec.build(|_| true).unwrap();
+        let blf = KeySpec { kind: "blf".into(), value: "201".into(), label: "Bob".into() };
+        assert!(set_key(&mut device, 2, Some(&blf)).unwrap_err().to_string().contains("set key 1 first"));
+        set_key(&mut device, 1, Some(&blf)).unwrap();
+        assert_eq!(device.keys[0].kind, KeyKind::Blf);
+        let bad = KeySpec { kind: "laser".into(), ..blf.clone() };
+        assert!(set_key(&mut device, 1, Some(&bad)).is_err());
+        set_key(&mut device, 1, None).unwrap();
+        assert!(device.keys.is_empty());
+        assert!(set_override(&mut device, "x\nstatic.evil", Some("1")).is_err());
+        assert!(set_override(&mut device, "<tag>", Some("1")).is_err());
+        set_override(&mut device, "features.dnd.enable", Some("1")).unwrap();
+        set_override(&mut device, "features.dnd.enable", Some("0")).unwrap();
+        assert_eq!(device.overrides.len(), 1);
+        assert_eq!(device.overrides[0].value, "0");
+        set_override(&mut device, "features.dnd.enable", None).unwrap();
+        assert!(device.overrides.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use provbox::app::App;
 use provbox::control::{self, Request, Response};
 use provbox::daemon::{self, DaemonConfig};
-use provbox::devices::{DeviceSpec, LineSpec};
+use provbox::devices::{DeviceSpec, KeySpec, LineSpec};
 use provbox::pki::KeyType;
 use provbox::server::Limits;
 use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
@@ -122,6 +122,34 @@ enum DeviceCommand {
     Unlock {
         /// MAC address.
         mac: String,
+    },
+    /// Set programmable key N: `key MAC N blf 201 Bob`; `key MAC N --clear` removes it.
+    Key {
+        /// MAC address.
+        mac: String,
+        /// Key number, from 1.
+        number: usize,
+        /// line, blf or speed_dial.
+        #[arg(required_unless_present = "clear")]
+        kind: Option<String>,
+        /// Line number, extension to watch, or number to dial.
+        #[arg(required_unless_present = "clear")]
+        value: Option<String>,
+        /// Label on the phone.
+        #[arg(default_value = "")]
+        label: String,
+        /// Remove the key.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Set a vendor config key for this phone only; without VALUE it is removed.
+    Override {
+        /// MAC address.
+        mac: String,
+        /// The vendor's key, e.g. features.dnd.enable.
+        name: String,
+        /// Its value.
+        value: Option<String>,
     },
     /// Let the tokenless LAN path (DHCP option 66, PnP) serve this phone's config for a while.
     LanWindow {
@@ -461,6 +489,23 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                 text(&device["mac"]),
                 text(&device["enrollment_url"])
             );
+        }
+        DeviceCommand::Key { mac, number, kind, value, label, clear } => {
+            let key = match (kind, value, clear) {
+                (Some(kind), Some(value), false) => {
+                    Some(KeySpec { kind: kind.clone(), value: value.clone(), label: label.clone() })
+                }
+                _ => None,
+            };
+            control_request(cli, &Request::DeviceKey { mac: mac.clone(), number: *number, key })?;
+            println!("key {number} of {mac} {}", if *clear { "cleared" } else { "set" });
+        }
+        DeviceCommand::Override { mac, name, value } => {
+            control_request(
+                cli,
+                &Request::DeviceOverride { mac: mac.clone(), name: name.clone(), value: value.clone() },
+            )?;
+            println!("{name} {} for {mac}", if value.is_some() { "set" } else { "removed" });
         }
         DeviceCommand::LanWindow { mac, minutes } => {
             let device = control_request(cli, &Request::DeviceLanWindow { mac: mac.clone(), minutes: *minutes })?;

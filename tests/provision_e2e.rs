@@ -187,6 +187,16 @@ async fn template_edits_apply_at_once_and_broken_ones_give_a_clean_500() {
     let before = connection.get(&url, &[("User-Agent", &ua)]).await.unwrap();
     assert!(!before.text().contains("features.dnd.enable"));
 
+    // Keys and per-device overrides reach the served file at the next request.
+    cli_ok(&appliance.data, &["device", "key", YEALINK_MAC, "1", "blf", "201", "Bob"]);
+    cli_ok(&appliance.data, &["device", "override", YEALINK_MAC, "features.dnd.enable", "1"]);
+    let keyed = connection.get(&url, &[("User-Agent", &ua)]).await.unwrap().text();
+    assert!(keyed.contains("linekey.1.type = 16\nlinekey.1.line = 1\nlinekey.1.value = 201\nlinekey.1.label = Bob\n"), "{keyed}");
+    assert!(keyed.ends_with("features.dnd.enable = 1\n"), "{keyed}");
+    let (ok, _, err) = cli(&appliance.data, &["device", "override", YEALINK_MAC, "x\nstatic.security.user_password", "1"]);
+    assert!(!ok && err.contains("must start with a letter"), "{err}");
+    cli_ok(&appliance.data, &["device", "override", YEALINK_MAC, "features.dnd.enable"]);
+
     let overrides = appliance.data.join("templates/yealink");
     std::fs::create_dir_all(&overrides).unwrap();
     let stock = cli_ok(&appliance.data, &["render", YEALINK_MAC, "y000000000096.cfg"]);

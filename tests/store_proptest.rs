@@ -53,9 +53,9 @@ proptest! {
         for (i, step) in steps.iter().enumerate() {
             match step.run(&mut store) {
                 Ok(()) => step.apply(&mut model),
-                Err(StoreError::Flash { .. }) => {
+                Err(error @ StoreError::Flash { .. }) => {
                     let mut flash = store.into_flash();
-                    prop_assert!(flash.is_cut(), "a flash error without a cut at step {i}");
+                    prop_assert!(flash.is_cut(), "a flash error without a cut at step {i}: {error}");
                     flash.power_cycle();
                     if let Some((after, cut)) = cuts.next() {
                         flash.arm_cut(after, cut);

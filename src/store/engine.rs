@@ -5,10 +5,9 @@
 //!
 //! - **One entry, one transaction.** A commit is a single entry (see [`format`]); its CRC
 //!   decides whether all of its operations happened or none did.
-//! - **Never append after doubt.** Mount resumes writing in the newest sector only if
-//!   everything after its last valid entry is still erased, and then only after a one-word
-//!   gap, so a word a cut may have half-programmed is never programmed again. Any other
-//!   sector is never written until it has been erased again.
+//! - **Never append after doubt.** A sector written before this mount is never written
+//!   again until it has been erased: a cut can leave words that read erased but are
+//!   programmed, so the first commit after mount opens a freshly erased sector.
 //! - **Retirement is a record.** Compaction copies the live records of the oldest sector
 //!   forward and, in the same last entry, raises the *low-water mark*: every sector whose
 //!   seq is below it is dead. A cut before that entry is whole leaves the old sector live
@@ -347,16 +346,11 @@ impl<F: NorFlash> Store<F> {
                 apply(&mut index, &mut sectors, *i, op);
             }
         }
-        // Resume in the newest sector only if its tail is pristine, one word past the end.
-        let mut head = None;
-        if let Some(&(i, header)) = headers.last()
-            && header.seq >= low_water
-            && let Tail::Clean { free_from } = scans[i].tail
-            && free_from + geometry.align < geometry.sector_size
-        {
-            head = Some(Head { sector: i, seq: header.seq, offset: free_from + geometry.align });
-            sectors[i].used_bytes += geometry.align as u32;
-        }
+        // Never resume appending in a sector written before this mount: a write cut at its
+        // first word can leave words that read erased but are programmed ("weak"), and
+        // repeated cuts stack them past any fixed gap. The first commit opens a freshly
+        // erased sector instead; compaction reclaims the rest of the old one.
+        let head = None;
         Ok(Store { flash, geometry, sectors, index, head, next_seq, counters: WriteCounters::default() })
     }
 

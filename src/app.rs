@@ -87,6 +87,8 @@ pub(crate) struct State {
     tokens: HashMap<[u8; 16], (Mac, TokenKind)>,
     /// Contacts not yet written to flash; flushed periodically to spare the flash.
     pub(crate) pending_contacts: HashMap<Mac, Contact>,
+    /// Devices whose enrollment is in its grace period, with the first fetch time.
+    in_grace: HashMap<Mac, u64>,
 }
 
 /// The appliance.
@@ -210,6 +212,9 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Devices per import transaction: five of the largest (four lines) fit one 4 KiB sector.
+const IMPORT_CHUNK: usize = 5;
+
 /// Masked stand-in for a secret.
 pub const MASK: &str = "********";
 
@@ -217,7 +222,8 @@ impl App {
     /// Wraps a mounted store. Generates the phones' admin password on first start.
     pub fn new(db: Db<AnyFlash>, site: Site) -> Result<App, AppError> {
         let templates = Templates::new(site.data_dir.join("templates"));
-        let mut state = State { db, tokens: HashMap::new(), pending_contacts: HashMap::new() };
+        let mut state =
+            State { db, tokens: HashMap::new(), pending_contacts: HashMap::new(), in_grace: HashMap::new() };
         if state.db.setting("phone.admin_password")?.is_none() {
             let mut txn = Txn::new();
             txn.set_setting("phone.admin_password", &devices::generate_password())?;
@@ -457,12 +463,20 @@ impl App {
         if !problems.is_empty() && !partial {
             return Err(AppError::Import(problems));
         }
-        let mut txn = Txn::new();
-        for device in &devices {
-            txn.put_device(device);
+        // A store transaction fits one flash sector, so a large import commits in chunks.
+        // Validation is complete before the first write; a power cut mid-import leaves a
+        // prefix, and re-running the import with --partial adds the rest.
+        for (i, chunk) in devices.chunks(IMPORT_CHUNK).enumerate() {
+            let mut txn = Txn::new();
+            for device in chunk {
+                txn.put_device(device);
+            }
+            if i == 0 {
+                txn.audit(now(), actor, &format!("imported {} device(s) from CSV", devices.len()))?;
+            }
+            state.db.commit(&txn)?;
         }
-        txn.audit(now(), actor, &format!("imported {} device(s) from CSV", devices.len()))?;
-        state.commit_devices(&txn)?;
+        state.rebuild_tokens()?;
         Ok(ImportReport { imported: devices.len(), problems })
     }
 
@@ -589,6 +603,10 @@ impl App {
         // Keep the newest contact: the one in `device` was taken before this commit.
         state.pending_contacts.remove(&device.mac);
         state.db.commit(&txn)?;
+        match device.enrollment {
+            Enrollment::Open { first_fetch: Some(at) } => state.in_grace.insert(device.mac, at),
+            _ => state.in_grace.remove(&device.mac),
+        };
         Ok(())
     }
 
@@ -597,41 +615,42 @@ impl App {
         self.lock().pending_contacts.insert(mac, contact);
     }
 
-    /// Writes pending contacts, and locks enrollments whose grace period ended, in one
-    /// transaction. Returns how many devices changed.
+    /// Writes pending contacts, and locks enrollments whose grace period ended. Commits go in
+    /// small chunks, each under the lock only briefly, so phones are served meanwhile.
+    /// Returns how many devices changed.
     pub fn flush_contacts(&self) -> Result<usize, AppError> {
         let grace = self.grace_seconds()?;
-        let mut state = self.lock();
-        let mut txn = Txn::new();
-        let mut changed = 0;
-        let contacts: Vec<(Mac, Contact)> = state.pending_contacts.drain().collect();
-        let mut expired = Vec::new();
-        for device in state.db.devices() {
-            let device = device?;
-            if let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
-                && now() >= at + grace
-            {
-                expired.push(device.mac);
+        let (contacts, expired): (Vec<(Mac, Contact)>, Vec<Mac>) = {
+            let mut state = self.lock();
+            let expired = state.in_grace.iter().filter(|(_, at)| now() >= **at + grace).map(|(mac, _)| *mac).collect();
+            (state.pending_contacts.drain().collect(), expired)
+        };
+        let mut macs: Vec<Mac> = contacts.iter().map(|(mac, _)| *mac).chain(expired.iter().copied()).collect();
+        macs.sort();
+        macs.dedup();
+        for chunk in macs.chunks(IMPORT_CHUNK) {
+            let mut state = self.lock();
+            let mut txn = Txn::new();
+            for mac in chunk {
+                let Some(mut device) = state.db.device(mac)? else { continue };
+                if let Some((_, contact)) = contacts.iter().find(|(m, _)| m == mac) {
+                    // A newer contact may have arrived since the drain; it is flushed next time.
+                    if !state.pending_contacts.contains_key(mac) {
+                        device.last_contact = Some(contact.clone());
+                    }
+                }
+                if expired.contains(mac)
+                    && let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
+                {
+                    device.enrollment = Enrollment::Locked { since: at + grace };
+                    state.in_grace.remove(mac);
+                    tracing::info!(%mac, "enrollment closed: grace period over");
+                }
+                txn.put_device(&device);
             }
-        }
-        for mac in contacts.iter().map(|(mac, _)| *mac).chain(expired.iter().copied()) {
-            let Some(mut device) = state.db.device(&mac)? else { continue };
-            if let Some((_, contact)) = contacts.iter().find(|(m, _)| *m == mac) {
-                device.last_contact = Some(contact.clone());
-            }
-            if expired.contains(&mac)
-                && let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
-            {
-                device.enrollment = Enrollment::Locked { since: at + grace };
-                tracing::info!(%mac, "enrollment closed: grace period over");
-            }
-            txn.put_device(&device);
-            changed += 1;
-        }
-        if changed > 0 {
             state.db.commit(&txn)?;
         }
-        Ok(changed)
+        Ok(macs.len())
     }
 }
 
@@ -642,14 +661,20 @@ impl State {
         self.rebuild_tokens()
     }
 
+    /// Rebuilds the token index and the grace-period set from the stored devices.
     fn rebuild_tokens(&mut self) -> Result<(), AppError> {
         let mut tokens = HashMap::new();
+        let mut in_grace = HashMap::new();
         for device in self.db.devices() {
             let device = device?;
             tokens.insert(device.enrollment_token, (device.mac, TokenKind::Enrollment));
             tokens.insert(device.steady_token, (device.mac, TokenKind::Steady));
+            if let Enrollment::Open { first_fetch: Some(at) } = device.enrollment {
+                in_grace.insert(device.mac, at);
+            }
         }
         self.tokens = tokens;
+        self.in_grace = in_grace;
         Ok(())
     }
 }

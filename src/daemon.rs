@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -112,8 +112,16 @@ pub fn site(data_dir: PathBuf, https_port: u16) -> Site {
     Site { data_dir, default_base_url: base_url_for(ip, https_port, "https") }
 }
 
-async fn bind(address: SocketAddr) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(address).await.map_err(|source| DaemonError::Bind { address, source })
+/// Pending connections the kernel queues for us: a whole office booting at once after a
+/// power cut must not overflow it (overflow drops SYNs, costing phones a 1 s retry).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: SocketAddr) -> Result<TcpListener, DaemonError> {
+    let error = |source| DaemonError::Bind { address, source };
+    let socket = if address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(address).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 /// Runs the appliance on `db` until SIGTERM or Ctrl-C; calls `on_ready` once listening.
@@ -121,8 +129,8 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     // Handlers first, so that a signal right after the ready line is never lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let https_socket = bind(config.https).await?;
-    let http_socket = bind(config.http).await?;
+    let https_socket = bind(config.https)?;
+    let http_socket = bind(config.http)?;
     let https = https_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.https, source })?;
     let http = http_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.http, source })?;
 

@@ -355,7 +355,12 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         })
         .init();
     let (store, path) = cli.mount(true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)?;
+    // Blocking work (store access, rendering) is short; a few threads keep memory small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .map_err(CliError::Runtime)?;
     runtime.block_on(daemon::run(Db::new(store), config, |ready| {
         say(format_args!(
             "provbox {}: store {} mounted, {} devices\n  phones: {}  (HTTPS on {})\n  CA certificate: {}  (HTTP on {})\n  manage: provbox --data {} device add|list|show, settings show|set",

@@ -154,6 +154,8 @@ impl Pki {
             .with_cert_resolver(self.resolver.clone());
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        // One TLS 1.3 ticket per connection is enough for a phone's next resync.
+        config.send_tls13_tickets = 1;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

@@ -191,9 +191,13 @@ async fn template_edits_apply_at_once_and_broken_ones_give_a_clean_500() {
     cli_ok(&appliance.data, &["device", "key", YEALINK_MAC, "1", "blf", "201", "Bob"]);
     cli_ok(&appliance.data, &["device", "override", YEALINK_MAC, "features.dnd.enable", "1"]);
     let keyed = connection.get(&url, &[("User-Agent", &ua)]).await.unwrap().text();
-    assert!(keyed.contains("linekey.1.type = 16\nlinekey.1.line = 1\nlinekey.1.value = 201\nlinekey.1.label = Bob\n"), "{keyed}");
+    assert!(
+        keyed.contains("linekey.1.type = 16\nlinekey.1.line = 1\nlinekey.1.value = 201\nlinekey.1.label = Bob\n"),
+        "{keyed}"
+    );
     assert!(keyed.ends_with("features.dnd.enable = 1\n"), "{keyed}");
-    let (ok, _, err) = cli(&appliance.data, &["device", "override", YEALINK_MAC, "x\nstatic.security.user_password", "1"]);
+    let (ok, _, err) =
+        cli(&appliance.data, &["device", "override", YEALINK_MAC, "x\nstatic.security.user_password", "1"]);
     assert!(!ok && err.contains("must start with a letter"), "{err}");
     cli_ok(&appliance.data, &["device", "override", YEALINK_MAC, "features.dnd.enable"]);
 
@@ -266,7 +270,7 @@ async fn a_restart_keeps_devices_enrollment_and_contacts() {
     let (clean, data, dir) = appliance.stop();
     assert!(clean, "SIGTERM exits cleanly");
 
-    let restarted = Appliance::start_on(data, dir, &[]);
+    let restarted = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
     assert_eq!(std::fs::read(restarted.data.join("tls/ca.crt")).unwrap(), ca_before, "the CA is kept");
     let shown = restarted.device(&phone.mac);
     assert_eq!(shown["enrollment"]["state"], "locked");

@@ -34,6 +34,23 @@ async fn tls_12_and_13_both_work_and_sessions_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_key_is_rsa_2048_and_key_files_are_private() {
+    let appliance = Appliance::start_with(&[]);
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["ca.key", "server.key"] {
+        let path = appliance.data.join("tls").join(file);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{file}");
+        let PrivateKeyDer::Pkcs8(der) = PrivateKeyDer::from_pem_file(&path).unwrap() else { panic!("{file}: PKCS#8") };
+        let key = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).expect("an RSA key");
+        assert_eq!(key.public().modulus_len(), 256, "{file}: 2048 bits");
+    }
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    assert_eq!(connection.get("/ca.crt", &[]).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_many_requests_on_one_connection() {
     let appliance = Appliance::start();
     let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
@@ -90,7 +107,7 @@ async fn hostile_paths_and_headers_get_clean_errors() {
 fn a_slowloris_client_is_cut_off_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let appliance = Appliance::start_on(data, Some(dir), &["--header-timeout", "1"]);
+    let appliance = Appliance::start_on(data, Some(dir), &["--header-timeout", "1", "--key-type", "ecdsa-p256"]);
     let mut slow = std::net::TcpStream::connect(appliance.http).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     slow.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\n").unwrap();
@@ -111,7 +128,7 @@ fn a_slowloris_client_is_cut_off_and_others_are_served() {
 fn the_connection_cap_turns_away_extra_connections() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "2"]);
+    let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "2", "--key-type", "ecdsa-p256"]);
     let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(appliance.http).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut extra = std::net::TcpStream::connect(appliance.http).unwrap();

@@ -32,7 +32,7 @@ pub enum RenderError {
 /// Stock templates plus the operator's overrides.
 pub struct Templates {
     override_dir: PathBuf,
-    catalog: Mutex<Option<(Stamp, Arc<Catalog>)>>,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
 /// The loaded vendor profiles.
@@ -51,13 +51,22 @@ impl Catalog {
     }
 }
 
-/// Modification times of the override profiles; a change reloads the catalog.
+/// Every override file with its modification time and size; any change starts a new
+/// [`Snapshot`], so an edited template applies to the very next request.
 type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// Profiles and parsed templates for one state of the override directory. Templates are
+/// parsed once per snapshot, on first use.
+struct Snapshot {
+    stamp: Stamp,
+    catalog: Arc<Catalog>,
+    environment: Environment<'static>,
+}
 
 impl Templates {
     /// Templates overridden from `override_dir` (`<data>/templates`).
     pub fn new(override_dir: PathBuf) -> Templates {
-        Templates { override_dir, catalog: Mutex::new(None) }
+        Templates { override_dir, snapshot: Mutex::new(None) }
     }
 
     /// The directory whose files override the stock templates.
@@ -70,23 +79,28 @@ impl Templates {
         read_source(&self.override_dir, name)
     }
 
-    /// The vendor profiles, reloaded when an override profile changed.
+    /// The vendor profiles, reloaded when an override changed.
     pub fn catalog(&self) -> Arc<Catalog> {
+        self.snapshot().catalog.clone()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
         let stamp = self.stamp();
-        // A poisoned lock only means another request panicked mid-reload; the cache is
+        // A poisoned lock only means another request panicked mid-reload; the snapshot is
         // rebuilt below either way.
-        let mut cached = self.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((current, catalog)) = cached.as_ref()
-            && *current == stamp
+        let mut cached = self.snapshot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(snapshot) = cached.as_ref()
+            && snapshot.stamp == stamp
         {
-            return catalog.clone();
+            return snapshot.clone();
         }
         let catalog = Arc::new(self.load_catalog());
         for broken in &catalog.broken {
             tracing::error!("{broken}");
         }
-        *cached = Some((stamp, catalog.clone()));
-        catalog
+        let snapshot = Arc::new(Snapshot { stamp, catalog, environment: self.environment() });
+        *cached = Some(snapshot.clone());
+        snapshot
     }
 
     fn vendor_ids(&self) -> Vec<String> {
@@ -103,14 +117,21 @@ impl Templates {
         ids
     }
 
+    /// Stats every file under the override directory (two levels: vendor/file), bounded.
     fn stamp(&self) -> Stamp {
-        let dir_stamp = |path: PathBuf| {
+        let stat = |path: PathBuf| {
             let meta = std::fs::metadata(&path).ok();
             let modified = meta.as_ref().and_then(|m| m.modified().ok());
             (path, modified, meta.map_or(0, |m| m.len()))
         };
-        let mut stamp = vec![dir_stamp(self.override_dir.clone())];
-        stamp.extend(self.vendor_ids().into_iter().map(|id| dir_stamp(self.override_dir.join(id).join("vendor.toml"))));
+        let mut stamp = vec![stat(self.override_dir.clone())];
+        let Ok(vendors) = std::fs::read_dir(&self.override_dir) else { return stamp };
+        for vendor in vendors.flatten().take(256) {
+            stamp.push(stat(vendor.path()));
+            let Ok(files) = std::fs::read_dir(vendor.path()) else { continue };
+            stamp.extend(files.flatten().take(1024).map(|file| stat(file.path())));
+        }
+        stamp.sort();
         stamp
     }
 
@@ -128,10 +149,7 @@ impl Templates {
         catalog
     }
 
-    /// Renders template `vendor/file` with `context`. The whole file is rendered before
-    /// anything is returned, so a failure never yields a partial file.
-    pub fn render(&self, vendor: &str, file: &str, context: &minijinja::Value) -> Result<String, RenderError> {
-        let name = format!("{vendor}/{file}");
+    fn environment(&self) -> Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
@@ -148,7 +166,15 @@ impl Templates {
         });
         let override_dir = self.override_dir.clone();
         env.set_loader(move |name| Ok(read_source(&override_dir, name)));
-        let result = env.get_template(&name).and_then(|template| template.render(context));
+        env
+    }
+
+    /// Renders template `vendor/file` with `context`. The whole file is rendered before
+    /// anything is returned, so a failure never yields a partial file.
+    pub fn render(&self, vendor: &str, file: &str, context: &minijinja::Value) -> Result<String, RenderError> {
+        let name = format!("{vendor}/{file}");
+        let snapshot = self.snapshot();
+        let result = snapshot.environment.get_template(&name).and_then(|template| template.render(context));
         result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
     }
 }
@@ -176,6 +202,8 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
+/// Reads template `name` from the override directory, else from the stock set. Names with
+/// empty, hidden or `..` parts are refused.
 fn read_source(override_dir: &Path, name: &str) -> Option<String> {
     if name.split('/').any(|part| part.is_empty() || part == ".." || part.starts_with('.')) {
         return None;

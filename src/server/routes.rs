@@ -66,21 +66,14 @@ fn user_agent(headers: &HeaderMap) -> &str {
     headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// Runs the blocking decision (store access, rendering) off the async workers.
-async fn answer(shared: Shared, access: OwnedAccess, file: String, peer: Peer, headers: HeaderMap) -> Response {
-    let outcome = tokio::task::spawn_blocking(move || {
-        let access = match &access {
-            OwnedAccess::Enrollment(token) => Access::Enrollment(token),
-            OwnedAccess::Steady(token) => Access::Steady(token),
-            OwnedAccess::Tokenless { secure } => Access::Tokenless { secure: *secure },
-        };
-        let request =
-            FetchRequest { access, file: &file, ip: client_ip(peer.0.ip()), user_agent: user_agent(&headers) };
-        fetch::fetch(&shared.app, &request)
-    })
-    .await;
-    match outcome {
-        Ok(Fetched::File { body, content_type }) => {
+/// Decides and renders on the async worker itself: the work is CPU-bound and well under a
+/// millisecond (the store lives in RAM); only a phone's first fetch writes to flash, once.
+/// Handing each request to a blocking thread cost more than it saved (measured in
+/// `benches/fleet.rs`).
+fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: &HeaderMap) -> Response {
+    let request = FetchRequest { access, file, ip: client_ip(peer.0.ip()), user_agent: user_agent(headers) };
+    match fetch::fetch(&shared.app, &request) {
+        Fetched::File { body, content_type } => {
             let mut response = body.into_response();
             let headers = response.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&content_type) {
@@ -89,16 +82,10 @@ async fn answer(shared: Shared, access: OwnedAccess, file: String, peer: Peer, h
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Ok(Fetched::NotFound) => StatusCode::NOT_FOUND.into_response(),
-        Ok(Fetched::Throttled) => StatusCode::TOO_MANY_REQUESTS.into_response(),
-        Ok(Fetched::Failed) | Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Fetched::NotFound => StatusCode::NOT_FOUND.into_response(),
+        Fetched::Throttled => StatusCode::TOO_MANY_REQUESTS.into_response(),
+        Fetched::Failed => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-}
-
-enum OwnedAccess {
-    Enrollment(String),
-    Steady(String),
-    Tokenless { secure: bool },
 }
 
 async fn enrollment(
@@ -107,7 +94,7 @@ async fn enrollment(
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(shared, OwnedAccess::Enrollment(token), file, peer, headers).await
+    answer(&shared, Access::Enrollment(&token), &file, peer, &headers)
 }
 
 async fn steady(
@@ -116,7 +103,7 @@ async fn steady(
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(shared, OwnedAccess::Steady(token), file, peer, headers).await
+    answer(&shared, Access::Steady(&token), &file, peer, &headers)
 }
 
 async fn tokenless_secure(
@@ -125,7 +112,7 @@ async fn tokenless_secure(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(shared, OwnedAccess::Tokenless { secure: true }, file, peer, headers).await
+    answer(&shared, Access::Tokenless { secure: true }, &file, peer, &headers)
 }
 
 async fn tokenless_plain(
@@ -134,7 +121,7 @@ async fn tokenless_plain(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(shared, OwnedAccess::Tokenless { secure: false }, file, peer, headers).await
+    answer(&shared, Access::Tokenless { secure: false }, &file, peer, &headers)
 }
 
 /// `/p/<steady>/files/<path>`: firmware, logos and ringtones from `<data>/files/`, with
@@ -149,13 +136,9 @@ async fn static_file(
     if shared.app.throttle.is_blocked(ip) {
         return StatusCode::TOO_MANY_REQUESTS.into_response();
     }
-    let app = shared.app.clone();
-    let owner = tokio::task::spawn_blocking(move || {
-        let token = fetch::parse_token(&token)?;
-        app.device_by_token(&token, TokenKind::Steady).ok().flatten()
-    })
-    .await;
-    let Ok(Some(device)) = owner else {
+    let owner =
+        fetch::parse_token(&token).and_then(|t| shared.app.device_by_token(&t, TokenKind::Steady).ok().flatten());
+    let Some(device) = owner else {
         shared.app.throttle.record_miss(ip);
         return StatusCode::NOT_FOUND.into_response();
     };

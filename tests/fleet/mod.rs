@@ -48,10 +48,15 @@ pub fn cli_ok(data: &Path, args: &[&str]) -> String {
 impl Appliance {
     /// Starts provbox on a fresh data directory with `sip.server` set.
     pub fn start() -> Appliance {
+        Appliance::start_with(&["--key-type", "ecdsa-p256"])
+    }
+
+    /// Starts provbox on a fresh data directory with `sip.server` set and `serve` flags.
+    pub fn start_with(flags: &[&str]) -> Appliance {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
-        Appliance::start_on(data, Some(dir), &[])
+        Appliance::start_on(data, Some(dir), flags)
     }
 
     /// Starts provbox on `data` with extra `serve` flags.
@@ -59,7 +64,7 @@ impl Appliance {
         let mut child = Command::new(env!("CARGO_BIN_EXE_provbox"))
             .arg("--data")
             .arg(&data)
-            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0", "--key-type", "ecdsa-p256"])
+            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -107,6 +112,11 @@ impl Appliance {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal.

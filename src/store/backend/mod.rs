@@ -17,8 +17,9 @@ use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashEr
 pub const SECTOR_SIZE: usize = 4096;
 /// Write granularity of the appliance's store, in bytes.
 pub const WORD_SIZE: usize = 4;
-/// Size of a store file created on first start: 256 sectors.
-pub const DEFAULT_CAPACITY: usize = 1 << 20;
+/// Size of a store file created on first start: 1,024 sectors, room for the full 5,000
+/// devices with space to rewrite them.
+pub const DEFAULT_CAPACITY: usize = 4 << 20;
 
 /// An I/O failure of a real flash device.
 #[derive(Debug)]

@@ -378,19 +378,39 @@ impl App {
         Ok(())
     }
 
-    /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
-    pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+    /// Changes one stored device with `change`, commits it with an audit line `what`, and
+    /// returns its new view. Token changes re-index the tokens.
+    fn update_device(
+        &self,
+        mac: &Mac,
+        actor: &str,
+        what: &str,
+        change: impl FnOnce(&mut Device) -> Result<(), AppError>,
+    ) -> Result<DeviceView, AppError> {
         {
             let mut state = self.lock();
             let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            let tokens_before = (device.enrollment_token, device.steady_token);
+            change(&mut device)?;
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, what)?;
+            if (device.enrollment_token, device.steady_token) == tokens_before {
+                state.db.commit(&txn)?;
+            } else {
+                state.commit_devices(&txn)?;
+            }
+        }
+        tracing::info!(%mac, actor, "{what}");
+        self.device_view(mac, false)
+    }
+
+    /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
+    pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
             device.enrollment_token = devices::new_token();
             device.enrollment = Enrollment::Open { first_fetch: None };
-            let mut txn = Txn::new();
-            txn.put_device(&device).audit(now(), actor, &format!("unlocked enrollment of {mac}"))?;
-            state.commit_devices(&txn)?;
-        }
-        tracing::info!(%mac, actor, "enrollment unlocked");
-        self.device_view(mac, false)
+            Ok(())
+        })
     }
 
     /// Sets programmable key `number` (1-based) of a device, or clears it with None.
@@ -401,15 +421,9 @@ impl App {
         key: Option<&KeySpec>,
         actor: &str,
     ) -> Result<DeviceView, AppError> {
-        {
-            let mut state = self.lock();
-            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            devices::set_key(&mut device, number, key)?;
-            let mut txn = Txn::new();
-            txn.put_device(&device).audit(now(), actor, &format!("set key {number} of {mac}"))?;
-            state.db.commit(&txn)?;
-        }
-        self.device_view(mac, false)
+        self.update_device(mac, actor, &format!("set key {number} of {mac}"), |device| {
+            Ok(devices::set_key(device, number, key)?)
+        })
     }
 
     /// Sets a per-device vendor key, or removes it when `value` is None.
@@ -420,28 +434,18 @@ impl App {
         value: Option<&str>,
         actor: &str,
     ) -> Result<DeviceView, AppError> {
-        {
-            let mut state = self.lock();
-            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            devices::set_override(&mut device, name, value)?;
-            let mut txn = Txn::new();
-            txn.put_device(&device).audit(now(), actor, &format!("set override {name} of {mac}"))?;
-            state.db.commit(&txn)?;
-        }
-        self.device_view(mac, false)
+        self.update_device(mac, actor, &format!("set override {name} of {mac}"), |device| {
+            Ok(devices::set_override(device, name, value)?)
+        })
     }
 
-    /// Lets the tokenless LAN path serve `mac`'s full config for `minutes`.
+    /// Lets the tokenless LAN path serve `mac`'s full config for `minutes` (at most a day).
     pub fn open_lan_window(&self, mac: &Mac, minutes: u64, actor: &str) -> Result<DeviceView, AppError> {
-        {
-            let mut state = self.lock();
-            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            device.lan_window_until = Some(now() + minutes.min(24 * 60) * 60);
-            let mut txn = Txn::new();
-            txn.put_device(&device).audit(now(), actor, &format!("opened a {minutes}-minute LAN window for {mac}"))?;
-            state.db.commit(&txn)?;
-        }
-        self.device_view(mac, false)
+        let minutes = minutes.min(24 * 60);
+        self.update_device(mac, actor, &format!("opened a {minutes}-minute LAN window for {mac}"), |device| {
+            device.lan_window_until = Some(now() + minutes * 60);
+            Ok(())
+        })
     }
 
     /// Imports devices from CSV: all valid rows or none (`partial` imports the valid ones and

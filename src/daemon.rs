@@ -116,7 +116,22 @@ pub fn site(data_dir: PathBuf, https_port: u16) -> Site {
 /// power cut must not overflow it (overflow drops SYNs, costing phones a 1 s retry).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Binds `address`; the dual-stack wildcard `[::]` falls back to `0.0.0.0` on hosts
+/// without IPv6.
 fn bind(address: SocketAddr) -> Result<TcpListener, DaemonError> {
+    match bind_exactly(address) {
+        Err(DaemonError::Bind { source, .. })
+            if address.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && source.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) =>
+        {
+            tracing::warn!("no IPv6 on this host; listening on IPv4 only");
+            bind_exactly(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), address.port()))
+        }
+        result => result,
+    }
+}
+
+fn bind_exactly(address: SocketAddr) -> Result<TcpListener, DaemonError> {
     let error = |source| DaemonError::Bind { address, source };
     let socket = if address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
     socket.set_reuseaddr(true).map_err(error)?;

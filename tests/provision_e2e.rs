@@ -71,6 +71,17 @@ async fn enroll_lock_unlock_and_enroll_again() {
     assert_eq!(steady, Appliance::path_of(device["steady_url"].as_str().unwrap()));
     let resync = phone.boot(&mut connection, &steady).await;
     assert_eq!(resync[3].1.status, 200);
+    let phonebook_url = config.lines().find_map(|l| l.strip_prefix("remote_phonebook.data.1.url = ")).unwrap();
+    assert_eq!(Appliance::path_of(phonebook_url), format!("{steady}phonebook.xml"));
+    let ua = phone.user_agent();
+    let phonebook = connection.get(&format!("{steady}phonebook.xml"), &[("User-Agent", &ua)]).await.unwrap();
+    assert_eq!(phonebook.status, 200);
+    assert_eq!(phonebook.header("content-type"), Some("application/xml"));
+    assert!(
+        phonebook.text().contains("<Name>Test User</Name>\n    <Telephone>100</Telephone>"),
+        "{}",
+        phonebook.text()
+    );
     let shown = appliance.device(&phone.mac);
     assert_eq!(shown["enrollment"]["state"], "locked");
     assert_eq!(shown["config"], "current");

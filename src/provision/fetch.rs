@@ -88,9 +88,10 @@ pub fn fetch(app: &App, request: &FetchRequest<'_>) -> Fetched {
 
 enum Outcome {
     Serve(Fetched),
-    /// A refusal that is not a guess (locked enrollment, wrong phone): 404, not counted.
+    /// A refusal that is not a token guess (unknown file, locked enrollment, wrong phone):
+    /// 404, not counted.
     Deny,
-    /// An unknown token or file: 404, counted towards throttling.
+    /// An unknown or malformed token: 404, counted towards throttling.
     Miss,
 }
 
@@ -128,7 +129,9 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
     let Some(mut device) = app.device_by_token(&token, kind)? else { return Ok(Outcome::Miss) };
     let catalog = app.templates.catalog();
     let vendor = catalog.vendor(&device.vendor)?;
-    let Some(matched) = vendor.match_file(request.file) else { return Ok(Outcome::Miss) };
+    // A right token with a file the vendor does not serve (Yealink's `.boot` files) is no
+    // guess: a plain 404, not counted against the address.
+    let Some(matched) = vendor.match_file(request.file) else { return Ok(Outcome::Deny) };
     let claimed = user_agent_of(vendor, request.user_agent);
     if matched.mac.is_some_and(|mac| mac != device.mac) {
         tracing::warn!(ip = %request.ip, mac = %device.mac, file = request.file, "refused: file of another phone");
@@ -180,13 +183,13 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| {
         (vendor.identify(request.user_agent).is_none(), owner.as_deref() != Some(vendor.id.as_str()))
     }) else {
-        return Ok(Outcome::Miss);
+        return Ok(Outcome::Deny);
     };
     let claimed = user_agent_of(vendor, request.user_agent);
     if !matched.file.secrets {
         return serve(app, request, vendor, &matched, None, &claimed, None, false);
     }
-    let Some(mac) = matched.mac else { return Ok(Outcome::Miss) };
+    let Some(mac) = matched.mac else { return Ok(Outcome::Deny) };
     if wrong_phone(request, &claimed, &mac) {
         return Ok(Outcome::Deny);
     }
@@ -205,6 +208,11 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
         }
         tracing::info!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
     } else {
+        // A real phone asks for its own file a few times per boot; a scanner walking MACs
+        // asks for many. Counting these keeps scans (and their phones-seen writes) in check.
+        if app.throttle.record_miss(request.ip) {
+            tracing::warn!(ip = %request.ip, "too many unknown phones from this address; answering 429");
+        }
         app.record_seen(PhoneSeen {
             mac,
             ip: request.ip,

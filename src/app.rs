@@ -63,6 +63,15 @@ pub enum AppError {
     Import(Vec<CsvProblem>),
 }
 
+/// What one fetch changes on its device besides the last contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchChange {
+    /// An enrollment transition, as (state the request saw, new state).
+    pub enrollment: Option<(Enrollment, Enrollment)>,
+    /// Close the LAN enrollment window (the phone reached its steady URL).
+    pub close_window: bool,
+}
+
 /// Which URL a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -313,17 +322,17 @@ impl App {
             Enrollment::Open { first_fetch: Some(at) } => EnrollmentView::Locked { since: at + grace },
             Enrollment::Locked { since } => EnrollmentView::Locked { since },
         };
-        let config = match &device.last_contact {
+        let mut device_with_contact = device.clone();
+        if let Some(contact) = self.lock().pending_contacts.get(&device.mac) {
+            device_with_contact.last_contact = Some(contact.clone());
+        }
+        let config = match &device_with_contact.last_contact {
             Some(contact) if contact.config_hash != [0; 8] => match self.device_file_hash(device) {
                 Ok(hash) if hash == contact.config_hash => ConfigState::Current,
                 _ => ConfigState::Pending,
             },
             _ => ConfigState::NeverFetched,
         };
-        let mut device_with_contact = device.clone();
-        if let Some(contact) = self.lock().pending_contacts.get(&device.mac) {
-            device_with_contact.last_contact = Some(contact.clone());
-        }
         Ok(DeviceView {
             mac: device.mac.to_string(),
             vendor: device.vendor.to_string(),
@@ -409,6 +418,18 @@ impl App {
         self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
             device.enrollment_token = devices::new_token();
             device.enrollment = Enrollment::Open { first_fetch: None };
+            Ok(())
+        })
+    }
+
+    /// Revokes both URLs of a device (a stolen phone): fresh enrollment and steady tokens,
+    /// enrollment open again, LAN window closed. The phone must enroll again.
+    pub fn rekey(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        self.update_device(mac, actor, &format!("revoked both URLs of {mac}"), |device| {
+            device.enrollment_token = devices::new_token();
+            device.steady_token = devices::new_token();
+            device.enrollment = Enrollment::Open { first_fetch: None };
+            device.lan_window_until = None;
             Ok(())
         })
     }
@@ -599,24 +620,46 @@ impl App {
         files
     }
 
-    /// Applies an enrollment change for a fetch durably, before the file is served.
-    pub fn commit_enrollment(&self, device: &Device) -> Result<(), AppError> {
-        let mut txn = Txn::new();
-        txn.put_device(device);
+    /// Records a fetch of `read` (the device as the request saw it): applies `change` to the
+    /// stored device under the lock and commits it durably, or buffers `contact` when nothing
+    /// else changes. An enrollment change applies only if the stored device still has the
+    /// tokens and enrollment state the request saw, so a concurrent unlock, removal or
+    /// competing fetch is never undone by a stale copy.
+    pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
-        // Keep the newest contact: the one in `device` was taken before this commit.
-        state.pending_contacts.remove(&device.mac);
+        let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
+        let same_tokens = stored.enrollment_token == read.enrollment_token && stored.steady_token == read.steady_token;
+        let mut changed = false;
+        if let Some((before, after)) = change.enrollment
+            && same_tokens
+            && stored.enrollment == before
+        {
+            stored.enrollment = after;
+            changed = true;
+        }
+        if change.close_window && stored.lan_window_until.is_some() {
+            stored.lan_window_until = None;
+            changed = true;
+        }
+        if !changed {
+            if let Some(contact) = contact {
+                state.pending_contacts.insert(read.mac, contact);
+            }
+            return Ok(());
+        }
+        // The newest contact goes into the same commit; a buffered older one is superseded.
+        let buffered = state.pending_contacts.remove(&read.mac);
+        if let Some(contact) = contact.or(buffered) {
+            stored.last_contact = Some(contact);
+        }
+        let mut txn = Txn::new();
+        txn.put_device(&stored);
         state.db.commit(&txn)?;
-        match device.enrollment {
-            Enrollment::Open { first_fetch: Some(at) } => state.in_grace.insert(device.mac, at),
-            _ => state.in_grace.remove(&device.mac),
+        match stored.enrollment {
+            Enrollment::Open { first_fetch: Some(at) } => state.in_grace.insert(stored.mac, at),
+            _ => state.in_grace.remove(&stored.mac),
         };
         Ok(())
-    }
-
-    /// Notes a fetch; written to flash by [`App::flush_contacts`].
-    pub fn note_contact(&self, mac: Mac, contact: Contact) {
-        self.lock().pending_contacts.insert(mac, contact);
     }
 
     /// Writes pending contacts, and locks enrollments whose grace period ended. Commits go in
@@ -701,7 +744,7 @@ fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     Ok((hex(context.finish().as_ref()), size))
 }
 
-/// The device spec for `IpAddr` display in logs and views.
+/// The client's address as shown: IPv4-mapped IPv6 addresses as plain IPv4.
 pub fn client_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),

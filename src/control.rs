@@ -51,6 +51,11 @@ pub enum Request {
         /// Its MAC.
         mac: String,
     },
+    /// Revoke both URLs: new enrollment and steady tokens.
+    DeviceRekey {
+        /// Its MAC.
+        mac: String,
+    },
     /// Let the tokenless LAN path serve the full config for a while.
     DeviceLanWindow {
         /// Its MAC.
@@ -153,6 +158,7 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::DeviceShow { mac: m } => mac(m).and_then(|m| app.device_view(&m, true)).and_then(ok),
         Request::DeviceRemove { mac: m } => mac(m).and_then(|m| app.remove_device(&m, actor)).and_then(ok),
         Request::DeviceUnlock { mac: m } => mac(m).and_then(|m| app.unlock(&m, actor)).and_then(ok),
+        Request::DeviceRekey { mac: m } => mac(m).and_then(|m| app.rekey(&m, actor)).and_then(ok),
         Request::DeviceLanWindow { mac: m, minutes } => {
             mac(m).and_then(|m| app.open_lan_window(&m, *minutes, actor)).and_then(ok)
         }

@@ -151,6 +151,11 @@ enum DeviceCommand {
         /// Its value.
         value: Option<String>,
     },
+    /// Revoke both URLs (a stolen phone): new enrollment and steady tokens, enrollment open.
+    Rekey {
+        /// MAC address.
+        mac: String,
+    },
     /// Let the tokenless LAN path (DHCP option 66, PnP) serve this phone's config for a while.
     LanWindow {
         /// MAC address.
@@ -495,6 +500,14 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                 text(&device["enrollment_url"])
             );
         }
+        DeviceCommand::Rekey { mac } => {
+            let device = control_request(cli, &Request::DeviceRekey { mac: mac.clone() })?;
+            println!(
+                "both URLs of {} revoked\n  new enrollment URL: {}",
+                text(&device["mac"]),
+                text(&device["enrollment_url"])
+            );
+        }
         DeviceCommand::Key { mac, number, kind, value, label, clear } => {
             let key = match (kind, value, clear) {
                 (Some(kind), Some(value), false) => {
@@ -640,6 +653,11 @@ fn dump_json(key: &[u8], value: &[u8]) -> String {
         None => serde_json::json!({ "bytes": hex(value) }),
     };
     mask(&mut record);
+    // Secret settings are masked by name: their record is just a value.
+    let setting_name = std::str::from_utf8(&key[1..]).unwrap_or("");
+    if kind == Some(Kind::Setting) && provbox::settings::is_secret(setting_name) {
+        record = serde_json::json!({ "value": "***" });
+    }
     serde_json::json!({
         "kind": kind.map_or("unknown", Kind::name),
         "key": hex(&key[1..]),

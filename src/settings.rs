@@ -16,7 +16,8 @@ enum Rule {
     OneOf(&'static [&'static str]),
     /// `on` or `off`.
     Switch,
-    /// An `http://` or `https://` URL ending in `/`, or empty for the default.
+    /// An `https://` URL ending in `/`, or empty for the default. Never `http://`: the steady
+    /// URL it prefixes carries a token.
     BaseUrl,
 }
 
@@ -131,9 +132,9 @@ pub fn validate(name: &str, value: &str) -> Result<String, SettingError> {
             }
         }
         Rule::BaseUrl => {
-            let scheme_ok = value.starts_with("https://") || value.starts_with("http://");
-            if !value.is_empty() && (!scheme_ok || !value.ends_with('/') || value.contains(char::is_whitespace)) {
-                return invalid("must be an http:// or https:// URL ending in /".into());
+            let valid = value.starts_with("https://") && value.ends_with('/') && !value.contains(char::is_whitespace);
+            if !value.is_empty() && !valid {
+                return invalid("must be an https:// URL ending in / (tokens never travel over plain HTTP)".into());
             }
         }
     }
@@ -168,6 +169,7 @@ mod tests {
         assert!(validate("sip.server", "pbx example").is_err());
         assert!(validate("provision.base_url", "https://10.0.0.2:8443").is_err());
         assert!(validate("provision.base_url", "https://10.0.0.2:8443/").is_ok());
+        assert!(validate("provision.base_url", "http://10.0.0.2:8080/").is_err());
         assert!(matches!(validate("sip.nonsense", "1"), Err(SettingError::Unknown(_))));
     }
 

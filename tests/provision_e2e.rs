@@ -112,6 +112,16 @@ async fn enroll_lock_unlock_and_enroll_again() {
     assert_eq!(enrolled[3].1.status, 200);
     assert!(enrolled[3].1.text().contains("account.1.sip_server.1.port = 5070"));
     assert_eq!(appliance.device(&phone.mac)["config"], "current");
+
+    // A stolen phone keeps its steady URL until the technician revokes both URLs.
+    let steady_now = phone.steady_path_in(&enrolled[3].1.text()).unwrap();
+    assert_eq!(phone.boot(&mut connection, &steady_now).await[3].1.status, 200);
+    cli_ok(&appliance.data, &["device", "rekey", &phone.mac]);
+    assert_eq!(phone.boot(&mut connection, &steady_now).await[3].1.status, 404, "old steady URL revoked");
+    let rekeyed = appliance.device(&phone.mac);
+    assert_eq!(rekeyed["enrollment"]["state"], "open");
+    let new_enrollment = Appliance::path_of(rekeyed["enrollment_url"].as_str().unwrap());
+    assert_eq!(phone.boot(&mut connection, &new_enrollment).await[3].1.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +314,11 @@ async fn tokenless_requests_get_no_secrets_unless_a_lan_window_is_open() {
     assert_eq!(responses[3].1.status, 200);
     let bootstrap = responses[3].1.text();
     assert!(!bootstrap.contains("account.1.password") && !bootstrap.contains("/p/"), "{bootstrap}");
+    let next = bootstrap.lines().find_map(|l| l.strip_prefix("static.auto_provision.server.url = ")).unwrap();
+    assert!(
+        next.starts_with("https://") && Appliance::path_of(next) == "/",
+        "bootstrap sends the phone to HTTPS: {next}"
+    );
     let seen = cli_ok(&appliance.data, &["device", "seen", "--json"]);
     assert!(seen.contains("805ec0d57daa") && seen.contains("T54W"), "{seen}");
 

@@ -70,22 +70,26 @@ fn dump_shows_records_as_json_with_secrets_masked_and_check_counts_them() {
             last_contact: None,
         };
         db.commit(Txn::new().put_device(&device).audit(1, "cli", "added 001565aabbcc").unwrap()).unwrap();
+        db.commit(Txn::new().set_setting("phone.admin_password", "Sup3r-Admin-Pass").unwrap()).unwrap();
     }
     let output = provbox(dir.path(), &["store", "dump", "--json"]);
     assert!(output.status.success(), "{}", text(&output));
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains("Sup3r-Secret-Pass"), "secret leaked: {stdout}");
+    assert!(!stdout.contains("Sup3r-Admin-Pass"), "secret setting leaked: {stdout}");
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["kind"], "device");
     assert_eq!(lines[0]["key"], "001565aabbcc");
     assert_eq!(lines[0]["record"]["lines"][0]["sip_password"], "***");
     assert_eq!(lines[0]["record"]["lines"][0]["display_name"], "Front desk");
-    assert_eq!(lines[1]["kind"], "audit");
+    assert_eq!(lines[1]["kind"], "setting");
+    assert_eq!(lines[1]["record"]["value"], "***");
+    assert_eq!(lines[2]["kind"], "audit");
 
     let check = provbox(dir.path(), &["store", "check"]);
     assert!(check.status.success(), "{}", text(&check));
-    assert!(text(&check).contains("records: audit 1, device 1"), "{}", text(&check));
+    assert!(text(&check).contains("records: audit 1, device 1, setting 1"), "{}", text(&check));
 }
 
 /// Kills the child when a failed assertion unwinds the test.

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use super::context::{self, Secrets};
 use super::vendor::{FileMatch, UserAgentInfo, Vendor};
-use crate::app::{App, AppError, TokenKind, now};
+use crate::app::{App, AppError, FetchChange, TokenKind, now};
 use crate::mac::Mac;
 use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, bounded};
 
@@ -97,7 +97,8 @@ enum Outcome {
 
 /// Parses a URL token: 32 hex digits.
 pub fn parse_token(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 32 {
+    // Exactly 32 hex digits: one token, one spelling (from_str_radix alone would take `+a`).
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut token = [0; 16];
@@ -141,32 +142,41 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
         return Ok(Outcome::Deny);
     }
     let before = device.enrollment;
+    let mut after = before;
     match kind {
         TokenKind::Steady => {
-            if let Enrollment::Open { .. } = device.enrollment {
-                device.enrollment = Enrollment::Locked { since: now() };
+            if let Enrollment::Open { .. } = before {
+                after = Enrollment::Locked { since: now() };
                 tracing::info!(mac = %device.mac, "enrollment closed: the phone uses its steady URL");
             }
-            device.lan_window_until = None;
         }
-        TokenKind::Enrollment if matched.file.secrets => match device.enrollment {
+        TokenKind::Enrollment if matched.file.secrets => match before {
             Enrollment::Locked { .. } => {
                 tracing::warn!(ip = %request.ip, mac = %device.mac, "refused: enrollment is locked; unlock it to re-enroll");
                 return Ok(Outcome::Deny);
             }
             Enrollment::Open { first_fetch: Some(at) } if now() >= at + app.grace_seconds()? => {
-                device.enrollment = Enrollment::Locked { since: now() };
-                app.commit_enrollment(&device)?;
+                let lock = FetchChange {
+                    enrollment: Some((before, Enrollment::Locked { since: now() })),
+                    close_window: false,
+                };
+                app.record_fetch(&device, &lock, None)?;
                 tracing::warn!(ip = %request.ip, mac = %device.mac, "refused: enrollment grace period is over");
                 return Ok(Outcome::Deny);
             }
-            Enrollment::Open { first_fetch: None } => device.enrollment = Enrollment::Open { first_fetch: Some(now()) },
+            Enrollment::Open { first_fetch: None } => after = Enrollment::Open { first_fetch: Some(now()) },
             Enrollment::Open { .. } => {}
         },
         TokenKind::Enrollment => {}
     }
+    let change = FetchChange {
+        enrollment: (after != before).then_some((before, after)),
+        // The phone is on its steady URL: the LAN window has done its job.
+        close_window: kind == TokenKind::Steady,
+    };
+    device.enrollment = after;
     let shown = matched.file.secrets.then_some(&device);
-    serve(app, request, vendor, &matched, shown, &claimed, Some(&device), device.enrollment != before)
+    serve(app, request, vendor, &matched, shown, &claimed, Some((&device, change)))
 }
 
 fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outcome, AppError> {
@@ -187,7 +197,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     };
     let claimed = user_agent_of(vendor, request.user_agent);
     if !matched.file.secrets {
-        return serve(app, request, vendor, &matched, None, &claimed, None, false);
+        return serve(app, request, vendor, &matched, None, &claimed, None);
     }
     let Some(mac) = matched.mac else { return Ok(Outcome::Deny) };
     if wrong_phone(request, &claimed, &mac) {
@@ -204,7 +214,8 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
             // The window, not the enrollment URL, admits this fetch: enrollment is left as
             // it is, and the phone's first steady fetch closes the window.
             tracing::info!(mac = %mac, ip = %request.ip, "serving the full config through the LAN enrollment window");
-            return serve(app, request, vendor, &matched, Some(&device), &claimed, Some(&device), false);
+            let change = FetchChange { enrollment: None, close_window: false };
+            return serve(app, request, vendor, &matched, Some(&device), &claimed, Some((&device, change)));
         }
         tracing::info!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
     } else {
@@ -226,12 +237,11 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     if app.effective_settings()?.get("provision.bootstrap").is_some_and(|mode| mode == "off") {
         return Ok(Outcome::Deny);
     }
-    serve(app, request, vendor, &matched, None, &claimed, None, false)
+    serve(app, request, vendor, &matched, None, &claimed, None)
 }
 
-/// Renders and, for a known device, records the contact. An enrollment change is committed
+/// Renders and, for a known device, records the fetch. An enrollment change is committed
 /// before the file leaves, so a power cut cannot reopen what a served file closed.
-#[allow(clippy::too_many_arguments)]
 fn serve(
     app: &App,
     request: &FetchRequest<'_>,
@@ -239,12 +249,11 @@ fn serve(
     matched: &FileMatch<'_>,
     shown: Option<&Device>,
     claimed: &UserAgentInfo,
-    contacted: Option<&Device>,
-    enrollment_changed: bool,
+    contacted: Option<(&Device, FetchChange)>,
 ) -> Result<Outcome, AppError> {
     let context = context::build(app, shown, matched, Secrets::Real)?;
     let body = app.templates.render(&vendor.id, &matched.file.template, &context)?;
-    if let Some(device) = contacted {
+    if let Some((device, change)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
         // Only the device file's hash tells whether the phone has its latest account config.
         let is_device_file = shown.is_some()
@@ -258,13 +267,7 @@ fn serve(
             firmware: claimed.firmware.as_deref().and_then(|f| bounded("firmware", f).ok()).unwrap_or_default(),
             config_hash: if is_device_file { context::config_hash(&body) } else { previous_hash },
         };
-        if enrollment_changed {
-            let mut device = device.clone();
-            device.last_contact = Some(contact);
-            app.commit_enrollment(&device)?;
-        } else {
-            app.note_contact(device.mac, contact);
-        }
+        app.record_fetch(device, &change, Some(contact))?;
         tracing::info!(mac = %device.mac, ip = %request.ip, file = request.file, "served");
     } else {
         tracing::debug!(ip = %request.ip, file = request.file, "served a secret-free file");

@@ -18,6 +18,17 @@ struct Window {
     misses: u32,
 }
 
+/// The throttled unit: an IPv4 address, or an IPv6 /64 (one host may own a whole /64).
+fn unit(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// Counts misses per client address.
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -27,6 +38,7 @@ pub struct Throttle {
 impl Throttle {
     /// Whether `ip` has used up its misses for the current window.
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let ip = unit(ip);
         let windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         windows.get(&ip).is_some_and(|w| w.started.elapsed() < WINDOW && w.misses >= MISS_LIMIT)
     }
@@ -34,6 +46,7 @@ impl Throttle {
     /// Counts a miss by `ip`; returns true when this miss reaches the limit, so the caller
     /// logs it once per window.
     pub fn record_miss(&self, ip: IpAddr) -> bool {
+        let ip = unit(ip);
         let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if windows.len() >= TRACKED && !windows.contains_key(&ip) {
             windows.retain(|_, w| w.started.elapsed() < WINDOW);
@@ -69,6 +82,16 @@ mod tests {
         assert!(reached[MISS_LIMIT as usize - 1]);
         assert!(throttle.is_blocked(scanner));
         assert!(!throttle.is_blocked(phone));
+    }
+
+    #[test]
+    fn an_ipv6_scanner_cannot_hop_addresses_within_its_64() {
+        let throttle = Throttle::default();
+        for i in 0..MISS_LIMIT {
+            throttle.record_miss(format!("2001:db8:1:2::{i:x}").parse().unwrap());
+        }
+        assert!(throttle.is_blocked("2001:db8:1:2:ffff::1".parse().unwrap()));
+        assert!(!throttle.is_blocked("2001:db8:1:3::1".parse().unwrap()));
     }
 
     #[test]

@@ -27,10 +27,23 @@ pub struct Appliance {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The provbox under test: this build, or `PROVBOX_EXE` (e.g. the aarch64 appliance
+/// binary) run through `PROVBOX_RUNNER` (e.g. `qemu-aarch64-static`).
+pub fn provbox_command() -> Command {
+    let exe = std::env::var_os("PROVBOX_EXE").unwrap_or_else(|| env!("CARGO_BIN_EXE_provbox").into());
+    match std::env::var_os("PROVBOX_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    }
+}
+
 /// Runs the provbox CLI against `data`; returns (success, stdout, stderr).
 pub fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_provbox")).arg("--data").arg(data).args(args).output().expect("provbox runs");
+    let output = provbox_command().arg("--data").arg(data).args(args).output().expect("provbox runs");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into(),
@@ -61,7 +74,7 @@ impl Appliance {
 
     /// Starts provbox on `data` with extra `serve` flags.
     pub fn start_on(data: PathBuf, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Appliance {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_provbox"))
+        let mut child = provbox_command()
             .arg("--data")
             .arg(&data)
             .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0"])

@@ -232,7 +232,12 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
     // A socket left by a crashed server: nobody listens (the store lock proves we are the
     // only server), so it can go.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(io)?;
+    // Created owner-only from the start (no window with the default umask), and chmod'ed
+    // for good measure. The umask is process-wide; nothing else creates files at this point.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&path);
+    nix::sys::stat::umask(previous);
+    let listener = bound.map_err(io)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     Ok(listener)
 }

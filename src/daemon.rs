@@ -2,7 +2,7 @@
 //! the background flusher together, and runs them until SIGTERM.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,17 @@ pub fn base_url_for(ip: IpAddr, port: u16, scheme: &str) -> String {
     }
 }
 
+/// The file where `serve` notes its HTTPS port, so the CLI without a server prints the
+/// URLs phones really use.
+fn port_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("https.port")
+}
+
+/// The HTTPS port of the last `serve` on `data_dir`, else the default 8443.
+pub fn last_https_port(data_dir: &Path) -> u16 {
+    std::fs::read_to_string(port_file(data_dir)).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(8443)
+}
+
 /// The site description for `data_dir` when phones reach HTTPS on `https_port`.
 pub fn site(data_dir: PathBuf, https_port: u16) -> Site {
     let ip = lan_addresses().first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -149,6 +160,9 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let https = https_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.https, source })?;
     let http = http_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.http, source })?;
 
+    if let Err(error) = std::fs::write(port_file(&config.data_dir), format!("{}\n", https.port())) {
+        tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
+    }
     let devices = db.device_count();
     let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port()))?);
     let lan = lan_addresses();

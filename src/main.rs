@@ -389,7 +389,8 @@ fn control_request(cli: &Cli, request: &Request) -> Result<serde_json::Value, Cl
         Some(response) => response,
         None => {
             let (store, _) = cli.mount(true)?;
-            let app = App::new(Db::new(store), daemon::site(cli.data.clone(), 8443))?;
+            let port = daemon::last_https_port(&cli.data);
+            let app = App::new(Db::new(store), daemon::site(cli.data.clone(), port))?;
             control::handle(&app, request, "cli")
         }
     };

@@ -288,9 +288,13 @@ async fn a_restart_keeps_devices_enrollment_and_contacts() {
     let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
     phone.boot(&mut connection, &steady).await;
     let ca_before = std::fs::read(appliance.data.join("tls/ca.crt")).unwrap();
+    let https_port = appliance.https.port();
     let (clean, data, dir) = appliance.stop();
     assert!(clean, "SIGTERM exits cleanly");
 
+    // Offline, the CLI still prints the URLs phones use: with the last server's port.
+    let offline = fleet::cli_ok(&data, &["device", "show", YEALINK_MAC]);
+    assert!(offline.contains(&format!(":{}/p/", https_port)), "{offline}");
     let restarted = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
     assert_eq!(std::fs::read(restarted.data.join("tls/ca.crt")).unwrap(), ca_before, "the CA is kept");
     let shown = restarted.device(&phone.mac);

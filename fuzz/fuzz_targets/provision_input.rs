@@ -1,0 +1,56 @@
+//! Everything provisioning reads from people and phones: vendor profiles, User-Agents and
+//! requested file names against the stock profiles, device CSV, settings, URL tokens and
+//! MACs. None of it may panic; each must come back as a value or an error.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use provbox::devices::parse_csv;
+use provbox::mac::Mac;
+use provbox::provision::fetch::parse_token;
+use provbox::provision::templates::{Catalog, Templates};
+use provbox::provision::vendor::Vendor;
+use provbox::settings::{SETTINGS, validate};
+
+fn stock() -> &'static Catalog {
+    static CATALOG: OnceLock<std::sync::Arc<Catalog>> = OnceLock::new();
+    CATALOG.get_or_init(|| Templates::new("/nonexistent/provbox-fuzz".into()).catalog())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let text = String::from_utf8_lossy(rest);
+    match selector % 5 {
+        0 => {
+            if let Ok(vendor) = Vendor::parse("fuzz", &text) {
+                let _ = vendor.identify(&text);
+                let _ = vendor.match_file(&text);
+            }
+        }
+        1 => {
+            for vendor in stock().vendors.values() {
+                let _ = vendor.identify(&text);
+                if let Some(matched) = vendor.match_file(&text) {
+                    assert!(!matched.file.name.is_empty());
+                }
+            }
+        }
+        2 => {
+            let (specs, _problems) = parse_csv(&text);
+            for (_, spec) in specs {
+                let _ = spec.build(|vendor| vendor == "yealink");
+            }
+        }
+        3 => {
+            let setting = &SETTINGS[usize::from(rest.first().copied().unwrap_or(0)) % SETTINGS.len()];
+            if let Ok(value) = validate(setting.name, &text) {
+                assert!(!value.chars().any(char::is_control));
+            }
+        }
+        _ => {
+            let _ = parse_token(&text);
+            let _ = text.parse::<Mac>();
+        }
+    }
+});

@@ -54,7 +54,7 @@ enum Command {
     Store(StoreCommand),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Parser)]
 struct ServeArgs {
     /// HTTPS listen address.
     #[arg(long, default_value = "[::]:8443")]
@@ -298,7 +298,8 @@ fn ensure_private_dir(dir: &Path) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        None => serve(&cli, &ServeArgs::default_values()),
+        // A bare `provbox` serves with the flags' defaults.
+        None => serve(&cli, &ServeArgs::parse_from(["provbox"])),
         Some(Command::Serve(args)) => serve(&cli, args),
         Some(Command::Store(command)) => store_command(&cli, command),
         Some(Command::Device(command)) => device_command(&cli, command),
@@ -321,19 +322,6 @@ fn main() -> ExitCode {
 fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{line}");
-}
-
-impl ServeArgs {
-    /// The flags' defaults, for a bare `provbox`.
-    fn default_values() -> ServeArgs {
-        ServeArgs {
-            https: "[::]:8443".into(),
-            http: "[::]:8080".into(),
-            key_type: KeyType::Rsa2048,
-            header_timeout: 10,
-            max_connections: 512,
-        }
-    }
 }
 
 /// Runs the appliance until SIGTERM or Ctrl-C.

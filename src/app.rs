@@ -291,7 +291,10 @@ impl App {
 
     /// Every device, in MAC order.
     pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
-        let devices: Vec<Device> = self.lock().db.devices().collect::<Result<_, _>>()?;
+        let devices: Vec<Device> = {
+            let state = self.lock();
+            state.db.devices().map(|device| Ok(state.with_pending_contact(device?))).collect::<Result<_, AppError>>()?
+        };
         devices.iter().map(|device| self.view_of(device, false)).collect()
     }
 
@@ -304,13 +307,11 @@ impl App {
     /// The stored device with `mac`, with any contact not yet flushed.
     pub fn device(&self, mac: &Mac) -> Result<Device, AppError> {
         let state = self.lock();
-        let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-        if let Some(contact) = state.pending_contacts.get(mac) {
-            device.last_contact = Some(contact.clone());
-        }
-        Ok(device)
+        let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        Ok(state.with_pending_contact(device))
     }
 
+    /// The view of `device`, which already carries its newest contact.
     fn view_of(&self, device: &Device, with_files: bool) -> Result<DeviceView, AppError> {
         let base = self.base_url()?;
         let grace = self.grace_seconds()?;
@@ -322,11 +323,7 @@ impl App {
             Enrollment::Open { first_fetch: Some(at) } => EnrollmentView::Locked { since: at + grace },
             Enrollment::Locked { since } => EnrollmentView::Locked { since },
         };
-        let mut device_with_contact = device.clone();
-        if let Some(contact) = self.lock().pending_contacts.get(&device.mac) {
-            device_with_contact.last_contact = Some(contact.clone());
-        }
-        let config = match &device_with_contact.last_contact {
+        let config = match &device.last_contact {
             Some(contact) if contact.config_hash != [0; 8] => match self.device_file_hash(device) {
                 Ok(hash) if hash == contact.config_hash => ConfigState::Current,
                 _ => ConfigState::Pending,
@@ -350,7 +347,7 @@ impl App {
             enrollment_url: format!("{base}e/{}/", hex(&device.enrollment_token)),
             steady_url: format!("{base}p/{}/", hex(&device.steady_token)),
             lan_window_until: device.lan_window_until.filter(|until| *until > now()),
-            last_contact: device_with_contact.last_contact,
+            last_contact: device.last_contact.clone(),
             config,
             keys: device.keys.to_vec(),
             overrides: device.overrides.to_vec(),
@@ -702,6 +699,14 @@ impl App {
 }
 
 impl State {
+    /// `device` with its contact not yet flushed, if any.
+    fn with_pending_contact(&self, mut device: Device) -> Device {
+        if let Some(contact) = self.pending_contacts.get(&device.mac) {
+            device.last_contact = Some(contact.clone());
+        }
+        device
+    }
+
     /// Commits a transaction that adds, removes or re-tokens devices, and re-indexes tokens.
     fn commit_devices(&mut self, txn: &Txn) -> Result<(), AppError> {
         self.db.commit(txn)?;

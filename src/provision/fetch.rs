@@ -185,11 +185,13 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     // wins, then the vendor of the known device with that MAC, then the first by name.
     let candidates: Vec<(&Vendor, FileMatch<'_>)> =
         catalog.vendors.values().filter_map(|vendor| Some((vendor, vendor.match_file(request.file)?))).collect();
-    let owner = candidates
-        .iter()
-        .find_map(|(_, matched)| matched.mac)
-        .and_then(|mac| app.device(&mac).ok())
-        .map(|device| device.vendor.to_string());
+    // Every candidate matched the same name, so they agree on the MAC; look it up once.
+    let known = match candidates.iter().find_map(|(_, matched)| matched.mac).map(|mac| app.device(&mac)) {
+        Some(Ok(device)) => Some(device),
+        Some(Err(AppError::NoDevice(_))) | None => None,
+        Some(Err(error)) => return Err(error),
+    };
+    let owner = known.as_ref().map(|device| device.vendor.to_string());
     let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| {
         (vendor.identify(request.user_agent).is_none(), owner.as_deref() != Some(vendor.id.as_str()))
     }) else {
@@ -203,12 +205,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     if wrong_phone(request, &claimed, &mac) {
         return Ok(Outcome::Deny);
     }
-    let device = match app.device(&mac) {
-        Ok(device) => Some(device),
-        Err(AppError::NoDevice(_)) => None,
-        Err(error) => return Err(error),
-    };
-    if let Some(device) = device.filter(|d| d.vendor.as_str() == vendor.id) {
+    if let Some(device) = known.filter(|d| d.mac == mac && d.vendor.as_str() == vendor.id) {
         let window_open = device.lan_window_until.is_some_and(|until| now() < until);
         if window_open && secure {
             // The window, not the enrollment URL, admits this fetch: enrollment is left as

@@ -69,11 +69,6 @@ impl Templates {
         Templates { override_dir, snapshot: Mutex::new(None) }
     }
 
-    /// The directory whose files override the stock templates.
-    pub fn override_dir(&self) -> &Path {
-        &self.override_dir
-    }
-
     /// Template `name` (`vendor/file`): the override if present, else the stock one.
     pub fn source(&self, name: &str) -> Option<String> {
         read_source(&self.override_dir, name)

@@ -5,6 +5,13 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
+    // The floor for a plausible wall clock (src/clock.rs): SOURCE_DATE_EPOCH for
+    // reproducible builds, else the time of this build.
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let build_time = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    });
+    println!("cargo:rustc-env=PROVBOX_BUILD_TIME={build_time}");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();

@@ -16,6 +16,7 @@ use crate::mac::Mac;
 use crate::provision::context;
 use crate::provision::templates::{RenderError, Templates};
 use crate::provision::throttle::Throttle;
+use crate::redirect::outbox::{RedirectView, Redirector, redirect_view_of};
 use crate::settings::{self, SettingError};
 use crate::store::backend::AnyFlash;
 use crate::store::check::hex;
@@ -58,6 +59,9 @@ pub enum AppError {
         /// The requested name.
         file: String,
     },
+    /// A redirect-service operation could not be done.
+    #[error("{0}")]
+    Redirect(String),
     /// A CSV import with problems, imported all-or-nothing.
     #[error("import refused, nothing imported: {} problem(s)", .0.len())]
     Import(Vec<CsvProblem>),
@@ -109,6 +113,8 @@ pub struct App {
     pub throttle: Throttle,
     /// Paths and URLs.
     pub site: Site,
+    /// The redirect outbox worker's shared parts.
+    pub redirect: Redirector,
 }
 
 /// Enrollment as shown to people.
@@ -181,6 +187,8 @@ pub struct DeviceView {
     pub overrides: Vec<Override>,
     /// Files under `files/`, with checksums (only in `device show`).
     pub files: Vec<StaticFile>,
+    /// Where the vendor's redirect service stands for it.
+    pub redirect: RedirectView,
 }
 
 /// One line without its password.
@@ -239,7 +247,13 @@ impl App {
             state.db.commit(&txn)?;
         }
         state.rebuild_tokens()?;
-        Ok(App { state: Mutex::new(state), templates, throttle: Throttle::default(), site })
+        Ok(App {
+            state: Mutex::new(state),
+            templates,
+            throttle: Throttle::default(),
+            site,
+            redirect: Redirector::default(),
+        })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -263,8 +277,7 @@ impl App {
 
     /// The effective base URL phones use.
     pub fn base_url(&self) -> Result<String, AppError> {
-        let configured = self.lock().db.setting("provision.base_url")?.unwrap_or_default();
-        Ok(if configured.is_empty() { self.site.default_base_url.clone() } else { configured })
+        self.lock().base_url(&self.site.default_base_url)
     }
 
     /// Every setting's effective value (secrets included: for rendering only).
@@ -283,25 +296,38 @@ impl App {
             }
             let mut txn = Txn::new();
             txn.put_device(&device).audit(now(), actor, &format!("added device {} ({})", device.mac, device.model))?;
+            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
+            state.plan_redirect(None, Some(&device), &settings, &base, false, &mut txn)?;
             state.commit_devices(&txn)?;
         }
+        self.redirect.wake();
         tracing::info!(mac = %device.mac, actor, "device added");
         self.device_view(&device.mac, false)
     }
 
     /// Every device, in MAC order.
     pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
-        let devices: Vec<Device> = {
+        let devices: Vec<(Device, RedirectView)> = {
             let state = self.lock();
-            state.db.devices().map(|device| Ok(state.with_pending_contact(device?))).collect::<Result<_, AppError>>()?
+            let (queue, settings) = (state.db.outbox()?, state.settings()?);
+            state
+                .db
+                .devices()
+                .map(|device| {
+                    let device = state.with_pending_contact(device?);
+                    let redirect = redirect_view_of(&state, &device, &queue, &settings)?;
+                    Ok((device, redirect))
+                })
+                .collect::<Result<_, AppError>>()?
         };
-        devices.iter().map(|device| self.view_of(device, false)).collect()
+        devices.into_iter().map(|(device, redirect)| self.view_of(&device, false, redirect)).collect()
     }
 
     /// One device, with its static files' checksums.
     pub fn device_view(&self, mac: &Mac, with_files: bool) -> Result<DeviceView, AppError> {
         let device = self.device(mac)?;
-        self.view_of(&device, with_files)
+        let redirect = self.redirect_view(mac)?;
+        self.view_of(&device, with_files, redirect)
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.
@@ -312,7 +338,7 @@ impl App {
     }
 
     /// The view of `device`, which already carries its newest contact.
-    fn view_of(&self, device: &Device, with_files: bool) -> Result<DeviceView, AppError> {
+    fn view_of(&self, device: &Device, with_files: bool, redirect: RedirectView) -> Result<DeviceView, AppError> {
         let base = self.base_url()?;
         let grace = self.grace_seconds()?;
         let enrollment = match device.enrollment {
@@ -352,6 +378,7 @@ impl App {
             keys: device.keys.to_vec(),
             overrides: device.overrides.to_vec(),
             files: if with_files { self.static_files() } else { Vec::new() },
+            redirect,
         })
     }
 
@@ -375,11 +402,16 @@ impl App {
     /// Removes a device.
     pub fn remove_device(&self, mac: &Mac, actor: &str) -> Result<(), AppError> {
         let mut state = self.lock();
-        state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
         let mut txn = Txn::new();
         txn.remove_device(mac).audit(now(), actor, &format!("removed device {mac}"))?;
+        let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
+        state.plan_redirect(Some(&device), None, &settings, &base, false, &mut txn)?;
+        txn.remove_redirect(mac);
         state.commit_devices(&txn)?;
         state.pending_contacts.remove(mac);
+        drop(state);
+        self.redirect.wake();
         tracing::info!(%mac, actor, "device removed");
         Ok(())
     }
@@ -395,17 +427,20 @@ impl App {
     ) -> Result<DeviceView, AppError> {
         {
             let mut state = self.lock();
-            let mut device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            let tokens_before = (device.enrollment_token, device.steady_token);
+            let before = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            let mut device = before.clone();
             change(&mut device)?;
             let mut txn = Txn::new();
             txn.put_device(&device).audit(now(), actor, what)?;
-            if (device.enrollment_token, device.steady_token) == tokens_before {
+            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
+            state.plan_redirect(Some(&before), Some(&device), &settings, &base, false, &mut txn)?;
+            if (device.enrollment_token, device.steady_token) == (before.enrollment_token, before.steady_token) {
                 state.db.commit(&txn)?;
             } else {
                 state.commit_devices(&txn)?;
             }
         }
+        self.redirect.wake();
         tracing::info!(%mac, actor, "{what}");
         self.device_view(mac, false)
     }
@@ -488,10 +523,12 @@ impl App {
         // A store transaction fits one flash sector, so a large import commits in chunks.
         // Validation is complete before the first write; a power cut mid-import leaves a
         // prefix, and re-running the import with --partial adds the rest.
+        let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
         for (i, chunk) in devices.chunks(IMPORT_CHUNK).enumerate() {
             let mut txn = Txn::new();
             for device in chunk {
                 txn.put_device(device);
+                state.plan_redirect(None, Some(device), &settings, &base, false, &mut txn)?;
             }
             if i == 0 {
                 txn.audit(now(), actor, &format!("imported {} device(s) from CSV", devices.len()))?;
@@ -499,6 +536,8 @@ impl App {
             state.db.commit(&txn)?;
         }
         state.rebuild_tokens()?;
+        drop(state);
+        self.redirect.wake();
         Ok(ImportReport { imported: devices.len(), problems })
     }
 
@@ -533,6 +572,10 @@ impl App {
         txn.set_setting(name, &value)?.audit(now(), actor, &format!("set {name} = {shown}"))?;
         self.lock().db.commit(&txn)?;
         tracing::info!(setting = name, value = shown, actor, "setting changed");
+        if name.starts_with("redirect.") {
+            // New credentials or a service switched on: register what should be.
+            self.reconcile_redirects()?;
+        }
         Ok(())
     }
 
@@ -625,6 +668,7 @@ impl App {
     pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
         let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
+        let before = stored.clone();
         let same_tokens = stored.enrollment_token == read.enrollment_token && stored.steady_token == read.steady_token;
         let mut changed = false;
         if let Some((before, after)) = change.enrollment
@@ -651,12 +695,25 @@ impl App {
         }
         let mut txn = Txn::new();
         txn.put_device(&stored);
+        let mut queued = false;
+        if before.enrollment != stored.enrollment {
+            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
+            queued = state.plan_redirect(Some(&before), Some(&stored), &settings, &base, false, &mut txn)?;
+        }
         state.db.commit(&txn)?;
+        if queued {
+            self.redirect.wake();
+        }
         match stored.enrollment {
             Enrollment::Open { first_fetch: Some(at) } => state.in_grace.insert(stored.mac, at),
             _ => state.in_grace.remove(&stored.mac),
         };
         Ok(())
+    }
+
+    /// Notes the current time in the store for the next boot (at most every half hour).
+    pub fn note_time(&self) -> Result<(), AppError> {
+        Ok(crate::clock::note(&mut self.lock().db, now())?)
     }
 
     /// Writes pending contacts, and locks enrollments whose grace period ended. Commits go in
@@ -672,11 +729,13 @@ impl App {
         let mut macs: Vec<Mac> = contacts.iter().map(|(mac, _)| *mac).chain(expired.iter().copied()).collect();
         macs.sort();
         macs.dedup();
+        let mut queued = false;
         for chunk in macs.chunks(IMPORT_CHUNK) {
             let mut state = self.lock();
             let mut txn = Txn::new();
             for mac in chunk {
                 let Some(mut device) = state.db.device(mac)? else { continue };
+                let before = device.clone();
                 if let Some((_, contact)) = contacts.iter().find(|(m, _)| m == mac) {
                     // A newer contact may have arrived since the drain; it is flushed next time.
                     if !state.pending_contacts.contains_key(mac) {
@@ -689,10 +748,15 @@ impl App {
                     device.enrollment = Enrollment::Locked { since: at + grace };
                     state.in_grace.remove(mac);
                     tracing::info!(%mac, "enrollment closed: grace period over");
+                    let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
+                    queued |= state.plan_redirect(Some(&before), Some(&device), &settings, &base, false, &mut txn)?;
                 }
                 txn.put_device(&device);
             }
             state.db.commit(&txn)?;
+        }
+        if queued {
+            self.redirect.wake();
         }
         Ok(macs.len())
     }

@@ -113,6 +113,27 @@ pub enum Request {
     },
     /// List unknown phones that asked for a config.
     PhonesSeen,
+    /// The redirect queue and every device's redirect state.
+    RedirectStatus,
+    /// Queue what is missing and send everything queued now.
+    RedirectSync,
+    /// Ask the service what it holds for a MAC.
+    RedirectCheck {
+        /// The device's MAC.
+        mac: String,
+    },
+    /// Register a MAC that belongs to another account, taking it over.
+    RedirectOverride {
+        /// The device's MAC.
+        mac: String,
+    },
+    /// Turn redirect registration on or off for one device.
+    RedirectEnable {
+        /// The device's MAC.
+        mac: String,
+        /// On or off.
+        enabled: bool,
+    },
 }
 
 /// The answer.
@@ -174,10 +195,33 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::SettingsSet { name, value } => app.set_setting(name, value, actor).and_then(ok),
         Request::Render { mac: m, file, reveal } => mac(m).and_then(|m| app.render(&m, file, *reveal)).and_then(ok),
         Request::PhonesSeen => app.phones_seen().and_then(ok),
+        Request::RedirectStatus => app.redirect_status().and_then(ok),
+        Request::RedirectSync => app.reconcile_redirects().and_then(|queued| {
+            let delivery = block_on(app.deliver(true))??;
+            ok(serde_json::json!({ "queued": queued, "delivery": delivery }))
+        }),
+        Request::RedirectCheck { mac: m } => mac(m).and_then(|m| block_on(app.redirect_check(&m))?).and_then(ok),
+        Request::RedirectOverride { mac: m } => mac(m).and_then(|m| app.redirect_override(&m, actor)).and_then(ok),
+        Request::RedirectEnable { mac: m, enabled } => {
+            mac(m).and_then(|m| app.redirect_enable(&m, *enabled, actor)).and_then(ok)
+        }
     };
     match result {
         Ok(result) => Response::Ok { result },
         Err(error) => error.into(),
+    }
+}
+
+/// Runs WAN work to completion from synchronous code: on the server's runtime when called
+/// from one of its blocking threads, else on a runtime of its own (the offline CLI).
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, AppError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(handle.block_on(future)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(future))
+            .map_err(|e| AppError::Redirect(format!("cannot start a runtime for WAN calls: {e}"))),
     }
 }
 

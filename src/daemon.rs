@@ -11,8 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::app::{App, AppError, Site};
+use crate::clock;
 use crate::control::{self, ControlError};
 use crate::pki::{KeyType, Pki, PkiError};
+use crate::redirect::outbox;
 use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
 use crate::store::records::Db;
@@ -164,6 +166,11 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
     }
     let devices = db.device_count();
+    match clock::restore(db.last_known_time().map_err(AppError::from)?, crate::app::now()) {
+        clock::Restored::Unneeded => {}
+        clock::Restored::SetTo(at) => tracing::info!("clock set forward to the last known time, {}", clock::date(at)),
+        clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),
+    }
     let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port()))?);
     let lan = lan_addresses();
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
@@ -183,6 +190,7 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
+    let worker = tokio::spawn(outbox::run_worker(app.clone(), stopped.clone()));
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -208,6 +216,10 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let _ = server.await;
     let _ = control.await;
     let _ = flusher.await;
+    // A send cut short stays queued and goes again at the next start; every client makes a
+    // repeat harmless.
+    worker.abort();
+    let _ = worker.await;
     let _ = std::fs::remove_file(control::socket_path(&config.data_dir));
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.flush_contacts()).await.ok().transpose()?;
@@ -221,7 +233,8 @@ async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         let app = app.clone();
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || app.flush_contacts()).await {
+        let flushed = tokio::task::spawn_blocking(move || app.flush_contacts().and_then(|_| app.note_time())).await;
+        if let Ok(Err(error)) = flushed {
             tracing::error!("writing last-contact records failed: {error}");
         }
     }

@@ -6,17 +6,21 @@
 //! - [`app`]: the appliance's state and every operation on it.
 //! - [`provision`]: vendor profiles, templates and the per-request enrollment decision.
 //! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
+//! - [`redirect`]: vendor redirect services and the durable outbox that feeds them;
+//!   [`clock`]: the wall clock they depend on.
 //! - [`control`]: the CLI's protocol over a Unix socket; [`daemon`]: `provbox serve`.
 //! - [`devices`], [`settings`], [`mac`]: validated input.
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod devices;
 pub mod mac;
 pub mod pki;
 pub mod provision;
+pub mod redirect;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -62,6 +62,13 @@ impl FromStr for Mac {
     }
 }
 
+impl Mac {
+    /// `00-15-65-AA-BB-CC`, the form Yealink's RPS documents.
+    pub fn dashed_upper(&self) -> std::string::String {
+        self.0.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join("-")
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))

@@ -52,6 +52,41 @@ enum Command {
     /// Inspect and maintain the on-flash store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Vendor redirect services: the queue, retries and lookups.
+    #[command(subcommand)]
+    Redirect(RedirectCommand),
+}
+
+#[derive(Subcommand)]
+enum RedirectCommand {
+    /// List the queue and each device's redirect state.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue what is missing (new credentials, fixed failures) and send everything now.
+    Sync,
+    /// Ask the service what it holds for a MAC.
+    Check {
+        /// The device's MAC.
+        mac: String,
+    },
+    /// Register a MAC that the service says belongs to another account, taking it over.
+    Override {
+        /// The device's MAC.
+        mac: String,
+    },
+    /// Register this device with its redirect service (the default).
+    On {
+        /// The device's MAC.
+        mac: String,
+    },
+    /// Never register this device (and remove it from the service).
+    Off {
+        /// The device's MAC.
+        mac: String,
+    },
 }
 
 #[derive(clap::Parser)]
@@ -304,6 +339,7 @@ fn main() -> ExitCode {
         Some(Command::Store(command)) => store_command(&cli, command),
         Some(Command::Device(command)) => device_command(&cli, command),
         Some(Command::Settings(command)) => settings_command(&cli, command),
+        Some(Command::Redirect(command)) => redirect_command(&cli, command),
         Some(Command::Render { mac, file, reveal }) => {
             let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
             control_request(&cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
@@ -428,13 +464,13 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                 print_json(&devices);
             } else {
                 println!(
-                    "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} LAST CONTACT",
-                    "MAC", "VENDOR", "MODEL", "EXT", "NAME", "ENROLL", "CONFIG"
+                    "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} {:14} LAST CONTACT",
+                    "MAC", "VENDOR", "MODEL", "EXT", "NAME", "ENROLL", "CONFIG", "REDIRECT"
                 );
                 for device in devices.as_array().into_iter().flatten() {
                     let line = &device["lines"][0];
                     println!(
-                        "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} {}",
+                        "{:12}  {:10} {:8} {:6} {:20} {:8} {:13} {:14} {}",
                         text(&device["mac"]),
                         text(&device["vendor"]),
                         text(&device["model"]),
@@ -442,6 +478,7 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                         text(&line["name"]),
                         text(&device["enrollment"]["state"]),
                         text(&device["config"]),
+                        text(&device["redirect"]["state"]),
                         text(&device["last_contact"]["ip"]),
                     );
                 }
@@ -467,6 +504,7 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                 println!("steady URL      {}", text(&device["steady_url"]));
                 println!("config          {}", text(&device["config"]));
                 println!("last contact    {}", device["last_contact"]);
+                println!("redirect        {}", redirect_line(&device["redirect"]));
                 for file in device["files"].as_array().into_iter().flatten() {
                     println!(
                         "file            files/{}  {} bytes  sha256 {}",
@@ -548,6 +586,84 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// One line for a device's redirect state.
+fn redirect_line(view: &serde_json::Value) -> String {
+    let state = text(&view["state"]);
+    match state.as_str() {
+        "pending" => {
+            let error = text(&view["last_error"]);
+            let waiting = if error.is_empty() { String::new() } else { format!(", last error: {error}") };
+            format!(
+                "pending {} (attempts {}, next try {}{waiting})",
+                text(&view["action"]),
+                view["attempts"],
+                view["next_try"]
+            )
+        }
+        "registered" | "deregistered" => format!("{state} at {}", view["at"]),
+        "failed" => format!("failed: {}", text(&view["message"])),
+        "off" => format!("off: {}", text(&view["reason"])),
+        _ => state.replace('_', " "),
+    }
+}
+
+fn redirect_command(cli: &Cli, command: &RedirectCommand) -> Result<(), CliError> {
+    match command {
+        RedirectCommand::Status { json } => {
+            let status = control_request(cli, &Request::RedirectStatus)?;
+            if *json {
+                print_json(&status);
+                return Ok(());
+            }
+            println!("clock: {}", text(&status["clock"]));
+            for service in status["services"].as_array().into_iter().flatten() {
+                let state = if service["active"] == true { "active".into() } else { text(&service["reason"]) };
+                println!("service {:8} api {:7} {state}", text(&service["service"]), text(&service["api"]));
+            }
+            println!("queue: {} item(s)", status["queue"].as_array().map_or(0, Vec::len));
+            for item in status["queue"].as_array().into_iter().flatten() {
+                println!(
+                    "  #{:<5} {}  {:8} {:20} attempts {} next try {} {}",
+                    item["position"],
+                    text(&item["mac"]),
+                    text(&item["service"]),
+                    text(&item["action"]),
+                    item["attempts"],
+                    item["next_try"],
+                    text(&item["last_error"])
+                );
+            }
+            for device in status["devices"].as_array().into_iter().flatten() {
+                println!("{}  {}", text(&device[0]), redirect_line(&device[1]));
+            }
+        }
+        RedirectCommand::Sync => {
+            let result = control_request(cli, &Request::RedirectSync)?;
+            let delivery = &result["delivery"];
+            if delivery["clock"].is_string() {
+                return Err(CliError::Refused { message: text(&delivery["clock"]) });
+            }
+            println!(
+                "queued {}; delivered {}, retrying {}, failed {}",
+                result["queued"], delivery["delivered"], delivery["retrying"], delivery["failed"]
+            );
+        }
+        RedirectCommand::Check { mac } => {
+            print_json(&control_request(cli, &Request::RedirectCheck { mac: mac.clone() })?)
+        }
+        RedirectCommand::Override { mac } => {
+            let view = control_request(cli, &Request::RedirectOverride { mac: mac.clone() })?;
+            println!("{mac}: {}", redirect_line(&view));
+        }
+        RedirectCommand::On { mac } | RedirectCommand::Off { mac } => {
+            let enabled = matches!(command, RedirectCommand::On { .. });
+            let view = control_request(cli, &Request::RedirectEnable { mac: mac.clone(), enabled })?;
+            println!("{mac}: {}", redirect_line(&view));
         }
     }
     Ok(())

@@ -16,6 +16,8 @@ enum Rule {
     OneOf(&'static [&'static str]),
     /// `on` or `off`.
     Switch,
+    /// An `http://` or `https://` URL, or empty for the default.
+    Url,
     /// An `https://` URL ending in `/`, or empty for the default. Never `http://`: the steady
     /// URL it prefixes carries a token.
     BaseUrl,
@@ -75,6 +77,26 @@ pub const SETTINGS: &[SettingSpec] = &[
         "tokenless requests get a secret-free config (blank) or 404 (off)",
     ),
     secret("phone.admin_password", "the phones' own web admin password (generated at first start)"),
+    spec("redirect.enabled", "on", Rule::Switch, "register phones with their vendors' redirect services"),
+    spec("redirect.timeout_seconds", "20", Rule::Number(1, 120), "give up on a redirect-service call after this long"),
+    spec("redirect.ca_file", "", Rule::Text, "extra CA certificates (PEM file) trusted for redirect services"),
+    spec("redirect.yealink.api", "xmlrpc", Rule::OneOf(&["xmlrpc", "json", "off"]), "Yealink RPS API"),
+    spec("redirect.yealink.url", "", Rule::Url, "Yealink RPS endpoint (empty: the API's public one)"),
+    spec("redirect.yealink.username", "", Rule::Text, "Yealink RPS user (xmlrpc)"),
+    secret("redirect.yealink.password", "Yealink RPS password (xmlrpc)"),
+    spec("redirect.yealink.key", "", Rule::Text, "Yealink RPS API key (json)"),
+    secret("redirect.yealink.secret", "Yealink RPS API secret (json)"),
+    spec("redirect.yealink.server_name", "provbox", Rule::Text, "server name URLs are registered under (xmlrpc)"),
+    spec("redirect.snom.api", "sraps", Rule::OneOf(&["sraps", "xmlrpc", "off"]), "Snom redirect API"),
+    spec("redirect.snom.url", "", Rule::Url, "Snom endpoint (empty: the API's public one)"),
+    spec("redirect.snom.username", "", Rule::Text, "Snom user (xmlrpc)"),
+    secret("redirect.snom.password", "Snom password (xmlrpc)"),
+    spec("redirect.snom.key", "", Rule::Text, "SRAPS access key id (sraps)"),
+    secret("redirect.snom.secret", "SRAPS access key secret (sraps)"),
+    spec("redirect.fanvil.api", "fdps", Rule::OneOf(&["fdps", "off"]), "Fanvil redirect API"),
+    spec("redirect.fanvil.url", "", Rule::Url, "Fanvil FDPS endpoint (empty: the public one)"),
+    spec("redirect.fanvil.username", "", Rule::Text, "Fanvil FDPS user"),
+    secret("redirect.fanvil.password", "Fanvil FDPS password"),
 ];
 
 /// Why a setting was refused.
@@ -129,6 +151,13 @@ pub fn validate(name: &str, value: &str) -> Result<String, SettingError> {
         Rule::Switch => {
             if value != "on" && value != "off" {
                 return invalid("must be on or off".into());
+            }
+        }
+        Rule::Url => {
+            let valid = (value.starts_with("https://") || value.starts_with("http://"))
+                && value.parse::<hyper::Uri>().is_ok_and(|uri| uri.host().is_some());
+            if !value.is_empty() && !valid {
+                return invalid("must be an http:// or https:// URL".into());
             }
         }
         Rule::BaseUrl => {

@@ -202,9 +202,11 @@ fn transaction_commits_device_and_outbox_together_at_every_cut() {
     let dev = device(1, 2);
     txn.put_device(&dev).enqueue(OutboxItem {
         mac: dev.mac,
-        action: OutboxAction::Register,
+        service: "yealink".try_into().unwrap(),
+        action: OutboxAction::Register { url: "https://192.0.2.1:8443/e/00/".try_into().unwrap(), take_over: false },
         attempts: 0,
         not_before: 0,
+        last_error: Default::default(),
     });
     clean.commit(&txn).unwrap();
     let ops = clean.store().flash().ops_done() - before;

@@ -40,11 +40,16 @@ pub enum Kind {
     Audit = 5,
     /// An unknown phone that asked for a config: [`PhoneSeen`].
     Seen = 6,
+    /// A device's redirect-service state: [`RedirectRecord`].
+    Redirect = 7,
+    /// The last known time: [`LastKnownTime`].
+    Clock = 8,
 }
 
 impl Kind {
     /// Every kind, in key order.
-    pub const ALL: [Kind; 6] = [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit, Kind::Seen];
+    pub const ALL: [Kind; 8] =
+        [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit, Kind::Seen, Kind::Redirect, Kind::Clock];
 
     /// The kind whose keys start with `byte`.
     pub fn from_byte(byte: u8) -> Option<Kind> {
@@ -60,6 +65,8 @@ impl Kind {
             Kind::Outbox => "outbox",
             Kind::Audit => "audit",
             Kind::Seen => "seen",
+            Kind::Redirect => "redirect",
+            Kind::Clock => "clock",
         }
     }
 }
@@ -293,10 +300,17 @@ impl Record for AdminCredentials {
 }
 
 /// WAN work for a redirect service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+// The fixed capacity bounds the stored record; the values only live briefly in memory.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxAction {
-    /// Point the MAC at this appliance.
-    Register,
+    /// Point the MAC at `url` (the device's enrollment URL when queued).
+    Register {
+        /// The URL the phone is sent to.
+        url: String<300>,
+        /// Take the MAC over from another account (the technician said so).
+        take_over: bool,
+    },
     /// Remove the MAC from the service.
     Deregister,
 }
@@ -306,16 +320,78 @@ pub enum OutboxAction {
 pub struct OutboxItem {
     /// The phone concerned.
     pub mac: Mac,
+    /// The redirect service, e.g. `yealink`.
+    pub service: String<16>,
     /// What to do.
     pub action: OutboxAction,
     /// Attempts so far.
     pub attempts: u32,
     /// Unix time before which it is not retried.
     pub not_before: u64,
+    /// Why the last attempt failed, empty before the first.
+    pub last_error: String<160>,
 }
 
+// No released provbox wrote outbox records before these fields, so the schema stays 1.
 impl Record for OutboxItem {
     const KIND: Kind = Kind::Outbox;
+    const SCHEMA: u8 = 1;
+}
+
+/// Where a device stands with its vendor's redirect service, as last settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedirectState {
+    /// Never registered, or nothing settled yet.
+    NotRegistered,
+    /// Registered at this Unix time.
+    Registered {
+        /// When.
+        at: u64,
+    },
+    /// Removed from the service at this Unix time.
+    Deregistered {
+        /// When.
+        at: u64,
+    },
+    /// Given up: the service refused for good.
+    Failed {
+        /// When.
+        at: u64,
+        /// The service's words.
+        message: String<160>,
+    },
+}
+
+/// A device's redirect record: its settled state and whether the technician turned
+/// registration off for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedirectRecord {
+    /// Registration wanted for this device (on by default).
+    pub enabled: bool,
+    /// The last settled state.
+    pub state: RedirectState,
+}
+
+impl Default for RedirectRecord {
+    fn default() -> Self {
+        RedirectRecord { enabled: true, state: RedirectState::NotRegistered }
+    }
+}
+
+impl Record for RedirectRecord {
+    const KIND: Kind = Kind::Redirect;
+    const SCHEMA: u8 = 1;
+}
+
+/// The newest time the appliance knew, restored at boot on a board without a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastKnownTime {
+    /// Unix time.
+    pub at: u64,
+}
+
+impl Record for LastKnownTime {
+    const KIND: Kind = Kind::Clock;
     const SCHEMA: u8 = 1;
 }
 
@@ -348,6 +424,8 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
         Kind::Outbox => json::<OutboxItem>(value),
         Kind::Audit => json::<AuditEntry>(value),
         Kind::Seen => json::<PhoneSeen>(value),
+        Kind::Redirect => json::<RedirectRecord>(value),
+        Kind::Clock => json::<LastKnownTime>(value),
     }
 }
 
@@ -452,6 +530,24 @@ impl Txn {
         self
     }
 
+    /// Sets a device's redirect record.
+    pub fn put_redirect(&mut self, mac: &Mac, record: &RedirectRecord) -> &mut Self {
+        self.changes.push((key(Kind::Redirect, &mac.0), Some(record.encode())));
+        self
+    }
+
+    /// Forgets a device's redirect record.
+    pub fn remove_redirect(&mut self, mac: &Mac) -> &mut Self {
+        self.changes.push((key(Kind::Redirect, &mac.0), None));
+        self
+    }
+
+    /// Notes the current time as the last known one.
+    pub fn set_last_known_time(&mut self, at: u64) -> &mut Self {
+        self.changes.push((key(Kind::Clock, b""), Some(LastKnownTime { at }.encode())));
+        self
+    }
+
     /// Appends to the audit log.
     pub fn audit(&mut self, at: u64, actor: &str, action: &str) -> Result<&mut Self, RecordError> {
         self.new_audit.push(AuditEntry {
@@ -524,6 +620,20 @@ impl<F: NorFlash> Db<F> {
     /// The phones-seen list, in MAC order.
     pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, RecordError> {
         self.store.iter_prefix(&[Kind::Seen as u8]).map(|(_, value)| PhoneSeen::decode(value)).collect()
+    }
+
+    /// A device's redirect record (the default when none is stored).
+    pub fn redirect(&self, mac: &Mac) -> Result<RedirectRecord, RecordError> {
+        self.store
+            .get(&key(Kind::Redirect, &mac.0))
+            .map(RedirectRecord::decode)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The last known time, if ever noted.
+    pub fn last_known_time(&self) -> Result<Option<u64>, RecordError> {
+        Ok(self.store.get(&key(Kind::Clock, b"")).map(LastKnownTime::decode).transpose()?.map(|t| t.at))
     }
 
     /// The admin credentials, once set.

@@ -1,0 +1,100 @@
+//! The wall clock on a board without a real-time clock. It boots at 1970 until NTP answers,
+//! and WAN TLS cannot validate certificates then. provbox notes the time in the store,
+//! restores it at boot (when it may set the clock), and refuses WAN calls with a clear
+//! "clock not set" while the time reads earlier than the day this binary was built.
+
+use crate::store::records::{Db, Txn};
+
+/// How far the stored time may lag before it is noted again, in seconds: 30 minutes keeps
+/// flash writes to about 50 small records a day.
+const NOTE_EVERY: u64 = 30 * 60;
+
+/// When this binary was built (Unix time): no correct clock reads earlier.
+pub fn build_time() -> u64 {
+    env!("PROVBOX_BUILD_TIME").parse().unwrap_or(0)
+}
+
+/// `Ok` when `now` can be right; otherwise why WAN calls wait.
+pub fn check(now: u64) -> Result<(), String> {
+    let floor = build_time();
+    if now >= floor {
+        Ok(())
+    } else {
+        Err(format!(
+            "clock not set: it reads {}, before this build ({}); WAN calls wait for NTP",
+            date(now),
+            date(floor)
+        ))
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time (proleptic Gregorian, UTC).
+pub fn date(unix: u64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let days = (unix / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The clock was already at or past the stored time.
+    Unneeded,
+    /// The clock was set forward to the stored time.
+    SetTo(u64),
+    /// The clock is behind but could not be set (not root, or no `CAP_SYS_TIME`).
+    Refused(String),
+}
+
+/// Sets the system clock forward to the stored last-known time if it reads earlier.
+pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
+    let Some(at) = last_known.filter(|at| *at > now) else { return Restored::Unneeded };
+    let time = nix::sys::time::TimeSpec::new(at as i64, 0);
+    match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time) {
+        Ok(()) => Restored::SetTo(at),
+        Err(errno) => Restored::Refused(errno.desc().to_string()),
+    }
+}
+
+/// Notes `now` in `db` when it is plausible and the stored time lags by [`NOTE_EVERY`].
+pub fn note(db: &mut Db<crate::store::backend::AnyFlash>, now: u64) -> Result<(), crate::store::records::DbError> {
+    if check(now).is_err() {
+        return Ok(());
+    }
+    let stored = db.last_known_time()?.unwrap_or(0);
+    if now >= stored + NOTE_EVERY {
+        let mut txn = Txn::new();
+        txn.set_last_known_time(now);
+        db.commit(&txn)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(1_795_392_000), "2026-11-23");
+    }
+
+    #[test]
+    fn a_clock_before_the_build_is_not_set() {
+        let error = check(0).unwrap_err();
+        assert!(error.starts_with("clock not set: it reads 1970-01-01, before this build"), "{error}");
+        assert!(check(build_time()).is_ok());
+        assert_eq!(restore(None, 5), Restored::Unneeded);
+        assert_eq!(restore(Some(4), 5), Restored::Unneeded);
+    }
+}

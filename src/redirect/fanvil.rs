@@ -1,0 +1,110 @@
+//! Fanvil FDPS: XML-RPC with Basic auth whose password is sent as hex(md5(hex(md5(password)))).
+//! A phone is pointed at a URL by a "material server" named after its MAC: delete the old
+//! server, add the new one, then move the device onto it.
+
+use md5::Digest;
+use serde_json::Value as Json;
+
+use super::wan::Wan;
+use super::xmlrpc::Value;
+use super::{Failure, RedirectClient, Registration, ServiceSettings, basic_auth, status_pair, xmlrpc_call};
+use crate::mac::Mac;
+
+/// The public endpoint.
+pub const ENDPOINT: &str = "http://fdps.fanvil.com/xmlrpc.php";
+
+/// The FDPS client.
+pub struct Fdps {
+    endpoint: String,
+    authorization: String,
+}
+
+/// hex(md5(`text`)).
+fn md5_hex(text: &[u8]) -> String {
+    crate::store::check::hex(&md5::Md5::digest(text))
+}
+
+/// The password FDPS expects: hex(md5(hex(md5(password)))).
+pub fn fdps_password(password: &str) -> String {
+    md5_hex(md5_hex(password.as_bytes()).as_bytes())
+}
+
+/// FDPS's "nothing to remove" answers.
+fn absent(text: &str) -> bool {
+    text.contains("not_exist")
+}
+
+impl Fdps {
+    /// A client for `settings`.
+    pub fn new(settings: ServiceSettings) -> Fdps {
+        Fdps {
+            endpoint: settings.endpoint(ENDPOINT),
+            authorization: basic_auth(&settings.username, &fdps_password(&settings.password)),
+        }
+    }
+
+    /// Calls `method` and succeeds on `[true, ..]` or, when `tolerate` says so, on a refusal.
+    async fn step(&self, wan: &Wan, method: &str, params: &[Value], tolerate: fn(&str) -> bool) -> Result<(), Failure> {
+        match status_pair(xmlrpc_call(wan, &self.endpoint, &self.authorization, method, params).await?)? {
+            (true, _) => Ok(()),
+            (false, text) if tolerate(&text) => Ok(()),
+            (false, text) => Err(Failure::permanent(format!("FDPS {method}: {text}"))),
+        }
+    }
+}
+
+impl RedirectClient for Fdps {
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        // Messages never quote the URL: its token is a secret.
+        let uri: hyper::Uri = registration
+            .url
+            .parse()
+            .map_err(|e| Failure::permanent(format!("the enrollment URL does not parse: {e}")))?;
+        let protocol = match uri.scheme_str() {
+            Some("https") => "5",
+            Some("http") => "4",
+            _ => return Err(Failure::permanent("FDPS needs an http(s) enrollment URL")),
+        };
+        let server = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+        let path = uri.path_and_query().map_or("", |p| p.as_str()).trim_start_matches('/').to_string();
+        let mac = Value::str(registration.mac.to_string());
+        self.step(wan, "redirect.deleteServer", std::slice::from_ref(&mac), absent).await?;
+        let material = Value::Array(
+            [
+                format!("cfgName={}", registration.mac),
+                "cfgPfMode=1".into(),
+                format!("cfgPfSrv={server}"),
+                format!("cfgPfName={path}"),
+                format!("cfgPfProt={protocol}"),
+            ]
+            .into_iter()
+            .map(Value::Str)
+            .collect(),
+        );
+        self.step(wan, "redirect.addMaterialServer", &[material], |_| false).await?;
+        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), absent).await?;
+        self.step(wan, "redirect.registerDevice", &[mac.clone(), mac], |_| false).await
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        let mac = Value::str(mac.to_string());
+        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), absent).await?;
+        self.step(wan, "redirect.deleteServer", &[mac], absent).await
+    }
+
+    async fn check(&self, _wan: &Wan, _mac: &Mac) -> Result<Json, Failure> {
+        Err(Failure::permanent("FDPS has no lookup call; see the FDPS portal"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_double_md5_hex() {
+        // md5("secret") = 5ebe2294ecd0e0f08eab7690d2a6ee69.
+        assert_eq!(md5_hex(b"secret"), "5ebe2294ecd0e0f08eab7690d2a6ee69");
+        assert_eq!(fdps_password("secret"), md5_hex(b"5ebe2294ecd0e0f08eab7690d2a6ee69"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Snom's redirect services: SRAPS, a REST API signed with Hawk (SHA-256), and the legacy
+//! XML-RPC API (Basic auth, `[bool, text]` replies).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value as Json, json};
+
+use super::wan::{Wan, WanReply, WanRequest};
+use super::xmlrpc::{Reply, Value};
+use super::{
+    Failure, RedirectClient, Registration, ServiceSettings, basic_auth, check_reply, status_pair, xmlrpc_call,
+};
+use crate::mac::Mac;
+
+/// The public SRAPS API base.
+pub const SRAPS_ENDPOINT: &str = "https://api.sraps.snom.com/api/v1/";
+/// The public legacy XML-RPC endpoint.
+pub const XMLRPC_ENDPOINT: &str = "https://secure-provisioning.snom.com:8083/xmlrpc/";
+
+/// SRAPS: `tokens/<id>` leads to the company, the company to its endpoints, and each phone
+/// is the endpoint `<endpoints><mac>`.
+pub struct Sraps {
+    base: String,
+    id: String,
+    key: String,
+}
+
+/// What a Hawk `Authorization` header covers.
+pub struct HawkInput<'a> {
+    /// `GET`, `PUT`, `DELETE`.
+    pub method: &'a str,
+    /// Path and query.
+    pub resource: &'a str,
+    /// Host as in the URL.
+    pub host: &'a str,
+    /// Port (the scheme's default when the URL names none).
+    pub port: u16,
+    /// Content type of the body, empty without one.
+    pub content_type: &'a str,
+    /// The body.
+    pub payload: &'a [u8],
+    /// Unix time, seconds.
+    pub ts: u64,
+    /// A fresh random nonce.
+    pub nonce: &'a str,
+}
+
+/// The Hawk payload hash: base64(SHA-256(`hawk.1.payload\n<content type>\n<payload>\n`)).
+pub fn hawk_payload_hash(content_type: &str, payload: &[u8]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(format!("hawk.1.payload\n{content_type}\n").as_bytes());
+    context.update(payload);
+    context.update(b"\n");
+    BASE64.encode(context.finish().as_ref())
+}
+
+/// The `Authorization: Hawk id=.., ts=.., nonce=.., hash=.., mac=..` value, with mac =
+/// base64(HMAC-SHA256(key, `hawk.1.header\n<ts>\n<nonce>\n<METHOD>\n<resource>\n<host>\n<port>\n<hash>\n\n`)).
+pub fn hawk_header(id: &str, key: &str, input: &HawkInput<'_>) -> String {
+    let hash = hawk_payload_hash(input.content_type, input.payload);
+    let normalized = format!(
+        "hawk.1.header\n{}\n{}\n{}\n{}\n{}\n{}\n{hash}\n\n",
+        input.ts, input.nonce, input.method, input.resource, input.host, input.port
+    );
+    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()), normalized.as_bytes());
+    format!(
+        "Hawk id=\"{id}\", ts=\"{}\", nonce=\"{}\", hash=\"{hash}\", mac=\"{}\"",
+        input.ts,
+        input.nonce,
+        BASE64.encode(mac.as_ref())
+    )
+}
+
+impl Sraps {
+    /// A client for `settings`: `key` is the Hawk id, `secret` the Hawk key.
+    pub fn new(settings: ServiceSettings) -> Sraps {
+        let mut base = settings.endpoint(SRAPS_ENDPOINT);
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Sraps { base, id: settings.key, key: settings.secret }
+    }
+
+    async fn send(&self, wan: &Wan, method: &'static str, url: &str, body: Option<Json>) -> Result<WanReply, Failure> {
+        let uri: hyper::Uri = url.parse().map_err(|e| Failure::permanent(format!("bad SRAPS URL {url}: {e}")))?;
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
+        let resource = uri.path_and_query().map_or("/", |p| p.as_str());
+        let payload = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = if payload.is_empty() { "" } else { "application/json" };
+        let nonce = crate::store::check::hex(&rand::random::<[u8; 6]>());
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let input = HawkInput { method, resource, host, port, content_type, payload: &payload, ts, nonce: &nonce };
+        let mut headers = vec![("authorization", hawk_header(&self.id, &self.key, &input))];
+        if !payload.is_empty() {
+            headers.push(("content-type", content_type.to_string()));
+        }
+        headers.push(("accept", "application/json".into()));
+        wan.send(WanRequest { method, url: url.to_string(), headers, body: payload }).await
+    }
+
+    async fn get_json(&self, wan: &Wan, url: &str) -> Result<Json, Failure> {
+        let reply = check_reply(self.send(wan, "GET", url, None).await?, "JSON")?;
+        serde_json::from_slice(&reply.body)
+            .map_err(|e| Failure::retry(format!("malformed SRAPS reply: {e}: {}", reply.excerpt())))
+    }
+
+    /// Resolves a link from a SRAPS document against the API base.
+    fn resolve(&self, link: &str) -> String {
+        if link.starts_with("http://") || link.starts_with("https://") {
+            link.to_string()
+        } else if let Some(path) = link.strip_prefix('/') {
+            let origin_end = self.base.find("://").map_or(0, |i| i + 3);
+            let origin = &self.base[..self.base[origin_end..].find('/').map_or(self.base.len(), |i| origin_end + i)];
+            format!("{origin}/{path}")
+        } else {
+            format!("{}{link}", self.base)
+        }
+    }
+
+    /// The URL of this account's endpoint collection, ending in `/`.
+    async fn endpoints(&self, wan: &Wan) -> Result<String, Failure> {
+        let link = |document: &Json, name: &str| {
+            document
+                .pointer(&format!("/links/{name}"))
+                .and_then(Json::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| Failure::retry(format!("SRAPS reply without links.{name}")))
+        };
+        let token = self.get_json(wan, &format!("{}tokens/{}", self.base, self.id)).await?;
+        let company = self.get_json(wan, &self.resolve(&link(&token, "company")?)).await?;
+        let mut endpoints = self.resolve(&link(&company, "endpoints")?);
+        if !endpoints.ends_with('/') {
+            endpoints.push('/');
+        }
+        Ok(endpoints)
+    }
+}
+
+impl RedirectClient for Sraps {
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        let url = format!("{}{}", self.endpoints(wan).await?, registration.mac);
+        let body = json!({
+            "mac": registration.mac.to_string(),
+            "autoprovisioning_enabled": true,
+            "provisioning_url": registration.url,
+        });
+        let reply = self.send(wan, "PUT", &url, Some(body)).await?;
+        if reply.status == 409 {
+            return Err(Failure::needs_override(format!(
+                "SRAPS: {} (the MAC belongs to another SRAPS account; release it there)",
+                reply.excerpt()
+            )));
+        }
+        check_reply(reply, "JSON").map(|_| ())
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        let url = format!("{}{mac}", self.endpoints(wan).await?);
+        let reply = self.send(wan, "DELETE", &url, None).await?;
+        if reply.status == 404 {
+            return Ok(());
+        }
+        check_reply(reply, "JSON").map(|_| ())
+    }
+
+    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
+        let url = format!("{}{mac}", self.endpoints(wan).await?);
+        let reply = self.send(wan, "GET", &url, None).await?;
+        if reply.status == 404 {
+            return Ok(Json::Null);
+        }
+        let reply = check_reply(reply, "JSON")?;
+        serde_json::from_slice(&reply.body)
+            .map_err(|e| Failure::retry(format!("malformed SRAPS reply: {e}: {}", reply.excerpt())))
+    }
+}
+
+/// The legacy XML-RPC API: `redirect.registerPhone(mac, url)`, `redirect.deregisterPhone(mac)`,
+/// `redirect.checkPhone(mac)`.
+pub struct XmlRpc {
+    endpoint: String,
+    authorization: String,
+}
+
+impl XmlRpc {
+    /// A client for `settings`.
+    pub fn new(settings: ServiceSettings) -> XmlRpc {
+        XmlRpc {
+            endpoint: settings.endpoint(XMLRPC_ENDPOINT),
+            authorization: basic_auth(&settings.username, &settings.password),
+        }
+    }
+
+    async fn call(&self, wan: &Wan, method: &str, params: &[Value]) -> Result<Reply, Failure> {
+        xmlrpc_call(wan, &self.endpoint, &self.authorization, method, params).await
+    }
+}
+
+fn mac_param(mac: &Mac) -> Value {
+    Value::str(mac.to_string().to_ascii_uppercase())
+}
+
+impl RedirectClient for XmlRpc {
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        let params = [mac_param(&registration.mac), Value::str(&registration.url)];
+        match status_pair(self.call(wan, "redirect.registerPhone", &params).await?)? {
+            (true, _) => Ok(()),
+            (false, text) if text.contains("owned_by_other_user") => Err(Failure::needs_override(format!(
+                "Snom: {text} (the MAC belongs to another Snom account; release it there)"
+            ))),
+            (false, text) => Err(Failure::permanent(format!("Snom: {text}"))),
+        }
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        match status_pair(self.call(wan, "redirect.deregisterPhone", &[mac_param(mac)]).await?)? {
+            (true, _) => Ok(()),
+            (false, text) if text.contains("no_such_mac") => Ok(()),
+            (false, text) => Err(Failure::permanent(format!("Snom: {text}"))),
+        }
+    }
+
+    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
+        match self.call(wan, "redirect.checkPhone", &[mac_param(mac)]).await? {
+            Reply::Value(value) => Ok(value.to_json()),
+            Reply::Fault { code, message } => Err(Failure::permanent(format!("XML-RPC fault {code}: {message}"))),
+        }
+    }
+}

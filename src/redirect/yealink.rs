@@ -1,0 +1,335 @@
+//! Yealink RPS, through either of its management APIs: the legacy XML-RPC one (Basic auth,
+//! `[bool, text]` replies) and the JSON open API (requests signed with HMAC-SHA256 in the
+//! `X-Ca-*` headers). The wire formats are in `shared/reference/vendors.md`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use md5::Digest;
+use serde_json::{Value as Json, json};
+
+use super::wan::{Wan, WanRequest};
+use super::xmlrpc::{Reply, Value};
+use super::{
+    Failure, RedirectClient, Registration, ServiceSettings, basic_auth, check_reply, status_pair, xmlrpc_call,
+};
+use crate::mac::Mac;
+
+/// The public XML-RPC endpoint.
+pub const XMLRPC_ENDPOINT: &str = "https://rps.yealink.com/xmlrpc";
+/// The public JSON API base.
+pub const JSON_ENDPOINT: &str = "https://api-dm.yealink.com:8443";
+
+/// The XML-RPC API.
+pub struct XmlRpc {
+    endpoint: String,
+    authorization: String,
+    server_name: String,
+}
+
+impl XmlRpc {
+    /// A client for `settings`.
+    pub fn new(settings: ServiceSettings) -> XmlRpc {
+        XmlRpc {
+            endpoint: settings.endpoint(XMLRPC_ENDPOINT),
+            authorization: basic_auth(&settings.username, &settings.password),
+            server_name: if settings.server_name.is_empty() { "provbox".into() } else { settings.server_name },
+        }
+    }
+
+    async fn call(&self, wan: &Wan, method: &str, params: &[Value]) -> Result<Reply, Failure> {
+        xmlrpc_call(wan, &self.endpoint, &self.authorization, method, params).await
+    }
+
+    async fn register_once(&self, wan: &Wan, registration: &Registration) -> Result<(bool, String), Failure> {
+        let mac = Value::str(registration.mac.dashed_upper());
+        let take_over = Value::str(if registration.take_over { "1" } else { "0" });
+        let params = [mac.clone(), Value::str(&self.server_name), Value::str(&registration.url), take_over.clone()];
+        match self.call(wan, "redirect.registerDeviceWithUniqueUrl", &params).await? {
+            Reply::Fault { code, message } if code == -32601 || message.to_ascii_lowercase().contains("method") => {
+                // An RPS without per-device URLs: a server entry per URL, then the device on it.
+                let server = format!("{}-{}", self.server_name, short_hash(&registration.url));
+                let added = status_pair(
+                    self.call(wan, "redirect.addServer", &[Value::str(&server), Value::str(&registration.url)]).await?,
+                )?;
+                if !added.0 && !added.1.to_ascii_lowercase().contains("exist") {
+                    return Ok(added);
+                }
+                status_pair(self.call(wan, "redirect.registerDevice", &[mac, Value::str(&server), take_over]).await?)
+            }
+            reply => status_pair(reply),
+        }
+    }
+}
+
+/// Sorts an RPS refusal: someone else's MAC, or a refusal that will not change.
+fn refusal(text: &str, mac: &Mac) -> Failure {
+    if text.contains("override") {
+        Failure::needs_override(format!(
+            "RPS: {text} (the MAC belongs to another RPS account; `provbox redirect override {mac}` takes it over)"
+        ))
+    } else {
+        Failure::permanent(format!("RPS: {text}"))
+    }
+}
+
+impl RedirectClient for XmlRpc {
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        let (ok, text) = self.register_once(wan, registration).await?;
+        if ok {
+            return Ok(());
+        }
+        if text.contains("Existing MAC") {
+            // Already in this account (another account's MAC asks about overriding instead):
+            // re-registering with the new URL means removing it first.
+            self.deregister(wan, &registration.mac).await?;
+            let (ok, text) = self.register_once(wan, registration).await?;
+            return if ok { Ok(()) } else { Err(refusal(&text, &registration.mac)) };
+        }
+        Err(refusal(&text, &registration.mac))
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        let (ok, text) =
+            status_pair(self.call(wan, "redirect.deRegisterDevice", &[Value::str(mac.dashed_upper())]).await?)?;
+        // Our MACs are well formed, so "Invalid MAC" means the account does not hold it.
+        if ok || text.contains("Invalid MAC") { Ok(()) } else { Err(refusal(&text, mac)) }
+    }
+
+    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
+        match self.call(wan, "redirect.checkDevice", &[Value::str(mac.dashed_upper())]).await? {
+            Reply::Value(value) => Ok(value.to_json()),
+            Reply::Fault { code, message } => Err(Failure::permanent(format!("XML-RPC fault {code}: {message}"))),
+        }
+    }
+}
+
+/// First 8 hex digits of the URL's SHA-256: names a server entry per URL.
+fn short_hash(url: &str) -> String {
+    crate::store::check::hex(&ring::digest::digest(&ring::digest::SHA256, url.as_bytes()).as_ref()[..4])
+}
+
+/// The JSON open API.
+pub struct JsonApi {
+    base: String,
+    key: String,
+    secret: String,
+}
+
+/// Error codes of the JSON API this client acts on.
+const MAC_EXISTED: &str = "device.mac.existed";
+const MAC_OF_OTHER: &str = "device.mac.added.by.other";
+
+impl JsonApi {
+    /// A client for `settings`.
+    pub fn new(settings: ServiceSettings) -> JsonApi {
+        JsonApi {
+            base: settings.endpoint(JSON_ENDPOINT).trim_end_matches('/').to_string(),
+            key: settings.key,
+            secret: settings.secret,
+        }
+    }
+
+    /// Sends a signed request and unwraps the `{ret, data, error}` envelope: `Ok(data)`, or
+    /// `Err(code)` with the API's error code, or a failure.
+    async fn call(
+        &self,
+        wan: &Wan,
+        method: &'static str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Json>,
+    ) -> Result<Result<Json, String>, Failure> {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let timestamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()).to_string();
+        let nonce = uuid_v4();
+        let mut headers = sign(
+            &SigningInput { method, path, query, body: &body, key: &self.key, nonce: &nonce, timestamp: &timestamp },
+            &self.secret,
+        );
+        headers.push(("content-type", "application/json;charset=UTF-8".into()));
+        let query_string = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let url = if query.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{query_string}", self.base)
+        };
+        let reply = check_reply(wan.send(WanRequest { method, url, headers, body }).await?, "JSON")?;
+        let envelope: Json = serde_json::from_slice(&reply.body)
+            .map_err(|e| Failure::retry(format!("malformed JSON reply: {e}: {}", reply.excerpt())))?;
+        let Some(object) = envelope.as_object() else {
+            return Err(Failure::retry(format!("unexpected JSON reply: {}", reply.excerpt())));
+        };
+        let error = match object.get("error") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(code)) => Some(code.clone()),
+            Some(other) => Some(
+                other
+                    .get("msg")
+                    .or_else(|| other.get("code"))
+                    .and_then(Json::as_str)
+                    .map_or_else(|| other.to_string(), str::to_string),
+            ),
+        };
+        let ret = object.get("ret").and_then(Json::as_i64);
+        match (error, ret) {
+            (Some(code), _) => Ok(Err(code)),
+            (None, Some(ret)) if ret < 0 => Ok(Err(format!("ret {ret}"))),
+            (None, Some(_)) => Ok(Ok(object.get("data").cloned().unwrap_or(Json::Null))),
+            (None, None) => Err(Failure::retry(format!("JSON reply without \"ret\": {}", reply.excerpt()))),
+        }
+    }
+
+    /// The service's record of `mac` (`data` of checkDevice): null when it holds none.
+    async fn lookup(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
+        match self.call(wan, "GET", "/api/open/v1/device/checkDevice", &[("mac", mac.to_string())], None).await? {
+            Ok(data) => Ok(data),
+            Err(code) => Err(json_refusal(&code, mac)),
+        }
+    }
+
+    async fn edit(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        let record = self.lookup(wan, &registration.mac).await?;
+        let id = record
+            .get("id")
+            .cloned()
+            .filter(|id| !id.is_null())
+            .ok_or_else(|| Failure::retry("RPS said the MAC exists but checkDevice has no id for it"))?;
+        let body = json!({ "id": id, "uniqueServerUrl": registration.url });
+        match self.call(wan, "POST", "/api/open/v1/device/edit", &[], Some(body)).await? {
+            Ok(_) => Ok(()),
+            Err(code) => Err(json_refusal(&code, &registration.mac)),
+        }
+    }
+}
+
+fn json_refusal(code: &str, mac: &Mac) -> Failure {
+    if code == MAC_OF_OTHER {
+        Failure::needs_override(format!(
+            "RPS: {code} (the MAC belongs to another RPS account; the JSON API cannot take it over: release it in the RPS portal, or use redirect.yealink.api=xmlrpc and `provbox redirect override {mac}`)"
+        ))
+    } else {
+        Failure::permanent(format!("RPS: {code}"))
+    }
+}
+
+impl RedirectClient for JsonApi {
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        let body = json!({ "macs": [registration.mac.to_string()], "uniqueServerUrl": registration.url });
+        match self.call(wan, "POST", "/api/open/v1/device/add", &[], Some(body)).await? {
+            Ok(_) => Ok(()),
+            Err(code) if code == MAC_EXISTED => self.edit(wan, registration).await,
+            Err(code) => Err(json_refusal(&code, &registration.mac)),
+        }
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        let record = self.lookup(wan, mac).await?;
+        let Some(id) = record.get("id").cloned().filter(|id| !id.is_null()) else { return Ok(()) };
+        match self.call(wan, "POST", "/api/open/v1/device/delete", &[], Some(json!({ "ids": [id] }))).await? {
+            Ok(_) => Ok(()),
+            Err(code) if code == "device.not.found" => Ok(()),
+            Err(code) => Err(json_refusal(&code, mac)),
+        }
+    }
+
+    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
+        self.lookup(wan, mac).await
+    }
+}
+
+/// What the `X-Ca-*` signature covers.
+pub struct SigningInput<'a> {
+    /// `GET` or `POST`.
+    pub method: &'a str,
+    /// Path with its leading `/`.
+    pub path: &'a str,
+    /// Query parameters.
+    pub query: &'a [(&'a str, String)],
+    /// The body, empty for none.
+    pub body: &'a [u8],
+    /// `X-Ca-Key`.
+    pub key: &'a str,
+    /// `X-Ca-Nonce`.
+    pub nonce: &'a str,
+    /// `X-Ca-Timestamp`, milliseconds.
+    pub timestamp: &'a str,
+}
+
+/// The signing headers for a request: `X-Ca-Key`, `-Nonce`, `-Timestamp`, `-Signature`, and
+/// `Content-MD5` when there is a body. The signed string is
+/// `METHOD\n[Content-MD5:<md5>\n]X-Ca-Key:<k>\nX-Ca-Nonce:<n>\nX-Ca-Timestamp:<t>\n<path without
+/// leading slash>[\n<sorted query>]`.
+pub fn sign(input: &SigningInput<'_>, secret: &str) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    let mut signed = format!("{}\n", input.method);
+    if !input.body.is_empty() {
+        let md5 = BASE64.encode(md5::Md5::digest(input.body));
+        signed.push_str(&format!("Content-MD5:{md5}\n"));
+        headers.push(("content-md5", md5));
+    }
+    signed
+        .push_str(&format!("X-Ca-Key:{}\nX-Ca-Nonce:{}\nX-Ca-Timestamp:{}\n", input.key, input.nonce, input.timestamp));
+    signed.push_str(input.path.trim_start_matches('/'));
+    if !input.query.is_empty() {
+        let mut pairs: Vec<String> = input.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        signed.push('\n');
+        signed.push_str(&pairs.join("&"));
+    }
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()), signed.as_bytes());
+    headers.push(("x-ca-key", input.key.to_string()));
+    headers.push(("x-ca-nonce", input.nonce.to_string()));
+    headers.push(("x-ca-timestamp", input.timestamp.to_string()));
+    headers.push(("x-ca-signature", BASE64.encode(tag.as_ref())));
+    headers
+}
+
+/// A random (version 4) UUID.
+fn uuid_v4() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = crate::store::check::hex(&bytes);
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_covers_the_documented_string() {
+        let input = SigningInput {
+            method: "POST",
+            path: "/api/open/v1/device/add",
+            query: &[],
+            body: b"{}",
+            key: "k1",
+            nonce: "n1",
+            timestamp: "1700000000000",
+        };
+        let headers = sign(&input, "s3cret");
+        let md5 = BASE64.encode(md5::Md5::digest(b"{}"));
+        let expected_string = format!(
+            "POST\nContent-MD5:{md5}\nX-Ca-Key:k1\nX-Ca-Nonce:n1\nX-Ca-Timestamp:1700000000000\napi/open/v1/device/add"
+        );
+        let expected = BASE64.encode(
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret"), expected_string.as_bytes())
+                .as_ref(),
+        );
+        let signature = headers.iter().find(|(name, _)| *name == "x-ca-signature").map(|(_, v)| v.clone());
+        assert_eq!(signature, Some(expected));
+        let query = [("mac", "805ec0d57d72".to_string()), ("a", "1".to_string())];
+        let get = sign(&SigningInput { method: "GET", query: &query, body: b"", ..input }, "s3cret");
+        assert!(get.iter().all(|(name, _)| *name != "content-md5"), "no Content-MD5 without a body");
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, uuid_v4());
+    }
+}

@@ -114,6 +114,35 @@ async fn yealink_xmlrpc_without_unique_urls_falls_back_to_a_server_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_can_be_turned_off_per_device_and_per_site() {
+    let mock = Mock::start().await;
+    let appliance = appliance_with(&yealink_xmlrpc(&mock));
+    add(&appliance, MAC, "yealink", "T54W");
+    wait_redirect(&appliance, MAC, "registered");
+    cli_ok(&appliance.data, &["redirect", "off", MAC]);
+    let device = wait_redirect(&appliance, MAC, "deregistered");
+    assert!(!mock.registry().contains_key(MAC), "turning it off removes it: {}", device["redirect"]);
+    cli_ok(&appliance.data, &["redirect", "on", MAC]);
+    wait_redirect(&appliance, MAC, "registered");
+
+    // Off for the whole site: a new device is not sent anywhere, and says why.
+    cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "off"]);
+    let other = "805ec0d57d73";
+    add(&appliance, other, "yealink", "T54W");
+    let view = appliance.device(other)["redirect"].clone();
+    assert_eq!(view["state"], "off");
+    assert!(view["reason"].as_str().unwrap().contains("redirect.enabled"), "{view}");
+    assert!(!mock.registry().contains_key(other));
+    // Back on: the missing registration is queued by itself.
+    cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "on"]);
+    wait_redirect(&appliance, other, "registered");
+    // A vendor without a redirect service.
+    add(&appliance, "0004f2aabbcc", "polycom", "VVX400");
+    let view = appliance.device("0004f2aabbcc")["redirect"].clone();
+    assert_eq!(view, serde_json::json!({"state": "off", "reason": "no redirect service for polycom phones"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yealink_json_api_is_signed_edits_an_existing_mac_and_deletes() {
     let mock = Mock::start().await;
     // The MAC is already in this account (an earlier appliance): add says "existed", provbox edits.
@@ -330,18 +359,63 @@ async fn https_services_need_a_trusted_ca() {
     assert_eq!(mock.registry()[MAC].url, device["enrollment_url"].as_str().unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_mid_queue_resumes_after_restart() {
-    let mock = Mock::start().await;
-    mock.set_delay(Duration::from_millis(150));
-    let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    let macs: Vec<String> = (0..20).map(|i| format!("805ec01000{i:02x}")).collect();
+/// Writes a CSV of `macs` (Yealink T54W) into the data directory and imports it.
+fn import(appliance: &Appliance, macs: &[String]) {
     let csv: String = std::iter::once("mac,vendor,model,extension,name\n".to_string())
         .chain(macs.iter().enumerate().map(|(i, mac)| format!("{mac},yealink,T54W,{},User {i}\n", 200 + i)))
         .collect();
     let file = appliance.data.join("import.csv");
     std::fs::write(&file, csv).unwrap();
     cli_ok(&appliance.data, &["device", "import", file.to_str().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_add_of_500_goes_in_batches_of_100_through_ymcs() {
+    let mock = Mock::start().await;
+    // Five of them were registered by an earlier appliance: YMCS says "exists", provbox
+    // deletes and adds them again with their new URLs.
+    let macs: Vec<String> = (0..500).map(|i| format!("805ec02{i:05x}")).collect();
+    for mac in &macs[..5] {
+        mock.seed(mac, redirect_mock::OWN, "https://old.example/e/x/");
+    }
+    let appliance = appliance_with(&[
+        ("redirect.yealink.api", "ymcs".into()),
+        ("redirect.yealink.url", mock.base()),
+        ("redirect.yealink.key", redirect_mock::KEY.into()),
+        ("redirect.yealink.secret", redirect_mock::SECRET.into()),
+    ]);
+    import(&appliance, &macs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "status", "--json"])).unwrap();
+        let registered = status["devices"].as_array().unwrap().iter().filter(|d| d[1]["state"] == "registered").count();
+        if registered == macs.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{registered} of 500 registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let devices: serde_json::Value =
+        serde_json::from_str(&cli_ok(&appliance.data, &["device", "list", "--json"])).unwrap();
+    let registry = mock.registry();
+    for device in devices.as_array().unwrap() {
+        let mac = device["mac"].as_str().unwrap();
+        assert_eq!(registry[mac].url, device["enrollment_url"].as_str().unwrap(), "{mac}");
+    }
+    let adds = mock.calls().iter().filter(|c| c.method == "POST /v2/rps/addDevicesByMac").count();
+    // Batches of at most 100 (the mock refuses more), plus one re-add for the five that existed.
+    assert!((5..=12).contains(&adds), "{adds} addDevicesByMac calls for 500 devices");
+    assert!(mock.refused().is_empty(), "{:?}", mock.refused());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_queue_resumes_after_restart() {
+    let mock = Mock::start().await;
+    mock.set_delay(Duration::from_millis(150));
+    let appliance = appliance_with(&yealink_xmlrpc(&mock));
+    let macs: Vec<String> = (0..20).map(|i| format!("805ec01000{i:02x}")).collect();
+    import(&appliance, &macs);
     let deadline = Instant::now() + Duration::from_secs(20);
     while mock.registry().len() < 5 {
         assert!(Instant::now() < deadline, "the worker never started");

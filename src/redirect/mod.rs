@@ -2,7 +2,7 @@
 //! factory-new phone is sent to this appliance.
 //!
 //! - [`RedirectClient`] is what every service implements; [`Client`] picks one from the
-//!   settings. One module per service: [`yealink`] (RPS XML-RPC and JSON APIs), [`snom`]
+//!   settings. One module per service: [`yealink`] (RPS XML-RPC, JSON and YMCS APIs), [`snom`]
 //!   (SRAPS with Hawk, and the legacy XML-RPC), [`fanvil`] (FDPS).
 //! - [`wan`] is the bounded HTTPS client they share; [`xmlrpc`] the legacy wire format.
 //! - [`outbox`] is the durable queue and the worker that drains it.
@@ -111,6 +111,8 @@ pub enum Client {
     YealinkXmlRpc(yealink::XmlRpc),
     /// Yealink RPS over the signed JSON API.
     YealinkJson(yealink::JsonApi),
+    /// Yealink YMCS v2, batched.
+    YealinkYmcs(yealink::Ymcs),
     /// Snom SRAPS (REST, Hawk).
     SnomSraps(snom::Sraps),
     /// Snom's legacy XML-RPC.
@@ -124,6 +126,7 @@ macro_rules! dispatch {
         match $client {
             Client::YealinkXmlRpc($inner) => $call,
             Client::YealinkJson($inner) => $call,
+            Client::YealinkYmcs($inner) => $call,
             Client::SnomSraps($inner) => $call,
             Client::SnomXmlRpc($inner) => $call,
             Client::Fanvil($inner) => $call,
@@ -154,8 +157,11 @@ impl Client {
 }
 
 /// The redirect services provbox speaks, by name, with their APIs (the first is the default).
-pub const SERVICES: &[(&str, &[&str])] =
-    &[("yealink", &["xmlrpc", "json", "off"]), ("snom", &["sraps", "xmlrpc", "off"]), ("fanvil", &["fdps", "off"])];
+pub const SERVICES: &[(&str, &[&str])] = &[
+    ("yealink", &["xmlrpc", "json", "ymcs", "off"]),
+    ("snom", &["sraps", "xmlrpc", "off"]),
+    ("fanvil", &["fdps", "off"]),
+];
 
 /// The service that redirects phones of `vendor`, if provbox speaks one.
 pub fn service_for_vendor(vendor: &str) -> Option<&'static str> {
@@ -219,6 +225,10 @@ pub fn client_for(service: &str, settings: &BTreeMap<String, String>) -> Result<
         ("yealink", "json") => {
             needs("key", "secret", keyed).map(|()| Client::YealinkJson(yealink::JsonApi::new(config)))
         }
+        ("yealink", "ymcs") if config.url.is_empty() => {
+            Err("redirect.yealink.url must name the YMCS regional endpoint".into())
+        }
+        ("yealink", "ymcs") => needs("key", "secret", keyed).map(|()| Client::YealinkYmcs(yealink::Ymcs::new(config))),
         ("snom", "sraps") => needs("key", "secret", keyed).map(|()| Client::SnomSraps(snom::Sraps::new(config))),
         ("snom", "xmlrpc") => {
             needs("username", "password", basic).map(|()| Client::SnomXmlRpc(snom::XmlRpc::new(config)))

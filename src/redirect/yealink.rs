@@ -1,6 +1,7 @@
-//! Yealink RPS, through either of its management APIs: the legacy XML-RPC one (Basic auth,
-//! `[bool, text]` replies) and the JSON open API (requests signed with HMAC-SHA256 in the
-//! `X-Ca-*` headers). The wire formats are in `shared/reference/vendors.md`.
+//! Yealink RPS, through any of its management APIs: the legacy XML-RPC one (Basic auth,
+//! `[bool, text]` replies), the JSON open API (requests signed with HMAC-SHA256 in the
+//! `X-Ca-*` headers), and YMCS v2 (OAuth client credentials, registrations batched by 100).
+//! The wire formats are in `shared/reference/vendors.md`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -235,6 +236,159 @@ impl RedirectClient for JsonApi {
 
     async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
         self.lookup(wan, mac).await
+    }
+}
+
+/// YMCS v2: a bearer token from `/v2/token`, then `/v2/rps/addDevicesByMac` with up to
+/// [`YMCS_BATCH`] MACs, each with its own URL, and `/v2/rps/delDevices`.
+pub struct Ymcs {
+    base: String,
+    key: String,
+    secret: String,
+    token: tokio::sync::Mutex<Option<String>>,
+}
+
+/// Most devices one YMCS call carries.
+pub const YMCS_BATCH: usize = 100;
+
+impl Ymcs {
+    /// A client for `settings`; the regional endpoint must be configured.
+    pub fn new(settings: ServiceSettings) -> Ymcs {
+        Ymcs {
+            base: settings.url.trim_end_matches('/').to_string(),
+            key: settings.key,
+            secret: settings.secret,
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The `timestamp` and `nonce` headers every YMCS call carries.
+    fn freshness() -> Vec<(&'static str, String)> {
+        let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        vec![("timestamp", timestamp.to_string()), ("nonce", crate::store::check::hex(&rand::random::<[u8; 16]>()))]
+    }
+
+    /// A bearer token, fetched once per client.
+    async fn token(&self, wan: &Wan) -> Result<String, Failure> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            return Ok(token.clone());
+        }
+        let mut headers = Ymcs::freshness();
+        headers.push(("authorization", basic_auth(&self.key, &self.secret)));
+        headers.push(("content-type", "application/json".into()));
+        let body = json!({ "grant_type": "client_credentials" }).to_string().into_bytes();
+        let request = WanRequest { method: "POST", url: format!("{}/v2/token", self.base), headers, body };
+        let reply = check_reply(wan.send(request).await?, "JSON")?;
+        let token = serde_json::from_slice::<Json>(&reply.body)
+            .ok()
+            .and_then(|reply| reply.get("access_token")?.as_str().map(str::to_string))
+            .ok_or_else(|| Failure::retry(format!("YMCS token reply without access_token: {}", reply.excerpt())))?;
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn post(&self, wan: &Wan, path: &str, body: Json) -> Result<Json, Failure> {
+        let mut headers = Ymcs::freshness();
+        headers.push(("authorization", format!("Bearer {}", self.token(wan).await?)));
+        headers.push(("content-type", "application/json".into()));
+        let request = WanRequest {
+            method: "POST",
+            url: format!("{}{path}", self.base),
+            headers,
+            body: body.to_string().into_bytes(),
+        };
+        let reply = check_reply(wan.send(request).await?, "JSON")?;
+        if reply.body.is_empty() {
+            return Ok(Json::Null);
+        }
+        serde_json::from_slice(&reply.body)
+            .map_err(|e| Failure::retry(format!("malformed JSON reply: {e}: {}", reply.excerpt())))
+    }
+
+    /// Adds `registrations` in one call; returns the refused ones with the service's words.
+    async fn add(&self, wan: &Wan, registrations: &[&Registration]) -> Result<Vec<(Mac, String)>, Failure> {
+        let devices: Vec<Json> =
+            registrations.iter().map(|r| json!({ "mac": r.mac.to_string(), "uniqueServerUrl": r.url })).collect();
+        let reply = self.post(wan, "/v2/rps/addDevicesByMac", Json::Array(devices)).await?;
+        let Some(errors) = reply.get("errors").and_then(Json::as_array) else {
+            return match reply.get("successCount").and_then(Json::as_u64) {
+                Some(_) => Ok(Vec::new()),
+                None => Err(Failure::retry(format!("unexpected YMCS reply: {reply}"))),
+            };
+        };
+        Ok(errors
+            .iter()
+            .filter_map(|error| {
+                let mac = error.get("mac")?.as_str()?.parse::<Mac>().ok()?;
+                let info = error.get("errorInfo").and_then(Json::as_str).unwrap_or("refused").to_string();
+                Some((mac, info))
+            })
+            .collect())
+    }
+
+    async fn delete(&self, wan: &Wan, macs: &[Mac]) -> Result<(), Failure> {
+        let ids: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        self.post(wan, "/v2/rps/delDevices", json!({ "deviceIdType": "mac", "deviceIds": ids })).await.map(|_| ())
+    }
+}
+
+impl RedirectClient for Ymcs {
+    fn batch_limit(&self) -> usize {
+        YMCS_BATCH
+    }
+
+    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
+        self.register_batch(wan, std::slice::from_ref(registration)).await.remove(0)
+    }
+
+    async fn register_batch(&self, wan: &Wan, registrations: &[Registration]) -> Vec<Result<(), Failure>> {
+        let all: Vec<&Registration> = registrations.iter().collect();
+        let refused = match self.add(wan, &all).await {
+            Ok(refused) => refused,
+            Err(failure) => return vec![Err(failure); registrations.len()],
+        };
+        // MACs already in the account move to the new URL: delete, then add again.
+        let existing: Vec<&Registration> = all
+            .iter()
+            .copied()
+            .filter(|r| refused.iter().any(|(mac, info)| *mac == r.mac && info.to_ascii_lowercase().contains("exist")))
+            .collect();
+        let mut refused_again = Vec::new();
+        if !existing.is_empty() {
+            let macs: Vec<Mac> = existing.iter().map(|r| r.mac).collect();
+            let retried = match self.delete(wan, &macs).await {
+                Ok(()) => self.add(wan, &existing).await,
+                Err(failure) => Err(failure),
+            };
+            match retried {
+                Ok(refused) => refused_again = refused,
+                Err(failure) => refused_again = macs.iter().map(|mac| (*mac, failure.message.clone())).collect(),
+            }
+        }
+        registrations
+            .iter()
+            .map(|registration| {
+                let first = refused.iter().find(|(mac, _)| *mac == registration.mac);
+                let again = refused_again.iter().find(|(mac, _)| *mac == registration.mac);
+                match (first, again) {
+                    (None, _) => Ok(()),
+                    (Some(_), Some((_, info))) => Err(Failure::permanent(format!("YMCS: {info}"))),
+                    (Some((_, info)), None) if existing.iter().all(|r| r.mac != registration.mac) => {
+                        Err(Failure::permanent(format!("YMCS: {info}")))
+                    }
+                    (Some(_), None) => Ok(()),
+                }
+            })
+            .collect()
+    }
+
+    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
+        self.delete(wan, std::slice::from_ref(mac)).await
+    }
+
+    async fn check(&self, _wan: &Wan, _mac: &Mac) -> Result<Json, Failure> {
+        Err(Failure::permanent("the YMCS API has no lookup; redirect.yealink.api=json or xmlrpc can check"))
     }
 }
 

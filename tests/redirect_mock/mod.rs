@@ -83,6 +83,8 @@ struct State {
     /// Yealink XML-RPC server entries and Fanvil material servers: name -> URL.
     servers: BTreeMap<String, String>,
     nonces: HashSet<String>,
+    /// YMCS bearer tokens issued.
+    tokens: HashSet<String>,
     next_id: u64,
     requests: usize,
     /// Yealink XML-RPC answers registerDeviceWithUniqueUrl with "method not found".
@@ -412,6 +414,8 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         snom_xmlrpc(&state, request).await
     } else if path == "/xmlrpc.php" {
         fanvil(&state, request).await
+    } else if path.starts_with("/v2/") {
+        ymcs(&state, request).await
     } else {
         Err((404, format!("no such path {path}")))
     };
@@ -823,5 +827,77 @@ async fn fanvil(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handle
     };
     drop(s);
     record(state, "fanvil", &method, &params);
+    Ok(answer)
+}
+
+async fn ymcs(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled {
+    let path = request.uri().path().to_string();
+    let headers = request.headers().clone();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if header("timestamp").parse::<u64>().is_err() || header("nonce").len() != 32 {
+        return Err((400, "timestamp and nonce headers are required".into()));
+    }
+    let body = body_of(request).await?;
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| (400, e.to_string()))?;
+    let mut s = state.lock().unwrap();
+    if path == "/v2/token" {
+        let expected = format!("Basic {}", BASE64.encode(format!("{KEY}:{SECRET}")));
+        if header("authorization") != expected || json["grant_type"] != "client_credentials" {
+            return Err((401, "{\"error\":\"invalid_client\"}".into()));
+        }
+        let token = format!("tok-{}", s.tokens.len() + 1);
+        s.tokens.insert(token.clone());
+        drop(s);
+        record(state, "ymcs", "POST /v2/token", &[]);
+        return Ok(json_reply(
+            200,
+            serde_json::json!({"access_token": token, "token_type": "bearer", "expires_in": 7200}),
+        ));
+    }
+    let bearer = header("authorization");
+    if !bearer.strip_prefix("Bearer ").is_some_and(|token| s.tokens.contains(token)) {
+        return Err((401, "{\"message\":\"invalid token\"}".into()));
+    }
+    let answer = match path.as_str() {
+        "/v2/rps/addDevicesByMac" => {
+            let devices = json.as_array().ok_or((400, "body is not an array".to_string()))?;
+            if devices.len() > 100 {
+                return Err((400, format!("{} devices; at most 100", devices.len())));
+            }
+            let mut errors = Vec::new();
+            for device in devices {
+                let mac = device["mac"].as_str().and_then(plain_mac).ok_or((400, format!("bad device {device}")))?;
+                let url = device["uniqueServerUrl"].as_str().ok_or((400, "no uniqueServerUrl".to_string()))?;
+                match s.registry.get(&mac) {
+                    Some(_) => {
+                        errors.push(serde_json::json!({"mac": mac, "sn": "", "errorInfo": "device already exists"}))
+                    }
+                    None => {
+                        let _ = put_entry(&mut s, &mac, url, false);
+                    }
+                }
+            }
+            json_reply(
+                200,
+                serde_json::json!({"total": devices.len(), "successCount": devices.len() - errors.len(), "failureCount": errors.len(), "errors": errors}),
+            )
+        }
+        "/v2/rps/delDevices" => {
+            if json["deviceIdType"] != "mac" {
+                return Err((400, "deviceIdType must be mac".into()));
+            }
+            for id in json["deviceIds"].as_array().into_iter().flatten() {
+                if let Some(mac) = id.as_str().and_then(plain_mac)
+                    && s.registry.get(&mac).is_some_and(|e| e.account == OWN)
+                {
+                    s.registry.remove(&mac);
+                }
+            }
+            json_reply(200, serde_json::json!({}))
+        }
+        _ => return Err((404, format!("no such endpoint {path}"))),
+    };
+    drop(s);
+    record(state, "ymcs", &format!("POST {path}"), &[json.to_string()]);
     Ok(answer)
 }

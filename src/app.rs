@@ -18,6 +18,7 @@ use crate::provision::templates::{RenderError, Templates};
 use crate::provision::throttle::Throttle;
 use crate::redirect::outbox::{RedirectView, Redirector, redirect_view_of};
 use crate::settings::{self, SettingError};
+use crate::sip::checksync::SipState;
 use crate::store::backend::AnyFlash;
 use crate::store::check::hex;
 use crate::store::records::{
@@ -59,6 +60,9 @@ pub enum AppError {
         /// The requested name.
         file: String,
     },
+    /// A SIP operation could not be done.
+    #[error("{0}")]
+    Sip(String),
     /// A redirect-service operation could not be done.
     #[error("{0}")]
     Redirect(String),
@@ -92,6 +96,9 @@ pub struct Site {
     pub data_dir: PathBuf,
     /// Default base URL when `provision.base_url` is empty, e.g. `https://192.0.2.10:8443/`.
     pub default_base_url: String,
+    /// The credential-free bootstrap over plain HTTP, e.g. `http://192.0.2.10:8080/`: what
+    /// DHCP option 66 and SIP PnP give phones that are not (or no longer) enrolling.
+    pub bootstrap_url: String,
 }
 
 /// Mutable state under one lock; every critical section is short and never awaits.
@@ -115,6 +122,8 @@ pub struct App {
     pub site: Site,
     /// The redirect outbox worker's shared parts.
     pub redirect: Redirector,
+    /// The SIP endpoint and the phones' SIP addresses.
+    pub sip: SipState,
 }
 
 /// Enrollment as shown to people.
@@ -253,6 +262,7 @@ impl App {
             throttle: Throttle::default(),
             site,
             redirect: Redirector::default(),
+            sip: SipState::default(),
         })
     }
 

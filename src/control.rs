@@ -113,6 +113,13 @@ pub enum Request {
     },
     /// List unknown phones that asked for a config.
     PhonesSeen,
+    /// Send the vendor's check-sync NOTIFY to a phone and wait for its answer.
+    DeviceReprovision {
+        /// Its MAC.
+        mac: String,
+        /// Seconds to wait for the answer.
+        wait_seconds: u64,
+    },
     /// The redirect queue and every device's redirect state.
     RedirectStatus,
     /// Queue what is missing and send everything queued now.
@@ -195,6 +202,9 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::SettingsSet { name, value } => app.set_setting(name, value, actor).and_then(ok),
         Request::Render { mac: m, file, reveal } => mac(m).and_then(|m| app.render(&m, file, *reveal)).and_then(ok),
         Request::PhonesSeen => app.phones_seen().and_then(ok),
+        Request::DeviceReprovision { mac: m, wait_seconds } => mac(m)
+            .and_then(|m| block_on(app.reprovision(&m, std::time::Duration::from_secs((*wait_seconds).clamp(1, 32))))?)
+            .and_then(ok),
         Request::RedirectStatus => app.redirect_status().and_then(ok),
         Request::RedirectSync => app.reconcile_redirects().and_then(|queued| {
             let delivery = block_on(app.deliver(true))??;

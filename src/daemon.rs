@@ -18,6 +18,7 @@ use crate::redirect::outbox;
 use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
 use crate::store::records::Db;
+use crate::{mdns, sip};
 
 /// How often buffered last-contact records are written to flash.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,6 +36,10 @@ pub struct DaemonConfig {
     pub key_type: KeyType,
     /// Connection limits.
     pub limits: Limits,
+    /// SIP PnP responder address, or None for off.
+    pub sip: Option<SocketAddr>,
+    /// mDNS responder address, or None for off.
+    pub mdns: Option<SocketAddr>,
 }
 
 /// Why the appliance could not start.
@@ -73,8 +78,14 @@ pub struct Ready {
     pub base_url: String,
     /// URL of the CA certificate over plain HTTP.
     pub ca_url: String,
+    /// The credential-free bootstrap URL for DHCP option 66.
+    pub bootstrap_url: String,
     /// Devices in the store.
     pub devices: usize,
+    /// Where the SIP PnP responder listens, if it runs.
+    pub sip: Option<SocketAddr>,
+    /// The mDNS name and where its responder listens, if it runs.
+    pub mdns: Option<(String, SocketAddr)>,
 }
 
 /// The appliance's non-loopback addresses, IPv4 first.
@@ -119,10 +130,15 @@ pub fn last_https_port(data_dir: &Path) -> u16 {
     std::fs::read_to_string(port_file(data_dir)).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(8443)
 }
 
-/// The site description for `data_dir` when phones reach HTTPS on `https_port`.
-pub fn site(data_dir: PathBuf, https_port: u16) -> Site {
+/// The site description for `data_dir` when phones reach HTTPS on `https_port` and plain
+/// HTTP on `http_port`.
+pub fn site(data_dir: PathBuf, https_port: u16, http_port: u16) -> Site {
     let ip = lan_addresses().first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    Site { data_dir, default_base_url: base_url_for(ip, https_port, "https") }
+    Site {
+        data_dir,
+        default_base_url: base_url_for(ip, https_port, "https"),
+        bootstrap_url: base_url_for(ip, http_port, "http"),
+    }
 }
 
 /// Pending connections the kernel queues for us: a whole office booting at once after a
@@ -171,7 +187,7 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         clock::Restored::SetTo(at) => tracing::info!("clock set forward to the last known time, {}", clock::date(at)),
         clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),
     }
-    let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port()))?);
+    let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port(), http.port()))?);
     let lan = lan_addresses();
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
     let mut names = vec![host.clone(), format!("{host}.local"), "localhost".to_string()];
@@ -191,6 +207,37 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
     let worker = tokio::spawn(outbox::run_worker(app.clone(), stopped.clone()));
+    let sip = match config.sip {
+        Some(address) => match sip::Endpoint::bind(address, &lan).await {
+            Ok(endpoint) => {
+                app.sip.attach(endpoint.clone());
+                let bound = endpoint.local_addr().ok();
+                tokio::spawn(endpoint.run(Some(app.clone()), stopped.clone()));
+                bound
+            }
+            Err(error) => {
+                tracing::warn!("SIP PnP responder off: cannot bind {address}: {error}");
+                None
+            }
+        },
+        None => None,
+    };
+    let mdns = match config.mdns {
+        Some(address) => match mdns::bind(address, &lan) {
+            Ok(socket) => {
+                let addresses = if lan.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { lan.clone() };
+                let identity = mdns::Identity::new(&mdns::Identity::host_name(), addresses, https.port());
+                let announced = (identity.fqdn().to_string(), socket.local_addr().unwrap_or(address));
+                tokio::spawn(mdns::run(socket, identity, stopped.clone()));
+                Some(announced)
+            }
+            Err(error) => {
+                tracing::warn!("mDNS off: cannot bind {address}: {error}");
+                None
+            }
+        },
+        None => None,
+    };
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -200,6 +247,9 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         base_url: app.base_url()?,
         ca_url: format!("{}ca.crt", base_url_for(ca_host, http.port(), "http")),
         devices,
+        bootstrap_url: app.site.bootstrap_url.clone(),
+        sip,
+        mdns,
     });
     loop {
         tokio::select! {

@@ -8,6 +8,8 @@
 //! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
 //! - [`redirect`]: vendor redirect services and the durable outbox that feeds them;
 //!   [`clock`]: the wall clock they depend on.
+//! - [`sip`]: SIP plug-and-play and check-sync on the LAN; [`mdns`]: the technicians' `.local`
+//!   name.
 //! - [`control`]: the CLI's protocol over a Unix socket; [`daemon`]: `provbox serve`.
 //! - [`devices`], [`settings`], [`mac`]: validated input.
 #![deny(missing_docs)]
@@ -18,9 +20,11 @@ pub mod control;
 pub mod daemon;
 pub mod devices;
 pub mod mac;
+pub mod mdns;
 pub mod pki;
 pub mod provision;
 pub mod redirect;
 pub mod server;
 pub mod settings;
+pub mod sip;
 pub mod store;

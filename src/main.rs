@@ -106,6 +106,12 @@ struct ServeArgs {
     /// Connections served at once per listener.
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
+    /// SIP plug-and-play responder (UDP; joins 224.0.1.75 on the LAN), or `off`.
+    #[arg(long, default_value = "0.0.0.0:5060")]
+    sip: String,
+    /// mDNS responder for provbox-<mac>.local (UDP), or `off`.
+    #[arg(long, default_value = "0.0.0.0:5353")]
+    mdns: String,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +196,14 @@ enum DeviceCommand {
     Rekey {
         /// MAC address.
         mac: String,
+    },
+    /// Make the phone fetch its configuration now (SIP NOTIFY check-sync).
+    Reprovision {
+        /// MAC address.
+        mac: String,
+        /// Seconds to wait for the phone's answer.
+        #[arg(long, default_value_t = 8)]
+        wait: u64,
     },
     /// Let the tokenless LAN path (DHCP option 66, PnP) serve this phone's config for a while.
     LanWindow {
@@ -360,6 +374,11 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
+/// An address flag that may be `off`.
+fn optional_address(text: &str) -> Result<Option<std::net::SocketAddr>, CliError> {
+    if text == "off" { Ok(None) } else { text.parse().map(Some).map_err(|_| CliError::Address(text.into())) }
+}
+
 /// Runs the appliance until SIGTERM or Ctrl-C.
 fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let address = |text: &str| text.parse().map_err(|_| CliError::Address(text.into()));
@@ -373,6 +392,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             max_connections: args.max_connections.max(1),
             ..Limits::default()
         },
+        sip: optional_address(&args.sip)?,
+        mdns: optional_address(&args.mdns)?,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -402,6 +423,13 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             ready.http,
             cli.data.display(),
         ));
+        say(format_args!("  DHCP option 66 (and Yealink option 43): {}", ready.bootstrap_url));
+        if let Some(sip) = ready.sip {
+            say(format_args!("  SIP PnP on udp {sip}"));
+        }
+        if let Some((name, address)) = &ready.mdns {
+            say(format_args!("  mDNS: {name} (udp {address})"));
+        }
     }))?;
     say(format_args!("provbox: stopped"));
     Ok(())
@@ -414,7 +442,7 @@ fn control_request(cli: &Cli, request: &Request) -> Result<serde_json::Value, Cl
         None => {
             let (store, _) = cli.mount(true)?;
             let port = daemon::last_https_port(&cli.data);
-            let app = App::new(Db::new(store), daemon::site(cli.data.clone(), port))?;
+            let app = App::new(Db::new(store), daemon::site(cli.data.clone(), port, 8080))?;
             control::handle(&app, request, "cli")
         }
     };
@@ -551,6 +579,21 @@ fn device_command(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
                 &Request::DeviceOverride { mac: mac.clone(), name: name.clone(), value: value.clone() },
             )?;
             println!("{name} {} for {mac}", if value.is_some() { "set" } else { "removed" });
+        }
+        DeviceCommand::Reprovision { mac, wait } => {
+            let result = control_request(cli, &Request::DeviceReprovision { mac: mac.clone(), wait_seconds: *wait })?;
+            let advice = text(&result["advice"]);
+            let line = format!(
+                "{mac} at {}, event {}: {}",
+                text(&result["target"]),
+                text(&result["event"]),
+                text(&result["result"])
+            );
+            if !result["code"].as_u64().is_some_and(|code| (200..300).contains(&code)) {
+                let message = if advice.is_empty() { line } else { format!("{line}\n  advice: {advice}") };
+                return Err(CliError::Refused { message });
+            }
+            println!("{line}");
         }
         DeviceCommand::LanWindow { mac, minutes } => {
             let device = control_request(cli, &Request::DeviceLanWindow { mac: mac.clone(), minutes: *minutes })?;

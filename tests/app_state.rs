@@ -9,7 +9,15 @@ use provbox::store::records::{Contact, Db, Enrollment};
 fn app(dir: &std::path::Path) -> App {
     let flash = backend::open(&dir.join("store.bin"), Some(1 << 20)).unwrap();
     let db = Db::new(Store::format(flash).unwrap());
-    App::new(db, Site { data_dir: dir.to_path_buf(), default_base_url: "https://192.0.2.1:8443/".into() }).unwrap()
+    App::new(
+        db,
+        Site {
+            data_dir: dir.to_path_buf(),
+            default_base_url: "https://192.0.2.1:8443/".into(),
+            bootstrap_url: "http://192.0.2.1:8080/".into(),
+        },
+    )
+    .unwrap()
 }
 
 fn spec(i: usize) -> DeviceSpec {
@@ -58,7 +66,15 @@ fn buffered_contacts_of_many_phones_are_all_written() {
 fn app_reopened(dir: &std::path::Path) -> App {
     let flash = backend::open(&dir.join("store.bin"), None).unwrap();
     let db = Db::new(Store::mount(flash).unwrap());
-    App::new(db, Site { data_dir: dir.to_path_buf(), default_base_url: "https://192.0.2.1:8443/".into() }).unwrap()
+    App::new(
+        db,
+        Site {
+            data_dir: dir.to_path_buf(),
+            default_base_url: "https://192.0.2.1:8443/".into(),
+            bootstrap_url: "http://192.0.2.1:8080/".into(),
+        },
+    )
+    .unwrap()
 }
 
 #[test]

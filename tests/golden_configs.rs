@@ -87,8 +87,15 @@ fn rendered_configs_match_the_golden_files() {
         txn.put_device(&device(mac, vendor, model));
     }
     db.commit(&txn).unwrap();
-    let app =
-        App::new(db, Site { data_dir: dir.path().to_path_buf(), default_base_url: "https://unused/".into() }).unwrap();
+    let app = App::new(
+        db,
+        Site {
+            data_dir: dir.path().to_path_buf(),
+            default_base_url: "https://unused/".into(),
+            bootstrap_url: "http://unused/".into(),
+        },
+    )
+    .unwrap();
 
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();

@@ -22,6 +22,10 @@ pub struct Appliance {
     pub data: PathBuf,
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// The SIP PnP responder (loopback).
+    pub sip: SocketAddr,
+    /// The mDNS responder (loopback) and the name it answers for.
+    pub mdns: (String, SocketAddr),
     child: Child,
     log: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
@@ -77,7 +81,9 @@ impl Appliance {
         let mut child = provbox_command()
             .arg("--data")
             .arg(&data)
-            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            // Every listener on loopback: tests never announce or answer on the LAN.
+            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0", "--sip", "127.0.0.1:0"])
+            .args(["--mdns", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -87,8 +93,10 @@ impl Appliance {
         let mut lines = BufReader::new(stdout).lines();
         let mut https = None;
         let mut http = None;
+        let mut sip = None;
+        let mut mdns = None;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while https.is_none() || http.is_none() {
+        while https.is_none() || http.is_none() || sip.is_none() || mdns.is_none() {
             assert!(Instant::now() < deadline, "provbox did not report its listeners");
             let Some(Ok(line)) = lines.next() else { panic!("provbox exited before listening") };
             let address = |marker: &str| {
@@ -97,6 +105,12 @@ impl Appliance {
             };
             https = https.or(address("(HTTPS on "));
             http = http.or(address("(HTTP on "));
+            sip = sip.or(address("SIP PnP on udp "));
+            if let Some(rest) = line.trim().strip_prefix("mDNS: ") {
+                let (name, bound) = rest.split_once(" (udp ").expect("mDNS line");
+                mdns =
+                    Some((name.to_string(), bound.trim_end_matches(')').parse::<SocketAddr>().expect("mDNS address")));
+            }
         }
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -107,7 +121,16 @@ impl Appliance {
             }
         });
         std::thread::spawn(move || for _ in lines {});
-        Appliance { data, https: https.unwrap(), http: http.unwrap(), child, log, _dir: dir }
+        Appliance {
+            data,
+            https: https.unwrap(),
+            http: http.unwrap(),
+            sip: sip.unwrap(),
+            mdns: mdns.unwrap(),
+            child,
+            log,
+            _dir: dir,
+        }
     }
 
     /// The log so far.

@@ -1,0 +1,212 @@
+//! mDNS for technicians: `provbox-<last 6 of MAC>.local` resolves to the appliance, and the
+//! page is browsable as `_https._tcp`. A small responder (RFC 6762) on the simple-dns wire
+//! format: it announces itself at start on the LAN, answers multicast queries for its names,
+//! and answers legacy unicast queries (from a port other than 5353) directly.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use simple_dns::rdata::{A, AAAA, PTR, RData, SRV, TXT};
+use simple_dns::{CLASS, Name, Packet, QTYPE, ResourceRecord, TYPE};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+/// The mDNS group and port.
+pub const GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(224, 0, 0, 251)), 5353);
+/// TTL of the answers, seconds (RFC 6762 §10 recommends 120 for host records).
+const TTL: u32 = 120;
+
+/// The service type browsed for.
+const SERVICE: &str = "_https._tcp.local";
+
+/// What the responder answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The appliance's addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The page's HTTPS port.
+    pub https_port: u16,
+    /// `provbox-d57d72.local`.
+    fqdn: String,
+    /// `provbox-d57d72._https._tcp.local`.
+    instance: String,
+}
+
+impl Identity {
+    /// Answers for `host` (without `.local`) at `addresses`, the page on `https_port`.
+    pub fn new(host: &str, addresses: Vec<IpAddr>, https_port: u16) -> Identity {
+        Identity { addresses, https_port, fqdn: format!("{host}.local"), instance: format!("{host}.{SERVICE}") }
+    }
+
+    /// The host name with `.local`.
+    pub fn fqdn(&self) -> &str {
+        &self.fqdn
+    }
+
+    /// `provbox-<last 6 hex digits of the first interface's MAC>`, or `provbox`.
+    pub fn host_name() -> String {
+        let mac = nix::ifaddrs::getifaddrs().ok().and_then(|mut interfaces| {
+            interfaces.find_map(|interface| {
+                let link = interface.address?.as_link_addr()?.addr()?;
+                (link != [0; 6] && !interface.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK))
+                    .then_some(link)
+            })
+        });
+        match mac {
+            Some(mac) => format!("provbox-{}", crate::store::check::hex(&mac[3..])),
+            None => "provbox".into(),
+        }
+    }
+
+    /// The records answering a question for `name` and `qtype`, if it is about us.
+    fn answers(&self, name: &str, qtype: QTYPE) -> Vec<ResourceRecord<'_>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let wants = |t: TYPE| qtype == QTYPE::ANY || qtype == QTYPE::TYPE(t);
+        let fqdn = || Name::new_unchecked(&self.fqdn);
+        let instance = || Name::new_unchecked(&self.instance);
+        let mut records = Vec::new();
+        if name == self.fqdn.to_ascii_lowercase() {
+            for address in &self.addresses {
+                let rdata = match address {
+                    IpAddr::V4(v4) if wants(TYPE::A) => RData::A(A { address: u32::from(*v4) }),
+                    IpAddr::V6(v6) if wants(TYPE::AAAA) => RData::AAAA(AAAA { address: u128::from(*v6) }),
+                    _ => continue,
+                };
+                records.push(ResourceRecord::new(fqdn(), CLASS::IN, TTL, rdata).with_cache_flush(true));
+            }
+        } else if name == SERVICE && wants(TYPE::PTR) {
+            records.push(ResourceRecord::new(
+                Name::new_unchecked(SERVICE),
+                CLASS::IN,
+                TTL,
+                RData::PTR(PTR(instance())),
+            ));
+        } else if name == self.instance.to_ascii_lowercase() {
+            if wants(TYPE::SRV) {
+                let srv = SRV { priority: 0, weight: 0, port: self.https_port, target: fqdn() };
+                records.push(ResourceRecord::new(instance(), CLASS::IN, TTL, RData::SRV(srv)).with_cache_flush(true));
+            }
+            if wants(TYPE::TXT) {
+                records.push(
+                    ResourceRecord::new(instance(), CLASS::IN, TTL, RData::TXT(TXT::new())).with_cache_flush(true),
+                );
+            }
+        }
+        records
+    }
+
+    /// The reply to a query packet, or None when it asks nothing about us.
+    pub fn reply_to(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let packet = Packet::parse(query).ok()?;
+        let mut reply = Packet::new_reply(packet.id());
+        for question in &packet.questions {
+            reply.answers.extend(self.answers(&question.qname.to_string(), question.qtype));
+        }
+        if reply.answers.is_empty() {
+            return None;
+        }
+        // Legacy unicast resolvers match the reply by its question section.
+        reply.questions = packet.questions.clone();
+        reply.build_bytes_vec_compressed().ok()
+    }
+
+    /// The unsolicited announcement of every record.
+    fn announcement(&self) -> Option<Vec<u8>> {
+        let mut packet = Packet::new_reply(0);
+        packet.answers.extend(self.answers(&self.fqdn, QTYPE::ANY));
+        packet.answers.extend(self.answers(SERVICE, QTYPE::ANY));
+        packet.answers.extend(self.answers(&self.instance, QTYPE::ANY));
+        packet.build_bytes_vec_compressed().ok()
+    }
+}
+
+/// Binds `address`. For the mDNS port the socket shares 5353 with other responders
+/// (SO_REUSEADDR/SO_REUSEPORT) and joins the group on each IPv4 interface in `interfaces`.
+pub fn bind(address: SocketAddr, interfaces: &[IpAddr]) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, setsockopt, sockopt};
+    let family = if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd: OwnedFd = nix::sys::socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(address))?;
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket)?;
+    if !address.ip().is_loopback() {
+        for interface in interfaces {
+            if let IpAddr::V4(v4) = interface
+                && let Err(error) = socket.join_multicast_v4(Ipv4Addr::new(224, 0, 0, 251), *v4)
+            {
+                tracing::warn!("mDNS: cannot join the group on {v4}: {error}");
+            }
+        }
+    }
+    Ok(socket)
+}
+
+/// Answers queries until `stopped`; on a LAN socket announces the records first.
+pub async fn run(socket: UdpSocket, identity: Identity, mut stopped: watch::Receiver<bool>) {
+    let on_lan = socket.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    if on_lan && let Some(announcement) = identity.announcement() {
+        // RFC 6762 §8.3: at least two announcements, one second apart.
+        for _ in 0..2 {
+            let _ = socket.send_to(&announcement, GROUP).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let mut buffer = vec![0u8; 9000];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let Ok((length, source)) = received else { continue };
+        let Some(reply) = identity.reply_to(&buffer[..length]) else { continue };
+        // Queries from port 5353 get the multicast answer; others (legacy unicast) a direct one.
+        let target = if source.port() == 5353 && on_lan { GROUP } else { source };
+        let _ = socket.send_to(&reply, target).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_host_and_service_queries_only() {
+        let identity =
+            Identity::new("provbox-d57d72", vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()], 8443);
+        let mut query = Packet::new_query(7);
+        query.questions.push(simple_dns::Question::new(
+            Name::new_unchecked("PROVBOX-D57D72.local"),
+            TYPE::A.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        let bytes = identity.reply_to(&query.build_bytes_vec().unwrap()).unwrap();
+        let reply = Packet::parse(&bytes).unwrap();
+        assert_eq!(reply.id(), 7);
+        assert_eq!(reply.answers.len(), 1, "only the A record");
+        assert_eq!(reply.answers[0].rdata, RData::A(A { address: u32::from(Ipv4Addr::new(192, 0, 2, 10)) }));
+
+        let mut browse = Packet::new_query(8);
+        browse.questions.push(simple_dns::Question::new(
+            Name::new_unchecked("_https._tcp.local"),
+            TYPE::PTR.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        assert!(identity.reply_to(&browse.build_bytes_vec().unwrap()).is_some());
+
+        let mut other = Packet::new_query(9);
+        other.questions.push(simple_dns::Question::new(
+            Name::new_unchecked("printer.local"),
+            TYPE::A.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        assert!(identity.reply_to(&other.build_bytes_vec().unwrap()).is_none());
+        assert!(identity.reply_to(b"\x00garbage").is_none());
+    }
+}

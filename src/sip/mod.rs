@@ -1,0 +1,265 @@
+//! SIP on the LAN: the multicast plug-and-play responder that tells booting phones where
+//! their configuration is, and check-sync NOTIFYs that make a phone fetch it again.
+//!
+//! - [`message`]: the strict parser and builder.
+//! - [`Endpoint`]: one UDP socket, the receive loop, client transactions with RFC 3261
+//!   retransmission timers, and per-source rate limits.
+//! - [`pnp`]: answering `SUBSCRIBE` with `Event: ua-profile`.
+//! - [`checksync`]: `provbox device reprovision`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::app::App;
+
+pub mod checksync;
+pub mod message;
+pub mod pnp;
+
+use message::{Message, StartLine};
+
+/// The SIP plug-and-play multicast group.
+pub const PNP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 75);
+/// RFC 3261 timer T1: the first retransmission interval.
+const T1: Duration = Duration::from_millis(500);
+/// RFC 3261 timer T2: the longest retransmission interval.
+const T2: Duration = Duration::from_secs(4);
+/// RFC 3261 timer F: a non-INVITE transaction gives up after 64 × T1.
+pub const TIMER_F: Duration = Duration::from_secs(32);
+/// Messages a source may send in a burst, and per second after it.
+const BURST: f64 = 20.0;
+const PER_SECOND: f64 = 10.0;
+/// Sources tracked by the rate limiter before idle ones are forgotten.
+const MAX_SOURCES: usize = 1024;
+
+/// Counters shown in the log and to tests.
+#[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that were not SIP.
+    pub malformed: u64,
+    /// Datagrams dropped by the per-source rate limit.
+    pub rate_limited: u64,
+    /// PnP subscriptions answered.
+    pub subscriptions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    malformed: AtomicU64,
+    rate_limited: AtomicU64,
+    subscriptions: AtomicU64,
+}
+
+/// Token buckets per source address.
+#[derive(Default)]
+struct RateLimiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&source) {
+            self.buckets.retain(|_, (_, seen)| now.duration_since(*seen) < Duration::from_secs(60));
+            if self.buckets.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, seen) = self.buckets.entry(source).or_insert((BURST, now));
+        *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * PER_SECOND).min(BURST);
+        *seen = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One SIP UDP socket with its receive loop and client transactions.
+pub struct Endpoint {
+    socket: UdpSocket,
+    transactions: Mutex<HashMap<String, mpsc::Sender<Message>>>,
+    limiter: Mutex<RateLimiter>,
+    counters: Counters,
+}
+
+/// How a client transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A final response.
+    Answered(Message),
+    /// No final response before the deadline.
+    TimedOut,
+    /// The request could not be sent.
+    SendFailed(String),
+}
+
+impl Endpoint {
+    /// Binds `address`; on a non-loopback address joins the PnP group on every LAN interface
+    /// in `interfaces` (IPv4).
+    pub async fn bind(address: SocketAddr, interfaces: &[IpAddr]) -> std::io::Result<Arc<Endpoint>> {
+        let socket = UdpSocket::bind(address).await?;
+        if !address.ip().is_loopback() {
+            for interface in interfaces {
+                if let IpAddr::V4(v4) = interface
+                    && let Err(error) = socket.join_multicast_v4(PNP_GROUP, *v4)
+                {
+                    tracing::warn!("SIP PnP: cannot join {PNP_GROUP} on {v4}: {error}");
+                }
+            }
+        }
+        Ok(Arc::new(Endpoint {
+            socket,
+            transactions: Mutex::default(),
+            limiter: Mutex::default(),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            malformed: self.counters.malformed.load(Ordering::Relaxed),
+            rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
+            subscriptions: self.counters.subscriptions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The address this host uses toward `peer` (for Via and Contact): the bound address, or
+    /// for a wildcard bind the route's source address. No packet is sent.
+    pub fn address_toward(&self, peer: SocketAddr) -> SocketAddr {
+        let bound = self.local_addr().unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5060)));
+        if !bound.ip().is_unspecified() {
+            return bound;
+        }
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(bound.ip(), 0))
+            .and_then(|socket| socket.connect(peer).and_then(|()| socket.local_addr()));
+        SocketAddr::new(probe.map_or(bound.ip(), |local| local.ip()), bound.port())
+    }
+
+    /// Sends one datagram.
+    pub async fn send_to(&self, bytes: &[u8], target: SocketAddr) -> std::io::Result<()> {
+        self.socket.send_to(bytes, target).await.map(|_| ())
+    }
+
+    /// Receives until `stopped`: responses go to their transactions, PnP subscriptions to
+    /// [`pnp::answer`]; anything malformed is dropped and counted.
+    pub async fn run(self: Arc<Self>, app: Option<Arc<App>>, mut stopped: watch::Receiver<bool>) {
+        let mut buffer = vec![0u8; message::MAX_MESSAGE + 1];
+        loop {
+            let received = tokio::select! {
+                received = self.socket.recv_from(&mut buffer) => received,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let Ok((length, source)) = received else { continue };
+            let allowed =
+                self.limiter.lock().map(|mut limiter| limiter.allow(source.ip(), Instant::now())).unwrap_or(false);
+            if !allowed {
+                if self.counters.rate_limited.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
+                    tracing::warn!(%source, "SIP: rate limit reached; dropping");
+                }
+                continue;
+            }
+            let message = match message::parse(&buffer[..length]) {
+                Ok(message) => message,
+                Err(error) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%source, "SIP: dropped: {error}");
+                    continue;
+                }
+            };
+            match &message.start {
+                StartLine::Response { .. } => self.deliver_response(message),
+                StartLine::Request { method, .. } if method == "SUBSCRIBE" => {
+                    if let Some(app) = &app {
+                        self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(pnp::answer(self.clone(), app.clone(), message, source));
+                    }
+                }
+                StartLine::Request { method, .. } => tracing::debug!(%source, method, "SIP: request ignored"),
+            }
+        }
+    }
+
+    fn deliver_response(&self, response: Message) {
+        let Some(branch) = response.branch().map(str::to_string) else { return };
+        let sender = self.transactions.lock().ok().and_then(|t| t.get(&branch).cloned());
+        if let Some(sender) = sender {
+            let _ = sender.try_send(response);
+        }
+    }
+
+    /// Runs a non-INVITE client transaction: sends `request` (whose top Via carries
+    /// `branch`) to `target`, retransmitting at T1 doubling to T2, until a final response or
+    /// `deadline` (at most timer F).
+    pub async fn transaction(&self, request: &[u8], branch: &str, target: SocketAddr, deadline: Duration) -> Outcome {
+        let (sender, mut responses) = mpsc::channel(8);
+        if let Ok(mut transactions) = self.transactions.lock() {
+            transactions.insert(branch.to_string(), sender);
+        }
+        let outcome = async {
+            let end = tokio::time::Instant::now() + deadline.min(TIMER_F);
+            let mut interval = T1;
+            loop {
+                if let Err(error) = self.socket.send_to(request, target).await {
+                    return Outcome::SendFailed(error.to_string());
+                }
+                let next = (tokio::time::Instant::now() + interval).min(end);
+                loop {
+                    match tokio::time::timeout_at(next, responses.recv()).await {
+                        Ok(Some(response)) => match response.start {
+                            StartLine::Response { code, .. } if code >= 200 => return Outcome::Answered(response),
+                            // A provisional answer: the request arrived; retransmit at T2.
+                            _ => interval = T2,
+                        },
+                        Ok(None) => return Outcome::TimedOut,
+                        Err(_) => break,
+                    }
+                }
+                if tokio::time::Instant::now() >= end {
+                    return Outcome::TimedOut;
+                }
+                interval = (interval * 2).min(T2);
+            }
+        }
+        .await;
+        if let Ok(mut transactions) = self.transactions.lock() {
+            transactions.remove(branch);
+        }
+        outcome
+    }
+}
+
+/// A fresh RFC 3261 branch (`z9hG4bK` magic cookie) or tag.
+pub fn random_token(prefix: &str) -> String {
+    format!("{prefix}{}", crate::store::check::hex(&rand::random::<[u8; 8]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_a_burst_then_a_steady_rate() {
+        let mut limiter = RateLimiter::default();
+        let start = Instant::now();
+        let source: IpAddr = "192.0.2.9".parse().unwrap();
+        let allowed = (0..100).filter(|_| limiter.allow(source, start)).count();
+        assert_eq!(allowed, BURST as usize);
+        assert!(limiter.allow(source, start + Duration::from_millis(150)), "refilled at 10/s");
+        assert!(limiter.allow("192.0.2.10".parse().unwrap(), start), "other sources unaffected");
+    }
+}

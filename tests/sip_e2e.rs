@@ -7,7 +7,7 @@ mod fleet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet::{Appliance, Connection, Phone, cli, cli_ok};
+use fleet::{Appliance, Connection, Netns, Phone, cli, cli_ok};
 use tokio::net::UdpSocket;
 
 /// A SIP peer on loopback.
@@ -364,4 +364,30 @@ async fn mdns_answers_with_the_appliances_address() {
         })
         .collect();
     assert!(addresses.contains(&expected), "{addresses:?} should hold {expected}, the address phones are given");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multicast_subscribe_reaches_the_responder_in_a_network_namespace() {
+    // Namespaces of the test's own: the phone multicasts to 224.0.1.75 the way a booting
+    // phone does; provbox, on the other end of the veth pair, has joined the group there.
+    let netns = Netns::with_veth();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
+    let appliance = Appliance::start_in(Some(&netns), "0.0.0.0:0", data, Some(dir), &["--key-type", "ecdsa-p256"]);
+    let mac = "805ec0d57d72";
+    let device = add(&appliance, mac, "yealink", "T54W");
+    let socket = netns.phone_socket("10.99.0.1:0".parse().unwrap());
+    socket.set_multicast_loop_v4(false).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let peer = Peer { socket: UdpSocket::from_std(socket).unwrap() };
+    let group = SocketAddr::new(std::net::Ipv4Addr::new(224, 0, 1, 75).into(), appliance.sip.port());
+    let subscribe = yealink_subscribe(mac, peer.port()).replace("127.0.0.1", "10.99.0.1");
+    peer.send(&subscribe, group).await;
+    let (ok, from) = peer.receive(WAIT).await.expect("a unicast 200 OK to the multicast SUBSCRIBE");
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    assert!(!from.ip().is_multicast());
+    let (notify, from) = peer.receive(WAIT).await.expect("a NOTIFY");
+    assert_eq!(body(&notify), device["enrollment_url"].as_str().unwrap());
+    peer.answer(&notify, "200 OK", from).await;
 }

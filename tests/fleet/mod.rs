@@ -78,11 +78,30 @@ impl Appliance {
 
     /// Starts provbox on `data` with extra `serve` flags.
     pub fn start_on(data: PathBuf, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Appliance {
-        let mut child = provbox_command()
+        // Every listener on loopback: tests never announce or answer on the LAN.
+        Appliance::start_in(None, "127.0.0.1:0", data, dir, extra)
+    }
+
+    /// Starts provbox inside network namespace `netns` (or here), its SIP responder on `sip`.
+    pub fn start_in(
+        netns: Option<&Netns>,
+        sip: &str,
+        data: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Appliance {
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &netns.appliance]).arg(provbox_command().get_program());
+                command
+            }
+            None => provbox_command(),
+        };
+        let mut child = command
             .arg("--data")
             .arg(&data)
-            // Every listener on loopback: tests never announce or answer on the LAN.
-            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0", "--sip", "127.0.0.1:0"])
+            .args(["serve", "--https", "127.0.0.1:0", "--http", "127.0.0.1:0", "--sip", sip])
             .args(["--mdns", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -410,4 +429,62 @@ impl Phone {
         };
         Some(Appliance::path_of(url.trim()))
     }
+}
+
+/// Two network namespaces made by the test, joined by a veth pair: the phones' side (`v0`,
+/// 10.99.0.1, multicast routed out of it) and the appliance's (`v1`, 10.99.0.2). Deleted on
+/// drop.
+pub struct Netns {
+    /// Where the phones are.
+    pub phone: String,
+    /// Where provbox runs.
+    pub appliance: String,
+}
+
+impl Netns {
+    /// Creates them (needs root and iproute2).
+    pub fn with_veth() -> Netns {
+        let base = format!("provbox-test-{}-{}", std::process::id(), rand_suffix());
+        let netns = Netns { phone: format!("{base}-p"), appliance: format!("{base}-a") };
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().expect("iproute2 runs");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        let (p, a) = (netns.phone.as_str(), netns.appliance.as_str());
+        ip(&["netns", "add", p]);
+        ip(&["netns", "add", a]);
+        ip(&["-n", p, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", a]);
+        ip(&["-n", p, "addr", "add", "10.99.0.1/24", "dev", "v0"]);
+        ip(&["-n", a, "addr", "add", "10.99.0.2/24", "dev", "v1"]);
+        for (ns, link) in [(p, "v0"), (a, "v1"), (p, "lo"), (a, "lo")] {
+            ip(&["-n", ns, "link", "set", link, "up"]);
+        }
+        ip(&["-n", p, "route", "add", "224.0.0.0/4", "dev", "v0"]);
+        netns
+    }
+
+    /// A UDP socket bound to `address` in the phones' namespace (made on a thread of its
+    /// own, which enters the namespace; the socket stays in it).
+    pub fn phone_socket(&self, address: SocketAddr) -> std::net::UdpSocket {
+        let path = format!("/var/run/netns/{}", self.phone);
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(path).expect("namespace file");
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::net::UdpSocket::bind(address).expect("bind in the namespace")
+        })
+        .join()
+        .expect("socket thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for name in [&self.phone, &self.appliance] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
 }

@@ -16,7 +16,7 @@ use crate::mac::Mac;
 use crate::provision::context;
 use crate::provision::templates::{RenderError, Templates};
 use crate::provision::throttle::Throttle;
-use crate::redirect::outbox::{RedirectView, Redirector, redirect_view_of};
+use crate::redirect::outbox::{Plan, RedirectView, Redirector, redirect_view_of};
 use crate::settings::{self, SettingError};
 use crate::sip::checksync::SipState;
 use crate::store::backend::AnyFlash;
@@ -238,9 +238,6 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Devices per import transaction: five of the largest (four lines) fit one 4 KiB sector.
-const IMPORT_CHUNK: usize = 5;
-
 /// Masked stand-in for a secret.
 pub const MASK: &str = "********";
 
@@ -306,8 +303,7 @@ impl App {
             }
             let mut txn = Txn::new();
             txn.put_device(&device).audit(now(), actor, &format!("added device {} ({})", device.mac, device.model))?;
-            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-            state.plan_redirect(None, Some(&device), &settings, &base, false, &mut txn)?;
+            state.plan_change(None, Some(&device), &mut txn)?;
             state.commit_devices(&txn)?;
         }
         self.redirect.wake();
@@ -415,8 +411,7 @@ impl App {
         let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
         let mut txn = Txn::new();
         txn.remove_device(mac).audit(now(), actor, &format!("removed device {mac}"))?;
-        let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-        state.plan_redirect(Some(&device), None, &settings, &base, false, &mut txn)?;
+        state.plan_change(Some(&device), None, &mut txn)?;
         txn.remove_redirect(mac);
         state.commit_devices(&txn)?;
         state.pending_contacts.remove(mac);
@@ -442,8 +437,7 @@ impl App {
             change(&mut device)?;
             let mut txn = Txn::new();
             txn.put_device(&device).audit(now(), actor, what)?;
-            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-            state.plan_redirect(Some(&before), Some(&device), &settings, &base, false, &mut txn)?;
+            state.plan_change(Some(&before), Some(&device), &mut txn)?;
             if (device.enrollment_token, device.steady_token) == (before.enrollment_token, before.steady_token) {
                 state.db.commit(&txn)?;
             } else {
@@ -516,7 +510,7 @@ impl App {
     pub fn import(&self, csv_text: &str, partial: bool, actor: &str) -> Result<ImportReport, AppError> {
         let catalog = self.templates.catalog();
         let (specs, mut problems) = devices::parse_csv(csv_text);
-        let mut state = self.lock();
+        let state = self.lock();
         let mut devices = Vec::new();
         for (line, spec) in specs {
             match spec.build(|vendor| catalog.vendors.contains_key(vendor)) {
@@ -530,23 +524,30 @@ impl App {
         if !problems.is_empty() && !partial {
             return Err(AppError::Import(problems));
         }
-        // A store transaction fits one flash sector, so a large import commits in chunks.
-        // Validation is complete before the first write; a power cut mid-import leaves a
-        // prefix, and re-running the import with --partial adds the rest.
-        let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-        for (i, chunk) in devices.chunks(IMPORT_CHUNK).enumerate() {
-            let mut txn = Txn::new();
-            for device in chunk {
-                txn.put_device(device);
-                state.plan_redirect(None, Some(device), &settings, &base, false, &mut txn)?;
-            }
-            if i == 0 {
-                txn.audit(now(), actor, &format!("imported {} device(s) from CSV", devices.len()))?;
-            }
-            state.db.commit(&txn)?;
-        }
-        state.rebuild_tokens()?;
+        // A store transaction fits one flash sector, so a large import commits as many devices
+        // (each with its redirect registration) as fit in each. Validation is complete before
+        // the first write; a power cut mid-import leaves a prefix, and re-running the import
+        // with --partial adds the rest.
         drop(state);
+        let audit = format!("imported {} device(s) from CSV", devices.len());
+        self.commit_each(
+            &devices,
+            |state, device| {
+                let mut part = Txn::new();
+                if state.db.device(&device.mac)?.is_some() {
+                    // Added meanwhile by someone else: theirs stands.
+                    return Ok((part, ()));
+                }
+                part.put_device(device);
+                if device.mac == devices[0].mac {
+                    part.audit(now(), actor, &audit)?;
+                }
+                state.plan_change(None, Some(device), &mut part)?;
+                Ok((part, ()))
+            },
+            |_, ()| {},
+        )?;
+        self.lock().rebuild_tokens()?;
         self.redirect.wake();
         Ok(ImportReport { imported: devices.len(), problems })
     }
@@ -584,7 +585,10 @@ impl App {
         tracing::info!(setting = name, value = shown, actor, "setting changed");
         if name.starts_with("redirect.") {
             // New credentials or a service switched on: register what should be.
-            self.reconcile_redirects()?;
+            self.reconcile_redirects(Plan::Reconcile)?;
+        } else if name == "provision.base_url" {
+            // The registered enrollment URLs point at the old address.
+            self.reconcile_redirects(Plan::Reregister)?;
         }
         Ok(())
     }
@@ -707,8 +711,7 @@ impl App {
         txn.put_device(&stored);
         let mut queued = false;
         if before.enrollment != stored.enrollment {
-            let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-            queued = state.plan_redirect(Some(&before), Some(&stored), &settings, &base, false, &mut txn)?;
+            queued = state.plan_change(Some(&before), Some(&stored), &mut txn)?;
         }
         state.db.commit(&txn)?;
         if queued {
@@ -726,9 +729,45 @@ impl App {
         Ok(crate::clock::note(&mut self.lock().db, now())?)
     }
 
-    /// Writes pending contacts, and locks enrollments whose grace period ended. Commits go in
-    /// small chunks, each under the lock only briefly, so phones are served meanwhile.
-    /// Returns how many devices changed.
+    /// Commits one part per item, packed into as few store transactions as fit a sector.
+    /// Each transaction's parts are built and committed under one hold of the lock, which is
+    /// released between transactions so phones are served meanwhile; `committed` runs for
+    /// each part once its transaction is durable.
+    pub(crate) fn commit_each<T, E>(
+        &self,
+        items: &[T],
+        mut part: impl FnMut(&mut State, &T) -> Result<(Txn, E), AppError>,
+        mut committed: impl FnMut(&mut State, E),
+    ) -> Result<(), AppError> {
+        let mut next = 0;
+        while next < items.len() {
+            let mut state = self.lock();
+            let mut pending = Txn::new();
+            let mut effects = Vec::new();
+            while let Some(item) = items.get(next) {
+                let (txn, effect) = part(&mut state, item)?;
+                let mut joined = pending.clone();
+                joined.extend(txn);
+                if !pending.is_empty() && !state.db.fits(&joined) {
+                    // Built again, fresh, under the next hold of the lock.
+                    break;
+                }
+                pending = joined;
+                effects.push(effect);
+                next += 1;
+            }
+            if !pending.is_empty() {
+                state.db.commit(&pending)?;
+            }
+            for effect in effects {
+                committed(&mut state, effect);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes pending contacts, and locks enrollments whose grace period ended, as many
+    /// devices per transaction as fit. Returns how many devices changed.
     pub fn flush_contacts(&self) -> Result<usize, AppError> {
         let grace = self.grace_seconds()?;
         let (contacts, expired): (Vec<(Mac, Contact)>, Vec<Mac>) = {
@@ -740,11 +779,11 @@ impl App {
         macs.sort();
         macs.dedup();
         let mut queued = false;
-        for chunk in macs.chunks(IMPORT_CHUNK) {
-            let mut state = self.lock();
-            let mut txn = Txn::new();
-            for mac in chunk {
-                let Some(mut device) = state.db.device(mac)? else { continue };
+        self.commit_each(
+            &macs,
+            |state, mac| {
+                let mut txn = Txn::new();
+                let Some(mut device) = state.db.device(mac)? else { return Ok((txn, None)) };
                 let before = device.clone();
                 if let Some((_, contact)) = contacts.iter().find(|(m, _)| m == mac) {
                     // A newer contact may have arrived since the drain; it is flushed next time.
@@ -752,19 +791,25 @@ impl App {
                         device.last_contact = Some(contact.clone());
                     }
                 }
+                let mut closed = None;
                 if expired.contains(mac)
                     && let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
                 {
                     device.enrollment = Enrollment::Locked { since: at + grace };
-                    state.in_grace.remove(mac);
-                    tracing::info!(%mac, "enrollment closed: grace period over");
-                    let (settings, base) = (state.settings()?, state.base_url(&self.site.default_base_url)?);
-                    queued |= state.plan_redirect(Some(&before), Some(&device), &settings, &base, false, &mut txn)?;
+                    state.plan_change(Some(&before), Some(&device), &mut txn)?;
+                    closed = Some(*mac);
                 }
                 txn.put_device(&device);
-            }
-            state.db.commit(&txn)?;
-        }
+                Ok((txn, closed))
+            },
+            |state, closed| {
+                if let Some(mac) = closed {
+                    state.in_grace.remove(&mac);
+                    tracing::info!(%mac, "enrollment closed: grace period over");
+                    queued = true;
+                }
+            },
+        )?;
         if queued {
             self.redirect.wake();
         }

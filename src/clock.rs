@@ -1,9 +1,16 @@
 //! The wall clock on a board without a real-time clock. It boots at 1970 until NTP answers,
 //! and WAN TLS cannot validate certificates then. provbox notes the time in the store,
 //! restores it at boot (when it may set the clock), and refuses WAN calls with a clear
-//! "clock not set" while the time reads earlier than the day this binary was built.
+//! "clock not set" while the time reads earlier than the day this binary was built, or,
+//! after a restore, until NTP has synchronised it: a restored time lags by the downtime,
+//! enough for signed requests (Hawk, X-Ca) to be refused as stale.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::store::records::{Db, Txn};
+
+/// Set when this process set the clock from the store: the time is approximate.
+static RESTORED: AtomicBool = AtomicBool::new(false);
 
 /// How far the stored time may lag before it is noted again, in seconds: 30 minutes keeps
 /// flash writes to about 50 small records a day.
@@ -17,15 +24,30 @@ pub fn build_time() -> u64 {
 /// `Ok` when `now` can be right; otherwise why WAN calls wait.
 pub fn check(now: u64) -> Result<(), String> {
     let floor = build_time();
-    if now >= floor {
-        Ok(())
-    } else {
-        Err(format!(
+    if now < floor {
+        return Err(format!(
             "clock not set: it reads {}, before this build ({}); WAN calls wait for NTP",
             date(now),
             date(floor)
-        ))
+        ));
     }
+    if RESTORED.load(Ordering::Relaxed) {
+        if !ntp_synchronised() {
+            return Err("clock restored from the last known time, not yet synchronised; WAN calls wait for NTP".into());
+        }
+        RESTORED.store(false, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Whether the kernel says an NTP daemon has synchronised the clock.
+fn ntp_synchronised() -> bool {
+    // SAFETY: timex is plain integers, for which all zeroes is a valid value.
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: with modes = 0 adjtimex only reads the kernel's clock state into `timex`,
+    // which outlives the call; it keeps no pointer to it.
+    let state = unsafe { libc::adjtimex(&mut timex) };
+    state != -1 && state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0
 }
 
 /// `YYYY-MM-DD` of a Unix time (proleptic Gregorian, UTC).
@@ -59,7 +81,10 @@ pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
     let Some(at) = last_known.filter(|at| *at > now) else { return Restored::Unneeded };
     let time = nix::sys::time::TimeSpec::new(at as i64, 0);
     match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time) {
-        Ok(()) => Restored::SetTo(at),
+        Ok(()) => {
+            RESTORED.store(true, Ordering::Relaxed);
+            Restored::SetTo(at)
+        }
         Err(errno) => Restored::Refused(errno.desc().to_string()),
     }
 }

@@ -206,7 +206,7 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
             .and_then(|m| block_on(app.reprovision(&m, std::time::Duration::from_secs((*wait_seconds).clamp(1, 32))))?)
             .and_then(ok),
         Request::RedirectStatus => app.redirect_status().and_then(ok),
-        Request::RedirectSync => app.reconcile_redirects().and_then(|queued| {
+        Request::RedirectSync => app.reconcile_redirects(crate::redirect::outbox::Plan::Reconcile).and_then(|queued| {
             let delivery = block_on(app.deliver(true))??;
             ok(serde_json::json!({ "queued": queued, "delivery": delivery }))
         }),

@@ -182,7 +182,11 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
     }
     let devices = db.device_count();
-    match clock::restore(db.last_known_time().map_err(AppError::from)?, crate::app::now()) {
+    let last_known = db.last_known_time().unwrap_or_else(|error| {
+        tracing::warn!("the last known time is unreadable, not restored: {error}");
+        None
+    });
+    match clock::restore(last_known, crate::app::now()) {
         clock::Restored::Unneeded => {}
         clock::Restored::SetTo(at) => tracing::info!("clock set forward to the last known time, {}", clock::date(at)),
         clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),

@@ -135,3 +135,58 @@ fn a_steady_fetch_closes_the_lan_window_even_when_enrollment_is_already_locked()
     app.flush_contacts().unwrap();
     assert_eq!(app.device(&mac).unwrap().lan_window_until, None);
 }
+
+#[test]
+fn the_largest_devices_and_their_redirect_work_fit_store_transactions() {
+    use provbox::devices::KeySpec;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    app.set_setting("redirect.yealink.username", "acme", "test").unwrap();
+    app.set_setting("redirect.yealink.password", "rps-Passw0rd", "test").unwrap();
+    let long_base = format!("https://{}.example:8443/", "a".repeat(170));
+    app.set_setting("provision.base_url", &long_base, "test").unwrap();
+    let full = |i: usize| DeviceSpec {
+        mac: format!("0015651000{i:02x}"),
+        vendor: "yealink".into(),
+        model: "T54W".into(),
+        lines: (0..4)
+            .map(|line| LineSpec {
+                extension: format!("{}{line}{i:02}", "9".repeat(10)),
+                name: format!("{:<40}{line}{i:02}", "Name").replace(' ', "n"),
+                sip_user: Some(format!("{}{line}{i:02}", "u".repeat(29))),
+                sip_password: Some(format!("Pw{}{line}{i:02}x", "q7".repeat(21))),
+            })
+            .collect(),
+    };
+    for i in 0..8 {
+        let mac = app.add_device(&full(i), "test").unwrap().mac.parse().unwrap();
+        for number in 1..=16 {
+            let key =
+                KeySpec { kind: "blf".into(), value: format!("{}{number:02}", "5".repeat(14)), label: "L".repeat(24) };
+            app.set_key(&mac, number, Some(&key), "test").unwrap();
+            let name = format!("features.{}{number:02}", "k".repeat(36));
+            app.set_override(&mac, &name, Some(&"v".repeat(96)), "test").unwrap();
+        }
+        // The device change and its re-registration go in one transaction.
+        app.unlock(&mac, "test").unwrap();
+    }
+    let csv: String = std::iter::once("mac,vendor,model,extension,name\n".to_string())
+        .chain((0..40).map(|i| format!("0015652000{i:02x},yealink,T54W,{},{}\n", 7000 + i, "N".repeat(47))))
+        .collect();
+    assert_eq!(app.import(&csv, false, "test").unwrap().imported, 40);
+    let status = app.redirect_status().unwrap();
+    assert_eq!(status.queue.len(), 8 * 2 + 40, "every add, unlock and import queued its registration");
+    let contact = Contact {
+        at: 1_800_000_000,
+        ip: "2001:db8::1234:5678:9abc:def0".parse().unwrap(),
+        user_agent: "Y".repeat(96).as_str().try_into().unwrap(),
+        firmware: "F".repeat(32).as_str().try_into().unwrap(),
+        config_hash: [7; 8],
+    };
+    let no_change = FetchChange { enrollment: None, close_window: false };
+    for device in app.devices().unwrap() {
+        let device = app.device(&device.mac.parse().unwrap()).unwrap();
+        app.record_fetch(&device, &no_change, Some(contact.clone())).unwrap();
+    }
+    assert_eq!(app.flush_contacts().unwrap(), 48);
+}

@@ -203,7 +203,7 @@ fn transaction_commits_device_and_outbox_together_at_every_cut() {
     txn.put_device(&dev).enqueue(OutboxItem {
         mac: dev.mac,
         service: "yealink".try_into().unwrap(),
-        action: OutboxAction::Register { url: "https://192.0.2.1:8443/e/00/".try_into().unwrap(), take_over: false },
+        action: OutboxAction::Register { token: [7; 16], take_over: false },
         attempts: 0,
         not_before: 0,
         last_error: Default::default(),

@@ -66,7 +66,7 @@ impl RedirectClient for Fdps {
             _ => return Err(Failure::permanent("FDPS needs an http(s) enrollment URL")),
         };
         let server = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
-        let path = uri.path_and_query().map_or("", |p| p.as_str()).trim_start_matches('/').to_string();
+        let path = uri.path().to_string();
         let mac = Value::str(registration.mac.to_string());
         self.step(wan, "redirect.deleteServer", std::slice::from_ref(&mac), absent).await?;
         let material = Value::Array(

@@ -26,10 +26,9 @@ use wan::{Wan, WanReply};
 pub enum FailureKind {
     /// Worth retrying later: the WAN, the service or the clock may recover.
     Retry,
-    /// Will never succeed as it is (invalid credentials, an invalid MAC): given up.
+    /// Will never succeed as it is (invalid credentials, an invalid MAC, another account's
+    /// MAC): given up, with the service's words.
     Permanent,
-    /// The MAC belongs to another account; only an explicit override takes it.
-    NeedsOverride,
 }
 
 /// A failed redirect call, in words for the technician.
@@ -50,11 +49,6 @@ impl Failure {
     /// A failure that will not go away by retrying.
     pub fn permanent(message: impl Into<String>) -> Failure {
         Failure { kind: FailureKind::Permanent, message: message.into() }
-    }
-
-    /// The MAC is another account's.
-    pub fn needs_override(message: impl Into<String>) -> Failure {
-        Failure { kind: FailureKind::NeedsOverride, message: message.into() }
     }
 }
 
@@ -83,6 +77,11 @@ pub trait RedirectClient {
     /// Most registrations one call carries.
     fn batch_limit(&self) -> usize {
         1
+    }
+
+    /// Whether [`Registration::take_over`] means anything to this API.
+    fn supports_take_over(&self) -> bool {
+        false
     }
 
     /// Points `registration.mac` at `registration.url`. Repeating it is harmless.
@@ -140,6 +139,11 @@ impl Client {
         dispatch!(self, c => c.batch_limit())
     }
 
+    /// See [`RedirectClient::supports_take_over`].
+    pub fn supports_take_over(&self) -> bool {
+        dispatch!(self, c => c.supports_take_over())
+    }
+
     /// See [`RedirectClient::register_batch`].
     pub async fn register_batch(&self, wan: &Wan, registrations: &[Registration]) -> Vec<Result<(), Failure>> {
         dispatch!(self, c => c.register_batch(wan, registrations).await)
@@ -169,7 +173,7 @@ pub fn service_for_vendor(vendor: &str) -> Option<&'static str> {
 }
 
 /// One service's settings (`redirect.<service>.*`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceSettings {
     /// Endpoint URL; empty means the API's public default.
     pub url: String,
@@ -253,6 +257,15 @@ pub fn check_reply(reply: WanReply, expected: &str) -> Result<WanReply, Failure>
         408 | 429 | 500..=599 => Err(Failure::retry(format!("service unavailable (HTTP {status}): {excerpt}"))),
         _ => Err(Failure::permanent(format!("HTTP {status}: {excerpt}"))),
     }
+}
+
+/// `text` with URL tokens (`/e/<hex>/`, `/p/<hex>/`) replaced, for logs and stored
+/// messages: a vendor may echo the URL it was given.
+pub fn redact(text: &str) -> String {
+    static TOKEN: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+    // The pattern is a literal that compiles.
+    let token = TOKEN.get_or_init(|| regex_lite::Regex::new(r"/([ep])/[0-9a-fA-F]{32}").expect("valid pattern"));
+    token.replace_all(text, "/$1/<token>").into_owned()
 }
 
 /// `Basic` authorization header value.

@@ -17,12 +17,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
 use super::wan::Wan;
-use super::{Client, Failure, FailureKind, Registration, client_for, service_for_vendor};
+use super::{Client, Failure, FailureKind, Registration, client_for, redact, service_for_vendor};
 use crate::app::{App, AppError, State, now};
 use crate::clock;
 use crate::mac::Mac;
 use crate::store::check::hex;
-use crate::store::records::{Device, Enrollment, OutboxAction, OutboxItem, RedirectRecord, RedirectState, Txn};
+use crate::store::records::{
+    Device, Enrollment, OutboxAction, OutboxItem, RedirectRecord, RedirectState, Txn, truncated,
+};
 
 /// First retry delay; it doubles per attempt.
 const BACKOFF_BASE: u64 = 30;
@@ -30,8 +32,10 @@ const BACKOFF_BASE: u64 = 30;
 pub const BACKOFF_CAP: u64 = 3600;
 /// Longest the worker sleeps with nothing due, in case the clock jumped.
 const IDLE_WAKE: Duration = Duration::from_secs(300);
-/// Outcomes committed per store transaction (each fits a flash sector).
-const OUTCOMES_PER_COMMIT: usize = 5;
+/// How often a worker waiting for the clock looks again.
+const CLOCK_RECHECK: Duration = Duration::from_secs(60);
+/// Pause after a pass failed on the store.
+const ERROR_PAUSE: Duration = Duration::from_secs(60);
 
 /// The worker's shared parts, kept in [`App`].
 #[derive(Default)]
@@ -129,6 +133,8 @@ pub struct ServiceView {
     pub active: bool,
     /// Why not, when inactive.
     pub reason: String,
+    /// A concern about an active service (plain-http endpoint).
+    pub warning: String,
 }
 
 /// `provbox redirect status`.
@@ -155,6 +161,8 @@ pub struct Delivery {
     pub failed: usize,
     /// Set when the clock kept the pass from sending anything.
     pub clock: Option<String>,
+    /// Seconds until the next item can be sent, if any can.
+    pub next_due: Option<u64>,
 }
 
 fn action_name(action: &OutboxAction) -> &'static str {
@@ -165,45 +173,50 @@ fn action_name(action: &OutboxAction) -> &'static str {
     }
 }
 
-/// `text` cut to fit a record field, on a character boundary.
-fn bounded_text<const N: usize>(text: &str) -> HString<N> {
-    let mut out = HString::new();
-    for c in text.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
-    }
-    out
-}
-
 fn is_open(device: &Device) -> bool {
     !matches!(device.enrollment, Enrollment::Locked { .. })
 }
 
+/// Why redirect work is being planned for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The device changed: register a new enrollment URL, deregister a closed enrollment.
+    Change,
+    /// Also register an open device the service does not hold (new credentials, a fixed
+    /// failure, the device switched back on).
+    Reconcile,
+    /// Also register again what the service holds (the base URL changed).
+    Reregister,
+}
+
 impl State {
     /// Whether the service holds `mac` or is about to: the last queued intent is a
-    /// registration, or, with nothing queued, the device is registered.
+    /// registration, or, with nothing queued, the device is registered or its
+    /// deregistration failed.
     fn held_by_service(&self, mac: &Mac, record: &RedirectRecord) -> Result<bool, AppError> {
         let last = self.db.outbox()?.into_iter().rev().find(|(_, item)| item.mac == *mac);
         Ok(match last {
             Some((_, item)) => matches!(item.action, OutboxAction::Register { .. }),
-            None => matches!(record.state, RedirectState::Registered { .. }),
+            None => matches!(
+                record.state,
+                RedirectState::Registered { .. } | RedirectState::Failed { deregistering: true, .. }
+            ),
         })
     }
 
-    /// Adds to `txn` the redirect work a device change causes, given the site `settings` and
-    /// the phones' `base_url`:
+    /// Adds to `txn` the redirect work a device change causes, given the site `settings`
+    /// and the device's redirect `record` as it will be:
     /// - a registration of the enrollment URL when the device is new or has a new
-    ///   enrollment URL (unlock, rekey), or, with `force`, whenever it is open but not held;
+    ///   enrollment URL (unlock, rekey), and as `plan` says;
     /// - a deregistration when the service holds it but should not: enrollment closed, the
     ///   device removed or its registration turned off.
     pub(crate) fn plan_redirect(
         &self,
         before: Option<&Device>,
         after: Option<&Device>,
+        record: &RedirectRecord,
         settings: &BTreeMap<String, String>,
-        base_url: &str,
-        force: bool,
+        plan: Plan,
         txn: &mut Txn,
     ) -> Result<bool, AppError> {
         let Some(device) = after.or(before) else { return Ok(false) };
@@ -211,27 +224,40 @@ impl State {
         if client_for(service, settings).is_err() {
             return Ok(false);
         }
-        let record = self.db.redirect(&device.mac)?;
         let wanted = after.filter(|d| is_open(d) && record.enabled);
-        let held = self.held_by_service(&device.mac, &record)?;
+        let held = self.held_by_service(&device.mac, record)?;
         let new_url = before.map(|d| d.enrollment_token) != after.map(|d| d.enrollment_token);
+        let register = match plan {
+            Plan::Change => new_url,
+            Plan::Reconcile => new_url || !held,
+            Plan::Reregister => true,
+        };
         let action = match wanted {
-            Some(device) if new_url || (force && !held) => OutboxAction::Register {
-                url: bounded_text(&format!("{base_url}e/{}/", hex(&device.enrollment_token))),
-                take_over: false,
-            },
+            Some(device) if register => OutboxAction::Register { token: device.enrollment_token, take_over: false },
             None if held => OutboxAction::Deregister,
             _ => return Ok(false),
         };
         txn.enqueue(OutboxItem {
             mac: device.mac,
-            service: bounded_text(service),
+            service: truncated(service),
             action,
             attempts: 0,
             not_before: 0,
             last_error: HString::new(),
         });
         Ok(true)
+    }
+
+    /// [`State::plan_redirect`] with the device's stored record and the current settings.
+    pub(crate) fn plan_change(
+        &self,
+        before: Option<&Device>,
+        after: Option<&Device>,
+        txn: &mut Txn,
+    ) -> Result<bool, AppError> {
+        let Some(mac) = after.or(before).map(|d| d.mac) else { return Ok(false) };
+        let record = self.db.redirect(&mac)?;
+        self.plan_redirect(before, after, &record, &self.settings()?, Plan::Change, txn)
     }
 
     /// The phones' base URL: `provision.base_url`, or `default`.
@@ -246,6 +272,9 @@ impl State {
     }
 }
 
+/// One sent item (or batch member) and how it went.
+type Sent = (u64, OutboxItem, Result<(), Failure>);
+
 impl App {
     /// Queues a registration that takes `mac` over from another account: the explicit
     /// answer to a "belongs to another account" failure.
@@ -256,21 +285,22 @@ impl App {
             let settings = state.settings()?;
             let service = service_for_vendor(&device.vendor)
                 .ok_or_else(|| AppError::Redirect(format!("no redirect service for {} phones", device.vendor)))?;
-            client_for(service, &settings).map_err(AppError::Redirect)?;
+            let client = client_for(service, &settings).map_err(AppError::Redirect)?;
+            if !client.supports_take_over() {
+                return Err(AppError::Redirect(format!(
+                    "this {service} API cannot take a MAC over from another account; release it in the vendor's portal"
+                )));
+            }
             if !is_open(&device) {
                 return Err(AppError::Redirect(format!(
                     "enrollment of {mac} is locked; `provbox device unlock {mac}` first"
                 )));
             }
-            let base = state.base_url(&self.site.default_base_url)?;
             let mut txn = Txn::new();
             txn.enqueue(OutboxItem {
                 mac: *mac,
-                service: bounded_text(service),
-                action: OutboxAction::Register {
-                    url: bounded_text(&format!("{base}e/{}/", hex(&device.enrollment_token))),
-                    take_over: true,
-                },
+                service: truncated(service),
+                action: OutboxAction::Register { token: device.enrollment_token, take_over: true },
                 attempts: 0,
                 not_before: 0,
                 last_error: HString::new(),
@@ -286,7 +316,8 @@ impl App {
         self.redirect_view(mac)
     }
 
-    /// Turns redirect registration on or off for one device, queuing what that implies.
+    /// Turns redirect registration on or off for one device, queuing what that implies in
+    /// the same transaction.
     pub fn redirect_enable(&self, mac: &Mac, enabled: bool, actor: &str) -> Result<RedirectView, AppError> {
         {
             let mut state = self.lock();
@@ -300,43 +331,32 @@ impl App {
                 actor,
                 &format!("turned redirect registration {word} for {mac}"),
             )?;
-            state.db.commit(&txn)?;
             let settings = state.settings()?;
-            let base = state.base_url(&self.site.default_base_url)?;
-            let mut txn = Txn::new();
-            if state.plan_redirect(Some(&device), Some(&device), &settings, &base, true, &mut txn)? {
-                state.db.commit(&txn)?;
-            }
+            state.plan_redirect(Some(&device), Some(&device), &record, &settings, Plan::Reconcile, &mut txn)?;
+            state.db.commit(&txn)?;
         }
         self.redirect.wake();
         self.redirect_view(mac)
     }
 
     /// Brings every device's queued redirect work in line with its state (after the
-    /// credentials or the site switch changed, or a failure was fixed), a few devices per
-    /// commit. Returns how many items were queued.
-    pub fn reconcile_redirects(&self) -> Result<usize, AppError> {
+    /// credentials, the site switch or the base URL changed, or a failure was fixed), as
+    /// `plan` says. Returns how many items were queued.
+    pub fn reconcile_redirects(&self, plan: Plan) -> Result<usize, AppError> {
         let macs: Vec<Mac> = self.lock().db.devices().map(|d| d.map(|d| d.mac)).collect::<Result<_, _>>()?;
+        let settings = self.lock().settings()?;
         let mut queued = 0;
-        for chunk in macs.chunks(OUTCOMES_PER_COMMIT) {
-            let mut state = self.lock();
-            let settings = state.settings()?;
-            let base = state.base_url(&self.site.default_base_url)?;
-            let mut txn = Txn::new();
-            for mac in chunk {
-                if let Some(device) = state.db.device(mac)? {
-                    queued += usize::from(state.plan_redirect(
-                        Some(&device),
-                        Some(&device),
-                        &settings,
-                        &base,
-                        true,
-                        &mut txn,
-                    )?);
-                }
-            }
-            state.db.commit(&txn)?;
-        }
+        self.commit_each(
+            &macs,
+            |state, mac| {
+                let mut part = Txn::new();
+                let Some(device) = state.db.device(mac)? else { return Ok((part, false)) };
+                let record = state.db.redirect(mac)?;
+                let planned = state.plan_redirect(Some(&device), Some(&device), &record, &settings, plan, &mut part)?;
+                Ok((part, planned))
+            },
+            |_, planned| queued += usize::from(planned),
+        )?;
         if queued > 0 {
             self.redirect.wake();
         }
@@ -369,7 +389,14 @@ impl App {
             .map(|(service, _)| {
                 let api = settings.get(&format!("redirect.{service}.api")).cloned().unwrap_or_default();
                 let reason = client_for(service, &settings).err().unwrap_or_default();
-                ServiceView { service: service.to_string(), api, active: reason.is_empty(), reason }
+                let url = settings.get(&format!("redirect.{service}.url")).cloned().unwrap_or_default();
+                let plain = url.starts_with("http://") || (url.is_empty() && *service == "fanvil");
+                let warning = if plain && reason.is_empty() {
+                    "plain http: credentials and enrollment URLs cross the WAN unencrypted".to_string()
+                } else {
+                    String::new()
+                };
+                ServiceView { service: service.to_string(), api, active: reason.is_empty(), reason, warning }
             })
             .collect();
         Ok(RedirectStatus {
@@ -403,19 +430,28 @@ impl App {
         clock::check(now()).map_err(AppError::Redirect)?;
         let client = client_for(service, &settings).map_err(AppError::Redirect)?;
         let wan = wan_for(&settings).map_err(|f| AppError::Redirect(f.message))?;
-        let held = client.check(&wan, mac).await.map_err(|f| AppError::Redirect(f.message))?;
+        let held = client.check(&wan, mac).await.map_err(|f| AppError::Redirect(redact(&f.message)))?;
         Ok(serde_json::json!({ "service": service, "mac": mac.to_string(), "holds": held }))
     }
 
-    /// Seconds until the earliest queued item is due (0: now), or None with an empty queue.
-    pub fn next_redirect_due(&self) -> Result<Option<u64>, AppError> {
-        let queue = self.lock().db.outbox()?;
+    /// Seconds until the next item that can be sent is due (0: now): the first queued item
+    /// of each device whose service is configured. None when nothing can be sent.
+    fn next_sendable(&self) -> Result<Option<u64>, AppError> {
+        let state = self.lock();
+        let (queue, settings) = (state.db.outbox()?, state.settings()?);
+        let mut seen = HashSet::new();
         let at = now();
-        Ok(queue.iter().map(|(_, item)| item.not_before.saturating_sub(at)).min())
+        Ok(queue
+            .iter()
+            .filter(|(_, item)| seen.insert(item.mac))
+            .filter(|(_, item)| client_for(&item.service, &settings).is_ok())
+            .map(|(_, item)| item.not_before.saturating_sub(at))
+            .min())
     }
 
     /// Sends what is due (everything with `all`), in queue order per device. Passes never
-    /// overlap.
+    /// overlap. A service that fails for reasons of its own (unreachable, erroring) is not
+    /// tried again in the same pass: its remaining items take the same failure.
     pub async fn deliver(&self, all: bool) -> Result<Delivery, AppError> {
         let _pass = self.redirect.pass.lock().await;
         let mut report = Delivery::default();
@@ -423,12 +459,14 @@ impl App {
             report.clock = Some(reason);
             return Ok(report);
         }
-        let (queue, settings) = {
+        let (queue, settings, base) = {
             let state = self.lock();
-            (state.db.outbox()?, state.settings()?)
+            (state.db.outbox()?, state.settings()?, state.base_url(&self.site.default_base_url)?)
         };
         let wan = wan_for(&settings);
         let mut clients: HashMap<String, Result<Client, String>> = HashMap::new();
+        // Services that failed in this pass, with the failure their remaining items take.
+        let mut down: HashMap<String, Failure> = HashMap::new();
         // MACs with an earlier item still queued: their later items wait, keeping order.
         let mut blocked: HashSet<Mac> = HashSet::new();
         let mut taken: HashSet<u64> = HashSet::new();
@@ -440,118 +478,114 @@ impl App {
                 blocked.insert(item.mac);
                 continue;
             }
-            let client =
-                clients.entry(item.service.to_string()).or_insert_with(|| client_for(&item.service, &settings));
-            let client = match (client, &wan) {
-                (Ok(client), Ok(wan)) => (client, wan),
-                (Err(reason), _) => {
+            let service = item.service.to_string();
+            if let Some(failure) = down.get(&service).or(wan.as_ref().err()) {
+                let outcome = vec![(*position, item.clone(), Err(failure.clone()))];
+                self.settle(outcome, &mut report, &mut blocked)?;
+                continue;
+            }
+            let client = match clients.entry(service.clone()).or_insert_with(|| client_for(&service, &settings)) {
+                Ok(client) => client,
+                Err(reason) => {
                     // The service was turned off or lost its credentials: the item waits,
                     // nothing is lost, and the status says why.
                     self.note_waiting(*position, item, reason)?;
                     blocked.insert(item.mac);
                     continue;
                 }
-                (_, Err(failure)) => {
-                    let outcome = vec![(*position, item.clone(), Err(failure.clone()))];
-                    self.settle(outcome, &mut report, &mut blocked)?;
-                    continue;
-                }
             };
-            let outcomes = match &item.action {
+            let Ok(wan) = &wan else { continue };
+            let outcomes: Vec<Sent> = match &item.action {
                 OutboxAction::Register { .. } => {
-                    // Batch the following due registrations for the same service, one per MAC.
-                    let mut batch = vec![(*position, item.clone())];
-                    let mut macs: HashSet<Mac> = HashSet::from([item.mac]);
-                    for (later_position, later) in &queue[index + 1..] {
-                        if batch.len() >= client.0.batch_limit() {
-                            break;
-                        }
-                        let due = all || later.not_before <= now();
-                        if later.service == item.service
-                            && matches!(later.action, OutboxAction::Register { .. })
-                            && due
-                            && !blocked.contains(&later.mac)
-                            && macs.insert(later.mac)
-                        {
-                            batch.push((*later_position, later.clone()));
-                        } else {
-                            macs.insert(later.mac);
-                        }
-                    }
+                    let batch = batch_from(&queue[index..], client.batch_limit(), all, &blocked);
                     let registrations: Vec<Registration> = batch
                         .iter()
                         .filter_map(|(_, item)| match &item.action {
-                            OutboxAction::Register { url, take_over } => {
-                                Some(Registration { mac: item.mac, url: url.to_string(), take_over: *take_over })
-                            }
+                            OutboxAction::Register { token, take_over } => Some(Registration {
+                                mac: item.mac,
+                                url: format!("{base}e/{}/", hex(token)),
+                                take_over: *take_over,
+                            }),
                             OutboxAction::Deregister => None,
                         })
                         .collect();
-                    let results = client.0.register_batch(client.1, &registrations).await;
+                    let results = client.register_batch(wan, &registrations).await;
                     batch.into_iter().zip(results).map(|((position, item), result)| (position, item, result)).collect()
                 }
-                OutboxAction::Deregister => {
-                    vec![(*position, item.clone(), client.0.deregister(client.1, &item.mac).await)]
-                }
+                OutboxAction::Deregister => vec![(*position, item.clone(), client.deregister(wan, &item.mac).await)],
             };
+            let retry = outcomes
+                .iter()
+                .filter_map(|(_, _, result)| result.as_ref().err())
+                .find(|f| f.kind == FailureKind::Retry);
+            if let Some(failure) = retry {
+                down.insert(service, failure.clone());
+            }
             taken.extend(outcomes.iter().map(|(position, _, _)| *position));
             self.settle(outcomes, &mut report, &mut blocked)?;
         }
+        report.next_due = self.next_sendable()?;
         Ok(report)
     }
 
     /// Records the outcomes of sent items: done or given up leave the queue and settle the
-    /// device's state; a retry is rescheduled.
-    fn settle(
-        &self,
-        outcomes: Vec<(u64, OutboxItem, Result<(), Failure>)>,
-        report: &mut Delivery,
-        blocked: &mut HashSet<Mac>,
-    ) -> Result<(), AppError> {
-        for chunk in outcomes.chunks(OUTCOMES_PER_COMMIT) {
-            let mut state = self.lock();
-            let mut txn = Txn::new();
-            for (position, item, result) in chunk {
+    /// device's state; a retry is rescheduled. Commits as few transactions as fit.
+    fn settle(&self, outcomes: Vec<Sent>, report: &mut Delivery, blocked: &mut HashSet<Mac>) -> Result<(), AppError> {
+        self.commit_each(
+            &outcomes,
+            |state, (position, item, result)| {
+                let mut part = Txn::new();
                 let at = now();
-                let action = action_name(&item.action);
                 let settled = match result {
+                    Ok(()) => Some(match item.action {
+                        OutboxAction::Register { .. } => RedirectState::Registered { at },
+                        OutboxAction::Deregister => RedirectState::Deregistered { at },
+                    }),
+                    Err(failure) if failure.kind == FailureKind::Retry => {
+                        let mut retry = item.clone();
+                        retry.attempts += 1;
+                        retry.not_before = at + backoff(retry.attempts);
+                        retry.last_error = truncated(&redact(&failure.message));
+                        part.update_outbox(*position, &retry);
+                        None
+                    }
+                    Err(failure) => Some(RedirectState::Failed {
+                        at,
+                        message: truncated(&redact(&failure.message)),
+                        deregistering: matches!(item.action, OutboxAction::Deregister),
+                    }),
+                };
+                if let Some(settled) = settled {
+                    part.complete_outbox(*position);
+                    if state.db.device(&item.mac)?.is_some() {
+                        let mut record = state.db.redirect(&item.mac)?;
+                        record.state = settled;
+                        part.put_redirect(&item.mac, &record);
+                    }
+                }
+                Ok((part, (item.clone(), result.clone())))
+            },
+            |_, (item, result)| {
+                let action = action_name(&item.action);
+                match result {
                     Ok(()) => {
                         report.delivered += 1;
                         tracing::info!(mac = %item.mac, service = %item.service, action, "redirect service accepted");
-                        Some(match item.action {
-                            OutboxAction::Register { .. } => RedirectState::Registered { at },
-                            OutboxAction::Deregister => RedirectState::Deregistered { at },
-                        })
                     }
                     Err(failure) if failure.kind == FailureKind::Retry => {
                         report.retrying += 1;
                         blocked.insert(item.mac);
-                        let mut retry = item.clone();
-                        retry.attempts += 1;
-                        retry.not_before = at + backoff(retry.attempts);
-                        retry.last_error = bounded_text(&failure.message);
-                        tracing::warn!(mac = %item.mac, service = %item.service, action, attempts = retry.attempts, "redirect attempt failed, will retry: {failure}");
-                        txn.update_outbox(*position, &retry);
-                        None
+                        let message = redact(&failure.message);
+                        tracing::warn!(mac = %item.mac, service = %item.service, action, attempts = item.attempts + 1, "redirect attempt failed, will retry: {message}");
                     }
                     Err(failure) => {
                         report.failed += 1;
-                        tracing::error!(mac = %item.mac, service = %item.service, action, "redirect service refused: {failure}");
-                        Some(RedirectState::Failed { at, message: bounded_text(&failure.message) })
-                    }
-                };
-                if let Some(settled) = settled {
-                    txn.complete_outbox(*position);
-                    if state.db.device(&item.mac)?.is_some() {
-                        let mut record = state.db.redirect(&item.mac)?;
-                        record.state = settled;
-                        txn.put_redirect(&item.mac, &record);
+                        let message = redact(&failure.message);
+                        tracing::error!(mac = %item.mac, service = %item.service, action, "redirect service refused: {message}");
                     }
                 }
-            }
-            state.db.commit(&txn)?;
-        }
-        Ok(())
+            },
+        )
     }
 
     /// Notes why an item cannot be sent now, writing only when the reason changes.
@@ -560,12 +594,36 @@ impl App {
             return Ok(());
         }
         let mut waiting = item.clone();
-        waiting.last_error = bounded_text(reason);
+        waiting.last_error = truncated(reason);
         let mut txn = Txn::new();
         txn.update_outbox(position, &waiting);
         self.lock().db.commit(&txn)?;
         Ok(())
     }
+}
+
+/// The registration at the head of `queue` and the following due registrations for the
+/// same service that may go with it: one per MAC, none behind an earlier item of its MAC,
+/// at most `limit`.
+fn batch_from(queue: &[(u64, OutboxItem)], limit: usize, all: bool, blocked: &HashSet<Mac>) -> Vec<(u64, OutboxItem)> {
+    let Some((first_position, first)) = queue.first() else { return Vec::new() };
+    let mut batch = vec![(*first_position, first.clone())];
+    let mut macs: HashSet<Mac> = HashSet::from([first.mac]);
+    for (position, item) in &queue[1..] {
+        if batch.len() >= limit {
+            break;
+        }
+        let joins = item.service == first.service
+            && matches!(item.action, OutboxAction::Register { .. })
+            && (all || item.not_before <= now())
+            && !blocked.contains(&item.mac)
+            && !macs.contains(&item.mac);
+        macs.insert(item.mac);
+        if joins {
+            batch.push((*position, item.clone()));
+        }
+    }
+    batch
 }
 
 /// The redirect state of `device`, given the queue and the settings.
@@ -587,7 +645,7 @@ pub(crate) fn redirect_view_of(
     Ok(match record.state {
         RedirectState::Registered { at } => RedirectView::Registered { at },
         RedirectState::Deregistered { at } => RedirectView::Deregistered { at },
-        RedirectState::Failed { at, message } => RedirectView::Failed { at, message: message.to_string() },
+        RedirectState::Failed { at, message, .. } => RedirectView::Failed { at, message: message.to_string() },
         RedirectState::NotRegistered if !record.enabled => {
             RedirectView::Off { reason: "turned off for this device".into() }
         }
@@ -611,15 +669,28 @@ fn wan_for(settings: &BTreeMap<String, String>) -> Result<Wan, Failure> {
 /// Drains the outbox until `stopped`: a pass, then sleep until the next item is due or new
 /// work is queued.
 pub async fn run_worker(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let mut clock_said: Option<String> = None;
     loop {
-        match app.deliver(false).await {
-            Ok(Delivery { clock: Some(reason), .. }) => tracing::warn!("{reason}"),
-            Ok(_) => {}
-            Err(error) => tracing::error!("redirect outbox: {error}"),
-        }
-        let wait = match app.next_redirect_due() {
-            Ok(Some(seconds)) => Duration::from_secs(seconds.max(1)).min(IDLE_WAKE),
-            _ => IDLE_WAKE,
+        let wait = match app.deliver(false).await {
+            Ok(delivery) => {
+                if delivery.clock != clock_said {
+                    match &delivery.clock {
+                        Some(reason) => tracing::warn!("{reason}"),
+                        None if clock_said.is_some() => tracing::info!("clock set; redirect calls resume"),
+                        None => {}
+                    }
+                    clock_said = delivery.clock.clone();
+                }
+                match (&delivery.clock, delivery.next_due) {
+                    (Some(_), _) => CLOCK_RECHECK,
+                    (None, Some(seconds)) => Duration::from_secs(seconds.max(1)).min(IDLE_WAKE),
+                    (None, None) => IDLE_WAKE,
+                }
+            }
+            Err(error) => {
+                tracing::error!("redirect outbox: {error}");
+                ERROR_PAUSE
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

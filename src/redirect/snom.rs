@@ -147,7 +147,7 @@ impl RedirectClient for Sraps {
         });
         let reply = self.send(wan, "PUT", &url, Some(body)).await?;
         if reply.status == 409 {
-            return Err(Failure::needs_override(format!(
+            return Err(Failure::permanent(format!(
                 "SRAPS: {} (the MAC belongs to another SRAPS account; release it there)",
                 reply.excerpt()
             )));
@@ -206,7 +206,7 @@ impl RedirectClient for XmlRpc {
         let params = [mac_param(&registration.mac), Value::str(&registration.url)];
         match status_pair(self.call(wan, "redirect.registerPhone", &params).await?)? {
             (true, _) => Ok(()),
-            (false, text) if text.contains("owned_by_other_user") => Err(Failure::needs_override(format!(
+            (false, text) if text.contains("owned_by_other_user") => Err(Failure::permanent(format!(
                 "Snom: {text} (the MAC belongs to another Snom account; release it there)"
             ))),
             (false, text) => Err(Failure::permanent(format!("Snom: {text}"))),

@@ -26,7 +26,7 @@ pub struct Wan {
 }
 
 /// One request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WanRequest {
     /// `GET`, `POST`, `PUT`.
     pub method: &'static str,

@@ -46,7 +46,9 @@ impl XmlRpc {
         let take_over = Value::str(if registration.take_over { "1" } else { "0" });
         let params = [mac.clone(), Value::str(&self.server_name), Value::str(&registration.url), take_over.clone()];
         match self.call(wan, "redirect.registerDeviceWithUniqueUrl", &params).await? {
-            Reply::Fault { code, message } if code == -32601 || message.to_ascii_lowercase().contains("method") => {
+            Reply::Fault { code, message }
+                if code == -32601 || message.to_ascii_lowercase().contains("method not found") =>
+            {
                 // An RPS without per-device URLs: a server entry per URL, then the device on it.
                 let server = format!("{}-{}", self.server_name, short_hash(&registration.url));
                 let added = status_pair(
@@ -65,7 +67,7 @@ impl XmlRpc {
 /// Sorts an RPS refusal: someone else's MAC, or a refusal that will not change.
 fn refusal(text: &str, mac: &Mac) -> Failure {
     if text.contains("override") {
-        Failure::needs_override(format!(
+        Failure::permanent(format!(
             "RPS: {text} (the MAC belongs to another RPS account; `provbox redirect override {mac}` takes it over)"
         ))
     } else {
@@ -74,6 +76,10 @@ fn refusal(text: &str, mac: &Mac) -> Failure {
 }
 
 impl RedirectClient for XmlRpc {
+    fn supports_take_over(&self) -> bool {
+        true
+    }
+
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
         let (ok, text) = self.register_once(wan, registration).await?;
         if ok {
@@ -169,7 +175,7 @@ impl JsonApi {
                     .get("msg")
                     .or_else(|| other.get("code"))
                     .and_then(Json::as_str)
-                    .map_or_else(|| other.to_string(), str::to_string),
+                    .map_or_else(|| other.to_string().chars().take(120).collect(), str::to_string),
             ),
         };
         let ret = object.get("ret").and_then(Json::as_i64);
@@ -206,7 +212,7 @@ impl JsonApi {
 
 fn json_refusal(code: &str, mac: &Mac) -> Failure {
     if code == MAC_OF_OTHER {
-        Failure::needs_override(format!(
+        Failure::permanent(format!(
             "RPS: {code} (the MAC belongs to another RPS account; the JSON API cannot take it over: release it in the RPS portal, or use redirect.yealink.api=xmlrpc and `provbox redirect override {mac}`)"
         ))
     } else {
@@ -314,22 +320,40 @@ impl Ymcs {
         let Some(errors) = reply.get("errors").and_then(Json::as_array) else {
             return match reply.get("successCount").and_then(Json::as_u64) {
                 Some(_) => Ok(Vec::new()),
-                None => Err(Failure::retry(format!("unexpected YMCS reply: {reply}"))),
+                None => {
+                    let text: String = reply.to_string().chars().take(120).collect();
+                    Err(Failure::retry(format!("unexpected YMCS reply: {text}")))
+                }
             };
         };
-        Ok(errors
+        errors
             .iter()
-            .filter_map(|error| {
-                let mac = error.get("mac")?.as_str()?.parse::<Mac>().ok()?;
-                let info = error.get("errorInfo").and_then(Json::as_str).unwrap_or("refused").to_string();
-                Some((mac, info))
+            .map(|error| {
+                let mac = error.get("mac").and_then(Json::as_str).and_then(|mac| mac.parse::<Mac>().ok());
+                let info = error.get("errorInfo").and_then(Json::as_str).unwrap_or("refused");
+                match mac {
+                    Some(mac) => Ok((mac, info.chars().take(120).collect())),
+                    // An error that names no MAC of ours: which device failed is unknown.
+                    None => Err(Failure::retry(format!(
+                        "YMCS error without a known MAC: {}",
+                        error.to_string().chars().take(120).collect::<String>()
+                    ))),
+                }
             })
-            .collect())
+            .collect()
     }
 
     async fn delete(&self, wan: &Wan, macs: &[Mac]) -> Result<(), Failure> {
         let ids: Vec<String> = macs.iter().map(Mac::to_string).collect();
         self.post(wan, "/v2/rps/delDevices", json!({ "deviceIdType": "mac", "deviceIds": ids })).await.map(|_| ())
+    }
+}
+
+/// The result for `registration` given the MACs the service refused, with its words.
+fn refusal_of(refused: &[(Mac, String)], registration: &Registration) -> Result<(), Failure> {
+    match refused.iter().find(|(mac, _)| *mac == registration.mac) {
+        Some((_, info)) => Err(Failure::permanent(format!("YMCS: {info}"))),
+        None => Ok(()),
     }
 }
 
@@ -363,21 +387,22 @@ impl RedirectClient for Ymcs {
             };
             match retried {
                 Ok(refused) => refused_again = refused,
-                Err(failure) => refused_again = macs.iter().map(|mac| (*mac, failure.message.clone())).collect(),
+                // The move failed on the way (the WAN, the service): those MACs try again later.
+                Err(failure) => {
+                    return registrations
+                        .iter()
+                        .map(|r| if macs.contains(&r.mac) { Err(failure.clone()) } else { refusal_of(&refused, r) })
+                        .collect();
+                }
             }
         }
         registrations
             .iter()
             .map(|registration| {
-                let first = refused.iter().find(|(mac, _)| *mac == registration.mac);
-                let again = refused_again.iter().find(|(mac, _)| *mac == registration.mac);
-                match (first, again) {
-                    (None, _) => Ok(()),
-                    (Some(_), Some((_, info))) => Err(Failure::permanent(format!("YMCS: {info}"))),
-                    (Some((_, info)), None) if existing.iter().all(|r| r.mac != registration.mac) => {
-                        Err(Failure::permanent(format!("YMCS: {info}")))
-                    }
-                    (Some(_), None) => Ok(()),
+                if existing.iter().any(|r| r.mac == registration.mac) {
+                    refusal_of(&refused_again, registration)
+                } else {
+                    refusal_of(&refused, registration)
                 }
             })
             .collect()

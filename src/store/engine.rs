@@ -459,6 +459,11 @@ impl<F: NorFlash> Store<F> {
         Ok(())
     }
 
+    /// The largest encoded batch [`Store::commit`] accepts: one sector's payload.
+    pub fn max_commit_len(&self) -> usize {
+        self.geometry.max_entry_payload()
+    }
+
     /// Per-sector bookkeeping, by physical index.
     pub fn sectors(&self) -> &[SectorInfo] {
         &self.sectors

@@ -145,6 +145,18 @@ pub fn bounded<const N: usize>(field: &'static str, text: &str) -> Result<String
     String::try_from(text).map_err(|_| RecordError::TooLong { field, capacity: N })
 }
 
+/// `text` cut to fit a fixed capacity, on a character boundary: for messages and logs,
+/// where the end of a long text matters less than keeping the rest.
+pub fn truncated<const N: usize>(text: &str) -> String<N> {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
 /// One SIP account on a phone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
@@ -300,14 +312,12 @@ impl Record for AdminCredentials {
 }
 
 /// WAN work for a redirect service.
-// The fixed capacity bounds the stored record; the values only live briefly in memory.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxAction {
-    /// Point the MAC at `url` (the device's enrollment URL when queued).
+    /// Point the MAC at the enrollment URL of `token`, under the base URL current when sent.
     Register {
-        /// The URL the phone is sent to.
-        url: String<300>,
+        /// The enrollment token when queued.
+        token: [u8; 16],
         /// Take the MAC over from another account (the technician said so).
         take_over: bool,
     },
@@ -359,6 +369,8 @@ pub enum RedirectState {
         at: u64,
         /// The service's words.
         message: String<160>,
+        /// What failed was a deregistration: the service may still hold the MAC.
+        deregistering: bool,
     },
 }
 
@@ -462,7 +474,7 @@ pub enum DbError {
 }
 
 /// A set of changes committed atomically by [`Db::commit`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Txn {
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     new_outbox: Vec<OutboxItem>,
@@ -473,6 +485,19 @@ impl Txn {
     /// An empty transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.new_outbox.is_empty() && self.new_audit.is_empty()
+    }
+
+    /// Adds `other`'s changes after this one's.
+    pub fn extend(&mut self, other: Txn) -> &mut Self {
+        self.changes.extend(other.changes);
+        self.new_outbox.extend(other.new_outbox);
+        self.new_audit.extend(other.new_audit);
+        self
     }
 
     /// Adds or replaces a device.
@@ -550,11 +575,7 @@ impl Txn {
 
     /// Appends to the audit log.
     pub fn audit(&mut self, at: u64, actor: &str, action: &str) -> Result<&mut Self, RecordError> {
-        self.new_audit.push(AuditEntry {
-            at,
-            actor: bounded("actor", actor)?,
-            action: bounded("audit action", action)?,
-        });
+        self.new_audit.push(AuditEntry { at, actor: bounded("actor", actor)?, action: truncated(action) });
         Ok(self)
     }
 }
@@ -670,14 +691,29 @@ impl<F: NorFlash> Db<F> {
 
     /// Commits `txn` atomically: after a power cut, all of it or none of it is there.
     pub fn commit(&mut self, txn: &Txn) -> Result<(), DbError> {
-        let mut changes = txn.changes.clone();
-        let added_devices = changes
+        let added_devices = txn
+            .changes
             .iter()
             .filter(|(key, value)| key[0] == Kind::Device as u8 && value.is_some() && self.store.get(key).is_none())
             .count();
         if added_devices > 0 && self.device_count() + added_devices > MAX_DEVICES {
             return Err(DbError::TooManyDevices);
         }
+        let changes = self.prepare(txn);
+        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
+        Ok(self.store.commit(&ops)?)
+    }
+
+    /// Whether `txn` fits one store transaction (one flash sector).
+    pub fn fits(&self, txn: &Txn) -> bool {
+        let changes = self.prepare(txn);
+        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
+        super::format::encode_ops(&ops).len() <= self.store.max_commit_len()
+    }
+
+    /// Every key change `txn` makes, queue positions and audit expiry included.
+    fn prepare(&self, txn: &Txn) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut changes = txn.changes.clone();
         let outbox = (self.next_position(Kind::Outbox)..).zip(&txn.new_outbox);
         changes
             .extend(outbox.map(|(position, item)| (key(Kind::Outbox, &position.to_be_bytes()), Some(item.encode()))));
@@ -688,7 +724,6 @@ impl<F: NorFlash> Db<F> {
         let audit_keys: Vec<&[u8]> = self.store.iter_prefix(&[Kind::Audit as u8]).map(|(key, _)| key).collect();
         let expired = (audit_keys.len() + txn.new_audit.len()).saturating_sub(AUDIT_CAPACITY);
         changes.extend(audit_keys[..expired.min(audit_keys.len())].iter().map(|key| (key.to_vec(), None)));
-        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
-        Ok(self.store.commit(&ops)?)
+        changes
     }
 }

@@ -89,6 +89,8 @@ struct State {
     requests: usize,
     /// Yealink XML-RPC answers registerDeviceWithUniqueUrl with "method not found".
     without_unique_url: bool,
+    /// Yealink XML-RPC refuses deRegisterDevice with this text.
+    refuse_deregister: Option<String>,
 }
 
 /// The running mock.
@@ -219,6 +221,11 @@ impl Mock {
 
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Makes Yealink XML-RPC refuse deregistrations with `text` (None: accept again).
+    pub fn refuse_deregister(&self, text: Option<&str>) {
+        self.state.lock().unwrap().refuse_deregister = text.map(str::to_string);
     }
 
     pub fn without_unique_url(&self) {
@@ -502,6 +509,9 @@ async fn yealink_xmlrpc(state: &Arc<Mutex<State>>, request: Request<Incoming>) -
                 return Ok(xml_pair(false, "Error: Invalid server"));
             };
             register(&mut s, &params[0], &url, &params[2])
+        }
+        "redirect.deRegisterDevice" if s.refuse_deregister.is_some() => {
+            xml_pair(false, s.refuse_deregister.as_deref().unwrap_or_default())
         }
         "redirect.deRegisterDevice" => {
             arity(1)?;
@@ -803,7 +813,10 @@ async fn fanvil(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handle
                 "5" => "https",
                 _ => return Ok(xml_pair(false, "Error: url_format_error")),
             };
-            s.servers.insert(name, format!("{scheme}://{server}/{path}"));
+            if !path.starts_with('/') {
+                return Err((400, format!("cfgPfName {path:?} must be an absolute path")));
+            }
+            s.servers.insert(name, format!("{scheme}://{server}{path}"));
             xml_pair(true, "OK")
         }
         "redirect.deRegisterDevice" => match s.registry.get(&params[0]) {

@@ -6,18 +6,17 @@ use provbox::store::Store;
 use provbox::store::backend;
 use provbox::store::records::{Contact, Db, Enrollment};
 
+fn site(dir: &std::path::Path) -> Site {
+    Site {
+        data_dir: dir.to_path_buf(),
+        default_base_url: "https://192.0.2.1:8443/".into(),
+        bootstrap_url: "http://192.0.2.1:8080/".into(),
+    }
+}
+
 fn app(dir: &std::path::Path) -> App {
     let flash = backend::open(&dir.join("store.bin"), Some(1 << 20)).unwrap();
-    let db = Db::new(Store::format(flash).unwrap());
-    App::new(
-        db,
-        Site {
-            data_dir: dir.to_path_buf(),
-            default_base_url: "https://192.0.2.1:8443/".into(),
-            bootstrap_url: "http://192.0.2.1:8080/".into(),
-        },
-    )
-    .unwrap()
+    App::new(Db::new(Store::format(flash).unwrap()), site(dir)).unwrap()
 }
 
 fn spec(i: usize) -> DeviceSpec {
@@ -65,16 +64,7 @@ fn buffered_contacts_of_many_phones_are_all_written() {
 
 fn app_reopened(dir: &std::path::Path) -> App {
     let flash = backend::open(&dir.join("store.bin"), None).unwrap();
-    let db = Db::new(Store::mount(flash).unwrap());
-    App::new(
-        db,
-        Site {
-            data_dir: dir.to_path_buf(),
-            default_base_url: "https://192.0.2.1:8443/".into(),
-            bootstrap_url: "http://192.0.2.1:8080/".into(),
-        },
-    )
-    .unwrap()
+    App::new(Db::new(Store::mount(flash).unwrap()), site(dir)).unwrap()
 }
 
 #[test]

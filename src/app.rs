@@ -60,6 +60,9 @@ pub enum AppError {
         /// The requested name.
         file: String,
     },
+    /// The admin password was refused.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// A SIP operation could not be done.
     #[error("{0}")]
     Sip(String),
@@ -124,6 +127,8 @@ pub struct App {
     pub redirect: Redirector,
     /// The SIP endpoint and the phones' SIP addresses.
     pub sip: SipState,
+    /// The first-start setup code.
+    pub(crate) admin: crate::admin::SetupCode,
 }
 
 /// Enrollment as shown to people.
@@ -260,6 +265,7 @@ impl App {
             site,
             redirect: Redirector::default(),
             sip: SipState::default(),
+            admin: crate::admin::SetupCode::default(),
         })
     }
 

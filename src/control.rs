@@ -122,6 +122,13 @@ pub enum Request {
     },
     /// The redirect queue and every device's redirect state.
     RedirectStatus,
+    /// The first-start setup code of the running server.
+    AdminSetupCode,
+    /// Set the admin password.
+    AdminSetPassword {
+        /// The new password.
+        password: String,
+    },
     /// Queue what is missing and send everything queued now.
     RedirectSync,
     /// Ask the service what it holds for a MAC.
@@ -206,6 +213,8 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
             .and_then(|m| block_on(app.reprovision(&m, std::time::Duration::from_secs((*wait_seconds).clamp(1, 32))))?)
             .and_then(ok),
         Request::RedirectStatus => app.redirect_status().and_then(ok),
+        Request::AdminSetupCode => app.setup_code().and_then(ok),
+        Request::AdminSetPassword { password } => app.set_admin_password(password, None, actor).and_then(ok),
         Request::RedirectSync => app.reconcile_redirects(crate::redirect::outbox::Plan::Reconcile).and_then(|queued| {
             let delivery = block_on(app.deliver(true))??;
             ok(serde_json::json!({ "queued": queued, "delivery": delivery }))

@@ -80,6 +80,10 @@ pub struct Ready {
     pub ca_url: String,
     /// The credential-free bootstrap URL for DHCP option 66.
     pub bootstrap_url: String,
+    /// The technician's page.
+    pub page_url: String,
+    /// The first-start setup code, while no admin password is set.
+    pub setup_code: Option<String>,
     /// Devices in the store.
     pub devices: usize,
     /// Where the SIP PnP responder listens, if it runs.
@@ -245,6 +249,10 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if let Some(code) = app.setup_code()? {
+        // Shown on purpose: whoever reads the console or log of the appliance may claim it.
+        tracing::info!("no admin password yet: the page asks for setup code {code}");
+    }
     on_ready(&Ready {
         https,
         http,
@@ -252,6 +260,8 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         ca_url: format!("{}ca.crt", base_url_for(ca_host, http.port(), "http")),
         devices,
         bootstrap_url: app.site.bootstrap_url.clone(),
+        page_url: base_url_for(ca_host, https.port(), "https"),
+        setup_code: app.setup_code()?,
         sip,
         mdns,
     });

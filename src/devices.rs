@@ -94,9 +94,26 @@ fn identifier<const N: usize>(name: &'static str, value: &str) -> Result<heaples
     bounded(name, value).map_err(|e| field(name, e.to_string()))
 }
 
-/// Checks `password` against the policy: at least 12 characters, not all of one class, and
-/// not containing the extension or the MAC.
+/// Checks `password` against the policy: [`check_strength`], and not containing the
+/// extension or the MAC.
 pub fn check_password(password: &str, extension: &str, mac: &Mac) -> Result<(), &'static str> {
+    check_strength(password)?;
+    let lower = password.to_lowercase();
+    if !extension.is_empty() && lower.contains(&extension.to_lowercase()) {
+        return Err("it contains the extension");
+    }
+    let mac_hex = mac.to_string();
+    let mac_colon: String = mac.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac_dash = mac_colon.replace(':', "-");
+    if [mac_hex, mac_colon, mac_dash].iter().any(|form| lower.contains(form.as_str())) {
+        return Err("it contains the MAC address");
+    }
+    Ok(())
+}
+
+/// Checks that `password` has at least 12 characters, no control characters, and more than
+/// one character class.
+pub fn check_strength(password: &str) -> Result<(), &'static str> {
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err("use at least 12 characters");
     }
@@ -112,16 +129,6 @@ pub fn check_password(password: &str, extension: &str, mac: &Mac) -> Result<(), 
     let first = password.chars().next().map(class);
     if password.chars().all(|c| Some(class(c)) == first) {
         return Err("mix character classes: it is all lowercase, all uppercase, all digits or all symbols");
-    }
-    let lower = password.to_lowercase();
-    if !extension.is_empty() && lower.contains(&extension.to_lowercase()) {
-        return Err("it contains the extension");
-    }
-    let mac_hex = mac.to_string();
-    let mac_colon: String = mac.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mac_dash = mac_colon.replace(':', "-");
-    if [mac_hex, mac_colon, mac_dash].iter().any(|form| lower.contains(form.as_str())) {
-        return Err("it contains the MAC address");
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`app`]: the appliance's state and every operation on it.
 //! - [`provision`]: vendor profiles, templates and the per-request enrollment decision.
 //! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
+//! - [`web`]: the technician's page; [`admin`]: its password and first-start setup code.
 //! - [`redirect`]: vendor redirect services and the durable outbox that feeds them;
 //!   [`clock`]: the wall clock they depend on.
 //! - [`sip`]: SIP plug-and-play and check-sync on the LAN; [`mdns`]: the technicians' `.local`
@@ -14,6 +15,7 @@
 //! - [`devices`], [`settings`], [`mac`]: validated input.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod control;
@@ -28,3 +30,4 @@ pub mod server;
 pub mod settings;
 pub mod sip;
 pub mod store;
+pub mod web;

@@ -55,6 +55,17 @@ enum Command {
     /// Vendor redirect services: the queue, retries and lookups.
     #[command(subcommand)]
     Redirect(RedirectCommand),
+    /// The page's administrator.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Show the one-time setup code the page asks for on a new appliance.
+    SetupCode,
+    /// Set the admin password, read from stdin (first line).
+    SetPassword,
 }
 
 #[derive(Subcommand)]
@@ -354,6 +365,7 @@ fn main() -> ExitCode {
         Some(Command::Device(command)) => device_command(&cli, command),
         Some(Command::Settings(command)) => settings_command(&cli, command),
         Some(Command::Redirect(command)) => redirect_command(&cli, command),
+        Some(Command::Admin(command)) => admin_command(&cli, command),
         Some(Command::Render { mac, file, reveal }) => {
             let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
             control_request(&cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
@@ -424,6 +436,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             cli.data.display(),
         ));
         say(format_args!("  DHCP option 66 (and Yealink option 43): {}", ready.bootstrap_url));
+        match &ready.setup_code {
+            Some(code) => say(format_args!("  page: {}  first start: setup code {code}", ready.page_url)),
+            None => say(format_args!("  page: {}  (log in with the admin password)", ready.page_url)),
+        }
         if let Some(sip) = ready.sip {
             say(format_args!("  SIP PnP on udp {sip}"));
         }
@@ -653,6 +669,31 @@ fn redirect_line(view: &serde_json::Value) -> String {
         "off" => format!("off: {}", text(&view["reason"])),
         _ => state.replace('_', " "),
     }
+}
+
+fn admin_command(cli: &Cli, command: &AdminCommand) -> Result<(), CliError> {
+    match command {
+        AdminCommand::SetupCode => {
+            let response = control::call(&cli.data, &Request::AdminSetupCode)?.ok_or_else(|| CliError::Refused {
+                message: "no server is running; `provbox serve` prints the setup code when it starts".into(),
+            })?;
+            match response {
+                Response::Ok { result: serde_json::Value::String(code) } => println!("{code}"),
+                Response::Ok { .. } => println!("an admin password is set; log in with it"),
+                Response::Error { message, .. } => return Err(CliError::Refused { message }),
+            }
+        }
+        AdminCommand::SetPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|source| CliError::Read { path: "stdin".into(), source })?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            control_request(cli, &Request::AdminSetPassword { password })?;
+            println!("admin password set");
+        }
+    }
+    Ok(())
 }
 
 fn redirect_command(cli: &Cli, command: &RedirectCommand) -> Result<(), CliError> {

@@ -40,7 +40,8 @@ pub fn https(shared: Shared) -> Router {
         .route("/p/{token}/files/{*path}", get(static_file))
         .route("/{file}", get(tokenless_secure))
         .fallback(not_found)
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(crate::web::routes(shared.app))
 }
 
 /// Routes of the plain-HTTP listener: the CA and secret-free files only.

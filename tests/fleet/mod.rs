@@ -259,6 +259,11 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Every value of header `name`.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -296,13 +301,46 @@ impl Connection {
 
     /// Sends a GET with `headers` and reads the response.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        self.request("GET", path, headers, b"").await
+    }
+
+    /// A form POST (`application/x-www-form-urlencoded`) of `fields`.
+    pub async fn post_form(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        fields: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let body: String = fields
+            .iter()
+            .map(|(name, value)| format!("{}={}", form_escape(name), form_escape(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = headers.to_vec();
+        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+        self.request("POST", path, &headers, body.as_bytes()).await
+    }
+
+    /// Any request with a body.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() || method != "GET" {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
         tokio::time::timeout(Duration::from_secs(20), async {
-            self.stream.get_mut().write_all(request.as_bytes()).await?;
+            self.stream.get_mut().write_all(&bytes).await?;
             read_response(&mut self.stream).await
         })
         .await?
@@ -487,4 +525,15 @@ impl Drop for Netns {
 
 fn rand_suffix() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+}
+
+/// Percent-encodes a form field.
+fn form_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

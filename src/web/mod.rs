@@ -1,0 +1,415 @@
+//! The technician's page on the HTTPS listener: server-rendered HTML (minijinja templates
+//! compiled in, one stylesheet, no script needed).
+//!
+//! - First start: with no admin password, `/setup` asks for one plus the setup code printed
+//!   on the console ([`crate::admin`]).
+//! - Login: argon2id check, a session cookie (Secure, HttpOnly, SameSite=Strict, idle
+//!   timeout), progressive delays after failures per address and for the account.
+//! - Every form that changes something carries a CSRF token: the session's, or before login
+//!   a double-submit token in its own cookie.
+//!
+//! [`session`] holds the sessions and the login throttle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Extension, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::app::{App, AppError, ConfigState, DeviceView, EnrollmentView, client_ip};
+use crate::devices::{DeviceSpec, LineSpec};
+use crate::mac::Mac;
+use crate::redirect::outbox::RedirectView;
+use crate::server::routes::Peer;
+
+pub mod session;
+
+use session::{COOKIE, LoginThrottle, Sessions};
+
+/// The pre-login double-submit cookie.
+const FORM_COOKIE: &str = "provbox_form";
+
+/// What the page handlers share.
+#[derive(Clone)]
+pub struct Web {
+    app: Arc<App>,
+    sessions: Arc<Sessions>,
+    throttle: Arc<LoginThrottle>,
+}
+
+/// The page's routes, for the HTTPS listener.
+pub fn routes(app: Arc<App>) -> Router {
+    let web = Web { app, sessions: Arc::default(), throttle: Arc::default() };
+    Router::new()
+        .route("/", get(devices_page))
+        .route("/static/style.css", get(stylesheet))
+        .route("/setup", get(setup_page).post(setup))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/devices", post(add_device))
+        .route("/devices/{mac}/unlock", post(unlock))
+        .with_state(web)
+}
+
+fn environment() -> &'static minijinja::Environment<'static> {
+    static ENVIRONMENT: OnceLock<minijinja::Environment<'static>> = OnceLock::new();
+    ENVIRONMENT.get_or_init(|| {
+        let mut environment = minijinja::Environment::new();
+        for (name, source) in [
+            ("layout.html", include_str!("pages/layout.html")),
+            ("setup.html", include_str!("pages/setup.html")),
+            ("login.html", include_str!("pages/login.html")),
+            ("devices.html", include_str!("pages/devices.html")),
+        ] {
+            // The pages are part of the binary; a broken one fails every test that opens it.
+            environment.add_template(name, source).expect("page templates parse");
+        }
+        environment
+    })
+}
+
+/// Headers every page carries: never cached, never framed, no referrer, no foreign content.
+fn page_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    );
+    response
+}
+
+fn render(status: StatusCode, template: &str, context: minijinja::Value) -> Response {
+    match environment().get_template(template).and_then(|t| t.render(context)) {
+        Ok(body) => page_response(status, body),
+        Err(error) => {
+            tracing::error!("page {template}: {error:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "page error").into_response()
+        }
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+}
+
+fn set_cookie(response: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
+    let age = max_age.map(|seconds| format!("; Max-Age={seconds}")).unwrap_or_default();
+    let text = format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}");
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// The session id and its CSRF token, if the request carries a live session.
+fn session(web: &Web, headers: &HeaderMap) -> Option<(String, String)> {
+    let id = cookie(headers, COOKIE)?;
+    let csrf = web.sessions.touch(&id)?;
+    Some((id, csrf))
+}
+
+/// Where to go without a session: setup on a new appliance, else login.
+fn to_entry(web: &Web) -> Response {
+    match web.app.admin_configured() {
+        Ok(false) => Redirect::to("/setup").into_response(),
+        _ => Redirect::to("/login").into_response(),
+    }
+}
+
+/// Checks the CSRF field of a logged-in form post.
+fn checked_session(web: &Web, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<String, Box<Response>> {
+    let Some(id) = cookie(headers, COOKIE) else { return Err(Box::new(to_entry(web))) };
+    let token = form.get("csrf").map(String::as_str).unwrap_or("");
+    if !web.sessions.csrf_ok(&id, token) {
+        tracing::warn!("page: a form post without a valid CSRF token was refused");
+        return Err(Box::new((StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the page").into_response()));
+    }
+    web.sessions.touch(&id).ok_or_else(|| Box::new(to_entry(web)))
+}
+
+/// Checks the double-submit token of a pre-login form.
+fn form_token_ok(headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+    let cookie = cookie(headers, FORM_COOKIE).unwrap_or_default();
+    let field = form.get("form").map(String::as_str).unwrap_or("");
+    !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(field.as_bytes()))
+}
+
+/// A pre-login form page with a fresh double-submit token.
+fn form_page(template: &str, status: StatusCode, flash: Option<String>, extra: minijinja::Value) -> Response {
+    let token = crate::store::check::hex(&crate::devices::new_token());
+    let title = if template == "setup.html" { "Set up" } else { "Log in" };
+    let context = minijinja::context! {
+        title, form_token => token, flash, flash_kind => "error",
+        suggestion => crate::devices::generate_password(), ..extra
+    };
+    let mut response = render(status, template, context);
+    set_cookie(&mut response, FORM_COOKIE, &token, Some(3600));
+    response
+}
+
+async fn stylesheet() -> Response {
+    let mut response = include_str!("pages/style.css").into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css"));
+    response
+}
+
+async fn setup_page(State(web): State<Web>) -> Response {
+    match web.app.admin_configured() {
+        Ok(false) => form_page("setup.html", StatusCode::OK, None, minijinja::context! {}),
+        _ => Redirect::to("/login").into_response(),
+    }
+}
+
+async fn setup(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !form_token_ok(&headers, &form) {
+        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
+    }
+    if !matches!(web.app.admin_configured(), Ok(false)) {
+        return Redirect::to("/login").into_response();
+    }
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let refuse =
+        |message: String| form_page("setup.html", StatusCode::BAD_REQUEST, Some(message), minijinja::context! {});
+    if field("password") != field("confirm") {
+        return refuse("the two passwords differ; nothing was saved".into());
+    }
+    let ip = client_ip(peer.0.ip());
+    let app = web.app.clone();
+    let (password, code) = (field("password"), field("code"));
+    let result =
+        tokio::task::spawn_blocking(move || app.set_admin_password(&password, Some(&code), &format!("page {ip}")))
+            .await;
+    match result {
+        Ok(Ok(())) => logged_in(&web),
+        Ok(Err(error)) => {
+            tracing::warn!(%ip, "page setup refused: {error}");
+            refuse(format!("{error}; nothing was saved"))
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}
+
+/// Starts a session and goes to the device list.
+fn logged_in(web: &Web) -> Response {
+    let id = web.sessions.start();
+    let mut response = Redirect::to("/").into_response();
+    set_cookie(&mut response, COOKIE, &id, None);
+    set_cookie(&mut response, FORM_COOKIE, "", Some(0));
+    response
+}
+
+async fn login_page(State(web): State<Web>) -> Response {
+    match web.app.admin_configured() {
+        Ok(true) => form_page("login.html", StatusCode::OK, None, minijinja::context! {}),
+        _ => Redirect::to("/setup").into_response(),
+    }
+}
+
+async fn login(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !form_token_ok(&headers, &form) {
+        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
+    }
+    let ip = client_ip(peer.0.ip());
+    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+        tracing::warn!(%ip, "page login refused: too many failures, {} s to wait", wait.as_secs() + 1);
+        let message = format!("too many failed logins; try again in {} s", wait.as_secs() + 1);
+        return form_page("login.html", StatusCode::TOO_MANY_REQUESTS, Some(message), minijinja::context! {});
+    }
+    let app = web.app.clone();
+    let password = form.get("password").cloned().unwrap_or_default();
+    let verified = tokio::task::spawn_blocking(move || app.verify_admin(&password)).await;
+    match verified {
+        Ok(Ok(true)) => {
+            web.throttle.succeeded(ip);
+            tracing::info!(%ip, "page login");
+            logged_in(&web)
+        }
+        Ok(Ok(false)) => {
+            web.throttle.failed(ip, Instant::now());
+            tracing::warn!(%ip, "page login failed: wrong password");
+            let message = "wrong password".to_string();
+            form_page("login.html", StatusCode::UNAUTHORIZED, Some(message), minijinja::context! {})
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}
+
+async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    if let Err(response) = checked_session(&web, &headers, &form) {
+        return *response;
+    }
+    if let Some(id) = cookie(&headers, COOKIE) {
+        web.sessions.end(&id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    set_cookie(&mut response, COOKIE, "", Some(0));
+    response
+}
+
+/// One row of the device table, in words.
+#[derive(Serialize)]
+struct Row {
+    mac: String,
+    vendor: String,
+    model: String,
+    extensions: String,
+    name: String,
+    contact: String,
+    config: &'static str,
+    enrollment: String,
+    redirect: String,
+}
+
+/// `2026-11-23 14:05 UTC`.
+fn when(unix: u64) -> String {
+    format!("{} {:02}:{:02} UTC", crate::clock::date(unix), unix / 3600 % 24, unix / 60 % 60)
+}
+
+/// A redirect state in words.
+pub fn redirect_words(view: &RedirectView) -> String {
+    match view {
+        RedirectView::Off { reason } => format!("off: {reason}"),
+        RedirectView::NotRegistered => "not registered".into(),
+        RedirectView::Pending { action, attempts, next_try, last_error } => {
+            let error = if last_error.is_empty() { String::new() } else { format!("; last error: {last_error}") };
+            let next = if *next_try == 0 { "now".to_string() } else { when(*next_try) };
+            format!("pending {action} (attempts {attempts}, next try {next}{error})")
+        }
+        RedirectView::Registered { at } => format!("registered {}", when(*at)),
+        RedirectView::Deregistered { at } => format!("deregistered {}", when(*at)),
+        RedirectView::Failed { message, .. } => format!("failed: {message}"),
+    }
+}
+
+fn row(device: &DeviceView) -> Row {
+    let contact = device.last_contact.as_ref().map_or_else(
+        || "never".to_string(),
+        |c| format!("{}, {}, {}", when(c.at), c.ip, if c.firmware.is_empty() { "-" } else { c.firmware.as_str() }),
+    );
+    Row {
+        mac: device.mac.clone(),
+        vendor: device.vendor.clone(),
+        model: device.model.clone(),
+        extensions: device.lines.iter().map(|l| l.extension.clone()).collect::<Vec<_>>().join(", "),
+        name: device.lines.first().map(|l| l.name.clone()).unwrap_or_default(),
+        contact,
+        config: match device.config {
+            ConfigState::NeverFetched => "never fetched",
+            ConfigState::Current => "current",
+            ConfigState::Pending => "pending",
+        },
+        enrollment: match &device.enrollment {
+            EnrollmentView::Open => "open".into(),
+            EnrollmentView::Grace { until } => format!("in grace until {}", when(*until)),
+            EnrollmentView::Locked { since } => format!("locked since {}", when(*since)),
+        },
+        redirect: redirect_words(&device.redirect),
+    }
+}
+
+/// The device list with `flash` and, after an unlock, what it did.
+fn device_list(web: &Web, csrf: &str, flash: Option<(String, &str)>, unlocked: Option<&DeviceView>) -> Response {
+    let devices = match web.app.devices() {
+        Ok(devices) => devices,
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let rows: Vec<Row> = devices.iter().map(row).collect();
+    let vendors: Vec<String> = web.app.templates.catalog().vendors.keys().cloned().collect();
+    let unlocked = unlocked.map(|device| {
+        minijinja::context! {
+            mac => device.mac.clone(),
+            enrollment_url => device.enrollment_url.clone(),
+            redirect => redirect_words(&device.redirect),
+        }
+    });
+    let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
+    let status = if flash_kind == "error" { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    render(
+        status,
+        "devices.html",
+        minijinja::context! { title => "Devices", csrf, devices => rows, vendors, flash, flash_kind, unlocked },
+    )
+}
+
+async fn devices_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+    match session(&web, &headers) {
+        Some((_, csrf)) => device_list(&web, &csrf, None, None),
+        None => to_entry(&web),
+    }
+}
+
+fn page_error(error: &AppError) -> (String, &'static str) {
+    (format!("{error}; nothing was changed"), "error")
+}
+
+async fn add_device(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let password = field("sip_password");
+    let spec = DeviceSpec {
+        mac: field("mac"),
+        vendor: field("vendor"),
+        model: field("model"),
+        lines: vec![LineSpec {
+            extension: field("extension"),
+            name: field("name"),
+            sip_user: None,
+            sip_password: (!password.is_empty()).then_some(password),
+        }],
+    };
+    let app = web.app.clone();
+    match tokio::task::spawn_blocking(move || app.add_device(&spec, "page")).await {
+        Ok(Ok(device)) => device_list(&web, &csrf, Some((format!("added {}", device.mac), "ok")), None),
+        Ok(Err(error)) => device_list(&web, &csrf, Some(page_error(&error)), None),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}
+
+async fn unlock(
+    State(web): State<Web>,
+    Path(mac): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
+    let app = web.app.clone();
+    match tokio::task::spawn_blocking(move || app.unlock(&mac, "page")).await {
+        Ok(Ok(device)) => device_list(&web, &csrf, None, Some(&device)),
+        Ok(Err(error)) => device_list(&web, &csrf, Some(page_error(&error)), None),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}

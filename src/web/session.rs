@@ -1,0 +1,170 @@
+//! Page sessions, CSRF tokens and login throttling, all in memory: a restart logs everyone
+//! out, which is what an appliance should do.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use crate::store::check::hex;
+
+/// A session ends after this long without a request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Sessions kept at once; the least recently used goes first.
+const MAX_SESSIONS: usize = 32;
+/// Failed logins allowed before delays start, per address and for the account.
+const FREE_FAILURES: u32 = 3;
+/// Longest lockout after repeated failures.
+const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The session cookie's name.
+pub const COOKIE: &str = "provbox_session";
+
+fn random_hex() -> String {
+    hex(&[crate::devices::new_token(), crate::devices::new_token()].concat())
+}
+
+struct Session {
+    csrf: String,
+    last_seen: Instant,
+}
+
+/// The logged-in sessions.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    /// Starts a session; returns its cookie value.
+    pub fn start(&self) -> String {
+        let id = random_hex();
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        map.retain(|_, session| now.duration_since(session.last_seen) < IDLE_TIMEOUT);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(id, _)| id.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now });
+        id
+    }
+
+    /// The CSRF token of a live session `id` (refreshing its idle timer), or None.
+    pub fn touch(&self, id: &str) -> Option<String> {
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let live = map.get(id).is_some_and(|session| now.duration_since(session.last_seen) < IDLE_TIMEOUT);
+        if !live {
+            map.remove(id);
+            return None;
+        }
+        let session = map.get_mut(id)?;
+        session.last_seen = now;
+        Some(session.csrf.clone())
+    }
+
+    /// Whether `token` is the CSRF token of session `id`, compared in constant time.
+    pub fn csrf_ok(&self, id: &str, token: &str) -> bool {
+        self.touch(id).is_some_and(|expected| expected.as_bytes().ct_eq(token.as_bytes()).into())
+    }
+
+    /// Ends session `id`.
+    pub fn end(&self, id: &str) {
+        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    until: Instant,
+}
+
+/// Progressive delays after failed logins, per address and for the one admin account.
+#[derive(Default)]
+pub struct LoginThrottle {
+    by_address: Mutex<HashMap<IpAddr, Failures>>,
+    account: Mutex<Option<Failures>>,
+}
+
+/// The lockout after `count` failures: none for the first few, then doubling from 2 s.
+fn lockout(count: u32) -> Duration {
+    if count <= FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (count - FREE_FAILURES).min(10)).min(MAX_LOCKOUT)
+}
+
+impl LoginThrottle {
+    /// How long `address` must still wait before trying again, if at all.
+    pub fn wait(&self, address: IpAddr, now: Instant) -> Option<Duration> {
+        let by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        [by_address.get(&address).copied(), *account]
+            .into_iter()
+            .flatten()
+            .filter_map(|failures| failures.until.checked_duration_since(now))
+            .filter(|wait| !wait.is_zero())
+            .max()
+    }
+
+    /// Counts a failure from `address`. The account's own delay grows at half the rate, so
+    /// an attacker spread over many addresses slows down without locking the admin out.
+    pub fn failed(&self, address: IpAddr, now: Instant) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if by_address.len() >= 4096 {
+            by_address.retain(|_, failures| failures.until > now);
+        }
+        let entry = by_address.entry(address).or_insert(Failures { count: 0, until: now });
+        entry.count += 1;
+        entry.until = now + lockout(entry.count);
+        let mut account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = account.map_or(0, |failures| failures.count) + 1;
+        *account = Some(Failures { count, until: now + lockout(count / 2) });
+    }
+
+    /// Forgets the failures of `address` after a successful login.
+    pub fn succeeded(&self, address: IpAddr) {
+        self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&address);
+        *self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_slow_down_progressively() {
+        let throttle = LoginThrottle::default();
+        let start = Instant::now();
+        let address: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            throttle.failed(address, start);
+        }
+        assert_eq!(throttle.wait(address, start), None, "three free tries");
+        throttle.failed(address, start);
+        assert_eq!(throttle.wait(address, start), Some(Duration::from_secs(2)));
+        throttle.failed(address, start);
+        assert_eq!(throttle.wait(address, start), Some(Duration::from_secs(4)));
+        assert_eq!(throttle.wait(address, start + Duration::from_secs(5)), None);
+        throttle.succeeded(address);
+        assert_eq!(throttle.wait(address, start), None);
+    }
+
+    #[test]
+    fn sessions_carry_csrf_and_end() {
+        let sessions = Sessions::default();
+        let id = sessions.start();
+        let csrf = sessions.touch(&id).unwrap();
+        assert!(sessions.csrf_ok(&id, &csrf));
+        assert!(!sessions.csrf_ok(&id, "forged"));
+        assert!(!sessions.csrf_ok("unknown", &csrf));
+        sessions.end(&id);
+        assert!(sessions.touch(&id).is_none());
+    }
+}

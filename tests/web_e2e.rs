@@ -1,0 +1,211 @@
+//! The technician's page over real HTTPS: first start with the setup code, sessions, CSRF,
+//! login throttling, and the unlock button, against a real provbox process.
+
+mod fleet;
+
+use fleet::{Appliance, Connection, Phone, Response, cli, cli_ok};
+
+const PASSWORD: &str = "Tech-Passw0rd-2026";
+
+/// A browser-like client: one TLS connection and its cookies.
+struct Browser {
+    connection: Connection,
+    cookies: Vec<(String, String)>,
+}
+
+impl Browser {
+    async fn open(appliance: &Appliance) -> Browser {
+        let connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+        Browser { connection, cookies: Vec::new() }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    fn remember(&mut self, response: &Response) {
+        for set in response.headers_named("set-cookie") {
+            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Response {
+        let cookies = self.cookie_header();
+        let response = self.connection.get(path, &[("Cookie", &cookies)]).await.unwrap();
+        self.remember(&response);
+        response
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let cookies = self.cookie_header();
+        let response = self.connection.post_form(path, &[("Cookie", &cookies)], fields).await.unwrap();
+        self.remember(&response);
+        response
+    }
+}
+
+/// The value of hidden field `name` in a page.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).unwrap_or_else(|| panic!("no {name} field in {page}")) + marker.len();
+    page[start..].split('"').next().unwrap().to_string()
+}
+
+/// First start through the page; returns the logged-in browser.
+async fn set_up(appliance: &Appliance) -> Browser {
+    let mut browser = Browser::open(appliance).await;
+    let page = browser.get("/setup").await;
+    let form = hidden(&page.text(), "form");
+    let code = cli_ok(&appliance.data, &["admin", "setup-code"]).trim().to_string();
+    let done = browser
+        .post("/setup", &[("form", &form), ("code", &code), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    browser
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_needs_the_setup_code_and_a_strong_password() {
+    let appliance = Appliance::start();
+    assert!(appliance.wait_for_log("the page asks for setup code"), "the code is in the log");
+    let mut browser = Browser::open(&appliance).await;
+    let root = browser.get("/").await;
+    assert_eq!((root.status, root.header("location")), (303, Some("/setup")));
+    assert_eq!(browser.get("/login").await.header("location"), Some("/setup"));
+
+    let page = browser.get("/setup").await;
+    assert_eq!(page.status, 200);
+    let form = hidden(&page.text(), "form");
+    let cookie = page.headers_named("set-cookie").find(|c| c.starts_with("provbox_form=")).unwrap().to_string();
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let code = cli_ok(&appliance.data, &["admin", "setup-code"]).trim().to_string();
+    assert_eq!(code.len(), 12);
+
+    let wrong = browser
+        .post("/setup", &[("form", &form), ("code", "000000000000"), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.text().contains("wrong setup code"), "{}", wrong.text());
+    let form = hidden(&wrong.text(), "form");
+    let weak = browser
+        .post("/setup", &[("form", &form), ("code", &code), ("password", "shortpw"), ("confirm", "shortpw")])
+        .await;
+    assert_eq!(weak.status, 400);
+    assert!(weak.text().contains("weak password: use at least 12 characters; nothing was saved"), "{}", weak.text());
+    let form = hidden(&weak.text(), "form");
+    let forged = browser
+        .post("/setup", &[("form", "forged"), ("code", &code), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!(forged.status, 403, "a form token that does not match its cookie is refused");
+
+    let done = browser
+        .post("/setup", &[("form", &form), ("code", &code), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!((done.status, done.header("location")), (303, Some("/")));
+    let session = done.headers_named("set-cookie").find(|c| c.starts_with("provbox_session=")).unwrap().to_string();
+    assert!(
+        session.contains("Secure") && session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let list = browser.get("/").await;
+    assert_eq!(list.status, 200);
+    assert!(list.text().contains("<h1>Devices"));
+    assert_eq!(list.header("cache-control"), Some("no-store"));
+    assert!(list.body.len() < 50 * 1024, "pages stay under 50 KB");
+    // The code is spent.
+    let (ok, _, err) = cli(&appliance.data, &["admin", "setup-code"]);
+    assert!(ok, "{err}");
+    assert_eq!(browser.get("/setup").await.header("location"), Some("/login"));
+    assert!(!appliance.log().contains(PASSWORD), "the password never reaches the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_without_the_csrf_token_are_refused_and_unlock_shows_what_it_did() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let phone = Phone::yealink("805ec0d57d72");
+    cli_ok(
+        &appliance.data,
+        &[
+            "device", "add", "--mac", &phone.mac, "--vendor", "yealink", "--model", "T54W", "--ext", "100", "--name",
+            "Ann Lee",
+        ],
+    );
+    let old = appliance.device(&phone.mac)["enrollment_url"].as_str().unwrap().to_string();
+
+    let page = browser.get("/").await.text();
+    assert!(page.contains("805ec0d57d72") && page.contains("Ann Lee") && page.contains("open"), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let refused = browser.post("/devices/805ec0d57d72/unlock", &[]).await;
+    assert_eq!(refused.status, 403);
+    let forged = browser.post("/devices/805ec0d57d72/unlock", &[("csrf", "0123")]).await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(appliance.device(&phone.mac)["enrollment_url"].as_str().unwrap(), old, "nothing changed");
+
+    let unlocked = browser.post("/devices/805ec0d57d72/unlock", &[("csrf", &csrf)]).await;
+    assert_eq!(unlocked.status, 200);
+    let fresh = appliance.device(&phone.mac)["enrollment_url"].as_str().unwrap().to_string();
+    assert_ne!(fresh, old);
+    // HTML escaping writes '/' as &#x2f;; a browser shows the URL as it is.
+    let text = unlocked.text().replace("&#x2f;", "/");
+    assert!(text.contains("Enrollment reopened for 805ec0d57d72") && text.contains(&fresh), "{text}");
+    // The phone enrolls through the new URL.
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let fetched = phone.boot(&mut connection, &Appliance::path_of(&fresh)).await;
+    assert_eq!(fetched.last().unwrap().1.status, 200);
+
+    // Adding a device with a weak SIP password says why and saves nothing.
+    let weak = browser
+        .post(
+            "/devices",
+            &[
+                ("csrf", &csrf),
+                ("mac", "805ec0d57d73"),
+                ("vendor", "yealink"),
+                ("model", "T54W"),
+                ("extension", "101"),
+                ("name", "Bo"),
+                ("sip_password", "1234567890123"),
+            ],
+        )
+        .await;
+    assert_eq!(weak.status, 400);
+    assert!(weak.text().contains("mix character classes"), "{}", weak.text());
+    let (found, _, _) = cli(&appliance.data, &["device", "show", "805ec0d57d73"]);
+    assert!(!found);
+
+    // Logging out ends the session.
+    let out = browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.header("location"), Some("/login"));
+    assert_eq!(browser.get("/").await.header("location"), Some("/login"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_slow_down_and_are_logged() {
+    let appliance = Appliance::start();
+    drop(set_up(&appliance).await);
+    let mut browser = Browser::open(&appliance).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let page = browser.get("/login").await;
+        let form = hidden(&page.text(), "form");
+        statuses.push(browser.post("/login", &[("form", &form), ("password", "Wrong-Passw0rd-1")]).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429], "three free failures, then a delay");
+    let page = browser.get("/login").await;
+    let form = hidden(&page.text(), "form");
+    let locked = browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
+    assert_eq!(locked.status, 429, "even the right password waits out the delay");
+    assert!(locked.text().contains("too many failed logins; try again in"));
+    assert!(appliance.log().matches("page login failed: wrong password").count() >= 4);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let page = browser.get("/login").await;
+    let form = hidden(&page.text(), "form");
+    let ok = browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
+    assert_eq!((ok.status, ok.header("location")), (303, Some("/")));
+}

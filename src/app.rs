@@ -636,6 +636,51 @@ impl App {
         Ok(self.lock().db.phones_seen()?)
     }
 
+    /// Adds a phone from the phones-seen list as a device with one line, and opens a
+    /// 15-minute LAN window so it can fetch its configuration without its URL.
+    pub fn approve_seen(&self, mac: &Mac, extension: &str, name: &str, actor: &str) -> Result<DeviceView, AppError> {
+        let seen = self.phones_seen()?.into_iter().find(|p| p.mac == *mac).ok_or(AppError::NoDevice(*mac))?;
+        let spec = DeviceSpec {
+            mac: mac.to_string(),
+            vendor: seen.vendor.to_string(),
+            model: seen.model.to_string(),
+            lines: vec![devices::LineSpec {
+                extension: extension.into(),
+                name: name.into(),
+                sip_user: None,
+                sip_password: None,
+            }],
+        };
+        self.add_device(&spec, actor)?;
+        self.dismiss_seen(mac)?;
+        self.open_lan_window(mac, 15, actor)
+    }
+
+    /// Removes a phone from the phones-seen list.
+    pub fn dismiss_seen(&self, mac: &Mac) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.remove_seen(mac);
+        Ok(self.lock().db.commit(&txn)?)
+    }
+
+    /// The audit log, newest first.
+    pub fn audit_log(&self) -> Result<Vec<crate::store::records::AuditEntry>, AppError> {
+        let mut log = self.lock().db.audit_log()?;
+        log.reverse();
+        Ok(log)
+    }
+
+    /// Store usage: (live bytes, capacity in bytes, lowest and highest sector erase count).
+    pub fn store_usage(&self) -> (usize, usize, u32, u32) {
+        let state = self.lock();
+        let store = state.db.store();
+        let live: usize = store.records_by_prefix().values().map(|(_, bytes)| bytes).sum();
+        let sectors = store.sectors();
+        let erases: Vec<u32> = sectors.iter().filter_map(|s| s.state.erase_count()).collect();
+        let capacity = sectors.len() * crate::store::backend::SECTOR_SIZE;
+        (live, capacity, erases.iter().copied().min().unwrap_or(0), erases.iter().copied().max().unwrap_or(0))
+    }
+
     /// Records an unknown phone; written at most once a minute per phone to spare the flash.
     pub fn record_seen(&self, seen: PhoneSeen) -> Result<(), AppError> {
         let mut state = self.lock();

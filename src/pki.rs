@@ -145,6 +145,27 @@ impl Pki {
         Ok(())
     }
 
+    /// Installs an operator certificate chain (PEM, leaf first) and its key after checking
+    /// that they parse and match; serves it from the next handshake. A refused pair changes
+    /// nothing.
+    pub fn install_operator(&self, chain_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let (cert_path, key_path) = operator_paths(&self.dir);
+        let pem_error = |path: &Path, reason: String| PkiError::Pem { path: path.to_path_buf(), reason };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| pem_error(&cert_path, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(pem_error(&cert_path, "no certificate in it".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| pem_error(&key_path, e.to_string()))?;
+        let certified = CertifiedKey::from_der(chain, key, &self.provider)
+            .map_err(|e| pem_error(&key_path, format!("does not match the certificate: {e}")))?;
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
+        self.resolver.0.store(Arc::new(certified));
+        Ok(())
+    }
+
     /// A rustls server configuration serving the current certificate, with TLS 1.2 and 1.3,
     /// session-ID and ticket resumption, and HTTP/1.1 as the only protocol.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {

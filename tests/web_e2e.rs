@@ -209,3 +209,79 @@ async fn failed_logins_slow_down_and_are_logged() {
     let ok = browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
     assert_eq!((ok.status, ok.header("location")), (303, Some("/")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_page_import_seen_settings_and_system() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+
+    // CSV import with one bad line: every problem by line, nothing imported.
+    let csv = "mac,vendor,model,extension,name\n805ec0000001,yealink,T54W,201,Ann\nnot-a-mac,yealink,T54W,202,Bo\n";
+    let refused = browser.post("/import", &[("csrf", &csrf), ("csv", csv)]).await;
+    assert_eq!(refused.status, 400);
+    let text = refused.text();
+    assert!(text.contains("Nothing imported: 1 problem(s)") && text.contains("line 3:"), "{text}");
+    assert!(!cli_ok(&appliance.data, &["device", "list"]).contains("805ec0000001"));
+    let partial = browser.post("/import", &[("csrf", &csrf), ("csv", csv), ("partial", "on")]).await;
+    assert!(partial.text().contains("imported 1 device(s); line 3:"), "{}", partial.text());
+    let export = browser.get("/export.csv").await;
+    assert_eq!(export.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(export.text().contains("805ec0000001,yealink,T54W,201,Ann"));
+
+    // The device page masks secrets until revealed.
+    let page = browser.get("/devices/805ec0000001").await.text();
+    assert!(page.contains("account.1.password = ********"), "{page}");
+    let revealed = browser.post("/devices/805ec0000001/reveal", &[("csrf", &csrf)]).await.text();
+    let password_line = revealed.lines().find(|l| l.starts_with("account.1.password = ")).unwrap();
+    assert!(!password_line.contains("********"), "{password_line}");
+    let window = browser.post("/devices/805ec0000001/lan-window", &[("csrf", &csrf), ("minutes", "15")]).await;
+    assert!(window.text().contains("LAN window open until"));
+    let reprovision = browser.post("/devices/805ec0000001/reprovision", &[("csrf", &csrf)]).await;
+    assert!(reprovision.text().contains("has not contacted the appliance yet"), "{}", reprovision.text());
+
+    // An unknown phone asks on the tokenless path; approving it adds it with a LAN window.
+    let mut phone_connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let stranger = Phone::yealink("805ec0000002");
+    phone_connection.get("/805ec0000002.cfg", &[("User-Agent", &stranger.user_agent())]).await.unwrap();
+    let seen = browser.get("/seen").await.text();
+    assert!(seen.contains("805ec0000002"), "{seen}");
+    let approved =
+        browser.post("/seen/805ec0000002/approve", &[("csrf", &csrf), ("extension", "203"), ("name", "Cy")]).await;
+    assert!(approved.text().contains("added 805ec0000002; its LAN window is open until"), "{}", approved.text());
+    assert_eq!(appliance.device("805ec0000002")["lines"][0]["extension"], "203");
+
+    // Settings: a refused value saves nothing; secrets are write-only.
+    let refused =
+        browser.post("/settings", &[("csrf", &csrf), ("sip.server", "pbx.example.org"), ("sip.port", "99999")]).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("sip.port: must be a whole number from 1 to 65535"));
+    assert!(cli_ok(&appliance.data, &["settings", "show"]).contains("pbx.example.com"), "nothing saved");
+    let saved = browser
+        .post(
+            "/settings",
+            &[("csrf", &csrf), ("sip.server", "pbx.example.org"), ("nat.turn.password", "Turn-Secret-99")],
+        )
+        .await;
+    assert!(saved.text().contains("saved 2 setting(s)"), "{}", saved.text());
+    assert!(!saved.text().contains("Turn-Secret-99"), "secret fields are write-only");
+    let weak = browser
+        .post(
+            "/settings/password",
+            &[("csrf", &csrf), ("current", PASSWORD), ("password", "password"), ("confirm", "password")],
+        )
+        .await;
+    assert!(weak.text().contains("weak password: use at least 12 characters; nothing was changed"), "{}", weak.text());
+    let bad_cert =
+        browser.post("/settings/certificate", &[("csrf", &csrf), ("certificate", "junk"), ("key", "junk")]).await;
+    assert!(bad_cert.text().contains("the current certificate stays"), "{}", bad_cert.text());
+
+    // System: version, clock, store and the audit log.
+    let system = browser.get("/system").await.text();
+    assert!(system.contains(concat!("provbox ", env!("CARGO_PKG_VERSION"))));
+    assert!(
+        system.contains("set sip.server = pbx.example.org") && system.contains("set nat.turn.password = ********"),
+        "{system}"
+    );
+    assert!(system.contains("KiB live of"));
+}

@@ -41,7 +41,7 @@ pub fn https(shared: Shared) -> Router {
         .route("/{file}", get(tokenless_secure))
         .fallback(not_found)
         .with_state(shared.clone())
-        .merge(crate::web::routes(shared.app))
+        .merge(crate::web::routes(shared.app, shared.pki))
 }
 
 /// Routes of the plain-HTTP listener: the CA and secret-free files only.

@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use crate::app::{App, AppError, ConfigState, DeviceView, EnrollmentView, client_ip};
 use crate::devices::{DeviceSpec, LineSpec};
 use crate::mac::Mac;
+use crate::pki::Pki;
 use crate::redirect::outbox::RedirectView;
 use crate::server::routes::Peer;
 
@@ -39,13 +40,15 @@ const FORM_COOKIE: &str = "provbox_form";
 #[derive(Clone)]
 pub struct Web {
     app: Arc<App>,
+    pki: Arc<Pki>,
     sessions: Arc<Sessions>,
     throttle: Arc<LoginThrottle>,
+    started: u64,
 }
 
 /// The page's routes, for the HTTPS listener.
-pub fn routes(app: Arc<App>) -> Router {
-    let web = Web { app, sessions: Arc::default(), throttle: Arc::default() };
+pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
+    let web = Web { app, pki, sessions: Arc::default(), throttle: Arc::default(), started: crate::app::now() };
     Router::new()
         .route("/", get(devices_page))
         .route("/static/style.css", get(stylesheet))
@@ -53,7 +56,16 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/devices", post(add_device))
-        .route("/devices/{mac}/unlock", post(unlock))
+        .route("/devices/{mac}", get(device_page))
+        .route("/devices/{mac}/{action}", post(device_action))
+        .route("/seen", get(seen_page))
+        .route("/seen/{mac}/{action}", post(seen_action))
+        .route("/import", get(import_page).post(import))
+        .route("/export.csv", get(export))
+        .route("/settings", get(settings_page).post(save_settings))
+        .route("/settings/certificate", post(certificate))
+        .route("/settings/password", post(change_password))
+        .route("/system", get(system_page))
         .with_state(web)
 }
 
@@ -66,6 +78,11 @@ fn environment() -> &'static minijinja::Environment<'static> {
             ("setup.html", include_str!("pages/setup.html")),
             ("login.html", include_str!("pages/login.html")),
             ("devices.html", include_str!("pages/devices.html")),
+            ("device.html", include_str!("pages/device.html")),
+            ("seen.html", include_str!("pages/seen.html")),
+            ("import.html", include_str!("pages/import.html")),
+            ("settings.html", include_str!("pages/settings.html")),
+            ("system.html", include_str!("pages/system.html")),
         ] {
             // The pages are part of the binary; a broken one fails every test that opens it.
             environment.add_template(name, source).expect("page templates parse");
@@ -395,9 +412,58 @@ async fn add_device(State(web): State<Web>, headers: HeaderMap, Form(form): Form
     }
 }
 
-async fn unlock(
+/// Runs blocking appliance work (store writes, argon2, rendering) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AppError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| Err(AppError::Sip("internal error".into())))
+}
+
+/// What an action on a device did, shown above its page.
+struct ActionResult {
+    title: String,
+    lines: Vec<String>,
+}
+
+/// The device page, optionally with secrets revealed and an action's result.
+fn device_detail(web: &Web, csrf: &str, mac: &Mac, revealed: bool, result: Option<ActionResult>) -> Response {
+    let device = match web.app.device_view(mac, false) {
+        Ok(device) => device,
+        Err(AppError::NoDevice(_)) => return StatusCode::NOT_FOUND.into_response(),
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let catalog = web.app.templates.catalog();
+    let file =
+        catalog.vendor(&device.vendor).ok().and_then(|v| v.device_file_name(mac, &device.model)).unwrap_or_default();
+    let config_text = match web.app.render(mac, &file, revealed) {
+        Ok(text) => text,
+        Err(error) => format!("(cannot render {file}: {error})"),
+    };
+    let row = row(&device);
+    let lan_window =
+        device.lan_window_until.map_or_else(|| "closed".to_string(), |until| format!("open until {}", when(until)));
+    let result = result.map(|r| minijinja::context! { title => r.title, lines => r.lines });
+    render(
+        StatusCode::OK,
+        "device.html",
+        minijinja::context! {
+            title => device.mac.clone(), csrf, d => device, contact => row.contact, config => row.config,
+            enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, revealed, result,
+        },
+    )
+}
+
+async fn device_page(State(web): State<Web>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    match mac.parse::<Mac>() {
+        Ok(mac) => device_detail(&web, &csrf, &mac, false, None),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn device_action(
     State(web): State<Web>,
-    Path(mac): Path<String>,
+    Path((mac, action)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -407,9 +473,309 @@ async fn unlock(
     };
     let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
     let app = web.app.clone();
-    match tokio::task::spawn_blocking(move || app.unlock(&mac, "page")).await {
-        Ok(Ok(device)) => device_list(&web, &csrf, None, Some(&device)),
-        Ok(Err(error)) => device_list(&web, &csrf, Some(page_error(&error)), None),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    let outcome: Result<Option<ActionResult>, AppError> = match action.as_str() {
+        "unlock" => {
+            return match blocking(move || app.unlock(&mac, "page")).await {
+                Ok(device) => device_list(&web, &csrf, None, Some(&device)),
+                Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None),
+            };
+        }
+        "remove" => {
+            return match blocking(move || app.remove_device(&mac, "page")).await {
+                Ok(()) => device_list(&web, &csrf, Some((format!("removed {mac}"), "ok")), None),
+                Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None),
+            };
+        }
+        "reveal" => {
+            tracing::info!(%mac, "page: configuration revealed");
+            return device_detail(&web, &csrf, &mac, true, None);
+        }
+        "reprovision" => app.reprovision(&mac, std::time::Duration::from_secs(8)).await.map(|sync| {
+            Some(ActionResult {
+                title: format!("Reprovision: {}", sync.result),
+                lines: [format!("NOTIFY {} to {}", sync.event, sync.target), sync.advice]
+                    .into_iter()
+                    .filter(|line| !line.is_empty())
+                    .collect(),
+            })
+        }),
+        "lan-window" => {
+            let minutes = form.get("minutes").and_then(|m| m.parse().ok()).unwrap_or(15);
+            blocking(move || app.open_lan_window(&mac, minutes, "page")).await.map(|device| {
+                let until = device.lan_window_until.map(when).unwrap_or_default();
+                Some(ActionResult { title: format!("LAN window open until {until}"), lines: Vec::new() })
+            })
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match outcome {
+        Ok(result) => device_detail(&web, &csrf, &mac, false, result),
+        Err(error) => {
+            let result = ActionResult { title: "Refused".into(), lines: vec![page_error(&error).0] };
+            device_detail(&web, &csrf, &mac, false, Some(result))
+        }
     }
+}
+
+async fn seen_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    seen_list(&web, &csrf, None)
+}
+
+fn seen_list(web: &Web, csrf: &str, flash: Option<(String, &str)>) -> Response {
+    let seen: Vec<minijinja::Value> = match web.app.phones_seen() {
+        Ok(seen) => seen
+            .iter()
+            .map(|p| {
+                minijinja::context! {
+                    mac => p.mac.to_string(), vendor => p.vendor.to_string(), model => p.model.to_string(),
+                    ip => p.ip.to_string(), at => when(p.at),
+                }
+            })
+            .collect(),
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
+    render(StatusCode::OK, "seen.html", minijinja::context! { title => "Phones seen", csrf, seen, flash, flash_kind })
+}
+
+async fn seen_action(
+    State(web): State<Web>,
+    Path((mac, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
+    let app = web.app.clone();
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let (extension, name) = (field("extension"), field("name"));
+    let result = match action.as_str() {
+        "approve" => blocking(move || app.approve_seen(&mac, &extension, &name, "page")).await.map(|device| {
+            let until = device.lan_window_until.map(when).unwrap_or_default();
+            format!("added {mac}; its LAN window is open until {until}")
+        }),
+        "dismiss" => blocking(move || app.dismiss_seen(&mac)).await.map(|()| format!("dismissed {mac}")),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match result {
+        Ok(text) => seen_list(&web, &csrf, Some((text, "ok"))),
+        Err(error) => seen_list(&web, &csrf, Some(page_error(&error))),
+    }
+}
+
+async fn import_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    render(StatusCode::OK, "import.html", minijinja::context! { title => "Import", csrf })
+}
+
+async fn import(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let csv = form.get("csv").cloned().unwrap_or_default();
+    let partial = form.get("partial").is_some_and(|v| v == "on");
+    let app = web.app.clone();
+    let text = csv.clone();
+    match blocking(move || app.import(&text, partial, "page")).await {
+        Ok(report) => {
+            let skipped = report.problems.iter().map(|p| format!("line {}: {} (skipped)", p.line, p.reason));
+            let lines: Vec<String> = skipped.collect();
+            let flash = format!(
+                "imported {} device(s){}",
+                report.imported,
+                if lines.is_empty() { String::new() } else { format!("; {}", lines.join("; ")) }
+            );
+            device_list(&web, &csrf, Some((flash, "ok")), None)
+        }
+        Err(AppError::Import(problems)) => render(
+            StatusCode::BAD_REQUEST,
+            "import.html",
+            minijinja::context! { title => "Import", csrf, problems, csv },
+        ),
+        Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None),
+    }
+}
+
+async fn export(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if session(&web, &headers).is_none() {
+        return to_entry(&web);
+    }
+    match web.app.export(false) {
+        Ok(csv) => {
+            let mut response = csv.into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+            headers
+                .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"devices.csv\""));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+fn settings_form(web: &Web, csrf: &str, status: StatusCode, flash: Option<(String, &str)>) -> Response {
+    let settings: Vec<minijinja::Value> = match web.app.settings_view() {
+        Ok(views) => views
+            .into_iter()
+            .map(|view| {
+                let secret = crate::settings::is_secret(&view.name);
+                minijinja::context! {
+                    name => view.name, help => view.help, secret, is_set => secret && !view.default && view.value == crate::app::MASK,
+                    value => if secret { String::new() } else { view.value },
+                }
+            })
+            .collect(),
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
+    render(
+        status,
+        "settings.html",
+        minijinja::context! {
+            title => "Settings", csrf, settings, flash, flash_kind, suggestion => crate::devices::generate_password(),
+        },
+    )
+}
+
+async fn settings_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    settings_form(&web, &csrf, StatusCode::OK, None)
+}
+
+async fn save_settings(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    let result = blocking(move || {
+        // Validate everything first: a refused value saves nothing.
+        let current: HashMap<String, String> =
+            app.settings_view()?.into_iter().map(|view| (view.name, view.value)).collect();
+        let mut changes = Vec::new();
+        for spec in crate::settings::SETTINGS {
+            let Some(value) = form.get(spec.name) else { continue };
+            // Secret fields are write-only: empty keeps the stored value.
+            if spec.secret && value.is_empty() {
+                continue;
+            }
+            let value = crate::settings::validate(spec.name, value)?;
+            if spec.secret || current.get(spec.name) != Some(&value) {
+                changes.push((spec.name, value));
+            }
+        }
+        for (name, value) in &changes {
+            app.set_setting(name, value, "page")?;
+        }
+        Ok(changes.len())
+    })
+    .await;
+    match result {
+        Ok(changed) => settings_form(&web, &csrf, StatusCode::OK, Some((format!("saved {changed} setting(s)"), "ok"))),
+        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))),
+    }
+}
+
+async fn certificate(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    match web.pki.install_operator(&field("certificate"), &field("key")) {
+        Ok(()) => {
+            tracing::info!("page: operator certificate installed");
+            settings_form(
+                &web,
+                &csrf,
+                StatusCode::OK,
+                Some(("operator certificate installed; served from the next connection".into(), "ok")),
+            )
+        }
+        Err(error) => settings_form(
+            &web,
+            &csrf,
+            StatusCode::BAD_REQUEST,
+            Some((format!("{error}; the current certificate stays"), "error")),
+        ),
+    }
+}
+
+async fn change_password(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    if field("password") != field("confirm") {
+        return settings_form(
+            &web,
+            &csrf,
+            StatusCode::BAD_REQUEST,
+            Some(("the two passwords differ; nothing was saved".into(), "error")),
+        );
+    }
+    let app = web.app.clone();
+    let (current, password) = (field("current"), field("password"));
+    let result = blocking(move || {
+        if !app.verify_admin(&current)? {
+            return Err(AppError::Admin(crate::admin::AdminError::SetupCode));
+        }
+        app.set_admin_password(&password, None, "page")
+    })
+    .await;
+    match result {
+        Ok(()) => settings_form(&web, &csrf, StatusCode::OK, Some(("admin password changed".into(), "ok"))),
+        Err(AppError::Admin(crate::admin::AdminError::SetupCode)) => settings_form(
+            &web,
+            &csrf,
+            StatusCode::BAD_REQUEST,
+            Some(("the current password is wrong; nothing was saved".into(), "error")),
+        ),
+        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))),
+    }
+}
+
+async fn system_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    let (live, capacity, low, high) = web.app.store_usage();
+    let status = match web.app.redirect_status() {
+        Ok(status) => status,
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let audit: Vec<minijinja::Value> = web
+        .app
+        .audit_log()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| minijinja::context! { at => when(e.at), actor => e.actor.to_string(), action => e.action.to_string() })
+        .collect();
+    render(
+        StatusCode::OK,
+        "system.html",
+        minijinja::context! {
+            title => "System", csrf, version => env!("CARGO_PKG_VERSION"), started => when(web.started),
+            clock => status.clock, services => status.services, audit,
+            store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
+            erase => format!("{low} to {high}"), bootstrap => web.app.site.bootstrap_url.clone(),
+        },
+    )
 }

@@ -78,3 +78,117 @@ impl App {
         Ok(Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
     }
 }
+
+/// An API token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiTokenView {
+    /// Its public id (hex).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Unix time it was made.
+    pub created: u64,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Splits `pbx_<16 hex id>_<32 hex secret>`.
+fn parse_token(token: &str) -> Option<([u8; 8], [u8; 16])> {
+    let rest = token.strip_prefix("pbx_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let decode = |text: &str, out: &mut [u8]| -> Option<()> {
+        if text.len() != out.len() * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        Some(())
+    };
+    let (mut id_bytes, mut secret_bytes) = ([0u8; 8], [0u8; 16]);
+    decode(id, &mut id_bytes)?;
+    decode(secret, &mut secret_bytes)?;
+    Some((id_bytes, secret_bytes))
+}
+
+impl App {
+    /// Makes an API token named `name`; returns it. It is shown this once: only a hash of
+    /// its secret is stored.
+    pub fn create_api_token(&self, name: &str, actor: &str) -> Result<String, AppError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(AdminError::Weak("an API token needs a name").into());
+        }
+        let id: [u8; 8] = devices::new_token()[..8].try_into().unwrap_or([0; 8]);
+        let secret = devices::new_token();
+        let token = crate::store::records::ApiToken {
+            name: bounded("token name", name)?,
+            secret_hash: sha256(&secret),
+            created: now(),
+        };
+        let mut txn = Txn::new();
+        txn.put_api_token(&id, &token).audit(now(), actor, &format!("created API token {name}"))?;
+        self.lock().db.commit(&txn)?;
+        let hex = crate::store::check::hex;
+        Ok(format!("pbx_{}_{}", hex(&id), hex(&secret)))
+    }
+
+    /// Every API token.
+    pub fn api_tokens(&self) -> Result<Vec<ApiTokenView>, AppError> {
+        Ok(self
+            .lock()
+            .db
+            .api_tokens()?
+            .into_iter()
+            .map(|(id, token)| ApiTokenView {
+                id: crate::store::check::hex(&id),
+                name: token.name.to_string(),
+                created: token.created,
+            })
+            .collect())
+    }
+
+    /// Revokes the tokens whose name or id is `which`; returns how many.
+    pub fn revoke_api_token(&self, which: &str, actor: &str) -> Result<usize, AppError> {
+        let mut state = self.lock();
+        let mut txn = Txn::new();
+        let mut revoked = 0;
+        for (id, token) in state.db.api_tokens()? {
+            if token.name.as_str() == which || crate::store::check::hex(&id) == which {
+                txn.remove_api_token(&id).audit(now(), actor, &format!("revoked API token {}", token.name))?;
+                revoked += 1;
+            }
+        }
+        state.db.commit(&txn)?;
+        Ok(revoked)
+    }
+
+    /// The name of the API token `bearer`, if it is a valid one (constant-time check).
+    pub fn api_token_name(&self, bearer: &str) -> Result<Option<String>, AppError> {
+        let Some((id, secret)) = parse_token(bearer.trim()) else { return Ok(None) };
+        let tokens = self.lock().db.api_tokens()?;
+        let Some((_, token)) = tokens.into_iter().find(|(stored, _)| *stored == id) else { return Ok(None) };
+        let matches: bool = token.secret_hash.ct_eq(&sha256(&secret)).into();
+        Ok(matches.then(|| token.name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_token;
+
+    #[test]
+    fn tokens_parse_strictly() {
+        let good = format!("pbx_{}_{}", "0a".repeat(8), "1b".repeat(16));
+        assert_eq!(parse_token(&good), Some(([0x0a; 8], [0x1b; 16])));
+        assert_eq!(parse_token(&good.replace("pbx_", "pbz_")), None);
+        assert_eq!(parse_token(&good[..good.len() - 1]), None);
+        assert_eq!(parse_token("pbx_zz_zz"), None);
+        assert_eq!(parse_token("pbx_é_é"), None);
+    }
+}

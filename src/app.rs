@@ -457,6 +457,7 @@ impl App {
 
     /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
     pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        crate::metrics::ENROLLMENT.inc("unlocked");
         self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
             device.enrollment_token = devices::new_token();
             device.enrollment = Enrollment::Open { first_fetch: None };
@@ -762,6 +763,10 @@ impl App {
         txn.put_device(&stored);
         let mut queued = false;
         if before.enrollment != stored.enrollment {
+            crate::metrics::ENROLLMENT.inc(match stored.enrollment {
+                Enrollment::Locked { .. } => "locked",
+                Enrollment::Open { .. } => "started",
+            });
             queued = state.plan_change(Some(&before), Some(&stored), &mut txn)?;
         }
         state.db.commit(&txn)?;
@@ -855,6 +860,7 @@ impl App {
             },
             |state, closed| {
                 if let Some(mac) = closed {
+                    crate::metrics::ENROLLMENT.inc("locked");
                     state.in_grace.remove(&mac);
                     tracing::info!(%mac, "enrollment closed: grace period over");
                     queued = true;

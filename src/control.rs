@@ -129,6 +129,18 @@ pub enum Request {
         /// The new password.
         password: String,
     },
+    /// Make an API token.
+    ApiTokenCreate {
+        /// What it is for.
+        name: String,
+    },
+    /// List API tokens.
+    ApiTokenList,
+    /// Revoke API tokens by name or id.
+    ApiTokenRevoke {
+        /// Name or id.
+        which: String,
+    },
     /// Queue what is missing and send everything queued now.
     RedirectSync,
     /// Ask the service what it holds for a MAC.
@@ -215,6 +227,9 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::RedirectStatus => app.redirect_status().and_then(ok),
         Request::AdminSetupCode => app.setup_code().and_then(ok),
         Request::AdminSetPassword { password } => app.set_admin_password(password, None, actor).and_then(ok),
+        Request::ApiTokenCreate { name } => app.create_api_token(name, actor).and_then(ok),
+        Request::ApiTokenList => app.api_tokens().and_then(ok),
+        Request::ApiTokenRevoke { which } => app.revoke_api_token(which, actor).and_then(ok),
         Request::RedirectSync => app.reconcile_redirects(crate::redirect::outbox::Plan::Reconcile).and_then(|queued| {
             let delivery = block_on(app.deliver(true))??;
             ok(serde_json::json!({ "queued": queued, "delivery": delivery }))

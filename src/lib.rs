@@ -6,7 +6,8 @@
 //! - [`app`]: the appliance's state and every operation on it.
 //! - [`provision`]: vendor profiles, templates and the per-request enrollment decision.
 //! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
-//! - [`web`]: the technician's page; [`admin`]: its password and first-start setup code.
+//! - [`web`]: the technician's page and the JSON API; [`admin`]: the page's password, setup
+//!   code and API tokens; [`metrics`]: the counters behind `/metrics`.
 //! - [`redirect`]: vendor redirect services and the durable outbox that feeds them;
 //!   [`clock`]: the wall clock they depend on.
 //! - [`sip`]: SIP plug-and-play and check-sync on the LAN; [`mdns`]: the technicians' `.local`
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod devices;
 pub mod mac;
 pub mod mdns;
+pub mod metrics;
 pub mod pki;
 pub mod provision;
 pub mod redirect;

@@ -66,6 +66,25 @@ enum AdminCommand {
     SetupCode,
     /// Set the admin password, read from stdin (first line).
     SetPassword,
+    /// Bearer tokens of the JSON API and /metrics.
+    #[command(subcommand)]
+    ApiToken(ApiTokenCommand),
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Make a token; it is printed once.
+    Create {
+        /// What it is for, e.g. pbx.
+        name: String,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke tokens by name or id.
+    Revoke {
+        /// Name or id.
+        which: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -691,6 +710,19 @@ fn admin_command(cli: &Cli, command: &AdminCommand) -> Result<(), CliError> {
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             control_request(cli, &Request::AdminSetPassword { password })?;
             println!("admin password set");
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::Create { name }) => {
+            let token = control_request(cli, &Request::ApiTokenCreate { name: name.clone() })?;
+            println!("{}", text(&token));
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::List) => {
+            for token in control_request(cli, &Request::ApiTokenList)?.as_array().into_iter().flatten() {
+                println!("{}  {:20} created {}", text(&token["id"]), text(&token["name"]), token["created"]);
+            }
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::Revoke { which }) => {
+            let count = control_request(cli, &Request::ApiTokenRevoke { which: which.clone() })?;
+            println!("revoked {count} token(s)");
         }
     }
     Ok(())

@@ -152,6 +152,7 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
         }
         TokenKind::Enrollment if matched.file.secrets => match before {
             Enrollment::Locked { .. } => {
+                crate::metrics::ENROLLMENT.inc("refused");
                 tracing::warn!(ip = %request.ip, mac = %device.mac, "refused: enrollment is locked; unlock it to re-enroll");
                 return Ok(Outcome::Deny);
             }

@@ -116,9 +116,18 @@ async fn accept_loop(
             let stream = Box::pin(stream);
             match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => serve_connection(tls_stream, router, peer, limits, watcher).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Ok(tls_stream)) => {
+                        crate::metrics::TLS_HANDSHAKES.inc("ok");
+                        serve_connection(tls_stream, router, peer, limits, watcher).await
+                    }
+                    Ok(Err(error)) => {
+                        crate::metrics::TLS_HANDSHAKES.inc("failed");
+                        tracing::debug!(%peer, "TLS handshake failed: {error}")
+                    }
+                    Err(_) => {
+                        crate::metrics::TLS_HANDSHAKES.inc("failed");
+                        tracing::debug!(%peer, "TLS handshake timed out")
+                    }
                 },
                 None => serve_connection(stream, router, peer, limits, watcher).await,
             }

@@ -73,7 +73,14 @@ fn user_agent(headers: &HeaderMap) -> &str {
 /// `benches/fleet.rs`).
 fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: &HeaderMap) -> Response {
     let request = FetchRequest { access, file, ip: client_ip(peer.0.ip()), user_agent: user_agent(headers) };
-    match fetch::fetch(&shared.app, &request) {
+    let fetched = fetch::fetch(&shared.app, &request);
+    crate::metrics::FETCHES.inc(match &fetched {
+        Fetched::File { .. } => "served",
+        Fetched::NotFound => "not_found",
+        Fetched::Throttled => "throttled",
+        Fetched::Failed => "failed",
+    });
+    match fetched {
         Fetched::File { body, content_type } => {
             let mut response = body.into_response();
             let headers = response.headers_mut();

@@ -44,12 +44,23 @@ pub enum Kind {
     Redirect = 7,
     /// The last known time: [`LastKnownTime`].
     Clock = 8,
+    /// A bearer token of the JSON API: [`ApiToken`].
+    ApiToken = 9,
 }
 
 impl Kind {
     /// Every kind, in key order.
-    pub const ALL: [Kind; 8] =
-        [Kind::Device, Kind::Setting, Kind::Admin, Kind::Outbox, Kind::Audit, Kind::Seen, Kind::Redirect, Kind::Clock];
+    pub const ALL: [Kind; 9] = [
+        Kind::Device,
+        Kind::Setting,
+        Kind::Admin,
+        Kind::Outbox,
+        Kind::Audit,
+        Kind::Seen,
+        Kind::Redirect,
+        Kind::Clock,
+        Kind::ApiToken,
+    ];
 
     /// The kind whose keys start with `byte`.
     pub fn from_byte(byte: u8) -> Option<Kind> {
@@ -67,6 +78,7 @@ impl Kind {
             Kind::Seen => "seen",
             Kind::Redirect => "redirect",
             Kind::Clock => "clock",
+            Kind::ApiToken => "api-token",
         }
     }
 }
@@ -395,6 +407,22 @@ impl Record for RedirectRecord {
     const SCHEMA: u8 = 1;
 }
 
+/// A bearer token of the JSON API. Only a hash of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Who or what it is for, e.g. `pbx`.
+    pub name: String<32>,
+    /// SHA-256 of the secret part.
+    pub secret_hash: [u8; 32],
+    /// Unix time it was made.
+    pub created: u64,
+}
+
+impl Record for ApiToken {
+    const KIND: Kind = Kind::ApiToken;
+    const SCHEMA: u8 = 1;
+}
+
 /// The newest time the appliance knew, restored at boot on a board without a clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastKnownTime {
@@ -438,6 +466,7 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
         Kind::Seen => json::<PhoneSeen>(value),
         Kind::Redirect => json::<RedirectRecord>(value),
         Kind::Clock => json::<LastKnownTime>(value),
+        Kind::ApiToken => json::<ApiToken>(value),
     }
 }
 
@@ -567,6 +596,18 @@ impl Txn {
         self
     }
 
+    /// Adds or replaces the API token with `id`.
+    pub fn put_api_token(&mut self, id: &[u8; 8], token: &ApiToken) -> &mut Self {
+        self.changes.push((key(Kind::ApiToken, id), Some(token.encode())));
+        self
+    }
+
+    /// Revokes the API token with `id`.
+    pub fn remove_api_token(&mut self, id: &[u8; 8]) -> &mut Self {
+        self.changes.push((key(Kind::ApiToken, id), None));
+        self
+    }
+
     /// Notes the current time as the last known one.
     pub fn set_last_known_time(&mut self, at: u64) -> &mut Self {
         self.changes.push((key(Kind::Clock, b""), Some(LastKnownTime { at }.encode())));
@@ -650,6 +691,15 @@ impl<F: NorFlash> Db<F> {
             .map(RedirectRecord::decode)
             .transpose()
             .map(Option::unwrap_or_default)
+    }
+
+    /// Every API token with its id.
+    pub fn api_tokens(&self) -> Result<Vec<([u8; 8], ApiToken)>, RecordError> {
+        self.store
+            .iter_prefix(&[Kind::ApiToken as u8])
+            .filter_map(|(key, value)| Some((key.get(1..9)?.try_into().ok()?, value)))
+            .map(|(id, value)| Ok((id, ApiToken::decode(value)?)))
+            .collect()
     }
 
     /// The last known time, if ever noted.

@@ -29,6 +29,7 @@ use crate::pki::Pki;
 use crate::redirect::outbox::RedirectView;
 use crate::server::routes::Peer;
 
+pub mod api;
 pub mod session;
 
 use session::{COOKIE, LoginThrottle, Sessions};
@@ -66,6 +67,9 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
         .route("/settings/certificate", post(certificate))
         .route("/settings/password", post(change_password))
         .route("/system", get(system_page))
+        .route("/settings/api-tokens", post(create_api_token))
+        .route("/settings/api-tokens/{id}/revoke", post(revoke_api_token))
+        .merge(api::routes())
         .with_state(web)
 }
 
@@ -620,6 +624,23 @@ async fn export(State(web): State<Web>, headers: HeaderMap) -> Response {
 }
 
 fn settings_form(web: &Web, csrf: &str, status: StatusCode, flash: Option<(String, &str)>) -> Response {
+    settings_form_with(web, csrf, status, flash, None)
+}
+
+fn settings_form_with(
+    web: &Web,
+    csrf: &str,
+    status: StatusCode,
+    flash: Option<(String, &str)>,
+    new_token: Option<String>,
+) -> Response {
+    let tokens: Vec<minijinja::Value> = web
+        .app
+        .api_tokens()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| minijinja::context! { name => t.name, id => t.id, created => when(t.created) })
+        .collect();
     let settings: Vec<minijinja::Value> = match web.app.settings_view() {
         Ok(views) => views
             .into_iter()
@@ -639,6 +660,7 @@ fn settings_form(web: &Web, csrf: &str, status: StatusCode, flash: Option<(Strin
         "settings.html",
         minijinja::context! {
             title => "Settings", csrf, settings, flash, flash_kind, suggestion => crate::devices::generate_password(),
+            tokens, new_token,
         },
     )
 }
@@ -750,6 +772,40 @@ async fn change_password(
             StatusCode::BAD_REQUEST,
             Some(("the current password is wrong; nothing was saved".into(), "error")),
         ),
+        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))),
+    }
+}
+
+async fn create_api_token(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let name = form.get("name").cloned().unwrap_or_default();
+    let app = web.app.clone();
+    match blocking(move || app.create_api_token(&name, "page")).await {
+        Ok(token) => settings_form_with(&web, &csrf, StatusCode::OK, None, Some(token)),
+        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))),
+    }
+}
+
+async fn revoke_api_token(
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match checked_session(&web, &headers, &form) {
+        Ok(csrf) => csrf,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    match blocking(move || app.revoke_api_token(&id, "page")).await {
+        Ok(count) => settings_form(&web, &csrf, StatusCode::OK, Some((format!("revoked {count} token(s)"), "ok"))),
         Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))),
     }
 }

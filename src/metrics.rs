@@ -1,0 +1,60 @@
+//! Process counters for `/metrics` (Prometheus text format): phone fetches by result,
+//! enrollment events and TLS handshakes. Gauges (outbox depth, store usage, devices) are
+//! read from the appliance when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::app::App;
+
+/// A counter with a fixed set of label values.
+pub struct Counter<const N: usize> {
+    labels: [&'static str; N],
+    values: [AtomicU64; N],
+}
+
+impl<const N: usize> Counter<N> {
+    const fn new(labels: [&'static str; N]) -> Self {
+        Counter { labels, values: [const { AtomicU64::new(0) }; N] }
+    }
+
+    /// Adds one to the series labelled `label` (unknown labels are ignored).
+    pub fn inc(&self, label: &str) {
+        if let Some(index) = self.labels.iter().position(|l| *l == label) {
+            self.values[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (value, series) in self.values.iter().zip(self.labels) {
+            let _ = writeln!(out, "{name}{{{label}=\"{series}\"}} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Phone configuration requests by result.
+pub static FETCHES: Counter<4> = Counter::new(["served", "not_found", "throttled", "failed"]);
+/// Enrollment events.
+pub static ENROLLMENT: Counter<4> = Counter::new(["started", "locked", "refused", "unlocked"]);
+/// TLS handshakes by result.
+pub static TLS_HANDSHAKES: Counter<2> = Counter::new(["ok", "failed"]);
+
+/// The Prometheus text exposition of every metric.
+pub fn render(app: &App) -> String {
+    let mut out = String::new();
+    FETCHES.write(&mut out, "provbox_fetches_total", "result", "Phone configuration requests by result.");
+    ENROLLMENT.write(&mut out, "provbox_enrollment_events_total", "event", "Enrollment events.");
+    TLS_HANDSHAKES.write(&mut out, "provbox_tls_handshakes_total", "result", "TLS handshakes by result.");
+    let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    };
+    let outbox = app.redirect_status().map_or(0, |status| status.queue.len());
+    gauge(&mut out, "provbox_outbox_depth", "Redirect-service operations queued.", outbox);
+    gauge(&mut out, "provbox_devices", "Devices managed.", app.devices().map_or(0, |d| d.len()));
+    let (live, capacity, _, high) = app.store_usage();
+    gauge(&mut out, "provbox_store_live_bytes", "Bytes of live records in the store.", live);
+    gauge(&mut out, "provbox_store_capacity_bytes", "Size of the store.", capacity);
+    gauge(&mut out, "provbox_store_erase_count_max", "Highest erase count of a store sector.", high as usize);
+    out
+}

@@ -1,0 +1,292 @@
+//! The JSON API under `/api/v1/` for a PBX or a script, and `/metrics`, both behind bearer
+//! API tokens (made on the page or with `provbox admin api-token`). Errors are JSON
+//! `{"error": "..."}` with the fitting status. `/api/v1/openapi.json` describes it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Web, blocking};
+use crate::app::{AppError, client_ip};
+use crate::devices::DeviceSpec;
+use crate::mac::Mac;
+use crate::server::routes::Peer;
+
+/// The API's routes.
+pub fn routes() -> Router<Web> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/devices", get(list_devices).post(add_device))
+        .route("/api/v1/devices/{mac}", get(show_device).delete(remove_device))
+        .route("/api/v1/devices/{mac}/unlock", post(unlock))
+        .route("/api/v1/devices/{mac}/reprovision", post(reprovision))
+        .route("/api/v1/settings", get(settings))
+        .route("/api/v1/settings/{name}", put(set_setting))
+        .route("/api/v1/phones-seen", get(phones_seen))
+        .route("/api/v1/redirect", get(redirect_status))
+}
+
+/// A JSON error with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = (status, serde_json::json!({ "error": message.into() }).to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The status an appliance error deserves.
+fn app_error(failure: AppError) -> Response {
+    let status = match &failure {
+        AppError::NoDevice(_) => StatusCode::NOT_FOUND,
+        AppError::DeviceExists(_) => StatusCode::CONFLICT,
+        AppError::Device(_)
+        | AppError::Setting(_)
+        | AppError::Mac(_)
+        | AppError::Admin(_)
+        | AppError::NoSuchFile { .. }
+        | AppError::Sip(_)
+        | AppError::Redirect(_) => StatusCode::BAD_REQUEST,
+        AppError::Import(problems) => {
+            let body = serde_json::json!({ "error": failure.to_string(), "problems": problems });
+            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                .into_response();
+        }
+        AppError::Db(_) | AppError::Record(_) | AppError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, failure.to_string())
+}
+
+fn json(value: impl Serialize) -> Response {
+    match serde_json::to_string(&value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Checks the bearer token; a wrong one counts as a failed login of its address.
+fn authorized(web: &Web, headers: &HeaderMap, peer: Peer) -> Result<String, Box<Response>> {
+    let ip = client_ip(peer.0.ip());
+    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+        let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
+        return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, message)));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match web.app.api_token_name(bearer) {
+        Ok(Some(name)) => Ok(format!("api:{name}")),
+        Ok(None) => {
+            web.throttle.failed(ip, Instant::now());
+            tracing::warn!(%ip, "API: missing or wrong bearer token");
+            let mut response =
+                error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(Box::new(response))
+        }
+        Err(e) => Err(Box::new(app_error(e))),
+    }
+}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))))
+}
+
+fn mac(text: &str) -> Result<Mac, Box<Response>> {
+    text.parse().map_err(|e: crate::mac::MacError| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))
+}
+
+/// Runs `work` as `actor` after the token check, answering with its JSON or its error.
+macro_rules! api {
+    ($web:expr, $headers:expr, $peer:expr, |$actor:ident| $work:expr) => {{
+        #[allow(unused_variables)]
+        let $actor = match authorized(&$web, &$headers, $peer) {
+            Ok(actor) => actor,
+            Err(response) => return *response,
+        };
+        match $work {
+            Ok(value) => json(value),
+            Err(e) => app_error(e),
+        }
+    }};
+}
+
+async fn openapi() -> Response {
+    json(openapi_document())
+}
+
+async fn metrics(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorized(&web, &headers, peer) {
+        return *response;
+    }
+    let app = web.app.clone();
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&app)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+async fn list_devices(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.devices()).await)
+}
+
+async fn add_device(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let spec: DeviceSpec = match body(&bytes) {
+        Ok(spec) => spec,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.add_device(&spec, &actor)).await)
+}
+
+async fn show_device(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mac = match mac(&text) {
+        Ok(mac) => mac,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.device_view(&mac, true)).await)
+}
+
+async fn remove_device(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mac = match mac(&text) {
+        Ok(mac) => mac,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app
+        .remove_device(&mac, &actor)
+        .map(|()| serde_json::json!({ "removed": mac.to_string() })))
+    .await)
+}
+
+async fn unlock(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mac = match mac(&text) {
+        Ok(mac) => mac,
+        Err(response) => return *response,
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.unlock(&mac, &actor)).await)
+}
+
+async fn reprovision(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mac = match mac(&text) {
+        Ok(mac) => mac,
+        Err(response) => return *response,
+    };
+    api!(web, headers, peer, |actor| web.app.reprovision(&mac, Duration::from_secs(8)).await)
+}
+
+async fn settings(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.settings_view()).await)
+}
+
+async fn set_setting(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let value: HashMap<String, String> = match body(&bytes) {
+        Ok(value) => value,
+        Err(response) => return *response,
+    };
+    let Some(value) = value.get("value").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "the body is {\"value\": \"...\"}");
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app
+        .set_setting(&name, &value, &actor)
+        .map(|()| serde_json::json!({ "set": name })))
+    .await)
+}
+
+async fn phones_seen(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.phones_seen()).await)
+}
+
+async fn redirect_status(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.redirect_status()).await)
+}
+
+/// The OpenAPI 3 description of the API.
+fn openapi_document() -> serde_json::Value {
+    let mac = serde_json::json!({ "name": "mac", "in": "path", "required": true, "schema": { "type": "string" }, "example": "805ec0d57d72" });
+    let ok = |what: &str| serde_json::json!({ "200": { "description": what }, "401": { "description": "no or wrong API token" }, "400": { "description": "refused input, as {\"error\": ...}" } });
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": { "title": "provbox API", "version": env!("CARGO_PKG_VERSION"), "description": "Manage the phones of a provbox appliance. Every call needs Authorization: Bearer <API token>." },
+        "components": {
+            "securitySchemes": { "token": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "DeviceSpec": {
+                    "type": "object", "required": ["mac", "vendor", "model", "lines"],
+                    "properties": {
+                        "mac": { "type": "string" }, "vendor": { "type": "string" }, "model": { "type": "string" },
+                        "lines": { "type": "array", "items": { "type": "object", "required": ["extension", "name"], "properties": {
+                            "extension": { "type": "string" }, "name": { "type": "string" },
+                            "sip_user": { "type": "string", "nullable": true }, "sip_password": { "type": "string", "nullable": true } } } }
+                    }
+                },
+                "Error": { "type": "object", "properties": { "error": { "type": "string" } } }
+            }
+        },
+        "security": [{ "token": [] }],
+        "paths": {
+            "/api/v1/devices": {
+                "get": { "summary": "List devices", "responses": ok("the devices") },
+                "post": { "summary": "Add a device", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeviceSpec" } } } }, "responses": ok("the new device, with its enrollment URL") }
+            },
+            "/api/v1/devices/{mac}": {
+                "get": { "summary": "Show a device", "parameters": [mac], "responses": ok("the device") },
+                "delete": { "summary": "Remove a device", "parameters": [mac], "responses": ok("removed") }
+            },
+            "/api/v1/devices/{mac}/unlock": { "post": { "summary": "Reopen enrollment with a new URL; re-registers with the redirect service", "parameters": [mac], "responses": ok("the device") } },
+            "/api/v1/devices/{mac}/reprovision": { "post": { "summary": "Send the vendor's check-sync NOTIFY and report the phone's answer", "parameters": [mac], "responses": ok("the result") } },
+            "/api/v1/settings": { "get": { "summary": "Every setting, secrets masked", "responses": ok("the settings") } },
+            "/api/v1/settings/{name}": { "put": { "summary": "Change a setting", "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }], "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "value": { "type": "string" } } } } } }, "responses": ok("set") } },
+            "/api/v1/phones-seen": { "get": { "summary": "Unknown phones that asked for a configuration", "responses": ok("the list") } },
+            "/api/v1/redirect": { "get": { "summary": "Redirect services, the queue and each device's state", "responses": ok("the status") } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": ok("text exposition format") } }
+        }
+    })
+}

@@ -305,6 +305,9 @@ pub struct CsvProblem {
 /// same MAC add lines to one device. Returns the specs with the line each starts on, and the
 /// rows that are wrong.
 pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
+    // The csv reader counts a CRLF (spreadsheet exports, browser forms) as two line breaks;
+    // plain line feeds keep the reported line numbers right.
+    let text = text.replace("\r\n", "\n");
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
     let mut specs: Vec<(u64, DeviceSpec)> = Vec::new();
     let mut problems = Vec::new();
@@ -378,6 +381,15 @@ mod tests {
 
     fn mac() -> Mac {
         "805ec0d57d72".parse().unwrap()
+    }
+
+    #[test]
+    fn csv_line_numbers_hold_with_crlf() {
+        let text =
+            "mac,vendor,model,extension,name\r\n805ec0000001,yealink,T54W,201,Ann\r\nnot-a-mac,yealink,T54W,202,Bo\r\n";
+        let (specs, _) = parse_csv(text);
+        let lines: Vec<u64> = specs.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [2, 3]);
     }
 
     #[test]

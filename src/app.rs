@@ -455,6 +455,35 @@ impl App {
         self.device_view(mac, false)
     }
 
+    /// Changes a device's model and lines as `spec` says (its MAC cannot change). A line
+    /// without a new SIP password keeps the one it had; tokens, enrollment, keys and
+    /// overrides stay.
+    pub fn edit_device(&self, mac: &Mac, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
+        let catalog = self.templates.catalog();
+        let mut spec = spec.clone();
+        spec.mac = mac.to_string();
+        let current = self.device(mac)?;
+        // Validate with a placeholder password where none is given, then keep the old one.
+        let edited = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        if edited.vendor != current.vendor {
+            let reason = "a device's vendor cannot change; remove it and add it again".to_string();
+            return Err(DeviceError::Field { field: "vendor", reason }.into());
+        }
+        self.update_device(mac, actor, &format!("edited device {mac}"), |device| {
+            let old_lines = device.lines.clone();
+            device.model = edited.model.clone();
+            device.lines = edited.lines.clone();
+            for (index, line) in device.lines.iter_mut().enumerate() {
+                if spec.lines.get(index).is_some_and(|l| l.sip_password.is_none())
+                    && let Some(old) = old_lines.get(index)
+                {
+                    line.sip_password = old.sip_password.clone();
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
     pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
         crate::metrics::ENROLLMENT.inc("unlocked");

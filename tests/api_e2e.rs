@@ -51,6 +51,17 @@ async fn the_api_needs_a_token_and_manages_devices() {
     let (status, unlocked, _) = call(&appliance, "POST", "/api/v1/devices/805ec0d57d72/unlock", &token, "").await;
     assert_eq!(status, 200);
     assert_ne!(unlocked["enrollment_url"], device["enrollment_url"]);
+    let edit =
+        r#"{"mac":"805ec0d57d72","vendor":"yealink","model":"T57W","lines":[{"extension":"100","name":"Ann Smith"}]}"#;
+    let (status, edited, _) = call(&appliance, "PUT", "/api/v1/devices/805ec0d57d72", &token, edit).await;
+    assert_eq!(
+        (status, edited["model"].as_str(), edited["lines"][0]["name"].as_str()),
+        (200, Some("T57W"), Some("Ann Smith"))
+    );
+    let other_vendor = edit.replace("yealink", "snom");
+    let (status, body, _) = call(&appliance, "PUT", "/api/v1/devices/805ec0d57d72", &token, &other_vendor).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("vendor cannot change"), "{body}");
     let (status, list, _) = call(&appliance, "GET", "/api/v1/devices", &token, "").await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
 

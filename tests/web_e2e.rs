@@ -285,3 +285,68 @@ async fn device_page_import_seen_settings_and_system() {
     );
     assert!(system.contains("KiB live of"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_paging_reachability_and_the_cli_password() {
+    let appliance = Appliance::start();
+    // The CLI sets the first password (stdin); the setup code is then spent.
+    let mut child = fleet::provbox_command()
+        .arg("--data")
+        .arg(&appliance.data)
+        .args(["admin", "set-password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(cli_ok(&appliance.data, &["admin", "setup-code"]).contains("an admin password is set"));
+    let mut browser = Browser::open(&appliance).await;
+    let page = browser.get("/login").await;
+    let form = hidden(&page.text(), "form");
+    assert_eq!(browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await.status, 303);
+
+    // 250 devices: the list pages by 50 and each page stays under 50 KB.
+    let csv: String = std::iter::once("mac,vendor,model,extension,name\n".to_string())
+        .chain((0..250).map(|i| format!("805ec02{i:05x},yealink,T54W,{},{}\n", 1000 + i, "Long Name ".repeat(4))))
+        .collect();
+    let file = appliance.data.join("many.csv");
+    std::fs::write(&file, csv).unwrap();
+    cli_ok(&appliance.data, &["device", "import", file.to_str().unwrap()]);
+    let first = browser.get("/").await;
+    assert!(first.body.len() < 50 * 1024, "{} bytes", first.body.len());
+    assert!(first.text().contains("page 1 of 5") && first.text().contains("Devices <small>(250)"));
+    let last = browser.get("/?page=5").await.text();
+    assert!(last.contains("805ec02000f9") && !last.contains("805ec0200000"), "the last page holds the last devices");
+
+    // Edit: a new name, the SIP password kept.
+    let csrf = hidden(&first.text(), "csrf");
+    let password_before = cli_ok(&appliance.data, &["render", "805ec0200000", "805ec0200000.cfg", "--reveal"]);
+    let saved = browser
+        .post(
+            "/devices/805ec0200000/edit",
+            &[("csrf", &csrf), ("model", "T57W"), ("extension", "1000"), ("name", "Renamed")],
+        )
+        .await;
+    assert!(saved.text().contains("Saved"), "{}", saved.text());
+    let device = appliance.device("805ec0200000");
+    assert_eq!((device["model"].as_str(), device["lines"][0]["name"].as_str()), (Some("T57W"), Some("Renamed")));
+    let password_after = cli_ok(&appliance.data, &["render", "805ec0200000", "805ec0200000.cfg", "--reveal"]);
+    let password = |config: &str| config.lines().find(|l| l.starts_with("account.1.password")).unwrap().to_string();
+    assert_eq!(password(&password_before), password(&password_after), "the SIP password is kept");
+
+    // System: the configured redirect service's endpoint (a listener of this test) is reachable.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/xmlrpc", listener.local_addr().unwrap());
+    for (name, value) in [
+        ("redirect.yealink.url", endpoint.as_str()),
+        ("redirect.yealink.username", "acme"),
+        ("redirect.yealink.password", "rps-Passw0rd"),
+    ] {
+        cli_ok(&appliance.data, &["settings", "set", name, value]);
+    }
+    let system = browser.get("/system").await.text();
+    assert!(system.contains("yealink (127.0.0.1:") && system.contains("reachable in"), "{system}");
+    drop(listener);
+}

@@ -54,6 +54,10 @@ impl Fdps {
 }
 
 impl RedirectClient for Fdps {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
         // Messages never quote the URL: its token is a secret.
         let uri: hyper::Uri = registration

@@ -74,6 +74,9 @@ pub struct Registration {
 // that they are Send; no caller needs a Send bound on the trait itself.
 #[allow(async_fn_in_trait)]
 pub trait RedirectClient {
+    /// The URL calls go to.
+    fn endpoint(&self) -> &str;
+
     /// Most registrations one call carries.
     fn batch_limit(&self) -> usize {
         1
@@ -137,6 +140,11 @@ impl Client {
     /// Most registrations one call carries.
     pub fn batch_limit(&self) -> usize {
         dispatch!(self, c => c.batch_limit())
+    }
+
+    /// See [`RedirectClient::endpoint`].
+    pub fn endpoint(&self) -> &str {
+        dispatch!(self, c => c.endpoint())
     }
 
     /// See [`RedirectClient::supports_take_over`].

@@ -434,6 +434,32 @@ impl App {
         Ok(serde_json::json!({ "service": service, "mac": mac.to_string(), "holds": held }))
     }
 
+    /// Whether each configured service's endpoint accepts a TCP connection now, within 3 s:
+    /// (service, endpoint host, "reachable in N ms" or why not).
+    pub async fn redirect_reachability(&self) -> Result<Vec<(String, String, String)>, AppError> {
+        let settings = self.lock().settings()?;
+        let mut report = Vec::new();
+        for (service, _) in super::SERVICES {
+            let Ok(client) = client_for(service, &settings) else { continue };
+            let Ok(uri) = client.endpoint().parse::<hyper::Uri>() else { continue };
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
+            let started = std::time::Instant::now();
+            let outcome = match tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => format!("reachable in {} ms", started.elapsed().as_millis()),
+                Ok(Err(error)) => format!("unreachable: {error}"),
+                Err(_) => "unreachable: no answer within 3 s".to_string(),
+            };
+            report.push((service.to_string(), format!("{host}:{port}"), outcome));
+        }
+        Ok(report)
+    }
+
     /// Seconds until the next item that can be sent is due (0: now): the first queued item
     /// of each device whose service is configured. None when nothing can be sent.
     fn next_sendable(&self) -> Result<Option<u64>, AppError> {

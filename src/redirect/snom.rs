@@ -138,6 +138,10 @@ impl Sraps {
 }
 
 impl RedirectClient for Sraps {
+    fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
         let url = format!("{}{}", self.endpoints(wan).await?, registration.mac);
         let body = json!({
@@ -202,6 +206,10 @@ fn mac_param(mac: &Mac) -> Value {
 }
 
 impl RedirectClient for XmlRpc {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
         let params = [mac_param(&registration.mac), Value::str(&registration.url)];
         match status_pair(self.call(wan, "redirect.registerPhone", &params).await?)? {

@@ -76,6 +76,10 @@ fn refusal(text: &str, mac: &Mac) -> Failure {
 }
 
 impl RedirectClient for XmlRpc {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     fn supports_take_over(&self) -> bool {
         true
     }
@@ -221,6 +225,10 @@ fn json_refusal(code: &str, mac: &Mac) -> Failure {
 }
 
 impl RedirectClient for JsonApi {
+    fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
         let body = json!({ "macs": [registration.mac.to_string()], "uniqueServerUrl": registration.url });
         match self.call(wan, "POST", "/api/open/v1/device/add", &[], Some(body)).await? {
@@ -358,6 +366,10 @@ fn refusal_of(refused: &[(Mac, String)], registration: &Registration) -> Result<
 }
 
 impl RedirectClient for Ymcs {
+    fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     fn batch_limit(&self) -> usize {
         YMCS_BATCH
     }

@@ -26,7 +26,7 @@ pub fn routes() -> Router<Web> {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices).post(add_device))
-        .route("/api/v1/devices/{mac}", get(show_device).delete(remove_device))
+        .route("/api/v1/devices/{mac}", get(show_device).put(edit_device).delete(remove_device))
         .route("/api/v1/devices/{mac}/unlock", post(unlock))
         .route("/api/v1/devices/{mac}/reprovision", post(reprovision))
         .route("/api/v1/settings", get(settings))
@@ -168,6 +168,21 @@ async fn show_device(
     api!(web, headers, peer, |actor| blocking(move || app.device_view(&mac, true)).await)
 }
 
+async fn edit_device(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let (mac, spec): (Mac, DeviceSpec) = match (mac(&text), body(&bytes)) {
+        (Ok(mac), Ok(spec)) => (mac, spec),
+        (Err(response), _) | (_, Err(response)) => return *response,
+    };
+    let app = web.app.clone();
+    api!(web, headers, peer, |actor| blocking(move || app.edit_device(&mac, &spec, &actor)).await)
+}
+
 async fn remove_device(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
@@ -278,6 +293,7 @@ fn openapi_document() -> serde_json::Value {
             },
             "/api/v1/devices/{mac}": {
                 "get": { "summary": "Show a device", "parameters": [mac], "responses": ok("the device") },
+                "put": { "summary": "Change a device's model and lines (a line without sip_password keeps its password)", "parameters": [mac], "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeviceSpec" } } } }, "responses": ok("the device") },
                 "delete": { "summary": "Remove a device", "parameters": [mac], "responses": ok("removed") }
             },
             "/api/v1/devices/{mac}/unlock": { "post": { "summary": "Reopen enrollment with a new URL; re-registers with the redirect service", "parameters": [mac], "responses": ok("the device") } },

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Extension, Form, Path, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -355,13 +355,30 @@ fn row(device: &DeviceView) -> Row {
     }
 }
 
+/// Devices per page of the list: keeps a page well under 50 KB.
+const PAGE_SIZE: usize = 50;
+
 /// The device list with `flash` and, after an unlock, what it did.
 fn device_list(web: &Web, csrf: &str, flash: Option<(String, &str)>, unlocked: Option<&DeviceView>) -> Response {
+    device_page_of(web, csrf, flash, unlocked, 1)
+}
+
+/// Page `page` (from 1) of the device list.
+fn device_page_of(
+    web: &Web,
+    csrf: &str,
+    flash: Option<(String, &str)>,
+    unlocked: Option<&DeviceView>,
+    page: usize,
+) -> Response {
     let devices = match web.app.devices() {
         Ok(devices) => devices,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
-    let rows: Vec<Row> = devices.iter().map(row).collect();
+    let pages = devices.len().div_ceil(PAGE_SIZE).max(1);
+    let page = page.clamp(1, pages);
+    let rows: Vec<Row> = devices.iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).map(row).collect();
+    let total = devices.len();
     let vendors: Vec<String> = web.app.templates.catalog().vendors.keys().cloned().collect();
     let unlocked = unlocked.map(|device| {
         minijinja::context! {
@@ -375,13 +392,18 @@ fn device_list(web: &Web, csrf: &str, flash: Option<(String, &str)>, unlocked: O
     render(
         status,
         "devices.html",
-        minijinja::context! { title => "Devices", csrf, devices => rows, vendors, flash, flash_kind, unlocked },
+        minijinja::context! { title => "Devices", csrf, devices => rows, total, page, pages, vendors, flash, flash_kind, unlocked },
     )
 }
 
-async fn devices_page(State(web): State<Web>, headers: HeaderMap) -> Response {
+async fn devices_page(
+    State(web): State<Web>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let page = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
     match session(&web, &headers) {
-        Some((_, csrf)) => device_list(&web, &csrf, None, None),
+        Some((_, csrf)) => device_page_of(&web, &csrf, None, None, page),
         None => to_entry(&web),
     }
 }
@@ -503,6 +525,25 @@ async fn device_action(
                     .collect(),
             })
         }),
+        "edit" => {
+            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+            let password = field("sip_password");
+            let vendor = web.app.device(&mac).map(|d| d.vendor.to_string()).unwrap_or_default();
+            let spec = DeviceSpec {
+                mac: mac.to_string(),
+                vendor,
+                model: field("model"),
+                lines: vec![LineSpec {
+                    extension: field("extension"),
+                    name: field("name"),
+                    sip_user: None,
+                    sip_password: (!password.is_empty()).then_some(password),
+                }],
+            };
+            blocking(move || app.edit_device(&mac, &spec, "page"))
+                .await
+                .map(|_| Some(ActionResult { title: "Saved".into(), lines: Vec::new() }))
+        }
         "lan-window" => {
             let minutes = form.get("minutes").and_then(|m| m.parse().ok()).unwrap_or(15);
             blocking(move || app.open_lan_window(&mac, minutes, "page")).await.map(|device| {
@@ -817,6 +858,7 @@ async fn system_page(State(web): State<Web>, headers: HeaderMap) -> Response {
         Ok(status) => status,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
+    let reachability = web.app.redirect_reachability().await.unwrap_or_default();
     let audit: Vec<minijinja::Value> = web
         .app
         .audit_log()
@@ -829,7 +871,7 @@ async fn system_page(State(web): State<Web>, headers: HeaderMap) -> Response {
         "system.html",
         minijinja::context! {
             title => "System", csrf, version => env!("CARGO_PKG_VERSION"), started => when(web.started),
-            clock => status.clock, services => status.services, audit,
+            clock => status.clock, services => status.services, audit, reachability,
             store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
             erase => format!("{low} to {high}"), bootstrap => web.app.site.bootstrap_url.clone(),
         },

@@ -350,3 +350,35 @@ async fn editing_paging_reachability_and_the_cli_password() {
     assert!(system.contains("yealink (127.0.0.1:") && system.contains("reachable in"), "{system}");
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_made_and_revoked_on_the_page() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+    let made = browser.post("/settings/api-tokens", &[("csrf", &csrf), ("name", "pbx")]).await.text();
+    let marker = "shown once, copy it now): <code>";
+    let start = made.find(marker).unwrap_or_else(|| panic!("{made}")) + marker.len();
+    let token = made[start..].split('<').next().unwrap().to_string();
+    assert!(token.starts_with("pbx_"), "{token}");
+    let api = |token: String| {
+        let appliance = &appliance;
+        async move {
+            let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+            let auth = format!("Bearer {token}");
+            connection.get("/api/v1/devices", &[("Authorization", &auth)]).await.unwrap().status
+        }
+    };
+    assert_eq!(api(token.clone()).await, 200);
+    let id = token.split('_').nth(1).unwrap().to_string();
+    let revoked = browser.post(&format!("/settings/api-tokens/{id}/revoke"), &[("csrf", &csrf)]).await.text();
+    assert!(revoked.contains("revoked 1 token(s)"), "{revoked}");
+    assert_eq!(api(token).await, 401);
+    // Dismissing a phone from the phones-seen list.
+    let mut phone_connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let stranger = Phone::yealink("805ec0000009");
+    phone_connection.get("/805ec0000009.cfg", &[("User-Agent", &stranger.user_agent())]).await.unwrap();
+    let dismissed = browser.post("/seen/805ec0000009/dismiss", &[("csrf", &csrf)]).await.text();
+    assert!(dismissed.contains("dismissed 805ec0000009"));
+    assert!(!cli_ok(&appliance.data, &["device", "seen"]).contains("805ec0000009"));
+}

@@ -55,8 +55,11 @@ impl Sessions {
 
     /// The CSRF token of a live session `id` (refreshing its idle timer), or None.
     pub fn touch(&self, id: &str) -> Option<String> {
+        self.touch_at(id, Instant::now())
+    }
+
+    fn touch_at(&self, id: &str, now: Instant) -> Option<String> {
         let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
         let live = map.get(id).is_some_and(|session| now.duration_since(session.last_seen) < IDLE_TIMEOUT);
         if !live {
             map.remove(id);
@@ -166,5 +169,16 @@ mod tests {
         assert!(!sessions.csrf_ok("unknown", &csrf));
         sessions.end(&id);
         assert!(sessions.touch(&id).is_none());
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_use_keeps_them() {
+        let sessions = Sessions::default();
+        let id = sessions.start();
+        let start = Instant::now();
+        assert!(sessions.touch_at(&id, start + IDLE_TIMEOUT / 2).is_some(), "in use: still alive");
+        assert!(sessions.touch_at(&id, start + IDLE_TIMEOUT).is_some(), "the last use restarted the timer");
+        assert!(sessions.touch_at(&id, start + IDLE_TIMEOUT * 2 + Duration::from_secs(1)).is_none(), "idle too long");
+        assert!(sessions.touch(&id).is_none(), "and gone for good");
     }
 }

@@ -34,6 +34,10 @@ pub mod session;
 
 use session::{COOKIE, LoginThrottle, Sessions};
 
+/// Argon2 checks running at once: each takes about 19 MiB and a good fraction of a core,
+/// so a burst of logins queues instead of exhausting a small board.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The pre-login double-submit cookie.
 const FORM_COOKIE: &str = "provbox_form";
 
@@ -219,6 +223,7 @@ async fn setup(
     let ip = client_ip(peer.0.ip());
     let app = web.app.clone();
     let (password, code) = (field("password"), field("code"));
+    let _hashing = HASHING.acquire().await;
     let result =
         tokio::task::spawn_blocking(move || app.set_admin_password(&password, Some(&code), &format!("page {ip}")))
             .await;
@@ -265,6 +270,7 @@ async fn login(
     }
     let app = web.app.clone();
     let password = form.get("password").cloned().unwrap_or_default();
+    let _hashing = HASHING.acquire().await;
     let verified = tokio::task::spawn_blocking(move || app.verify_admin(&password)).await;
     match verified {
         Ok(Ok(true)) => {
@@ -798,6 +804,7 @@ async fn change_password(
     }
     let app = web.app.clone();
     let (current, password) = (field("current"), field("password"));
+    let _hashing = HASHING.acquire().await;
     let result = blocking(move || {
         if !app.verify_admin(&current)? {
             return Err(AppError::Admin(crate::admin::AdminError::SetupCode));

@@ -71,6 +71,11 @@ impl App {
         Ok(())
     }
 
+    /// When the admin password last changed (Unix time), once set.
+    pub fn admin_changed_at(&self) -> Result<Option<u64>, AppError> {
+        Ok(self.lock().db.admin()?.map(|credentials| credentials.changed_at))
+    }
+
     /// Whether `password` is the admin password (argon2id verification).
     pub fn verify_admin(&self, password: &str) -> Result<bool, AppError> {
         let Some(credentials) = self.lock().db.admin()? else { return Ok(false) };

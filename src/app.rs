@@ -63,6 +63,9 @@ pub enum AppError {
     /// The admin password was refused.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// Something broke inside provbox (a task panicked); logged.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A SIP operation could not be done.
     #[error("{0}")]
     Sip(String),
@@ -456,8 +459,8 @@ impl App {
     }
 
     /// Changes a device's model and lines as `spec` says (its MAC cannot change). A line
-    /// without a new SIP password keeps the one it had; tokens, enrollment, keys and
-    /// overrides stay.
+    /// without a SIP user or password keeps those of the current line with the same
+    /// extension; tokens, enrollment, keys and overrides stay.
     pub fn edit_device(&self, mac: &Mac, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
         let catalog = self.templates.catalog();
         let mut spec = spec.clone();
@@ -473,11 +476,13 @@ impl App {
             let old_lines = device.lines.clone();
             device.model = edited.model.clone();
             device.lines = edited.lines.clone();
-            for (index, line) in device.lines.iter_mut().enumerate() {
-                if spec.lines.get(index).is_some_and(|l| l.sip_password.is_none())
-                    && let Some(old) = old_lines.get(index)
-                {
+            for (line, given) in device.lines.iter_mut().zip(&spec.lines) {
+                let Some(old) = old_lines.iter().find(|old| old.extension == line.extension) else { continue };
+                if given.sip_password.is_none() {
                     line.sip_password = old.sip_password.clone();
+                }
+                if given.sip_user.is_none() {
+                    line.sip_user = old.sip_user.clone();
                 }
             }
             Ok(())
@@ -486,12 +491,13 @@ impl App {
 
     /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
     pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
-        crate::metrics::ENROLLMENT.inc("unlocked");
-        self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
+        let view = self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
             device.enrollment_token = devices::new_token();
             device.enrollment = Enrollment::Open { first_fetch: None };
             Ok(())
-        })
+        })?;
+        crate::metrics::ENROLLMENT.inc("unlocked");
+        Ok(view)
     }
 
     /// Revokes both URLs of a device (a stolen phone): fresh enrollment and steady tokens,
@@ -807,6 +813,13 @@ impl App {
             _ => state.in_grace.remove(&stored.mac),
         };
         Ok(())
+    }
+
+    /// Appends `action` by `actor` to the audit log.
+    pub fn record_audit(&self, actor: &str, action: &str) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.audit(now(), actor, action)?;
+        Ok(self.lock().db.commit(&txn)?)
     }
 
     /// Notes the current time in the store for the next boot (at most every half hour).

@@ -322,7 +322,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// leaves the old file or the new one.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io { path: path.to_path_buf(), source };
-    let temporary = path.with_extension("tmp");
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     let _ = fs::remove_file(&temporary);
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary).map_err(io)?;
     file.write_all(bytes).map_err(io)?;

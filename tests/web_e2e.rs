@@ -81,7 +81,7 @@ async fn first_start_needs_the_setup_code_and_a_strong_password() {
     let page = browser.get("/setup").await;
     assert_eq!(page.status, 200);
     let form = hidden(&page.text(), "form");
-    let cookie = page.headers_named("set-cookie").find(|c| c.starts_with("provbox_form=")).unwrap().to_string();
+    let cookie = page.headers_named("set-cookie").find(|c| c.starts_with("__Host-provbox_form=")).unwrap().to_string();
     assert!(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     let code = cli_ok(&appliance.data, &["admin", "setup-code"]).trim().to_string();
     assert_eq!(code.len(), 12);
@@ -107,7 +107,8 @@ async fn first_start_needs_the_setup_code_and_a_strong_password() {
         .post("/setup", &[("form", &form), ("code", &code), ("password", PASSWORD), ("confirm", PASSWORD)])
         .await;
     assert_eq!((done.status, done.header("location")), (303, Some("/")));
-    let session = done.headers_named("set-cookie").find(|c| c.starts_with("provbox_session=")).unwrap().to_string();
+    let session =
+        done.headers_named("set-cookie").find(|c| c.starts_with("__Host-provbox_session=")).unwrap().to_string();
     assert!(
         session.contains("Secure") && session.contains("HttpOnly") && session.contains("SameSite=Strict"),
         "{session}"
@@ -118,8 +119,7 @@ async fn first_start_needs_the_setup_code_and_a_strong_password() {
     assert_eq!(list.header("cache-control"), Some("no-store"));
     assert!(list.body.len() < 50 * 1024, "pages stay under 50 KB");
     // The code is spent.
-    let (ok, _, err) = cli(&appliance.data, &["admin", "setup-code"]);
-    assert!(ok, "{err}");
+    assert!(cli_ok(&appliance.data, &["admin", "setup-code"]).contains("an admin password is set"));
     assert_eq!(browser.get("/setup").await.header("location"), Some("/login"));
     assert!(!appliance.log().contains(PASSWORD), "the password never reaches the log");
 }
@@ -202,7 +202,11 @@ async fn failed_logins_slow_down_and_are_logged() {
     let locked = browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
     assert_eq!(locked.status, 429, "even the right password waits out the delay");
     assert!(locked.text().contains("too many failed logins; try again in"));
-    assert!(appliance.log().matches("page login failed: wrong password").count() >= 4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while appliance.log().matches("page login failed: wrong password").count() < 4 {
+        assert!(std::time::Instant::now() < deadline, "every failure is logged: {}", appliance.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let page = browser.get("/login").await;
     let form = hidden(&page.text(), "form");
@@ -381,4 +385,100 @@ async fn api_tokens_are_made_and_revoked_on_the_page() {
     let dismissed = browser.post("/seen/805ec0000009/dismiss", &[("csrf", &csrf)]).await.text();
     assert!(dismissed.contains("dismissed 805ec0000009"));
     assert!(!cli_ok(&appliance.data, &["device", "seen"]).contains("805ec0000009"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_are_all_counted_and_valid_tokens_still_work() {
+    let appliance = Appliance::start();
+    drop(set_up(&appliance).await);
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    // Every page without a session leads to the login page.
+    let mut anonymous = Browser::open(&appliance).await;
+    for path in ["/", "/export.csv", "/devices/805ec0d57d72", "/settings", "/system", "/seen", "/import"] {
+        assert_eq!(anonymous.get(path).await.header("location"), Some("/login"), "{path}");
+    }
+    // Ten guesses sent at once: only the free ones reach the password check.
+    let mut guesses = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (config, address) = (appliance.client_config(), appliance.https);
+        guesses.spawn(async move {
+            let connection = Connection::open(config, address, None).await.unwrap();
+            let mut browser = Browser { connection, cookies: Vec::new() };
+            let form = hidden(&browser.get("/login").await.text(), "form");
+            browser.post("/login", &[("form", &form), ("password", "Wrong-Passw0rd-1")]).await.status
+        });
+    }
+    let statuses: Vec<u16> = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 4, "{statuses:?}: parallel guesses bypassed the throttle");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10 - checked, "{statuses:?}");
+    // A valid API token is never held up by failed logins.
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let auth = format!("Bearer {token}");
+    assert_eq!(connection.get("/api/v1/devices", &[("Authorization", &auth)]).await.unwrap().status, 200);
+    // Another address waits at most the account's own delay, a minute at most.
+    let mut other = Browser {
+        connection: Connection::open(appliance.client_config(), appliance.https, Some("127.0.0.2".parse().unwrap()))
+            .await
+            .unwrap(),
+        cookies: Vec::new(),
+    };
+    let form = hidden(&other.get("/login").await.text(), "form");
+    let answer = other.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
+    if answer.status == 429 {
+        let text = answer.text();
+        let seconds: u64 = text.split("try again in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(seconds <= 61, "{seconds} s");
+    } else {
+        assert_eq!(answer.status, 303);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_keeps_other_lines_and_a_password_change_ends_other_sessions() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let mut second = Browser::open(&appliance).await;
+    let form = hidden(&second.get("/login").await.text(), "form");
+    assert_eq!(second.post("/login", &[("form", &form), ("password", PASSWORD)]).await.status, 303);
+
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    let spec = r#"{"mac":"805ec0d57d72","vendor":"yealink","model":"T54W","lines":[
+        {"extension":"100","name":"Ann","sip_user":"ann-custom","sip_password":"Line1-Passw0rd-x"},
+        {"extension":"101","name":"Ann 2","sip_password":"Line2-Passw0rd-y"}]}"#;
+    let mut api = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let auth = format!("Bearer {token}");
+    let added = api.request("POST", "/api/v1/devices", &[("Authorization", &auth)], spec.as_bytes()).await.unwrap();
+    assert_eq!(added.status, 200, "{}", added.text());
+
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+    let saved = browser
+        .post(
+            "/devices/805ec0d57d72/edit",
+            &[("csrf", &csrf), ("model", "T54W"), ("extension", "100"), ("name", "Ann Lee")],
+        )
+        .await;
+    assert!(saved.text().contains("Saved"), "{}", saved.text());
+    let device = appliance.device("805ec0d57d72");
+    let lines = device["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "the second line stays: {device}");
+    assert_eq!((lines[0]["name"].as_str(), lines[0]["sip_user"].as_str()), (Some("Ann Lee"), Some("ann-custom")));
+    let config = cli_ok(&appliance.data, &["render", "805ec0d57d72", "805ec0d57d72.cfg", "--reveal"]);
+    assert!(config.contains("Line1-Passw0rd-x") && config.contains("Line2-Passw0rd-y"), "passwords kept");
+
+    // A password change ends the other session; this one goes on.
+    let changed = browser
+        .post(
+            "/settings/password",
+            &[
+                ("csrf", &csrf),
+                ("current", PASSWORD),
+                ("password", "New-Passw0rd-2027"),
+                ("confirm", "New-Passw0rd-2027"),
+            ],
+        )
+        .await;
+    assert!(changed.text().contains("admin password changed"), "{}", changed.text());
+    assert_eq!(browser.get("/").await.status, 200, "the changing session continues");
+    assert_eq!(second.get("/").await.header("location"), Some("/login"), "the other session ended");
 }

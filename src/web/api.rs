@@ -59,7 +59,9 @@ fn app_error(failure: AppError) -> Response {
             return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body.to_string())
                 .into_response();
         }
-        AppError::Db(_) | AppError::Record(_) | AppError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AppError::Db(_) | AppError::Record(_) | AppError::Render(_) | AppError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     error(status, failure.to_string())
 }
@@ -71,13 +73,10 @@ fn json(value: impl Serialize) -> Response {
     }
 }
 
-/// Checks the bearer token; a wrong one counts as a failed login of its address.
+/// Checks the bearer token. A valid one always passes; wrong ones slow their address down
+/// (counted apart from page logins).
 fn authorized(web: &Web, headers: &HeaderMap, peer: Peer) -> Result<String, Box<Response>> {
     let ip = client_ip(peer.0.ip());
-    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
-        let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
-        return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, message)));
-    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -86,7 +85,11 @@ fn authorized(web: &Web, headers: &HeaderMap, peer: Peer) -> Result<String, Box<
     match web.app.api_token_name(bearer) {
         Ok(Some(name)) => Ok(format!("api:{name}")),
         Ok(None) => {
-            web.throttle.failed(ip, Instant::now());
+            if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
+                let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
+                return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, message)));
+            }
+            web.api_throttle.failed(ip, Instant::now());
             tracing::warn!(%ip, "API: missing or wrong bearer token");
             let mut response =
                 error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");

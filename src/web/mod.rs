@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Extension, Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -34,12 +34,15 @@ pub mod session;
 
 use session::{COOKIE, LoginThrottle, Sessions};
 
+/// Largest request body read (a CSV import of 5,000 devices fits).
+const BODY_LIMIT: usize = 1024 * 1024;
+
 /// Argon2 checks running at once: each takes about 19 MiB and a good fraction of a core,
 /// so a burst of logins queues instead of exhausting a small board.
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The pre-login double-submit cookie.
-const FORM_COOKIE: &str = "provbox_form";
+const FORM_COOKIE: &str = "__Host-provbox_form";
 
 /// What the page handlers share.
 #[derive(Clone)]
@@ -47,13 +50,23 @@ pub struct Web {
     app: Arc<App>,
     pki: Arc<Pki>,
     sessions: Arc<Sessions>,
+    /// Failed page logins.
     throttle: Arc<LoginThrottle>,
+    /// Bad API tokens, counted apart: they never delay the page or valid tokens.
+    api_throttle: Arc<LoginThrottle>,
     started: u64,
 }
 
 /// The page's routes, for the HTTPS listener.
 pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
-    let web = Web { app, pki, sessions: Arc::default(), throttle: Arc::default(), started: crate::app::now() };
+    let web = Web {
+        app,
+        pki,
+        sessions: Arc::default(),
+        throttle: Arc::default(),
+        api_throttle: Arc::default(),
+        started: crate::app::now(),
+    };
     Router::new()
         .route("/", get(devices_page))
         .route("/static/style.css", get(stylesheet))
@@ -74,6 +87,8 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
         .route("/settings/api-tokens", post(create_api_token))
         .route("/settings/api-tokens/{id}/revoke", post(revoke_api_token))
         .merge(api::routes())
+        // Forms and API bodies are small; only an import may be larger.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(web)
 }
 
@@ -143,9 +158,13 @@ fn set_cookie(response: &mut Response, name: &str, value: &str, max_age: Option<
     }
 }
 
-/// The session id and its CSRF token, if the request carries a live session.
+/// The session id and its CSRF token, if the request carries a live session. Sessions that
+/// started before the admin password last changed are ended first.
 fn session(web: &Web, headers: &HeaderMap) -> Option<(String, String)> {
     let id = cookie(headers, COOKIE)?;
+    if let Ok(Some(changed)) = web.app.admin_changed_at() {
+        web.sessions.end_before(changed);
+    }
     let csrf = web.sessions.touch(&id)?;
     Some((id, csrf))
 }
@@ -160,7 +179,8 @@ fn to_entry(web: &Web) -> Response {
 
 /// Checks the CSRF field of a logged-in form post.
 fn checked_session(web: &Web, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<String, Box<Response>> {
-    let Some(id) = cookie(headers, COOKIE) else { return Err(Box::new(to_entry(web))) };
+    // An expired session goes to the login page, whatever its form carried.
+    let Some((id, _)) = session(web, headers) else { return Err(Box::new(to_entry(web))) };
     let token = form.get("csrf").map(String::as_str).unwrap_or("");
     if !web.sessions.csrf_ok(&id, token) {
         tracing::warn!("page: a form post without a valid CSRF token was refused");
@@ -270,6 +290,9 @@ async fn login(
     }
     let app = web.app.clone();
     let password = form.get("password").cloned().unwrap_or_default();
+    // Counted as failed before the check, so attempts sent in parallel are all counted;
+    // a success clears it.
+    web.throttle.failed(ip, Instant::now());
     let _hashing = HASHING.acquire().await;
     let verified = tokio::task::spawn_blocking(move || app.verify_admin(&password)).await;
     match verified {
@@ -279,7 +302,6 @@ async fn login(
             logged_in(&web)
         }
         Ok(Ok(false)) => {
-            web.throttle.failed(ip, Instant::now());
             tracing::warn!(%ip, "page login failed: wrong password");
             let message = "wrong password".to_string();
             form_page("login.html", StatusCode::UNAUTHORIZED, Some(message), minijinja::context! {})
@@ -448,7 +470,7 @@ async fn add_device(State(web): State<Web>, headers: HeaderMap, Form(form): Form
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, AppError> + Send + 'static,
 ) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| Err(AppError::Sip("internal error".into())))
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(AppError::Internal(e.to_string())))
 }
 
 /// What an action on a device did, shown above its page.
@@ -534,18 +556,31 @@ async fn device_action(
         "edit" => {
             let field = |name: &str| form.get(name).cloned().unwrap_or_default();
             let password = field("sip_password");
-            let vendor = web.app.device(&mac).map(|d| d.vendor.to_string()).unwrap_or_default();
-            let spec = DeviceSpec {
-                mac: mac.to_string(),
-                vendor,
-                model: field("model"),
-                lines: vec![LineSpec {
-                    extension: field("extension"),
-                    name: field("name"),
-                    sip_user: None,
-                    sip_password: (!password.is_empty()).then_some(password),
-                }],
+            let current = match web.app.device(&mac) {
+                Ok(device) => device,
+                Err(_) => return StatusCode::NOT_FOUND.into_response(),
             };
+            // The form edits the first line; its SIP user stays, and its password unless a
+            // new one is given. The other lines stay as they are.
+            let mut lines: Vec<LineSpec> = current
+                .lines
+                .iter()
+                .map(|line| LineSpec {
+                    extension: line.extension.to_string(),
+                    name: line.display_name.to_string(),
+                    sip_user: Some(line.sip_user.to_string()),
+                    sip_password: Some(line.sip_password.to_string()),
+                })
+                .collect();
+            if let Some(first) = lines.first_mut() {
+                first.extension = field("extension");
+                first.name = field("name");
+                if !password.is_empty() {
+                    first.sip_password = Some(password);
+                }
+            }
+            let spec =
+                DeviceSpec { mac: mac.to_string(), vendor: current.vendor.to_string(), model: field("model"), lines };
             blocking(move || app.edit_device(&mac, &spec, "page"))
                 .await
                 .map(|_| Some(ActionResult { title: "Saved".into(), lines: Vec::new() }))
@@ -767,6 +802,9 @@ async fn certificate(
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     match web.pki.install_operator(&field("certificate"), &field("key")) {
         Ok(()) => {
+            if let Err(error) = web.app.record_audit("page", "installed an operator certificate") {
+                tracing::error!("audit log: {error}");
+            }
             tracing::info!("page: operator certificate installed");
             settings_form(
                 &web,
@@ -813,7 +851,16 @@ async fn change_password(
     })
     .await;
     match result {
-        Ok(()) => settings_form(&web, &csrf, StatusCode::OK, Some(("admin password changed".into(), "ok"))),
+        Ok(()) => {
+            // Every other session ends with the old password; this one continues as a new one.
+            web.sessions.end_all();
+            let id = web.sessions.start();
+            let csrf = web.sessions.touch(&id).unwrap_or_default();
+            let message = "admin password changed; other sessions are logged out".to_string();
+            let mut response = settings_form(&web, &csrf, StatusCode::OK, Some((message, "ok")));
+            set_cookie(&mut response, COOKIE, &id, None);
+            response
+        }
         Err(AppError::Admin(crate::admin::AdminError::SetupCode)) => settings_form(
             &web,
             &csrf,

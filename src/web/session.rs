@@ -19,8 +19,14 @@ const FREE_FAILURES: u32 = 3;
 /// Longest lockout after repeated failures.
 const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 
-/// The session cookie's name.
-pub const COOKIE: &str = "provbox_session";
+/// The session cookie's name; `__Host-` makes browsers refuse it from plain HTTP or another
+/// path or domain.
+pub const COOKIE: &str = "__Host-provbox_session";
+/// The account's own delay never exceeds this, so an attacker cannot lock the admin out for
+/// long from addresses of their own.
+const MAX_ACCOUNT_LOCKOUT: Duration = Duration::from_secs(60);
+/// Failures older than this are forgotten.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 fn random_hex() -> String {
     hex(&[crate::devices::new_token(), crate::devices::new_token()].concat())
@@ -29,6 +35,8 @@ fn random_hex() -> String {
 struct Session {
     csrf: String,
     last_seen: Instant,
+    /// Unix time it started: a password changed later ends it.
+    started: u64,
 }
 
 /// The logged-in sessions.
@@ -49,8 +57,19 @@ impl Sessions {
         {
             map.remove(&oldest);
         }
-        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now });
+        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now, started: crate::app::now() });
         id
+    }
+
+    /// Ends every session.
+    pub fn end_all(&self) {
+        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// Ends every session that started before `unix` (the admin password changed then,
+    /// maybe from the CLI).
+    pub fn end_before(&self, unix: u64) {
+        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|_, s| s.started >= unix);
     }
 
     /// The CSRF token of a live session `id` (refreshing its idle timer), or None.
@@ -85,6 +104,7 @@ impl Sessions {
 struct Failures {
     count: u32,
     until: Instant,
+    last: Instant,
 }
 
 /// Progressive delays after failed logins, per address and for the one admin account.
@@ -115,19 +135,32 @@ impl LoginThrottle {
             .max()
     }
 
-    /// Counts a failure from `address`. The account's own delay grows at half the rate, so
-    /// an attacker spread over many addresses slows down without locking the admin out.
+    /// Counts an attempt from `address` as failed. Call it before checking the password
+    /// and [`LoginThrottle::succeeded`] after a success, so attempts made in parallel are
+    /// all counted. The account's own delay grows at half the rate and stops at a minute,
+    /// so an attacker spread over many addresses slows down without locking the admin out.
     pub fn failed(&self, address: IpAddr, now: Instant) {
+        let forget = |failures: &mut Failures| {
+            if now.duration_since(failures.last) > FAILURE_MEMORY {
+                failures.count = 0;
+            }
+        };
         let mut by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if by_address.len() >= 4096 {
-            by_address.retain(|_, failures| failures.until > now);
+            by_address.retain(|_, failures| now.duration_since(failures.last) < FAILURE_MEMORY);
         }
-        let entry = by_address.entry(address).or_insert(Failures { count: 0, until: now });
+        let entry = by_address.entry(address).or_insert(Failures { count: 0, until: now, last: now });
+        forget(entry);
         entry.count += 1;
         entry.until = now + lockout(entry.count);
+        entry.last = now;
         let mut account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = account.map_or(0, |failures| failures.count) + 1;
-        *account = Some(Failures { count, until: now + lockout(count / 2) });
+        let mut failures = account.unwrap_or(Failures { count: 0, until: now, last: now });
+        forget(&mut failures);
+        failures.count += 1;
+        failures.until = now + lockout(failures.count / 2).min(MAX_ACCOUNT_LOCKOUT);
+        failures.last = now;
+        *account = Some(failures);
     }
 
     /// Forgets the failures of `address` after a successful login.

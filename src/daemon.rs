@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub sip: Option<SocketAddr>,
     /// mDNS responder address, or None for off.
     pub mdns: Option<SocketAddr>,
+    /// The user to run as once the listeners are bound (the image binds 443 and 80 as root).
+    pub user: Option<String>,
 }
 
 /// Why the appliance could not start.
@@ -65,6 +67,34 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// Privileges could not be dropped to the configured user.
+    #[error("cannot run as user {user}: {reason}")]
+    User {
+        /// The user.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Becomes `user` (its uid, gid and only its own group), for good: called once the
+/// privileged ports are bound and the clock restored.
+fn drop_privileges(user: &str) -> Result<(), DaemonError> {
+    use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
+    let fail = |reason: String| DaemonError::User { user: user.to_string(), reason };
+    let account = User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
+    if account.uid.is_root() {
+        return Err(fail("refusing to \"drop\" to root".into()));
+    }
+    setgroups(&[account.gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
+    setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
+    setuid(account.uid).map_err(|e| fail(format!("setuid: {e}")))?;
+    // Having given up root, getting it back must fail.
+    if setuid(Uid::from_raw(0)).is_ok() || Gid::current() != account.gid {
+        return Err(fail("privileges were not dropped".into()));
+    }
+    tracing::info!(user, uid = account.uid.as_raw(), "running unprivileged");
+    Ok(())
 }
 
 /// What the appliance reports once it is up.
@@ -181,11 +211,6 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let http_socket = bind(config.http)?;
     let https = https_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.https, source })?;
     let http = http_socket.local_addr().map_err(|source| DaemonError::Bind { address: config.http, source })?;
-
-    if let Err(error) = std::fs::write(port_file(&config.data_dir), format!("{}\n", https.port())) {
-        tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
-    }
-    let devices = db.device_count();
     let last_known = db.last_known_time().unwrap_or_else(|error| {
         tracing::warn!("the last known time is unreadable, not restored: {error}");
         None
@@ -195,6 +220,14 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         clock::Restored::SetTo(at) => tracing::info!("clock set forward to the last known time, {}", clock::date(at)),
         clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),
     }
+    if let Some(user) = &config.user {
+        drop_privileges(user)?;
+    }
+
+    if let Err(error) = std::fs::write(port_file(&config.data_dir), format!("{}\n", https.port())) {
+        tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
+    }
+    let devices = db.device_count();
     let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port(), http.port()))?);
     let lan = lan_addresses();
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());

@@ -142,6 +142,9 @@ struct ServeArgs {
     /// mDNS responder for provbox-<mac>.local (UDP), or `off`.
     #[arg(long, default_value = "0.0.0.0:5353")]
     mdns: String,
+    /// Run as this user once the listeners are bound (start as root to bind 443 and 80).
+    #[arg(long)]
+    user: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -425,6 +428,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         },
         sip: optional_address(&args.sip)?,
         mdns: optional_address(&args.mdns)?,
+        user: args.user.clone(),
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

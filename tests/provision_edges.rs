@@ -240,3 +240,34 @@ async fn the_cli_talks_to_the_running_server_over_its_socket() {
         "no password in the log"
     );
 }
+
+#[tokio::test]
+async fn serve_drops_to_an_unprivileged_user_after_binding() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: dropping privileges needs root (CI runs as root)");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
+    // The data directory belongs to the user the appliance becomes.
+    for entry in [dir.path().to_path_buf(), data.clone(), data.join("store.bin")] {
+        nix::unistd::chown(&entry, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    }
+    let appliance = Appliance::start_on(data, Some(dir), &["--key-type", "ecdsa-p256", "--user", "nobody"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", appliance.pid())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let expected = nobody.uid.as_raw().to_string();
+    assert!(uids.split_whitespace().skip(1).all(|uid| uid == expected), "real, effective, saved and fs uid: {uids}");
+    assert!(appliance.wait_for_log("running unprivileged"));
+    // It still serves, and its files are the unprivileged user's.
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    assert_eq!(connection.get("/ca.crt", &[]).await.unwrap().status, 200);
+    let key = std::fs::metadata(appliance.data.join("tls/server.key")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&key), nobody.uid.as_raw());
+    assert!(
+        cli_ok(&appliance.data, &["device", "list"]).starts_with("MAC"),
+        "the CLI reaches it over the control socket"
+    );
+}

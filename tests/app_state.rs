@@ -180,3 +180,26 @@ fn the_largest_devices_and_their_redirect_work_fit_store_transactions() {
     }
     assert_eq!(app.flush_contacts().unwrap(), 48);
 }
+
+#[test]
+fn a_source_walking_through_macs_over_pnp_is_cut_off() {
+    use provbox::sip::pnp::Announcement;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let known = app.add_device(&spec(1), "test").unwrap();
+    let announce = |mac: &str| Announcement {
+        mac: mac.parse().unwrap(),
+        vendor: "Yealink".into(),
+        model: "T54W".into(),
+        version: "1".into(),
+    };
+    let walker: std::net::IpAddr = "192.0.2.66".parse().unwrap();
+    let phone: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+    assert_eq!(app.pnp_offer(&announce(&known.mac), phone).unwrap().as_deref(), Some(known.enrollment_url.as_str()));
+    for i in 0..20 {
+        let offer = app.pnp_offer(&announce(&format!("00156599{i:04x}")), walker).unwrap();
+        assert_eq!(offer.as_deref(), Some("http://192.0.2.1:8080/"), "unknown MACs get the bootstrap");
+    }
+    assert_eq!(app.pnp_offer(&announce(&known.mac), walker).unwrap(), None, "the walker learns nothing more");
+    assert_eq!(app.pnp_offer(&announce(&known.mac), phone).unwrap().as_deref(), Some(known.enrollment_url.as_str()));
+}

@@ -188,6 +188,12 @@ impl App {
     /// The provisioning URL offered to a phone that announced itself from `ip`, recording an
     /// unknown phone on the phones-seen list. None when nothing is to be offered.
     pub fn pnp_offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, AppError> {
+        // A source walking through MACs is throttled like one walking through URL tokens:
+        // it could otherwise learn which MACs have an open enrollment.
+        if self.throttle.is_blocked(ip) {
+            tracing::warn!(%ip, "SIP PnP: too many unknown MACs from this address; not answered with a URL");
+            return Ok(None);
+        }
         let (device, base, bootstrap) = {
             let state = self.lock();
             let base = state.base_url(&self.site.default_base_url)?;
@@ -201,6 +207,7 @@ impl App {
             Some(device) if device.lan_window_until.is_some_and(|until| until > now()) => return Ok(Some(base)),
             Some(_) => {}
             None => {
+                self.throttle.record_miss(ip);
                 let user_agent = format!("SIP PnP {} {} {}", phone.vendor, phone.model, phone.version);
                 self.record_seen(PhoneSeen {
                     mac: phone.mac,

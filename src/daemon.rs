@@ -77,14 +77,30 @@ pub enum DaemonError {
     },
 }
 
-/// Becomes `user` (its uid, gid and only its own group), for good: called once the
-/// privileged ports are bound and the clock restored.
-fn drop_privileges(user: &str) -> Result<(), DaemonError> {
-    use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
+/// Becomes `user` (its uid, gid and only its own group), for good, after giving it the data
+/// directory: called once the privileged ports are bound and the clock restored.
+fn drop_privileges(user: &str, data_dir: &Path) -> Result<(), DaemonError> {
+    use nix::unistd::{Gid, Uid, User, chown, setgid, setgroups, setuid};
     let fail = |reason: String| DaemonError::User { user: user.to_string(), reason };
     let account = User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
     if account.uid.is_root() {
         return Err(fail("refusing to \"drop\" to root".into()));
+    }
+    // The appliance's files become the user's: certificates, the control socket and the
+    // port note are written after the drop. A bounded walk: the data directory is small.
+    let mut pending = vec![data_dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return Err(fail(format!("{} holds too many files to hand over", data_dir.display())));
+        }
+        chown(&path, Some(account.uid), Some(account.gid))
+            .map_err(|e| fail(format!("chown {}: {e}", path.display())))?;
+        if path.is_dir() && !path.is_symlink() {
+            let entries = std::fs::read_dir(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            pending.extend(entries.flatten().map(|entry| entry.path()));
+        }
     }
     setgroups(&[account.gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
     setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
@@ -221,7 +237,7 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),
     }
     if let Some(user) = &config.user {
-        drop_privileges(user)?;
+        drop_privileges(user, &config.data_dir)?;
     }
 
     if let Err(error) = std::fs::write(port_file(&config.data_dir), format!("{}\n", https.port())) {

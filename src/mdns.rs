@@ -8,14 +8,16 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use simple_dns::rdata::{A, AAAA, PTR, RData, SRV, TXT};
-use simple_dns::{CLASS, Name, Packet, QTYPE, ResourceRecord, TYPE};
+use simple_dns::{CLASS, Name, OPCODE, Packet, PacketFlag, QTYPE, ResourceRecord, TYPE};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 /// The mDNS group and port.
 pub const GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(224, 0, 0, 251)), 5353);
-/// TTL of the answers, seconds (RFC 6762 §10 recommends 120 for host records).
+/// TTL of multicast answers, seconds (RFC 6762 §10 recommends 120 for host records).
 const TTL: u32 = 120;
+/// TTL of answers to legacy unicast queries (RFC 6762 §6.7: at most 10).
+const LEGACY_TTL: u32 = 10;
 
 /// The service type browsed for.
 const SERVICE: &str = "_https._tcp.local";
@@ -59,8 +61,9 @@ impl Identity {
         }
     }
 
-    /// The records answering a question for `name` and `qtype`, if it is about us.
-    fn answers(&self, name: &str, qtype: QTYPE) -> Vec<ResourceRecord<'_>> {
+    /// The records answering a question for `name` and `qtype`, if it is about us, with
+    /// `ttl` and the cache-flush bit on unique records when `flush`.
+    fn answers(&self, name: &str, qtype: QTYPE, ttl: u32, flush: bool) -> Vec<ResourceRecord<'_>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let wants = |t: TYPE| qtype == QTYPE::ANY || qtype == QTYPE::TYPE(t);
         let fqdn = || Name::new_unchecked(&self.fqdn);
@@ -73,7 +76,7 @@ impl Identity {
                     IpAddr::V6(v6) if wants(TYPE::AAAA) => RData::AAAA(AAAA { address: u128::from(*v6) }),
                     _ => continue,
                 };
-                records.push(ResourceRecord::new(fqdn(), CLASS::IN, TTL, rdata).with_cache_flush(true));
+                records.push(ResourceRecord::new(fqdn(), CLASS::IN, ttl, rdata).with_cache_flush(flush));
             }
         } else if name == SERVICE && wants(TYPE::PTR) {
             records.push(ResourceRecord::new(
@@ -85,38 +88,49 @@ impl Identity {
         } else if name == self.instance.to_ascii_lowercase() {
             if wants(TYPE::SRV) {
                 let srv = SRV { priority: 0, weight: 0, port: self.https_port, target: fqdn() };
-                records.push(ResourceRecord::new(instance(), CLASS::IN, TTL, RData::SRV(srv)).with_cache_flush(true));
+                records.push(ResourceRecord::new(instance(), CLASS::IN, ttl, RData::SRV(srv)).with_cache_flush(flush));
             }
             if wants(TYPE::TXT) {
                 records.push(
-                    ResourceRecord::new(instance(), CLASS::IN, TTL, RData::TXT(TXT::new())).with_cache_flush(true),
+                    ResourceRecord::new(instance(), CLASS::IN, ttl, RData::TXT(TXT::new())).with_cache_flush(flush),
                 );
             }
         }
         records
     }
 
-    /// The reply to a query packet, or None when it asks nothing about us.
-    pub fn reply_to(&self, query: &[u8]) -> Option<Vec<u8>> {
+    /// The reply to a query packet, or None when it is not a standard query or asks nothing
+    /// about us. Responses (ours looped back, or other responders') are never answered.
+    /// `legacy` marks a unicast query from a port other than 5353 (RFC 6762 §6.7): its
+    /// reply echoes the id and the questions, with short TTLs and no cache-flush bits; a
+    /// multicast reply has id 0 and no questions.
+    pub fn reply_to(&self, query: &[u8], legacy: bool) -> Option<Vec<u8>> {
         let packet = Packet::parse(query).ok()?;
-        let mut reply = Packet::new_reply(packet.id());
+        if packet.has_flags(PacketFlag::RESPONSE) || packet.opcode() != OPCODE::StandardQuery {
+            return None;
+        }
+        let (id, ttl) = if legacy { (packet.id(), LEGACY_TTL) } else { (0, TTL) };
+        let mut reply = Packet::new_reply(id);
+        reply.set_flags(PacketFlag::AUTHORITATIVE_ANSWER);
         for question in &packet.questions {
-            reply.answers.extend(self.answers(&question.qname.to_string(), question.qtype));
+            reply.answers.extend(self.answers(&question.qname.to_string(), question.qtype, ttl, !legacy));
         }
         if reply.answers.is_empty() {
             return None;
         }
-        // Legacy unicast resolvers match the reply by its question section.
-        reply.questions = packet.questions.clone();
+        if legacy {
+            reply.questions = packet.questions.clone();
+        }
         reply.build_bytes_vec_compressed().ok()
     }
 
     /// The unsolicited announcement of every record.
     fn announcement(&self) -> Option<Vec<u8>> {
         let mut packet = Packet::new_reply(0);
-        packet.answers.extend(self.answers(&self.fqdn, QTYPE::ANY));
-        packet.answers.extend(self.answers(SERVICE, QTYPE::ANY));
-        packet.answers.extend(self.answers(&self.instance, QTYPE::ANY));
+        packet.set_flags(PacketFlag::AUTHORITATIVE_ANSWER);
+        packet.answers.extend(self.answers(&self.fqdn, QTYPE::ANY, TTL, true));
+        packet.answers.extend(self.answers(SERVICE, QTYPE::ANY, TTL, true));
+        packet.answers.extend(self.answers(&self.instance, QTYPE::ANY, TTL, true));
         packet.build_bytes_vec_compressed().ok()
     }
 }
@@ -162,9 +176,10 @@ pub async fn run(socket: UdpSocket, identity: Identity, mut stopped: watch::Rece
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let Ok((length, source)) = received else { continue };
-        let Some(reply) = identity.reply_to(&buffer[..length]) else { continue };
         // Queries from port 5353 get the multicast answer; others (legacy unicast) a direct one.
-        let target = if source.port() == 5353 && on_lan { GROUP } else { source };
+        let legacy = source.port() != 5353 || !on_lan;
+        let Some(reply) = identity.reply_to(&buffer[..length], legacy) else { continue };
+        let target = if legacy { source } else { GROUP };
         let _ = socket.send_to(&reply, target).await;
     }
 }
@@ -184,11 +199,19 @@ mod tests {
             CLASS::IN.into(),
             false,
         ));
-        let bytes = identity.reply_to(&query.build_bytes_vec().unwrap()).unwrap();
+        let bytes = identity.reply_to(&query.build_bytes_vec().unwrap(), true).unwrap();
         let reply = Packet::parse(&bytes).unwrap();
         assert_eq!(reply.id(), 7);
         assert_eq!(reply.answers.len(), 1, "only the A record");
         assert_eq!(reply.answers[0].rdata, RData::A(A { address: u32::from(Ipv4Addr::new(192, 0, 2, 10)) }));
+        assert!(reply.answers[0].ttl <= 10 && !reply.answers[0].cache_flush, "legacy unicast: short TTL, no flush");
+        assert_eq!(reply.questions.len(), 1, "legacy unicast echoes the question");
+        let multicast = identity.reply_to(&query.build_bytes_vec().unwrap(), false).unwrap();
+        let multicast = Packet::parse(&multicast).unwrap();
+        assert_eq!((multicast.id(), multicast.questions.len()), (0, 0));
+        assert!(multicast.answers[0].cache_flush);
+        // A response, such as our own looped back, is never answered: no storm.
+        assert!(identity.reply_to(&bytes, false).is_none());
 
         let mut browse = Packet::new_query(8);
         browse.questions.push(simple_dns::Question::new(
@@ -197,7 +220,7 @@ mod tests {
             CLASS::IN.into(),
             false,
         ));
-        assert!(identity.reply_to(&browse.build_bytes_vec().unwrap()).is_some());
+        assert!(identity.reply_to(&browse.build_bytes_vec().unwrap(), false).is_some());
 
         let mut other = Packet::new_query(9);
         other.questions.push(simple_dns::Question::new(
@@ -206,7 +229,7 @@ mod tests {
             CLASS::IN.into(),
             false,
         ));
-        assert!(identity.reply_to(&other.build_bytes_vec().unwrap()).is_none());
-        assert!(identity.reply_to(b"\x00garbage").is_none());
+        assert!(identity.reply_to(&other.build_bytes_vec().unwrap(), false).is_none());
+        assert!(identity.reply_to(b"\x00garbage", false).is_none());
     }
 }

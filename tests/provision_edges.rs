@@ -250,11 +250,11 @@ async fn serve_drops_to_an_unprivileged_user_after_binding() {
     let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // A fresh data directory made by root: serve hands it to the user before dropping.
     cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
-    // The data directory belongs to the user the appliance becomes.
-    for entry in [dir.path().to_path_buf(), data.clone(), data.join("store.bin")] {
-        nix::unistd::chown(&entry, Some(nobody.uid), Some(nobody.gid)).unwrap();
-    }
+    // (The temporary parent must be passable for the user, as /var/lib is.)
+    let path_to_data = dir.path().to_path_buf();
+    nix::unistd::chown(&path_to_data, Some(nobody.uid), Some(nobody.gid)).unwrap();
     let appliance = Appliance::start_on(data, Some(dir), &["--key-type", "ecdsa-p256", "--user", "nobody"]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", appliance.pid())).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

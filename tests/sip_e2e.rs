@@ -391,3 +391,32 @@ async fn a_multicast_subscribe_reaches_the_responder_in_a_network_namespace() {
     assert_eq!(body(&notify), device["enrollment_url"].as_str().unwrap());
     peer.answer(&notify, "200 OK", from).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmitted_subscribe_gets_the_same_answer_not_a_second_dialog() {
+    let appliance = Appliance::start();
+    let peer = Peer::new().await;
+    let mac = "805ec0d57d72";
+    add(&appliance, mac, "yealink", "T54W");
+    let subscribe = yealink_subscribe(mac, peer.port());
+    peer.send(&subscribe, appliance.sip).await;
+    let (first, _) = peer.receive(WAIT).await.expect("200 OK");
+    let (notify, from) = peer.receive(WAIT).await.expect("NOTIFY");
+    // The phone did not hear the 200 and sends the SUBSCRIBE again (same branch).
+    peer.send(&subscribe, appliance.sip).await;
+    let mut again = None;
+    for _ in 0..3 {
+        let (message, _) = peer.receive(WAIT).await.expect("an answer");
+        if message.starts_with("SIP/2.0 200") {
+            again = Some(message);
+            break;
+        }
+        assert_eq!(header(&message, "Via"), header(&notify, "Via"), "only the same NOTIFY, retransmitted");
+    }
+    let again = again.expect("the 200 OK again");
+    let tag =
+        |message: &str, name: &str| header(message, name).and_then(|v| v.split("tag=").nth(1).map(str::to_string));
+    assert_eq!(tag(&again, "To"), tag(&first, "To"), "the same dialog");
+    assert_eq!(tag(&notify, "From"), tag(&first, "To"), "the NOTIFY belongs to that dialog");
+    peer.answer(&notify, "200 OK", from).await;
+}

@@ -23,5 +23,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = mac_in(&String::from_utf8_lossy(data));
     let identity = Identity::new("provbox-d57d72", vec!["192.0.2.10".parse().expect("literal address")], 8443);
-    let _ = identity.reply_to(data);
+    let _ = identity.reply_to(data, true);
+    let _ = identity.reply_to(data, false);
 });

@@ -22,6 +22,9 @@ const MAX_CONTACTS: usize = 10_000;
 pub struct SipState {
     endpoint: OnceLock<Arc<Endpoint>>,
     contacts: Mutex<HashMap<Mac, SocketAddr>>,
+    /// PnP's own count of unknown MACs per address, apart from HTTPS token misses: spoofed
+    /// SUBSCRIBEs must not get a phone refused on HTTPS.
+    pub(crate) throttle: crate::provision::throttle::Throttle,
 }
 
 impl SipState {

@@ -36,8 +36,10 @@ pub const TIMER_F: Duration = Duration::from_secs(32);
 /// Messages a source may send in a burst, and per second after it.
 const BURST: f64 = 20.0;
 const PER_SECOND: f64 = 10.0;
-/// Sources tracked by the rate limiter before idle ones are forgotten.
+/// Sources tracked by the rate limiter; beyond it the least recently heard is forgotten.
 const MAX_SOURCES: usize = 1024;
+/// PnP subscriptions being answered at once; more are dropped (and counted).
+const MAX_ANSWERING: usize = 64;
 
 /// Counters shown in the log and to tests.
 #[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -65,11 +67,12 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&source) {
-            self.buckets.retain(|_, (_, seen)| now.duration_since(*seen) < Duration::from_secs(60));
-            if self.buckets.len() >= MAX_SOURCES {
-                return false;
-            }
+        if self.buckets.len() >= MAX_SOURCES
+            && !self.buckets.contains_key(&source)
+            && let Some(oldest) = self.buckets.iter().min_by_key(|(_, (_, seen))| *seen).map(|(ip, _)| *ip)
+        {
+            // A flood of (spoofed) sources must not lock real phones out.
+            self.buckets.remove(&oldest);
         }
         let (tokens, seen) = self.buckets.entry(source).or_insert((BURST, now));
         *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * PER_SECOND).min(BURST);
@@ -89,6 +92,14 @@ pub struct Endpoint {
     transactions: Mutex<HashMap<String, mpsc::Sender<Message>>>,
     limiter: Mutex<RateLimiter>,
     counters: Counters,
+    /// Bounds the subscriptions answered at once.
+    answering: Arc<tokio::sync::Semaphore>,
+    /// Addresses with a NOTIFY in flight: one at a time per address, so a spoofed flood
+    /// cannot make provbox send a retransmission series to each.
+    notifying: Mutex<std::collections::HashSet<IpAddr>>,
+    /// Responses to recent subscriptions by branch: a retransmitted SUBSCRIBE gets the same
+    /// answer again, not a second dialog.
+    answered: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
 }
 
 /// How a client transaction ended.
@@ -121,6 +132,9 @@ impl Endpoint {
             transactions: Mutex::default(),
             limiter: Mutex::default(),
             counters: Counters::default(),
+            answering: Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING)),
+            notifying: Mutex::default(),
+            answered: Mutex::default(),
         }))
     }
 
@@ -184,13 +198,60 @@ impl Endpoint {
             match &message.start {
                 StartLine::Response { .. } => self.deliver_response(message),
                 StartLine::Request { method, .. } if method == "SUBSCRIBE" => {
-                    if let Some(app) = &app {
-                        self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(pnp::answer(self.clone(), app.clone(), message, source));
+                    let Some(app) = &app else { continue };
+                    if self.resend_answer(&message, source).await {
+                        continue;
                     }
+                    let Ok(permit) = self.answering.clone().try_acquire_owned() else {
+                        self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
+                    let (endpoint, app) = (self.clone(), app.clone());
+                    tokio::spawn(async move {
+                        pnp::answer(endpoint, app, message, source).await;
+                        drop(permit);
+                    });
                 }
                 StartLine::Request { method, .. } => tracing::debug!(%source, method, "SIP: request ignored"),
             }
+        }
+    }
+
+    /// Sends the cached answer again if `request` is a retransmission; returns whether it was.
+    async fn resend_answer(&self, request: &Message, source: SocketAddr) -> bool {
+        let Some(branch) = request.branch() else { return false };
+        let cached =
+            self.answered.lock().ok().and_then(|answered| answered.get(branch).map(|(_, bytes)| bytes.clone()));
+        match cached {
+            Some(bytes) => {
+                let _ = self.socket.send_to(&bytes, pnp::response_target(request, source)).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers the answer to the subscription with `branch` for timer F.
+    pub(crate) fn remember_answer(&self, branch: &str, bytes: &[u8]) {
+        if let Ok(mut answered) = self.answered.lock() {
+            let now = Instant::now();
+            answered.retain(|_, (at, _)| now.duration_since(*at) < TIMER_F);
+            if answered.len() < MAX_SOURCES {
+                answered.insert(branch.to_string(), (now, bytes.to_vec()));
+            }
+        }
+    }
+
+    /// Claims the right to send a NOTIFY to `ip`; false while one is in flight there.
+    pub(crate) fn claim_notify(&self, ip: IpAddr) -> bool {
+        self.notifying.lock().is_ok_and(|mut notifying| notifying.insert(ip))
+    }
+
+    /// Releases the claim of [`Endpoint::claim_notify`].
+    pub(crate) fn release_notify(&self, ip: IpAddr) {
+        if let Ok(mut notifying) = self.notifying.lock() {
+            notifying.remove(&ip);
         }
     }
 

@@ -132,6 +132,9 @@ pub async fn answer(endpoint: Arc<Endpoint>, app: Arc<App>, request: Message, so
         .header("Contact", format!("<sip:provbox@{local}>"))
         .header("Expires", 0)
         .body(None, b"");
+    if let Some(branch) = request.branch() {
+        endpoint.remember_answer(branch, &ok);
+    }
     if let Err(error) = endpoint.send_to(&ok, target).await {
         tracing::warn!(%target, "SIP PnP: cannot answer: {error}");
         return;
@@ -170,8 +173,15 @@ pub async fn answer(endpoint: Arc<Endpoint>, app: Arc<App>, request: Message, so
         .header("Event", request.header("event").unwrap_or("ua-profile"))
         .header("Subscription-State", "terminated;reason=timeout")
         .body(Some("application/url"), url.as_bytes());
+    // One NOTIFY series at a time per address.
+    if !endpoint.claim_notify(target.ip()) {
+        tracing::info!(mac = %phone.mac, %target, "SIP PnP: a NOTIFY to this address is in flight; not sending another");
+        return;
+    }
+    let outcome = endpoint.transaction(&notify, &branch, target, TIMER_F).await;
+    endpoint.release_notify(target.ip());
     // The log names the MAC, never the URL: it may carry an enrollment token.
-    match endpoint.transaction(&notify, &branch, target, TIMER_F).await {
+    match outcome {
         Outcome::Answered(reply) => {
             let code = match reply.start {
                 StartLine::Response { code, .. } => code,
@@ -190,7 +200,7 @@ impl App {
     pub fn pnp_offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, AppError> {
         // A source walking through MACs is throttled like one walking through URL tokens:
         // it could otherwise learn which MACs have an open enrollment.
-        if self.throttle.is_blocked(ip) {
+        if self.sip.throttle.is_blocked(ip) {
             tracing::warn!(%ip, "SIP PnP: too many unknown MACs from this address; not answered with a URL");
             return Ok(None);
         }
@@ -207,7 +217,7 @@ impl App {
             Some(device) if device.lan_window_until.is_some_and(|until| until > now()) => return Ok(Some(base)),
             Some(_) => {}
             None => {
-                self.throttle.record_miss(ip);
+                self.sip.throttle.record_miss(ip);
                 let user_agent = format!("SIP PnP {} {} {}", phone.vendor, phone.model, phone.version);
                 self.record_seen(PhoneSeen {
                     mac: phone.mac,

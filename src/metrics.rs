@@ -49,6 +49,16 @@ pub fn render(app: &App) -> String {
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };
+    if let Some(sip) = app.sip.stats() {
+        let _ = writeln!(
+            out,
+            "# HELP provbox_sip_datagrams_total SIP datagrams by what became of them.\n# TYPE provbox_sip_datagrams_total counter\n\
+             provbox_sip_datagrams_total{{result=\"pnp_answered\"}} {}\n\
+             provbox_sip_datagrams_total{{result=\"malformed\"}} {}\n\
+             provbox_sip_datagrams_total{{result=\"rate_limited\"}} {}",
+            sip.subscriptions, sip.malformed, sip.rate_limited
+        );
+    }
     let outbox = app.redirect_status().map_or(0, |status| status.queue.len());
     gauge(&mut out, "provbox_outbox_depth", "Redirect-service operations queued.", outbox);
     gauge(&mut out, "provbox_devices", "Devices managed.", app.devices().map_or(0, |d| d.len()));

@@ -134,4 +134,14 @@ async fn openapi_and_metrics() {
     assert!(value("provbox_tls_handshakes_total{result=\"ok\"}") >= 2);
     assert_eq!(value("provbox_devices"), 1);
     assert!(value("provbox_store_capacity_bytes") > 0);
+    // The SIP responder's counters: a junk datagram shows as malformed.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    junk.send_to(b"not SIP at all", appliance.sip).unwrap();
+    assert!(appliance.wait_for_log("SIP: dropped"));
+    let (_, _, text) = call(&appliance, "GET", "/metrics", &token, "").await;
+    let malformed = text
+        .lines()
+        .find(|l| l.starts_with("provbox_sip_datagrams_total{result=\"malformed\"}"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(malformed.ends_with(" 1"), "{malformed}");
 }

@@ -43,6 +43,11 @@ impl SipState {
         }
     }
 
+    /// The SIP endpoint's counters, while it runs.
+    pub fn stats(&self) -> Option<super::Stats> {
+        self.endpoint.get().map(|endpoint| endpoint.stats())
+    }
+
     fn contact(&self, mac: &Mac) -> Option<SocketAddr> {
         self.contacts.lock().ok()?.get(mac).copied()
     }

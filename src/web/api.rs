@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -104,8 +105,16 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
     serde_json::from_slice(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))))
 }
 
-fn mac(text: &str) -> Result<Mac, Box<Response>> {
-    text.parse().map_err(|e: crate::mac::MacError| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))
+/// The `{mac}` of the path, parsed; a malformed one is a JSON 400.
+struct DeviceMac(Mac);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeviceMac {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        text.parse().map(DeviceMac).map_err(|e: crate::mac::MacError| error(StatusCode::BAD_REQUEST, e.to_string()))
+    }
 }
 
 /// Runs `work` as `actor` after the token check, answering with its JSON or its error.
@@ -160,13 +169,9 @@ async fn add_device(
 async fn show_device(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
-    Path(text): Path<String>,
+    DeviceMac(mac): DeviceMac,
     headers: HeaderMap,
 ) -> Response {
-    let mac = match mac(&text) {
-        Ok(mac) => mac,
-        Err(response) => return *response,
-    };
     let app = web.app.clone();
     api!(web, headers, peer, |actor| blocking(move || app.device_view(&mac, true)).await)
 }
@@ -174,13 +179,13 @@ async fn show_device(
 async fn edit_device(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
-    Path(text): Path<String>,
+    DeviceMac(mac): DeviceMac,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
-    let (mac, spec): (Mac, DeviceSpec) = match (mac(&text), body(&bytes)) {
-        (Ok(mac), Ok(spec)) => (mac, spec),
-        (Err(response), _) | (_, Err(response)) => return *response,
+    let spec: DeviceSpec = match body(&bytes) {
+        Ok(spec) => spec,
+        Err(response) => return *response,
     };
     let app = web.app.clone();
     api!(web, headers, peer, |actor| blocking(move || app.edit_device(&mac, &spec, &actor)).await)
@@ -189,13 +194,9 @@ async fn edit_device(
 async fn remove_device(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
-    Path(text): Path<String>,
+    DeviceMac(mac): DeviceMac,
     headers: HeaderMap,
 ) -> Response {
-    let mac = match mac(&text) {
-        Ok(mac) => mac,
-        Err(response) => return *response,
-    };
     let app = web.app.clone();
     api!(web, headers, peer, |actor| blocking(move || app
         .remove_device(&mac, &actor)
@@ -206,13 +207,9 @@ async fn remove_device(
 async fn unlock(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
-    Path(text): Path<String>,
+    DeviceMac(mac): DeviceMac,
     headers: HeaderMap,
 ) -> Response {
-    let mac = match mac(&text) {
-        Ok(mac) => mac,
-        Err(response) => return *response,
-    };
     let app = web.app.clone();
     api!(web, headers, peer, |actor| blocking(move || app.unlock(&mac, &actor)).await)
 }
@@ -220,13 +217,9 @@ async fn unlock(
 async fn reprovision(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
-    Path(text): Path<String>,
+    DeviceMac(mac): DeviceMac,
     headers: HeaderMap,
 ) -> Response {
-    let mac = match mac(&text) {
-        Ok(mac) => mac,
-        Err(response) => return *response,
-    };
     api!(web, headers, peer, |actor| web.app.reprovision(&mac, Duration::from_secs(8)).await)
 }
 

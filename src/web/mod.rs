@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Extension, Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Form, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -177,16 +177,30 @@ fn to_entry(web: &Web) -> Response {
     }
 }
 
-/// Checks the CSRF field of a logged-in form post.
-fn checked_session(web: &Web, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<String, Box<Response>> {
-    // An expired session goes to the login page, whatever its form carried.
-    let Some((id, _)) = session(web, headers) else { return Err(Box::new(to_entry(web))) };
-    let token = form.get("csrf").map(String::as_str).unwrap_or("");
-    if !web.sessions.csrf_ok(&id, token) {
-        tracing::warn!("page: a form post without a valid CSRF token was refused");
-        return Err(Box::new((StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the page").into_response()));
+/// A logged-in form post whose CSRF field checked out: the session's CSRF token (for the
+/// page answered) and the form's fields. Without a live session the request goes to the
+/// login page, whatever its form carried; with a wrong or missing token it is refused.
+struct SessionForm {
+    csrf: String,
+    fields: HashMap<String, String>,
+}
+
+impl FromRequest<Web> for SessionForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, web: &Web) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let Form(fields) =
+            Form::<HashMap<String, String>>::from_request(request, web).await.map_err(IntoResponse::into_response)?;
+        let Some((id, _)) = session(web, &headers) else { return Err(to_entry(web)) };
+        let token = fields.get("csrf").map(String::as_str).unwrap_or("");
+        if !web.sessions.csrf_ok(&id, token) {
+            tracing::warn!("page: a form post without a valid CSRF token was refused");
+            return Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the page").into_response());
+        }
+        let csrf = web.sessions.touch(&id).ok_or_else(|| to_entry(web))?;
+        Ok(SessionForm { csrf, fields })
     }
-    web.sessions.touch(&id).ok_or_else(|| Box::new(to_entry(web)))
 }
 
 /// Checks the double-submit token of a pre-login form.
@@ -310,10 +324,7 @@ async fn login(
     }
 }
 
-async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
-    if let Err(response) = checked_session(&web, &headers, &form) {
-        return *response;
-    }
+async fn logout(State(web): State<Web>, headers: HeaderMap, _checked: SessionForm) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         web.sessions.end(&id);
     }
@@ -440,11 +451,7 @@ fn page_error(error: &AppError) -> (String, &'static str) {
     (format!("{error}; nothing was changed"), "error")
 }
 
-async fn add_device(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn add_device(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     let password = field("sip_password");
     let spec = DeviceSpec {
@@ -518,13 +525,8 @@ async fn device_page(State(web): State<Web>, Path(mac): Path<String>, headers: H
 async fn device_action(
     State(web): State<Web>,
     Path((mac, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    SessionForm { csrf, fields: form }: SessionForm,
 ) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
     let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
     let app = web.app.clone();
     let outcome: Result<Option<ActionResult>, AppError> = match action.as_str() {
@@ -628,13 +630,8 @@ fn seen_list(web: &Web, csrf: &str, flash: Option<(String, &str)>) -> Response {
 async fn seen_action(
     State(web): State<Web>,
     Path((mac, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    SessionForm { csrf, fields: form }: SessionForm,
 ) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
     let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
     let app = web.app.clone();
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
@@ -658,11 +655,7 @@ async fn import_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     render(StatusCode::OK, "import.html", minijinja::context! { title => "Import", csrf })
 }
 
-async fn import(State(web): State<Web>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn import(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let csv = form.get("csv").cloned().unwrap_or_default();
     let partial = form.get("partial").is_some_and(|v| v == "on");
     let app = web.app.clone();
@@ -752,15 +745,7 @@ async fn settings_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     settings_form(&web, &csrf, StatusCode::OK, None)
 }
 
-async fn save_settings(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn save_settings(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let app = web.app.clone();
     let result = blocking(move || {
         // Validate everything first: a refused value saves nothing.
@@ -790,15 +775,7 @@ async fn save_settings(
     }
 }
 
-async fn certificate(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn certificate(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     match web.pki.install_operator(&field("certificate"), &field("key")) {
         Ok(()) => {
@@ -822,15 +799,7 @@ async fn certificate(
     }
 }
 
-async fn change_password(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn change_password(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     if field("password") != field("confirm") {
         return settings_form(
@@ -871,15 +840,7 @@ async fn change_password(
     }
 }
 
-async fn create_api_token(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
+async fn create_api_token(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
     let name = form.get("name").cloned().unwrap_or_default();
     let app = web.app.clone();
     match blocking(move || app.create_api_token(&name, "page")).await {
@@ -891,13 +852,8 @@ async fn create_api_token(
 async fn revoke_api_token(
     State(web): State<Web>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    SessionForm { csrf, .. }: SessionForm,
 ) -> Response {
-    let csrf = match checked_session(&web, &headers, &form) {
-        Ok(csrf) => csrf,
-        Err(response) => return *response,
-    };
     let app = web.app.clone();
     match blocking(move || app.revoke_api_token(&id, "page")).await {
         Ok(count) => settings_form(&web, &csrf, StatusCode::OK, Some((format!("revoked {count} token(s)"), "ok"))),

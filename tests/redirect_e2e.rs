@@ -7,7 +7,7 @@ mod redirect_mock;
 
 use std::time::{Duration, Instant};
 
-use fleet::{Appliance, Connection, Phone, cli, cli_ok};
+use fleet::{Appliance, Phone, cli, cli_ok};
 use redirect_mock::{Fault, Mock, OTHER, PASSWORD, USER};
 
 const MAC: &str = "805ec0d57d72";
@@ -39,13 +39,6 @@ fn yealink_json(mock: &Mock, secret: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn add(appliance: &Appliance, mac: &str, vendor: &str, model: &str) -> serde_json::Value {
-    let args =
-        ["device", "add", "--mac", mac, "--vendor", vendor, "--model", model, "--ext", "100", "--name", "Ann Lee"];
-    cli_ok(&appliance.data, &args);
-    appliance.device(mac)
-}
-
 /// Polls (bounded) until the device's redirect state is `state`; returns the device.
 fn wait_redirect(appliance: &Appliance, mac: &str, state: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -59,22 +52,11 @@ fn wait_redirect(appliance: &Appliance, mac: &str, state: &str) -> serde_json::V
     }
 }
 
-/// The phone fetches its enrollment URL, then its steady URL: enrollment closes.
-async fn enroll(appliance: &Appliance, phone: &Phone) {
-    let device = appliance.device(&phone.mac);
-    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
-    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-    let config = phone.boot(&mut connection, &enrollment).await.last().unwrap().1.text();
-    let steady = phone.steady_path_in(&config).expect("steady URL in the config");
-    phone.boot(&mut connection, &steady).await;
-    assert_eq!(appliance.device(&phone.mac)["enrollment"]["state"], "locked");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yealink_xmlrpc_registers_deregisters_on_lock_and_reregisters_on_unlock() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "registered");
     let enrollment_url = device["enrollment_url"].as_str().unwrap().to_string();
     assert!(enrollment_url.contains("/e/"));
@@ -86,7 +68,7 @@ async fn yealink_xmlrpc_registers_deregisters_on_lock_and_reregisters_on_unlock(
     assert_eq!(check["holds"], serde_json::json!([true, "registered"]));
 
     // Enrollment closes: the MAC is removed, so a factory reset cannot enroll again.
-    enroll(&appliance, &Phone::yealink(MAC)).await;
+    appliance.enroll(&Phone::yealink(MAC)).await;
     wait_redirect(&appliance, MAC, "deregistered");
     assert_eq!(mock.calls().last().unwrap().method, "redirect.deRegisterDevice");
     assert!(!mock.registry().contains_key(MAC));
@@ -107,10 +89,10 @@ async fn yealink_xmlrpc_registers_deregisters_on_lock_and_reregisters_on_unlock(
 async fn a_refused_deregistration_is_kept_and_retried_by_sync() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     wait_redirect(&appliance, MAC, "registered");
     mock.refuse_deregister(Some("Error: service maintenance"));
-    enroll(&appliance, &Phone::yealink(MAC)).await;
+    appliance.enroll(&Phone::yealink(MAC)).await;
     let device = wait_redirect(&appliance, MAC, "failed");
     assert!(device["redirect"]["message"].as_str().unwrap().contains("service maintenance"));
     assert!(mock.registry().contains_key(MAC), "still registered at the vendor");
@@ -125,7 +107,7 @@ async fn yealink_xmlrpc_without_unique_urls_falls_back_to_a_server_entry() {
     let mock = Mock::start().await;
     mock.without_unique_url();
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "registered");
     let methods: Vec<String> = mock.calls().into_iter().map(|c| c.method).collect();
     assert_eq!(methods, ["redirect.addServer", "redirect.registerDevice"]);
@@ -136,7 +118,7 @@ async fn yealink_xmlrpc_without_unique_urls_falls_back_to_a_server_entry() {
 async fn registration_can_be_turned_off_per_device_and_per_site() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     wait_redirect(&appliance, MAC, "registered");
     cli_ok(&appliance.data, &["redirect", "off", MAC]);
     let device = wait_redirect(&appliance, MAC, "deregistered");
@@ -147,7 +129,7 @@ async fn registration_can_be_turned_off_per_device_and_per_site() {
     // Off for the whole site: a new device is not sent anywhere, and says why.
     cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "off"]);
     let other = "805ec0d57d73";
-    add(&appliance, other, "yealink", "T54W");
+    appliance.add(other, "yealink", "T54W");
     let view = appliance.device(other)["redirect"].clone();
     assert_eq!(view["state"], "off");
     assert!(view["reason"].as_str().unwrap().contains("redirect.enabled"), "{view}");
@@ -156,7 +138,7 @@ async fn registration_can_be_turned_off_per_device_and_per_site() {
     cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "on"]);
     wait_redirect(&appliance, other, "registered");
     // A vendor without a redirect service.
-    add(&appliance, "0004f2aabbcc", "polycom", "VVX400");
+    appliance.add("0004f2aabbcc", "polycom", "VVX400");
     let view = appliance.device("0004f2aabbcc")["redirect"].clone();
     assert_eq!(view, serde_json::json!({"state": "off", "reason": "no redirect service for polycom phones"}));
 }
@@ -167,7 +149,7 @@ async fn yealink_json_api_is_signed_edits_an_existing_mac_and_deletes() {
     // The MAC is already in this account (an earlier appliance): add says "existed", provbox edits.
     mock.seed(MAC, redirect_mock::OWN, "https://old.example/e/x/");
     let appliance = appliance_with(&yealink_json(&mock, redirect_mock::SECRET));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "registered");
     let methods: Vec<String> = mock.calls().into_iter().map(|c| c.method).collect();
     assert_eq!(
@@ -192,7 +174,7 @@ async fn yealink_json_api_is_signed_edits_an_existing_mac_and_deletes() {
 async fn invalid_credentials_fail_for_good_with_the_vendors_words() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_json(&mock, "wrong-secret"));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "failed");
     let message = device["redirect"]["message"].as_str().unwrap();
     assert!(message.contains("credentials refused (HTTP 401)") && message.contains("Invalid signature"), "{message}");
@@ -215,7 +197,7 @@ async fn another_accounts_mac_is_never_taken_silently() {
     let mock = Mock::start().await;
     mock.seed(MAC, OTHER, "https://elsewhere.example/");
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "failed");
     let message = device["redirect"]["message"].as_str().unwrap();
     assert!(message.contains("Are you sure you want to override MAC addresses"), "{message}");
@@ -239,13 +221,13 @@ async fn snom_sraps_is_signed_with_hawk() {
         ("redirect.snom.secret", redirect_mock::HAWK_KEY.into()),
     ]);
     let mac = "000413922d24";
-    add(&appliance, mac, "snom", "D785");
+    appliance.add(mac, "snom", "D785");
     let device = wait_redirect(&appliance, mac, "registered");
     assert_eq!(mock.registry()[mac].url, device["enrollment_url"].as_str().unwrap());
     let put = mock.calls().into_iter().find(|c| c.method.starts_with("PUT")).unwrap();
     assert_eq!(put.method, format!("PUT /api/v1/companies/c1/endpoints/{mac}"));
 
-    enroll(&appliance, &Phone::snom(mac)).await;
+    appliance.enroll(&Phone::snom(mac)).await;
     wait_redirect(&appliance, mac, "deregistered");
     assert!(!mock.registry().contains_key(mac));
     assert!(mock.refused().is_empty(), "Hawk MACs verified: {:?}", mock.refused());
@@ -264,8 +246,8 @@ async fn snom_legacy_xmlrpc_and_fanvil_fdps_register() {
         ("redirect.fanvil.password", PASSWORD.into()),
     ]);
     let (snom, fanvil) = ("000413922d24", "0c383e123456");
-    add(&appliance, snom, "snom", "D785");
-    add(&appliance, fanvil, "fanvil", "X4U");
+    appliance.add(snom, "snom", "D785");
+    appliance.add(fanvil, "fanvil", "X4U");
     let snom_device = wait_redirect(&appliance, snom, "registered");
     let fanvil_device = wait_redirect(&appliance, fanvil, "registered");
     assert_eq!(mock.registry()[snom].url, snom_device["enrollment_url"].as_str().unwrap());
@@ -285,7 +267,7 @@ async fn a_wan_outage_delays_but_delivers_each_intent_exactly_once() {
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
     let macs = ["805ec0000001", "805ec0000002", "805ec0000003"];
     for mac in macs {
-        add(&appliance, mac, "yealink", "T54W");
+        appliance.add(mac, "yealink", "T54W");
     }
     let pending = |reason: &str| {
         cli_ok(&appliance.data, &["redirect", "sync"]);
@@ -332,7 +314,7 @@ async fn bad_replies_are_clear_statuses_and_lose_nothing() {
             .filter(|(n, _)| n.ends_with("key") || n.ends_with("secret")),
     );
     let appliance = appliance_with(&settings);
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     let cases = [
         (Fault::Html, "an HTML page instead of XML-RPC"),
         (Fault::Malformed, "malformed XML-RPC reply: truncated"),
@@ -367,7 +349,7 @@ async fn bad_replies_are_clear_statuses_and_lose_nothing() {
 async fn https_services_need_a_trusted_ca() {
     let mock = Mock::start_tls().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
-    add(&appliance, MAC, "yealink", "T54W");
+    appliance.add(MAC, "yealink", "T54W");
     cli_ok(&appliance.data, &["redirect", "sync"]);
     let view = appliance.device(MAC)["redirect"].clone();
     let error = view["last_error"].as_str().unwrap();

@@ -114,13 +114,6 @@ fn poly_subscribe(mac: &str, port: u16) -> String {
     )
 }
 
-fn add(appliance: &Appliance, mac: &str, vendor: &str, model: &str) -> serde_json::Value {
-    let args =
-        ["device", "add", "--mac", mac, "--vendor", vendor, "--model", model, "--ext", "100", "--name", "Ann Lee"];
-    cli_ok(&appliance.data, &args);
-    appliance.device(mac)
-}
-
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Sends `subscribe`, expects the 200 and then the NOTIFY; answers the NOTIFY and returns it.
@@ -148,7 +141,7 @@ async fn pnp_subscriptions_get_the_enrollment_url_or_the_bootstrap() {
 
     // A known Yealink with open enrollment: its enrollment URL.
     let yealink = "805ec0d57d72";
-    let device = add(&appliance, yealink, "yealink", "T54W");
+    let device = appliance.add(yealink, "yealink", "T54W");
     let notify = pnp(&appliance, &peer, &yealink_subscribe(yealink, peer.port())).await;
     assert_eq!(body(&notify), device["enrollment_url"].as_str().unwrap());
     assert!(!appliance.log().contains("/e/"), "the log never carries enrollment URLs");
@@ -162,9 +155,9 @@ async fn pnp_subscriptions_get_the_enrollment_url_or_the_bootstrap() {
     // A Poly with its MAC only in From, inside a LAN window after enrollment closed: the
     // HTTPS tokenless path.
     let poly = "0004f2aabbcc";
-    add(&appliance, poly, "polycom", "VVX400");
+    appliance.add(poly, "polycom", "VVX400");
     let phone = Phone::poly(poly);
-    enroll(&appliance, &phone).await;
+    appliance.enroll(&phone).await;
     cli_ok(&appliance.data, &["device", "lan-window", poly, "--minutes", "5"]);
     let notify = pnp(&appliance, &peer, &poly_subscribe(poly, peer.port())).await;
     let base = device["enrollment_url"].as_str().unwrap().split("e/").next().unwrap().to_string();
@@ -186,23 +179,12 @@ fn bootstrap_host(device: &serde_json::Value, http: SocketAddr) -> String {
     format!("{host}:{}", http.port())
 }
 
-/// Enrolls `phone` over HTTPS so its enrollment locks.
-async fn enroll(appliance: &Appliance, phone: &Phone) {
-    let device = appliance.device(&phone.mac);
-    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
-    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-    let config = phone.boot(&mut connection, &enrollment).await.last().unwrap().1.text();
-    let steady = phone.steady_path_in(&config).expect("steady URL");
-    phone.boot(&mut connection, &steady).await;
-    assert_eq!(appliance.device(&phone.mac)["enrollment"]["state"], "locked");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notify_is_retransmitted_until_answered() {
     let appliance = Appliance::start();
     let peer = Peer::new().await;
     let mac = "805ec0d57d72";
-    add(&appliance, mac, "yealink", "T54W");
+    appliance.add(mac, "yealink", "T54W");
     let subscribe = yealink_subscribe(mac, peer.port());
     peer.send(&subscribe, appliance.sip).await;
     peer.receive(WAIT).await.expect("200 OK");
@@ -239,7 +221,7 @@ async fn malformed_datagrams_are_dropped_and_counted() {
     peer.send(&no_mac, appliance.sip).await;
     assert!(peer.receive(WAIT).await.unwrap().0.starts_with("SIP/2.0 400"));
     // Still serving.
-    add(&appliance, "805ec0d57d72", "yealink", "T54W");
+    appliance.add("805ec0d57d72", "yealink", "T54W");
     pnp(&appliance, &peer, &yealink_subscribe("805ec0d57d72", peer.port())).await;
 }
 
@@ -248,7 +230,7 @@ async fn a_flood_from_one_source_is_rate_limited() {
     let appliance = Appliance::start();
     let peer = Peer::new().await;
     let mac = "805ec0d57d72";
-    add(&appliance, mac, "yealink", "T54W");
+    appliance.add(mac, "yealink", "T54W");
     cli_ok(&appliance.data, &["settings", "set", "provision.bootstrap", "off"]);
     for i in 0..200 {
         let subscribe = yealink_subscribe(&format!("805ec0aa{i:04x}"), peer.port());
@@ -265,7 +247,7 @@ async fn a_flood_from_one_source_is_rate_limited() {
 
 /// A phone that did PnP from `peer`, so provbox knows its SIP address.
 async fn known_phone(appliance: &Appliance, peer: &Peer, mac: &str, vendor: &str, model: &str) {
-    add(appliance, mac, vendor, model);
+    appliance.add(mac, vendor, model);
     pnp(appliance, peer, &yealink_subscribe(mac, peer.port())).await;
 }
 
@@ -295,7 +277,7 @@ async fn check_sync_notifies_carry_the_vendor_event_and_answers_are_explained() 
     let mac = "805ec0d57d72";
     known_phone(&appliance, &peer, mac, "yealink", "T54W").await;
     let phone = Phone::yealink(mac);
-    enroll(&appliance, &phone).await;
+    appliance.enroll(&phone).await;
     cli_ok(&appliance.data, &["device", "override", mac, "features.dnd.enable", "1"]);
     assert_eq!(appliance.device(mac)["config"], "pending");
 
@@ -333,7 +315,7 @@ async fn check_sync_events_follow_the_vendor() {
         assert!(!ok && err.contains("489") && err.contains(event), "{vendor}: {err}");
     }
     // A phone never heard from has no address.
-    add(&appliance, "805ec0000009", "yealink", "T54W");
+    appliance.add("805ec0000009", "yealink", "T54W");
     let (ok, _, err) = cli(&appliance.data, &["device", "reprovision", "805ec0000009"]);
     assert!(!ok && err.contains("has not contacted the appliance yet"), "{err}");
 }
@@ -342,7 +324,7 @@ async fn check_sync_events_follow_the_vendor() {
 async fn mdns_answers_with_the_appliances_address() {
     use simple_dns::{CLASS, Name, Packet, Question, TYPE, rdata::RData};
     let appliance = Appliance::start();
-    let device = add(&appliance, "805ec0d57d72", "yealink", "T54W");
+    let device = appliance.add("805ec0d57d72", "yealink", "T54W");
     let (name, responder) = appliance.mdns.clone();
     assert!(regex_lite::Regex::new(r"^provbox(-[0-9a-f]{6})?\.local$").unwrap().is_match(&name), "{name}");
     let peer = Peer::new().await;
@@ -376,7 +358,7 @@ async fn a_multicast_subscribe_reaches_the_responder_in_a_network_namespace() {
     cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
     let appliance = Appliance::start_in(Some(&netns), "0.0.0.0:0", data, Some(dir), &["--key-type", "ecdsa-p256"]);
     let mac = "805ec0d57d72";
-    let device = add(&appliance, mac, "yealink", "T54W");
+    let device = appliance.add(mac, "yealink", "T54W");
     let socket = netns.phone_socket("10.99.0.1:0".parse().unwrap());
     socket.set_multicast_loop_v4(false).unwrap();
     socket.set_nonblocking(true).unwrap();
@@ -397,7 +379,7 @@ async fn a_retransmitted_subscribe_gets_the_same_answer_not_a_second_dialog() {
     let appliance = Appliance::start();
     let peer = Peer::new().await;
     let mac = "805ec0d57d72";
-    add(&appliance, mac, "yealink", "T54W");
+    appliance.add(mac, "yealink", "T54W");
     let subscribe = yealink_subscribe(mac, peer.port());
     peer.send(&subscribe, appliance.sip).await;
     let (first, _) = peer.receive(WAIT).await.expect("200 OK");

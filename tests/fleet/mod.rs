@@ -212,6 +212,25 @@ impl Appliance {
         serde_json::from_str(&cli_ok(&self.data, &["device", "show", mac, "--json"])).unwrap()
     }
 
+    /// `device add` with one line (extension 100, "Ann Lee"); returns `device show`.
+    pub fn add(&self, mac: &str, vendor: &str, model: &str) -> serde_json::Value {
+        let args =
+            ["device", "add", "--mac", mac, "--vendor", vendor, "--model", model, "--ext", "100", "--name", "Ann Lee"];
+        cli_ok(&self.data, &args);
+        self.device(mac)
+    }
+
+    /// The phone fetches its enrollment URL, then its steady URL: enrollment closes.
+    pub async fn enroll(&self, phone: &Phone) {
+        let device = self.device(&phone.mac);
+        let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
+        let mut connection = Connection::open(self.client_config(), self.https, None).await.unwrap();
+        let config = phone.boot(&mut connection, &enrollment).await.last().unwrap().1.text();
+        let steady = phone.steady_path_in(&config).expect("steady URL in the config");
+        phone.boot(&mut connection, &steady).await;
+        assert_eq!(self.device(&phone.mac)["enrollment"]["state"], "locked");
+    }
+
     /// Path part of a URL printed by provbox, e.g. `/e/<token>/`.
     pub fn path_of(url: &str) -> String {
         let after_scheme = url.split("://").nth(1).expect("absolute URL");

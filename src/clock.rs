@@ -76,9 +76,11 @@ pub enum Restored {
     Refused(String),
 }
 
-/// Sets the system clock forward to the stored last-known time if it reads earlier.
+/// Sets the system clock forward if it reads earlier than the stored last-known time, or
+/// than this build (a board without a real-time clock boots at 1970: certificates made
+/// then would expire in 1980).
 pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
-    let Some(at) = last_known.filter(|at| *at > now) else { return Restored::Unneeded };
+    let Some(at) = restore_target(last_known, now) else { return Restored::Unneeded };
     let time = nix::sys::time::TimeSpec::new(at as i64, 0);
     match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time) {
         Ok(()) => {
@@ -87,6 +89,11 @@ pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
         }
         Err(errno) => Restored::Refused(errno.desc().to_string()),
     }
+}
+
+/// The time to set the clock to, if `now` is behind the last known time or the build.
+fn restore_target(last_known: Option<u64>, now: u64) -> Option<u64> {
+    Some(last_known.unwrap_or(0).max(build_time())).filter(|at| *at > now)
 }
 
 /// Notes `now` in `db` when it is plausible and the stored time lags by [`NOTE_EVERY`].
@@ -119,7 +126,10 @@ mod tests {
         let error = check(0).unwrap_err();
         assert!(error.starts_with("clock not set: it reads 1970-01-01, before this build"), "{error}");
         assert!(check(build_time()).is_ok());
-        assert_eq!(restore(None, 5), Restored::Unneeded);
-        assert_eq!(restore(Some(4), 5), Restored::Unneeded);
+        let build = build_time();
+        assert_eq!(restore_target(None, 5), Some(build), "a 1970 clock goes to the build time");
+        assert_eq!(restore_target(Some(build + 60), 5), Some(build + 60), "or to the last known time");
+        assert_eq!(restore_target(Some(build + 60), build + 61), None);
+        assert_eq!(restore_target(None, build + 1), None);
     }
 }

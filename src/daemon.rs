@@ -233,8 +233,12 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     });
     match clock::restore(last_known, crate::app::now()) {
         clock::Restored::Unneeded => {}
-        clock::Restored::SetTo(at) => tracing::info!("clock set forward to the last known time, {}", clock::date(at)),
-        clock::Restored::Refused(why) => tracing::warn!("clock is behind the last known time but cannot be set: {why}"),
+        clock::Restored::SetTo(at) => {
+            tracing::info!("clock set forward to {} (last known time or build date) until NTP answers", clock::date(at))
+        }
+        clock::Restored::Refused(why) => {
+            tracing::warn!("clock is behind the last known time or build date but cannot be set: {why}")
+        }
     }
     if let Some(user) = &config.user {
         drop_privileges(user, &config.data_dir)?;

@@ -18,6 +18,7 @@ use crate::redirect::outbox;
 use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
 use crate::store::records::Db;
+use crate::update::Updates;
 use crate::{mdns, sip};
 
 /// How often buffered last-contact records are written to flash.
@@ -42,6 +43,17 @@ pub struct DaemonConfig {
     pub mdns: Option<SocketAddr>,
     /// The user to run as once the listeners are bound (the image binds 443 and 80 as root).
     pub user: Option<String>,
+    /// Root-image updates, when running from the firmware image's A/B slots.
+    pub updates: Option<Arc<Updates>>,
+}
+
+/// How the server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// On SIGTERM or Ctrl-C.
+    Terminated,
+    /// An update was installed and wants the reboot into its slot.
+    RebootRequested,
 }
 
 /// Why the appliance could not start.
@@ -218,8 +230,13 @@ fn bind_exactly(address: SocketAddr) -> Result<TcpListener, DaemonError> {
     socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
-/// Runs the appliance on `db` until SIGTERM or Ctrl-C; calls `on_ready` once listening.
-pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+/// Runs the appliance on `db` until SIGTERM, Ctrl-C or an installed update's reboot
+/// request; calls `on_ready` once listening.
+pub async fn run(
+    db: Db<AnyFlash>,
+    config: DaemonConfig,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<Stopped, DaemonError> {
     // Handlers first, so that a signal right after the ready line is never lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -257,7 +274,7 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     ips.extend([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
     let pki = Arc::new(Pki::ensure(&config.data_dir, config.key_type, &names, &ips)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
-    let shared = routes::Shared { app: app.clone(), pki: pki.clone() };
+    let shared = routes::Shared { app: app.clone(), pki: pki.clone(), updates: config.updates.clone() };
     let listeners = vec![
         Listener { socket: https_socket, router: routes::https(shared.clone()), tls: Some(acceptor) },
         Listener { socket: http_socket, router: routes::http(shared), tls: None },
@@ -318,16 +335,27 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
         sip,
         mdns,
     });
-    loop {
+    if let Some(updates) = &config.updates {
+        commit_slot(updates, &app);
+    }
+    let reboot_requested = async {
+        match &config.updates {
+            Some(updates) => updates.reboot.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(reboot_requested);
+    let stopped = loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break Stopped::Terminated,
+            _ = tokio::signal::ctrl_c() => break Stopped::Terminated,
+            _ = &mut reboot_requested => break Stopped::RebootRequested,
             _ = hangup.recv() => match pki.reload() {
                 Ok(()) => tracing::info!(operator = pki.uses_operator_certificate(), "certificate reloaded"),
                 Err(error) => tracing::error!("certificate reload failed, keeping the current one: {error}"),
             },
         }
-    }
+    };
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = server.await;
@@ -340,7 +368,32 @@ pub async fn run(db: Db<AnyFlash>, config: DaemonConfig, on_ready: impl FnOnce(&
     let _ = std::fs::remove_file(control::socket_path(&config.data_dir));
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.flush_contacts()).await.ok().transpose()?;
-    Ok(())
+    Ok(stopped)
+}
+
+/// A new root slot on its one trial boot is up and serving: make it permanent.
+fn commit_slot(updates: &Updates, app: &App) {
+    let boot = updates.current();
+    match updates.commit() {
+        Ok(true) => {
+            tracing::info!(slot = %boot.slot, "this root slot came up healthy and is now the active one");
+            let version = crate::update::release().unwrap_or_default();
+            if let Err(error) = app.record_audit("system", &format!("update {version} in slot {} is active", boot.slot))
+            {
+                tracing::warn!("cannot note the update in the audit log: {error}");
+            }
+        }
+        Ok(false) => {}
+        Err(error) => tracing::error!("cannot commit root slot {}: {error}; it will be rolled back", boot.slot),
+    }
+    if let Some(failed) = boot.rolled_back {
+        tracing::warn!("the update in slot {failed} did not come up healthy; running slot {} again", boot.slot);
+        if let Err(error) =
+            app.record_audit("system", &format!("update in slot {failed} failed; rolled back to slot {}", boot.slot))
+        {
+            tracing::warn!("cannot note the rollback in the audit log: {error}");
+        }
+    }
 }
 
 async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {

@@ -32,4 +32,5 @@ pub mod server;
 pub mod settings;
 pub mod sip;
 pub mod store;
+pub mod update;
 pub mod web;

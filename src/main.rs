@@ -14,6 +14,7 @@ use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
 use provbox::store::check::{self, hex};
 use provbox::store::records::{Db, Kind, decode_json};
 use provbox::store::{Store, StoreError};
+use provbox::update;
 
 /// Provisioning appliance for SIP desk phones.
 #[derive(Parser)]
@@ -58,6 +59,52 @@ enum Command {
     /// The page's administrator.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Signed root-image updates of the firmware image (A/B slots).
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Show the running root slot, whether it is on trial, and the image version.
+    Status {
+        /// The initramfs's description of the slots.
+        #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
+        boot_info: PathBuf,
+    },
+    /// Check a signed bundle and write it to the inactive slot; it starts at the next boot.
+    Install {
+        /// The bundle (`provbox-<board>-<version>.update`).
+        bundle: PathBuf,
+        /// The initramfs's description of the slots.
+        #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
+        boot_info: PathBuf,
+        /// The ed25519 public key bundles must be signed with (64 hex digits).
+        #[arg(long, default_value = update::DEFAULT_KEY)]
+        key: PathBuf,
+    },
+    /// Make a signing key: KEY (PKCS#8, mode 0600) and KEY.pub (for the image).
+    Keygen {
+        /// Where to write the private key.
+        key: PathBuf,
+    },
+    /// Sign a root squashfs image into an update bundle.
+    Sign {
+        /// The private key (from `update keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The board the image is for.
+        #[arg(long)]
+        board: String,
+        /// The image's version.
+        #[arg(long)]
+        version: String,
+        /// The root squashfs image.
+        image: PathBuf,
+        /// The bundle to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +192,12 @@ struct ServeArgs {
     /// Run as this user once the listeners are bound (start as root to bind 443 and 80).
     #[arg(long)]
     user: Option<String>,
+    /// The firmware image's description of its A/B root slots; enables updates.
+    #[arg(long)]
+    boot_info: Option<PathBuf>,
+    /// The ed25519 public key update bundles must be signed with.
+    #[arg(long, default_value = update::DEFAULT_KEY)]
+    update_key: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +363,8 @@ enum CliError {
     Store { path: PathBuf, source: StoreError },
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Update(#[from] update::UpdateError),
     #[error("store check found corruption in {0}")]
     Corrupt(PathBuf),
     #[error("cannot start the runtime: {0}")]
@@ -383,23 +438,63 @@ fn main() -> ExitCode {
         // A bare `provbox` serves with the flags' defaults.
         None => serve(&cli, &ServeArgs::parse_from(["provbox"])),
         Some(Command::Serve(args)) => serve(&cli, args),
-        Some(Command::Store(command)) => store_command(&cli, command),
-        Some(Command::Device(command)) => device_command(&cli, command),
-        Some(Command::Settings(command)) => settings_command(&cli, command),
-        Some(Command::Redirect(command)) => redirect_command(&cli, command),
-        Some(Command::Admin(command)) => admin_command(&cli, command),
-        Some(Command::Render { mac, file, reveal }) => {
-            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
-            control_request(&cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
-        }
+        Some(command) => other_command(&cli, command).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("provbox: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every command but `serve`.
+fn other_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(_) => Ok(()),
+        Command::Store(command) => store_command(cli, command),
+        Command::Device(command) => device_command(cli, command),
+        Command::Settings(command) => settings_command(cli, command),
+        Command::Redirect(command) => redirect_command(cli, command),
+        Command::Admin(command) => admin_command(cli, command),
+        Command::Update(command) => update_command(command),
+        Command::Render { mac, file, reveal } => {
+            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
+            control_request(cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
+        }
+    }
+}
+
+fn update_command(command: &UpdateCommand) -> Result<(), CliError> {
+    match command {
+        UpdateCommand::Status { boot_info } => {
+            let boot = update::BootInfo::load(boot_info)?;
+            println!("board        {}", boot.board);
+            println!("image        {}", update::release().unwrap_or_else(|| "unknown".into()));
+            println!("root slot    {}{}", boot.slot, if boot.trial { " (on trial)" } else { "" });
+            if let Some(failed) = boot.rolled_back {
+                println!("last update  slot {failed} did not come up healthy; rolled back");
+            }
+        }
+        UpdateCommand::Install { bundle, boot_info, key } => {
+            let boot = update::BootInfo::load(boot_info)?;
+            let installed = update::install_file(bundle, update::PublicKey::load(key)?, boot)?;
+            println!(
+                "installed {} into root slot {}: reboot to start it (it stays only if it comes up healthy)",
+                installed.version, installed.slot
+            );
+        }
+        UpdateCommand::Keygen { key } => {
+            let public = update::generate_key(key)?;
+            println!("private key {} (keep it secret), public key {}", key.display(), public.display());
+        }
+        UpdateCommand::Sign { key, board, version, image, out } => {
+            let manifest = update::sign(key, board, version, image, out)?;
+            println!("{}: {board} {version}, {} bytes of image", out.display(), manifest.size);
+        }
+    }
+    Ok(())
 }
 
 /// Prints a status line; a closed stdout (a supervisor gone away) is not worth dying for.
@@ -414,9 +509,9 @@ fn optional_address(text: &str) -> Result<Option<std::net::SocketAddr>, CliError
 }
 
 /// Runs the appliance until SIGTERM or Ctrl-C.
-fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
     let address = |text: &str| text.parse().map_err(|_| CliError::Address(text.into()));
-    let config = DaemonConfig {
+    let mut config = DaemonConfig {
         data_dir: cli.data.clone(),
         https: address(&args.https)?,
         http: address(&args.http)?,
@@ -429,6 +524,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         sip: optional_address(&args.sip)?,
         mdns: optional_address(&args.mdns)?,
         user: args.user.clone(),
+        updates: None,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -439,6 +535,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             tracing::Level::INFO
         })
         .init();
+    config.updates = updates_of(args);
     let (store, path) = cli.mount(true)?;
     // Blocking work (store access, rendering) is short; a few threads keep memory small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -446,7 +543,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         .max_blocking_threads(8)
         .build()
         .map_err(CliError::Runtime)?;
-    runtime.block_on(daemon::run(Db::new(store), config, |ready| {
+    let stopped = runtime.block_on(daemon::run(Db::new(store), config, |ready| {
         say(format_args!(
             "provbox {}: store {} mounted, {} devices\n  phones: {}  (HTTPS on {})\n  CA certificate: {}  (HTTP on {})\n  manage: provbox --data {} device add|list|show, settings show|set",
             env!("CARGO_PKG_VERSION"),
@@ -470,8 +567,27 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             say(format_args!("  mDNS: {name} (udp {address})"));
         }
     }))?;
+    if stopped == daemon::Stopped::RebootRequested {
+        say(format_args!("provbox: stopped; the new root slot starts at the reboot"));
+        return Ok(ExitCode::from(update::REBOOT_EXIT_STATUS));
+    }
     say(format_args!("provbox: stopped"));
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Updates, when `--boot-info` names the firmware image's slots. A missing or broken file
+/// or key leaves updates off, loudly: serving phones matters more.
+fn updates_of(args: &ServeArgs) -> Option<std::sync::Arc<update::Updates>> {
+    let path = args.boot_info.as_ref()?;
+    let loaded = update::BootInfo::load(path)
+        .and_then(|boot| Ok(update::Updates::new(boot, update::PublicKey::load(&args.update_key)?)));
+    match loaded {
+        Ok(updates) => Some(std::sync::Arc::new(updates)),
+        Err(error) => {
+            tracing::error!("updates are off: {error}");
+            None
+        }
+    }
 }
 
 /// Runs `request` on the running server, or on the store directly when none runs.

@@ -29,6 +29,8 @@ pub struct Shared {
     pub app: Arc<App>,
     /// Its TLS identity (for `/ca.crt`).
     pub pki: Arc<Pki>,
+    /// Root-image updates, when running from the firmware image.
+    pub updates: Option<Arc<crate::update::Updates>>,
 }
 
 /// Routes of the HTTPS listener.
@@ -41,7 +43,7 @@ pub fn https(shared: Shared) -> Router {
         .route("/{file}", get(tokenless_secure))
         .fallback(not_found)
         .with_state(shared.clone())
-        .merge(crate::web::routes(shared.app, shared.pki))
+        .merge(crate::web::routes(shared.app, shared.pki, shared.updates))
 }
 
 /// Routes of the plain-HTTP listener: the CA and secret-free files only.

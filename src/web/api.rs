@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, FromRequestParts, Path, State};
+use axum::extract::{Extension, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use axum::routing::{get, post, put};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::update::UploadError;
 use super::{Web, blocking};
 use crate::app::{AppError, client_ip};
 use crate::devices::DeviceSpec;
@@ -34,6 +35,7 @@ pub fn routes() -> Router<Web> {
         .route("/api/v1/settings/{name}", put(set_setting))
         .route("/api/v1/phones-seen", get(phones_seen))
         .route("/api/v1/redirect", get(redirect_status))
+        .route("/api/v1/update", get(update_status).post(install_update))
 }
 
 /// A JSON error with `status`.
@@ -298,7 +300,37 @@ fn openapi_document() -> serde_json::Value {
             "/api/v1/settings/{name}": { "put": { "summary": "Change a setting", "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }], "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "value": { "type": "string" } } } } } }, "responses": ok("set") } },
             "/api/v1/phones-seen": { "get": { "summary": "Unknown phones that asked for a configuration", "responses": ok("the list") } },
             "/api/v1/redirect": { "get": { "summary": "Redirect services, the queue and each device's state", "responses": ok("the status") } },
+            "/api/v1/update": {
+                "get": { "summary": "The root slots: running slot, trial, rollback, version", "responses": ok("the slots") },
+                "post": {
+                    "summary": "Install a signed root-image bundle into the inactive slot, then reboot into it",
+                    "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                    "responses": ok("installed; the appliance reboots into it and falls back if it does not come up")
+                }
+            },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": ok("text exposition format") } }
         }
     })
+}
+
+async fn update_status(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorized(&web, &headers, peer) {
+        return *refused;
+    }
+    json(super::update::status(&web))
+}
+
+/// Streams the bundle in the body to the inactive slot; see [`crate::update`].
+async fn install_update(State(web): State<Web>, Extension(peer): Extension<Peer>, request: Request) -> Response {
+    let actor = match authorized(&web, request.headers(), peer) {
+        Ok(actor) => actor,
+        Err(refused) => return *refused,
+    };
+    match super::update::install_raw(&web, request.into_body(), &actor).await {
+        Ok(installed) => json(serde_json::json!({ "installed": installed, "rebooting": true })),
+        Err(failure @ (UploadError::Unavailable | UploadError::Refused(crate::update::UpdateError::OnTrial(_)))) => {
+            error(StatusCode::CONFLICT, failure.to_string())
+        }
+        Err(failure) => error(StatusCode::BAD_REQUEST, failure.to_string()),
+    }
 }

@@ -28,9 +28,11 @@ use crate::mac::Mac;
 use crate::pki::Pki;
 use crate::redirect::outbox::RedirectView;
 use crate::server::routes::Peer;
+use crate::update::Updates;
 
 pub mod api;
 pub mod session;
+mod update;
 
 use session::{COOKIE, LoginThrottle, Sessions};
 
@@ -55,10 +57,12 @@ pub struct Web {
     /// Bad API tokens, counted apart: they never delay the page or valid tokens.
     api_throttle: Arc<LoginThrottle>,
     started: u64,
+    /// Root-image updates, when running from the firmware image.
+    updates: Option<Arc<Updates>>,
 }
 
 /// The page's routes, for the HTTPS listener.
-pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
+pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Router {
     let web = Web {
         app,
         pki,
@@ -66,6 +70,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
         throttle: Arc::default(),
         api_throttle: Arc::default(),
         started: crate::app::now(),
+        updates,
     };
     Router::new()
         .route("/", get(devices_page))
@@ -84,6 +89,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>) -> Router {
         .route("/settings/certificate", post(certificate))
         .route("/settings/password", post(change_password))
         .route("/system", get(system_page))
+        .route("/system/update", post(update_upload))
         .route("/settings/api-tokens", post(create_api_token))
         .route("/settings/api-tokens/{id}/revoke", post(revoke_api_token))
         .merge(api::routes())
@@ -863,6 +869,11 @@ async fn revoke_api_token(
 
 async fn system_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    system_view(&web, &csrf, None).await
+}
+
+/// The system page, with `flash` after an update upload.
+async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &str)>) -> Response {
     let (live, capacity, low, high) = web.app.store_usage();
     let status = match web.app.redirect_status() {
         Ok(status) => status,
@@ -876,14 +887,42 @@ async fn system_page(State(web): State<Web>, headers: HeaderMap) -> Response {
         .into_iter()
         .map(|e| minijinja::context! { at => when(e.at), actor => e.actor.to_string(), action => e.action.to_string() })
         .collect();
+    let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
     render(
-        StatusCode::OK,
+        if flash_kind == "error" { StatusCode::BAD_REQUEST } else { StatusCode::OK },
         "system.html",
         minijinja::context! {
             title => "System", csrf, version => env!("CARGO_PKG_VERSION"), started => when(web.started),
             clock => status.clock, services => status.services, audit, reachability,
             store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
             erase => format!("{low} to {high}"), bootstrap => web.app.site.bootstrap_url.clone(),
+            firmware => update::status(web), flash, flash_kind,
         },
     )
+}
+
+/// The page's update form: a signed bundle, streamed to the inactive root slot.
+async fn update_upload(State(web): State<Web>, headers: HeaderMap, request: Request) -> Response {
+    let Some((id, _)) = session(&web, &headers) else { return to_entry(&web) };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let sessions = web.sessions.clone();
+    let outcome =
+        update::install_form(&web, content_type, request.into_body(), "page", |token| sessions.csrf_ok(&id, token))
+            .await;
+    if let Err(update::UploadError::Csrf) = outcome {
+        tracing::warn!("page: an update upload without a valid CSRF token was refused");
+        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the page").into_response();
+    }
+    let Some(csrf) = web.sessions.touch(&id) else { return to_entry(&web) };
+    let flash = match outcome {
+        Ok(done) => (
+            format!(
+                "Update {} written to root slot {}. The appliance restarts into it now; reload in a minute.",
+                done.version, done.slot
+            ),
+            "ok",
+        ),
+        Err(error) => (format!("Update refused: {error}"), "error"),
+    };
+    system_view(&web, &csrf, Some(flash)).await
 }

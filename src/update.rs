@@ -1,0 +1,745 @@
+//! Signed root-image updates and the A/B root slots of the provbox firmware image.
+//!
+//! A bundle is the magic `PBXUPD01`, a 2-byte little-endian header length, the header
+//! (`key=value` lines: board, version, size, sha256 of the image), a 64-byte ed25519
+//! signature over everything before it, then the root squashfs image. The signature is
+//! checked before a byte reaches the disk; the image is written to the inactive slot, its
+//! SHA-256 checked and read back, and only then is the slot staged for the next boot.
+//!
+//! The initramfs (`image/initramfs/init`) keeps the A/B state in a small file on the perm
+//! partition: `active=a`, plus `next=b` once a slot is staged. It boots a staged slot once,
+//! as `trial=b`; [`BootInfo::commit`] makes it `active=b` when provbox is up. A trial still
+//! pending at the next boot failed, and the board goes back to the active slot.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use ring::digest;
+use ring::signature::{self, Ed25519KeyPair, KeyPair};
+
+/// The first bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"PBXUPD01";
+/// The exit status of `serve` asking init to reboot into a newly installed slot.
+pub const REBOOT_EXIT_STATUS: u8 = 75;
+/// Where the initramfs describes the running slots.
+pub const DEFAULT_BOOT_INFO: &str = "/run/provbox/boot";
+/// The public key the image carries.
+pub const DEFAULT_KEY: &str = "/etc/provbox/update.pub";
+/// The image's release description (`VERSION=...`).
+const RELEASE_FILE: &str = "/etc/provbox-release";
+const SIGNATURE_LEN: usize = 64;
+const MAX_HEADER_LEN: usize = 1024;
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+/// Bytes before the image: magic, length, header, signature.
+const fn head_len(header_len: usize) -> usize {
+    MAGIC.len() + 2 + header_len + SIGNATURE_LEN
+}
+
+/// Why an update was refused. Nothing is switched in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The upload does not start with the bundle magic.
+    #[error("not a provbox update bundle")]
+    NotABundle,
+    /// The signed header is malformed.
+    #[error("malformed bundle header: {0}")]
+    Header(String),
+    /// The signature does not verify.
+    #[error("the signature does not verify with this appliance's update key: refused")]
+    BadSignature,
+    /// The bundle was built for another board.
+    #[error("the bundle is for board {bundle}, this is {running}: refused")]
+    WrongBoard {
+        /// The bundle's board.
+        bundle: String,
+        /// This board.
+        running: String,
+    },
+    /// The image is larger than the slot.
+    #[error("the {size}-byte image does not fit the {capacity}-byte root slot")]
+    TooBig {
+        /// Image size.
+        size: u64,
+        /// Slot size.
+        capacity: u64,
+    },
+    /// The image is not a squashfs root.
+    #[error("the image is not a squashfs root filesystem: refused, slot {0} not switched")]
+    NotSquashfs(Slot),
+    /// The upload ended early.
+    #[error("the bundle ends after {got} of {expected} image bytes: refused, slot {slot} not switched")]
+    Truncated {
+        /// Image bytes received.
+        got: u64,
+        /// Image bytes the header promises.
+        expected: u64,
+        /// The slot that was being written.
+        slot: Slot,
+    },
+    /// More bytes follow the image.
+    #[error("the bundle has data after the image: refused")]
+    TrailingData,
+    /// The image is not the one that was signed.
+    #[error("the image's SHA-256 does not match the signed header: refused, slot {0} not switched")]
+    HashMismatch(Slot),
+    /// What was written reads back differently.
+    #[error("slot {0} reads back differently than written (failing storage?): not switched")]
+    ReadBack(Slot),
+    /// The running slot has not been committed yet.
+    #[error("slot {0} is still on trial; it must come up healthy before another update")]
+    OnTrial(Slot),
+    /// The update key is unusable.
+    #[error("update key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The boot information is missing or malformed: not running from the image.
+    #[error("boot information {path}: {reason} (updates need the provbox firmware image)")]
+    BootInfo {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError {
+    let what = what.into();
+    move |source| UpdateError::Io { what, source }
+}
+
+/// A root slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Root A (partition 2).
+    A,
+    /// Root B (partition 3).
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Slot> {
+        match text {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// What a bundle's signed header says about its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The board the image is for.
+    pub board: String,
+    /// The image's version.
+    pub version: String,
+    /// Image size in bytes.
+    pub size: u64,
+    /// SHA-256 of the image.
+    pub sha256: [u8; 32],
+}
+
+impl Manifest {
+    fn encode(&self) -> String {
+        let hash: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("board={}\nversion={}\nsize={}\nsha256={hash}\n", self.board, self.version, self.size)
+    }
+
+    fn parse(text: &str) -> Result<Manifest, UpdateError> {
+        let bad = |what: &str| UpdateError::Header(what.to_string());
+        let (mut board, mut version, mut size, mut sha256) = (None, None, None, None);
+        for line in text.lines() {
+            let (key, value) = line.split_once('=').ok_or_else(|| bad("a line without '='"))?;
+            let valid = !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(bad(&format!("{key} is empty, too long or not printable")));
+            }
+            match key {
+                "board" => board = Some(value.to_string()),
+                "version" => version = Some(value.to_string()),
+                "size" => size = Some(value.parse::<u64>().map_err(|_| bad("size is not a number"))?),
+                "sha256" => sha256 = Some(parse_hex::<32>(value).ok_or_else(|| bad("sha256 is not 64 hex digits"))?),
+                _ => {} // later fields are ignored by older appliances
+            }
+        }
+        Ok(Manifest {
+            board: board.ok_or_else(|| bad("no board"))?,
+            version: version.ok_or_else(|| bad("no version"))?,
+            size: size.ok_or_else(|| bad("no size"))?,
+            sha256: sha256.ok_or_else(|| bad("no sha256"))?,
+        })
+    }
+}
+
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// An ed25519 public key that bundles must be signed with.
+#[derive(Debug, Clone)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Reads a key file: 64 hex digits.
+    pub fn load(path: &Path) -> Result<PublicKey, UpdateError> {
+        let fail = |reason: String| UpdateError::Key { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        parse_hex::<32>(text.trim()).map(PublicKey).ok_or_else(|| fail("not 64 hex digits".into()))
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), UpdateError> {
+        signature::UnparsedPublicKey::new(&signature::ED25519, &self.0)
+            .verify(message, signature)
+            .map_err(|_| UpdateError::BadSignature)
+    }
+}
+
+/// Makes a signing key: the PKCS#8 key at `path` (mode 0600) and its public key, as hex,
+/// at `path.pub`.
+pub fn generate_key(path: &Path) -> Result<PathBuf, UpdateError> {
+    let fail = |reason: String| UpdateError::Key { path: path.to_path_buf(), reason };
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(|e| fail(e.to_string()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| fail(e.to_string()))?;
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| fail(e.to_string()))?;
+    file.write_all(pkcs8.as_ref()).and_then(|()| file.sync_all()).map_err(|e| fail(e.to_string()))?;
+    let public_path = path.with_extension("pub");
+    let hex: String = pair.public_key().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&public_path, format!("{hex}\n")).map_err(io(format!("write {}", public_path.display())))?;
+    Ok(public_path)
+}
+
+/// Writes a bundle of the root image at `image` to `out`, signed with the PKCS#8 key at
+/// `key`.
+pub fn sign(key: &Path, board: &str, version: &str, image: &Path, out: &Path) -> Result<Manifest, UpdateError> {
+    let fail = |reason: String| UpdateError::Key { path: key.to_path_buf(), reason };
+    let pkcs8 = std::fs::read(key).map_err(|e| fail(e.to_string()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| fail("not an ed25519 PKCS#8 key".into()))?;
+    let mut source = File::open(image).map_err(io(format!("open {}", image.display())))?;
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let mut size = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = source.read(&mut buffer).map_err(io(format!("read {}", image.display())))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buffer[..n]);
+        size += n as u64;
+    }
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(hash.finish().as_ref());
+    let manifest = Manifest { board: board.into(), version: version.into(), size, sha256 };
+    let text = manifest.encode();
+    Manifest::parse(&text)?; // what is signed must be what an appliance accepts
+    let mut head = MAGIC.to_vec();
+    let header_len = u16::try_from(text.len()).map_err(|_| UpdateError::Header("too long".into()))?;
+    head.extend_from_slice(&header_len.to_le_bytes());
+    head.extend_from_slice(text.as_bytes());
+    let signature = pair.sign(&head);
+    head.extend_from_slice(signature.as_ref());
+    let mut write = || -> std::io::Result<()> {
+        let mut output = File::create(out)?;
+        output.write_all(&head)?;
+        source.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut source, &mut output)?;
+        output.sync_all()
+    };
+    write().map_err(io(format!("write {}", out.display())))?;
+    Ok(manifest)
+}
+
+/// The running system's slots, as the initramfs describes them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootInfo {
+    /// The board name.
+    pub board: String,
+    /// The slot running now.
+    pub slot: Slot,
+    /// Whether this boot is a new slot's one try.
+    pub trial: bool,
+    /// A slot that was tried and failed at this boot.
+    pub rolled_back: Option<Slot>,
+    /// Root A's device.
+    pub slot_a: PathBuf,
+    /// Root B's device.
+    pub slot_b: PathBuf,
+    /// The A/B state file.
+    pub state: PathBuf,
+}
+
+impl BootInfo {
+    /// Reads the boot information file.
+    pub fn load(path: &Path) -> Result<BootInfo, UpdateError> {
+        let fail = |reason: &str| UpdateError::BootInfo { path: path.to_path_buf(), reason: reason.to_string() };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(&e.to_string()))?;
+        let field = |name: &str| {
+            text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix('=')).map(str::trim).unwrap_or("")
+        };
+        let path_field = |name: &str| match field(name) {
+            "" => Err(fail(&format!("no {name}"))),
+            value => Ok(PathBuf::from(value)),
+        };
+        Ok(BootInfo {
+            board: match field("board") {
+                "" => return Err(fail("no board")),
+                board => board.to_string(),
+            },
+            slot: Slot::parse(field("slot")).ok_or_else(|| fail("slot is not a or b"))?,
+            trial: field("trial") == "1",
+            rolled_back: Slot::parse(field("rolled_back")),
+            slot_a: path_field("slot_a")?,
+            slot_b: path_field("slot_b")?,
+            state: path_field("state")?,
+        })
+    }
+
+    /// The device holding `slot`.
+    pub fn device(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.slot_a,
+            Slot::B => &self.slot_b,
+        }
+    }
+
+    /// Makes the running slot permanent if it is on trial; true if it was.
+    pub fn commit(&self) -> Result<bool, UpdateError> {
+        if !self.trial {
+            return Ok(false);
+        }
+        let _lock = self.lock()?;
+        write_state(&self.state, &format!("active={}\n", self.slot))?;
+        Ok(true)
+    }
+
+    /// Serializes installs, across processes too (`serve` and the CLI).
+    fn lock(&self) -> Result<Flock<File>, UpdateError> {
+        let path = self.state.with_extension("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(format!("open {}", path.display())))?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| UpdateError::Io {
+            what: "another update is being installed".into(),
+            source: std::io::Error::from(errno),
+        })
+    }
+}
+
+/// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
+fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
+    let fresh = path.with_extension("new");
+    let what = || format!("write {}", path.display());
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&fresh)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&fresh, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(io(what()))
+}
+
+/// What an install did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Installed {
+    /// The slot written and staged for the next boot.
+    pub slot: Slot,
+    /// The image's version.
+    pub version: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A streaming install: bytes of a bundle go in with [`Installer::feed`] as they arrive,
+/// and [`Installer::finish`] checks and stages the result.
+pub struct Installer {
+    key: PublicKey,
+    boot: BootInfo,
+    head: Vec<u8>,
+    body: Option<Body>,
+    _lock: Flock<File>,
+}
+
+struct Body {
+    manifest: Manifest,
+    slot: Slot,
+    device: File,
+    hash: digest::Context,
+    written: u64,
+}
+
+impl Installer {
+    /// Starts an install into the inactive slot, holding the install lock.
+    pub fn new(key: PublicKey, boot: BootInfo) -> Result<Installer, UpdateError> {
+        if boot.trial {
+            return Err(UpdateError::OnTrial(boot.slot));
+        }
+        let lock = boot.lock()?;
+        Ok(Installer { key, boot, head: Vec::new(), body: None, _lock: lock })
+    }
+
+    /// Takes the next bytes of the bundle.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), UpdateError> {
+        // The head comes first: the magic and length, then the header and signature.
+        while self.body.is_none() {
+            let wanted = match self.head.get(MAGIC.len()..MAGIC.len() + 2) {
+                Some(len) => head_len(u16::from_le_bytes([len[0], len[1]]) as usize),
+                None => MAGIC.len() + 2,
+            };
+            let take = bytes.len().min(wanted - self.head.len());
+            self.head.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let prefix = self.head.len().min(MAGIC.len());
+            if self.head[..prefix] != MAGIC[..prefix] {
+                return Err(UpdateError::NotABundle);
+            }
+            if self.head.len() < wanted {
+                return Ok(());
+            }
+            if wanted == MAGIC.len() + 2 {
+                let len = u16::from_le_bytes([self.head[8], self.head[9]]) as usize;
+                if len > MAX_HEADER_LEN {
+                    return Err(UpdateError::Header(format!("{len} bytes long")));
+                }
+                continue;
+            }
+            self.body = Some(self.open_body()?);
+        }
+        let Some(body) = self.body.as_mut() else { return Ok(()) };
+        let room = body.manifest.size - body.written;
+        if bytes.len() as u64 > room {
+            return Err(UpdateError::TrailingData);
+        }
+        body.device.write_all(bytes).map_err(io(format!("write slot {}", body.slot)))?;
+        body.hash.update(bytes);
+        body.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the complete head (signature first) and opens the inactive slot.
+    fn open_body(&self) -> Result<Body, UpdateError> {
+        let signed = self.head.len() - SIGNATURE_LEN;
+        self.key.verify(&self.head[..signed], &self.head[signed..])?;
+        let text = std::str::from_utf8(&self.head[MAGIC.len() + 2..signed])
+            .map_err(|_| UpdateError::Header("not UTF-8".into()))?;
+        let manifest = Manifest::parse(text)?;
+        if manifest.board != self.boot.board {
+            return Err(UpdateError::WrongBoard { bundle: manifest.board, running: self.boot.board.clone() });
+        }
+        let slot = self.boot.slot.other();
+        let path = self.boot.device(slot);
+        let mut device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open slot {slot} ({})", path.display())))?;
+        let capacity = device.seek(SeekFrom::End(0)).map_err(io(format!("size of {}", path.display())))?;
+        if manifest.size > capacity || manifest.size < SQUASHFS_MAGIC.len() as u64 {
+            return Err(UpdateError::TooBig { size: manifest.size, capacity });
+        }
+        device.seek(SeekFrom::Start(0)).map_err(io(format!("seek {}", path.display())))?;
+        tracing::info!(version = manifest.version, %slot, size = manifest.size, "update signature verified; writing");
+        Ok(Body { manifest, slot, device, hash: digest::Context::new(&digest::SHA256), written: 0 })
+    }
+
+    /// Checks what was written (hash, read-back, squashfs magic) and stages the slot.
+    pub fn finish(self) -> Result<Installed, UpdateError> {
+        let Some(mut body) = self.body else {
+            return Err(if self.head.len() < MAGIC.len() {
+                UpdateError::NotABundle
+            } else {
+                UpdateError::Header("the bundle ends inside its header".into())
+            });
+        };
+        let slot = body.slot;
+        if body.written < body.manifest.size {
+            return Err(UpdateError::Truncated { got: body.written, expected: body.manifest.size, slot });
+        }
+        if body.hash.finish().as_ref() != body.manifest.sha256 {
+            return Err(UpdateError::HashMismatch(slot));
+        }
+        body.device.sync_all().map_err(io(format!("flush slot {slot}")))?;
+        // Read back through the device: storage that lies about writes must not be booted.
+        body.device.seek(SeekFrom::Start(0)).map_err(io(format!("seek slot {slot}")))?;
+        let mut reread = digest::Context::new(&digest::SHA256);
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut left = body.manifest.size;
+        let mut first = true;
+        while left > 0 {
+            let n = buffer.len().min(left as usize);
+            body.device.read_exact(&mut buffer[..n]).map_err(io(format!("read back slot {slot}")))?;
+            if first && !buffer.starts_with(SQUASHFS_MAGIC) {
+                return Err(UpdateError::NotSquashfs(slot));
+            }
+            first = false;
+            reread.update(&buffer[..n]);
+            left -= n as u64;
+        }
+        if reread.finish().as_ref() != body.manifest.sha256 {
+            return Err(UpdateError::ReadBack(slot));
+        }
+        write_state(&self.boot.state, &format!("active={}\nnext={slot}\n", self.boot.slot))?;
+        tracing::info!(version = body.manifest.version, %slot, "update installed; it starts at the next boot");
+        Ok(Installed { slot, version: body.manifest.version, size: body.manifest.size })
+    }
+}
+
+/// Installs the bundle at `path` (the CLI's path).
+pub fn install_file(path: &Path, key: PublicKey, boot: BootInfo) -> Result<Installed, UpdateError> {
+    let mut installer = Installer::new(key, boot)?;
+    let mut file = File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buffer).map_err(io(format!("read {}", path.display())))?;
+        if n == 0 {
+            return installer.finish();
+        }
+        installer.feed(&buffer[..n])?;
+    }
+}
+
+/// The image's release (`VERSION=` of /etc/provbox-release), if running from the image.
+pub fn release() -> Option<String> {
+    let text = std::fs::read_to_string(RELEASE_FILE).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("VERSION=")).map(|v| v.trim_matches('"').to_string())
+}
+
+/// Updates as the running server offers them: the slots, the key, and the reboot request.
+#[derive(Debug)]
+pub struct Updates {
+    /// The slots as this boot found them.
+    boot: BootInfo,
+    /// The key bundles must be signed with.
+    pub key: PublicKey,
+    /// Notified when an installed update wants the reboot.
+    pub reboot: tokio::sync::Notify,
+    /// Set once a trial slot has been committed.
+    committed: std::sync::atomic::AtomicBool,
+}
+
+impl Updates {
+    /// Updates for `boot`, accepting bundles signed for `key`.
+    pub fn new(boot: BootInfo, key: PublicKey) -> Updates {
+        Updates { boot, key, reboot: tokio::sync::Notify::new(), committed: Default::default() }
+    }
+
+    /// The slots now: a committed trial is no longer one.
+    pub fn current(&self) -> BootInfo {
+        let mut boot = self.boot.clone();
+        boot.trial &= !self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        boot
+    }
+
+    /// Commits the running slot if it is on trial; true if it was.
+    pub fn commit(&self) -> Result<bool, UpdateError> {
+        let committed = self.current().commit()?;
+        if committed {
+            self.committed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(committed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board with file-backed slots, a signing key and a root image.
+    struct Bench {
+        dir: tempfile::TempDir,
+        key: PathBuf,
+        public: PublicKey,
+        image: PathBuf,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            let dir = tempfile::tempdir().unwrap();
+            let key = dir.path().join("signing.key");
+            let public = PublicKey::load(&generate_key(&key).unwrap()).unwrap();
+            for slot in ["a", "b"] {
+                std::fs::write(dir.path().join(slot), vec![0u8; 256 * 1024]).unwrap();
+            }
+            std::fs::write(dir.path().join("state"), "active=a\n").unwrap();
+            let mut image = SQUASHFS_MAGIC.to_vec();
+            image.extend((0..100_000u32).map(|i| (i * 7 % 251) as u8));
+            let image_path = dir.path().join("root.squashfs");
+            std::fs::write(&image_path, image).unwrap();
+            std::fs::write(
+                dir.path().join("boot"),
+                format!(
+                    "board=qemu-virt\nslot=a\ntrial=0\nrolled_back=\nslot_a={0}/a\nslot_b={0}/b\nstate={0}/state\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            Bench { dir, key, public, image: image_path }
+        }
+
+        fn boot(&self) -> BootInfo {
+            BootInfo::load(&self.dir.path().join("boot")).unwrap()
+        }
+
+        fn bundle(&self, board: &str) -> Vec<u8> {
+            let out = self.dir.path().join("bundle");
+            sign(&self.key, board, "2.0", &self.image, &out).unwrap();
+            std::fs::read(out).unwrap()
+        }
+
+        fn install(&self, bundle: &[u8], chunk: usize) -> Result<Installed, UpdateError> {
+            let mut installer = Installer::new(self.public.clone(), self.boot())?;
+            for piece in bundle.chunks(chunk.max(1)) {
+                installer.feed(piece)?;
+            }
+            installer.finish()
+        }
+
+        fn state(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("state")).unwrap()
+        }
+
+        fn slot_b(&self) -> Vec<u8> {
+            std::fs::read(self.dir.path().join("b")).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_signed_bundle_is_written_to_the_inactive_slot_and_staged() {
+        let bench = Bench::new();
+        let bundle = bench.bundle("qemu-virt");
+        for chunk in [1, 7, 4096, bundle.len()] {
+            std::fs::write(bench.dir.path().join("state"), "active=a\n").unwrap();
+            let installed = bench.install(&bundle, chunk).unwrap();
+            assert_eq!((installed.slot, installed.version.as_str()), (Slot::B, "2.0"));
+            assert_eq!(bench.state(), "active=a\nnext=b\n");
+            let image = std::fs::read(&bench.image).unwrap();
+            assert_eq!(&bench.slot_b()[..image.len()], &image[..]);
+        }
+        assert_eq!(std::fs::read(bench.dir.path().join("a")).unwrap(), vec![0u8; 256 * 1024], "slot a untouched");
+    }
+
+    #[test]
+    fn bad_bundles_are_refused_and_nothing_is_switched() {
+        let bench = Bench::new();
+        let good = bench.bundle("qemu-virt");
+        let head = good.len() - std::fs::metadata(&bench.image).unwrap().len() as usize;
+
+        let mut forged_signature = good.clone();
+        forged_signature[head - 1] ^= 1;
+        let mut tampered_image = good.clone();
+        tampered_image[head + 5000] ^= 0x40;
+        let mut tampered_header = good.clone();
+        tampered_header[12] ^= 1;
+        let mut longer = good.clone();
+        longer.push(0);
+        let other_key = Bench::new();
+        let foreign = other_key.bundle("qemu-virt");
+        type Expected = fn(&UpdateError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, Expected)> = vec![
+            ("forged signature", forged_signature, |e| matches!(e, UpdateError::BadSignature)),
+            ("signed by another key", foreign, |e| matches!(e, UpdateError::BadSignature)),
+            ("changed header", tampered_header, |e| matches!(e, UpdateError::BadSignature)),
+            ("changed image", tampered_image, |e| matches!(e, UpdateError::HashMismatch(Slot::B))),
+            ("another board", bench.bundle("rpi4"), |e| matches!(e, UpdateError::WrongBoard { .. })),
+            ("truncated image", good[..good.len() - 10].to_vec(), |e| matches!(e, UpdateError::Truncated { .. })),
+            ("cut in the header", good[..20].to_vec(), |e| matches!(e, UpdateError::Header(_))),
+            ("trailing bytes", longer, |e| matches!(e, UpdateError::TrailingData)),
+            ("not a bundle", b"hsqs is a squashfs, not a bundle".to_vec(), |e| matches!(e, UpdateError::NotABundle)),
+            ("empty", Vec::new(), |e| matches!(e, UpdateError::NotABundle)),
+        ];
+        for (what, bundle, expected) in cases {
+            let before = bench.slot_b();
+            match bench.install(&bundle, 4096) {
+                Err(error) => assert!(expected(&error), "{what}: {error}"),
+                Ok(_) => panic!("{what}: accepted"),
+            }
+            assert_eq!(bench.state(), "active=a\n", "{what}: state changed");
+            if !what.starts_with("changed image") && !what.starts_with("truncated") && what != "trailing bytes" {
+                assert_eq!(bench.slot_b(), before, "{what}: slot written before the signature was checked");
+            }
+        }
+    }
+
+    #[test]
+    fn a_signed_image_that_is_not_squashfs_is_refused() {
+        let bench = Bench::new();
+        std::fs::write(&bench.image, b"#!/bin/sh\necho not a root filesystem\n").unwrap();
+        let error = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap_err();
+        assert!(matches!(error, UpdateError::NotSquashfs(Slot::B)), "{error}");
+        assert_eq!(bench.state(), "active=a\n");
+    }
+
+    #[test]
+    fn trial_slots_commit_and_refuse_updates_until_then() {
+        let bench = Bench::new();
+        let boot_path = bench.dir.path().join("boot");
+        let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
+        std::fs::write(&boot_path, text).unwrap();
+        std::fs::write(bench.dir.path().join("state"), "active=a\ntrial=b\n").unwrap();
+        let error = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap_err();
+        assert!(matches!(error, UpdateError::OnTrial(Slot::B)), "{error}");
+        assert!(bench.boot().commit().unwrap());
+        assert_eq!(bench.state(), "active=b\n");
+    }
+
+    #[test]
+    fn malformed_boot_information_and_keys_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot");
+        for text in ["", "board=x\nslot=c\n", "board=x\nslot=a\nslot_a=/dev/vda2\n"] {
+            std::fs::write(&path, text).unwrap();
+            assert!(matches!(BootInfo::load(&path), Err(UpdateError::BootInfo { .. })), "{text:?}");
+        }
+        std::fs::write(&path, "zz".repeat(32)).unwrap();
+        assert!(matches!(PublicKey::load(&path), Err(UpdateError::Key { .. })));
+        let header = "board=x\nversion=1\nsize=12\nsha256=00\n";
+        assert!(matches!(Manifest::parse(header), Err(UpdateError::Header(_))));
+    }
+}

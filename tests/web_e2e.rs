@@ -3,58 +3,9 @@
 
 mod fleet;
 
-use fleet::{Appliance, Connection, Phone, Response, cli, cli_ok};
+use fleet::{Appliance, Browser, Connection, Phone, cli, cli_ok, hidden};
 
 const PASSWORD: &str = "Tech-Passw0rd-2026";
-
-/// A browser-like client: one TLS connection and its cookies.
-struct Browser {
-    connection: Connection,
-    cookies: Vec<(String, String)>,
-}
-
-impl Browser {
-    async fn open(appliance: &Appliance) -> Browser {
-        let connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-        Browser { connection, cookies: Vec::new() }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
-    }
-
-    fn remember(&mut self, response: &Response) {
-        for set in response.headers_named("set-cookie") {
-            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            self.cookies.retain(|(n, _)| n != name);
-            if !value.is_empty() {
-                self.cookies.push((name.to_string(), value.to_string()));
-            }
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Response {
-        let cookies = self.cookie_header();
-        let response = self.connection.get(path, &[("Cookie", &cookies)]).await.unwrap();
-        self.remember(&response);
-        response
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
-        let cookies = self.cookie_header();
-        let response = self.connection.post_form(path, &[("Cookie", &cookies)], fields).await.unwrap();
-        self.remember(&response);
-        response
-    }
-}
-
-/// The value of hidden field `name` in a page.
-fn hidden(page: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = page.find(&marker).unwrap_or_else(|| panic!("no {name} field in {page}")) + marker.len();
-    page[start..].split('"').next().unwrap().to_string()
-}
 
 /// First start through the page; returns the logged-in browser.
 async fn set_up(appliance: &Appliance) -> Browser {

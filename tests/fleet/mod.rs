@@ -245,6 +245,70 @@ impl Drop for Appliance {
     }
 }
 
+/// A browser-like client: one TLS connection and its cookies.
+pub struct Browser {
+    pub connection: Connection,
+    pub cookies: Vec<(String, String)>,
+}
+
+impl Browser {
+    pub async fn open(appliance: &Appliance) -> Browser {
+        Browser::open_at(appliance.client_config(), appliance.https).await
+    }
+
+    /// A browser for the page at `https`, trusting `config`'s roots.
+    pub async fn open_at(config: Arc<rustls::ClientConfig>, https: SocketAddr) -> Browser {
+        let connection = Connection::open(config, https, None).await.unwrap();
+        Browser { connection, cookies: Vec::new() }
+    }
+
+    /// Any request, with the browser's cookies.
+    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let cookies = self.cookie_header();
+        let mut headers = headers.to_vec();
+        headers.push(("Cookie", &cookies));
+        let response = self.connection.request(method, path, &headers, body).await.unwrap();
+        self.remember(&response);
+        response
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    fn remember(&mut self, response: &Response) {
+        for set in response.headers_named("set-cookie") {
+            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response {
+        let cookies = self.cookie_header();
+        let response = self.connection.get(path, &[("Cookie", &cookies)]).await.unwrap();
+        self.remember(&response);
+        response
+    }
+
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let cookies = self.cookie_header();
+        let response = self.connection.post_form(path, &[("Cookie", &cookies)], fields).await.unwrap();
+        self.remember(&response);
+        response
+    }
+}
+
+/// The value of hidden field `name` in a page.
+pub fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page.find(&marker).unwrap_or_else(|| panic!("no {name} field in {page}")) + marker.len();
+    page[start..].split('"').next().unwrap().to_string()
+}
+
 /// A client configuration trusting `roots`, optionally limited to one TLS version.
 pub fn client_config_trusting(
     roots: &[CertificateDer<'static>],

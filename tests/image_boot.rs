@@ -1,0 +1,477 @@
+//! The firmware image under QEMU (`-M virt`, TCG): boot to HTTPS, phones enrolling through
+//! the forwarded port, the page, persistence across a reset, a power cut while the store is
+//! written, and signed updates (refused, switched, rolled back).
+//!
+//! `scripts/test-image` builds the images and runs this with `--ignored`; it needs
+//! `PROVBOX_IMAGE_DIR` (the qemu-virt build) and the bundles `PROVBOX_UPDATE_GOOD` (a newer
+//! version), `PROVBOX_UPDATE_BROKEN` (signed, but its provbox never starts) and
+//! `PROVBOX_UPDATE_FOREIGN` (signed with another key). The guest's network is QEMU's user
+//! mode with `restrict=on`: it reaches nothing but the host forwards on 127.0.0.1.
+
+mod fleet;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet::{Browser, Connection, Phone, hidden};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncWriteExt, BufReader as AsyncBufReader};
+
+const PASSWORD: &str = "Install-Passw0rd-2026";
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set: run scripts/test-image")))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One QEMU process running the disk image, its console captured.
+struct Machine {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    monitor: PathBuf,
+    https: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Machine {
+    /// Boots `disk` with the kernel, initramfs and command line that scripts/test-image
+    /// copied off the image's boot partition into `images/boot-partition`.
+    fn boot(images: &Path, disk: &Path, ports: (u16, u16)) -> Machine {
+        let boot = images.join("boot-partition");
+        let monitor = disk.with_extension("monitor");
+        let _ = std::fs::remove_file(&monitor);
+        let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
+        // No NTP (nothing to reach), and a short trial so a broken update rolls back soon.
+        let append = format!("{} provbox.ntp=off provbox.trial=45", cmdline.trim());
+        let mut child = Command::new("qemu-system-aarch64")
+            .args(["-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-smp", "2", "-display", "none"])
+            .args(["-serial", "stdio"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .arg("-kernel")
+            .arg(boot.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(boot.join("initrd.img"))
+            .args(["-append", &append])
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw,cache=writeback", disk.display()))
+            .args(["-netdev"])
+            .arg(format!(
+                "user,id=lan,restrict=on,hostfwd=tcp:127.0.0.1:{}-:443,hostfwd=tcp:127.0.0.1:{}-:80",
+                ports.0, ports.1
+            ))
+            .args(["-device", "virtio-net-pci,netdev=lan"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-aarch64 runs");
+        let console = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            for_each_line(stdout, |line| {
+                eprintln!("guest| {line}");
+                let mut console = sink.lock().unwrap();
+                console.push_str(&line);
+                console.push('\n');
+                true
+            })
+        });
+        Machine {
+            child,
+            console,
+            monitor,
+            https: SocketAddr::from(([127, 0, 0, 1], ports.0)),
+            http: SocketAddr::from(([127, 0, 0, 1], ports.1)),
+        }
+    }
+
+    fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) for `text` on the console after byte `from`.
+    fn wait_console(&self, text: &str, from: usize, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.console().get(from..).is_some_and(|c| c.contains(text)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// Waits until the CA comes over HTTP and a TLS handshake with it succeeds on HTTPS;
+    /// returns the CA.
+    async fn wait_https(&self, limit: Duration) -> Vec<CertificateDer<'static>> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(pem) = plain_get(self.http, "/ca.crt").await {
+                let ca: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect();
+                let config = fleet::client_config_trusting(&ca, None);
+                if !ca.is_empty() && Connection::open(config, self.https, None).await.is_ok() {
+                    return ca;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("no HTTPS within {limit:?}; console:\n{}", self.console());
+    }
+
+    /// A hard reset through the QEMU monitor: no shutdown, like pulling the plug.
+    fn reset(&self) {
+        let mut monitor = std::os::unix::net::UnixStream::connect(&self.monitor).unwrap();
+        monitor.write_all(b"system_reset\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls `take` with each console line (bytes that are not UTF-8, which serial consoles
+/// emit, replaced) until the console closes or `take` says stop.
+fn for_each_line(console: impl std::io::Read, mut take: impl FnMut(String) -> bool) {
+    let mut reader = BufReader::new(console);
+    let mut line = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        line.clear();
+        if !take(text) {
+            break;
+        }
+    }
+}
+
+/// GET over plain HTTP; the body if the answer is 200.
+async fn plain_get(server: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(server)).await??;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: provbox\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut reader = AsyncBufReader::new(stream);
+    let response = tokio::time::timeout(Duration::from_secs(10), fleet::read_response(&mut reader)).await??;
+    if response.status == 200 { Ok(response.text()) } else { Err(std::io::Error::other(response.status.to_string())) }
+}
+
+/// The installer's view: the CA, the page and an API token.
+struct Site {
+    config: Arc<rustls::ClientConfig>,
+    https: SocketAddr,
+    token: String,
+}
+
+impl Site {
+    async fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let mut connection = Connection::open(self.config.clone(), self.https, None).await.unwrap();
+        let auth = format!("Bearer {}", self.token);
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let response = connection.request(method, path, &headers, body).await.unwrap();
+        (response.status, serde_json::from_str(&response.text()).unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn add(&self, mac: &str) -> serde_json::Value {
+        let spec = format!(
+            r#"{{"mac":"{mac}","vendor":"yealink","model":"T54W","lines":[{{"extension":"100","name":"Ann Lee"}}]}}"#
+        );
+        let (status, device) = self.api("POST", "/api/v1/devices", spec.as_bytes()).await;
+        assert_eq!(status, 200, "{device}");
+        device
+    }
+
+    async fn device_count(&self) -> usize {
+        let (status, devices) = self.api("GET", "/api/v1/devices", b"").await;
+        assert_eq!(status, 200, "{devices}");
+        devices.as_array().map_or(0, Vec::len)
+    }
+
+    async fn slots(&self) -> serde_json::Value {
+        let (status, slots) = self.api("GET", "/api/v1/update", b"").await;
+        assert_eq!(status, 200, "{slots}");
+        slots
+    }
+
+    async fn login(&self) -> Browser {
+        let mut browser = Browser::open_at(self.config.clone(), self.https).await;
+        let form = hidden(&browser.get("/login").await.text(), "form");
+        let done = browser.post("/login", &[("form", &form), ("password", PASSWORD)]).await;
+        assert_eq!(done.status, 303, "{}", done.text());
+        browser
+    }
+}
+
+/// First start: the setup code from the console, the admin password, an API token.
+async fn claim(machine: &Machine, ca: &[CertificateDer<'static>]) -> Site {
+    let console = machine.console();
+    let code = console
+        .split("first start: setup code ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no setup code on the console:\n{console}"))
+        .to_string();
+    let config = fleet::client_config_trusting(ca, None);
+    let mut browser = Browser::open_at(config.clone(), machine.https).await;
+    let form = hidden(&browser.get("/setup").await.text(), "form");
+    let done = browser
+        .post("/setup", &[("form", &form), ("code", &code), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+    let made = browser.post("/settings/api-tokens", &[("csrf", &csrf), ("name", "image-test")]).await.text();
+    let marker = "shown once, copy it now): <code>";
+    let start = made.find(marker).unwrap_or_else(|| panic!("{made}")) + marker.len();
+    let token = made[start..].split('<').next().unwrap().to_string();
+    Site { config, https: machine.https, token }
+}
+
+/// A phone enrolls through its URL, then fetches its steady config; the enrollment URL
+/// then gives nothing.
+async fn enroll(site: &Site, phone: &Phone, enrollment_url: &str) {
+    let enrollment = fleet::Appliance::path_of(enrollment_url);
+    let mut connection = Connection::open(site.config.clone(), site.https, None).await.unwrap();
+    let config = phone.boot(&mut connection, &enrollment).await.last().unwrap().1.text();
+    let steady = phone.steady_path_in(&config).expect("steady URL in the config");
+    let files = phone.boot(&mut connection, &steady).await;
+    assert_eq!(files.last().unwrap().1.status, 200, "steady device file");
+    let again = phone.boot(&mut connection, &enrollment).await;
+    assert_eq!(again.last().unwrap().1.status, 404, "the locked enrollment URL serves no device file");
+}
+
+/// The page's update form, as a browser posts it: multipart with the CSRF field first.
+async fn upload_on_page(browser: &mut Browser, bundle: &[u8]) -> String {
+    let csrf = hidden(&browser.get("/system").await.text(), "csrf");
+    let boundary = "----provboxImageTest7MA4YWxkTrZu0gW";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"bundle\"; filename=\"update.update\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bundle);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    browser.request("POST", "/system/update", &[("Content-Type", &content_type)], &body).await.text()
+}
+
+/// The Raspberry Pi 3 image under `qemu-system-aarch64 -M raspi3b`: its kernel, device
+/// tree and initramfs off the boot partition, the disk as its SD card. QEMU's raspi3b has
+/// no network model for the Pi 3's USB Ethernet and its watchdog model stalls the machine,
+/// so this checks the board's boot, storage and start-up, not its LAN.
+#[test]
+#[ignore = "needs the rpi3 image: run scripts/test-image"]
+fn the_pi3_image_boots_from_its_sd_card() {
+    let images = env_path("PROVBOX_RPI3_IMAGE_DIR");
+    let boot = images.join("boot-partition");
+    let work = tempfile::tempdir().unwrap();
+    let card = work.path().join("sd.img");
+    std::fs::copy(images.join("provbox-rpi3.img"), &card).unwrap();
+    // QEMU's SD card model wants a power-of-two size.
+    std::fs::OpenOptions::new().write(true).open(&card).unwrap().set_len(512 << 20).unwrap();
+    let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
+    // The mini UART (ttyS1) is QEMU's second serial port; the HDMI console is left out.
+    let append = format!("{} provbox.ntp=off provbox.watchdog=off", cmdline.trim().replace(" console=tty1", ""));
+    let mut child = Command::new("qemu-system-aarch64")
+        .args(["-M", "raspi3b", "-display", "none", "-serial", "null", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(boot.join("kernel8.img"))
+        .arg("-dtb")
+        .arg(boot.join("bcm2837-rpi-3-b.dtb"))
+        .arg("-initrd")
+        .arg(boot.join("initrd.img"))
+        .args(["-append", &append])
+        .arg("-drive")
+        .arg(format!("file={},if=sd,format=raw", card.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-aarch64 runs");
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || for_each_line(stdout, |line| lines.send(line).is_ok()));
+    let mut console = String::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !console.contains("first start: setup code") && Instant::now() < deadline {
+        if let Ok(line) = received.recv_timeout(Duration::from_secs(1)) {
+            eprintln!("pi3| {line}");
+            console.push_str(&line);
+            console.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        "provbox-init: booting slot a (/dev/mmcblk0p2)",
+        "on Raspberry Pi 3",
+        "clock set forward to",
+        "running unprivileged",
+        "store /dev/mmcblk0p5 mounted",
+        "first start: setup code",
+    ] {
+        assert!(console.contains(expected), "no {expected:?} on the Pi 3 console:\n{console}");
+    }
+    assert!(!console.contains("fall back to RAM"), "the perm partition did not mount:\n{console}");
+    assert!(!console.contains("did not load"), "a module did not load:\n{console}");
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the qemu-virt image: run scripts/test-image"]
+async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
+    let images = env_path("PROVBOX_IMAGE_DIR");
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.img");
+    std::fs::copy(images.join("provbox-qemu-virt.img"), &disk).unwrap();
+    let ports = (free_port(), free_port());
+    let mut later_boots = Vec::new();
+
+    // First boot: HTTPS comes up, the installer claims the appliance with the setup code.
+    let started = Instant::now();
+    let machine = Machine::boot(&images, &disk, ports);
+    let ca = machine.wait_https(Duration::from_secs(240)).await;
+    let first_boot = started.elapsed().as_secs_f64();
+    assert!(machine.console().contains("booting slot a"), "{}", machine.console());
+    assert!(machine.console().contains("running unprivileged"), "provbox did not drop root");
+    assert!(machine.console().contains("mDNS: provbox-123456.local"), "hostname from the MAC");
+    assert!(machine.console().contains("watchdog: feeding /dev/watchdog"), "watchdog not fed");
+    let site = claim(&machine, &ca).await;
+    let mut browser = site.login().await;
+    assert!(browser.get("/").await.text().contains("Devices"));
+
+    // Phones enroll over HTTPS through the forwarded port.
+    let phones = [Phone::yealink("805ec0a00001"), Phone::yealink("805ec0a00002"), Phone::yealink("805ec0a00003")];
+    for phone in &phones {
+        let device = site.add(&phone.mac).await;
+        enroll(&site, phone, device["enrollment_url"].as_str().unwrap()).await;
+    }
+
+    // A hard reset: everything acknowledged is still there, the CA and token too.
+    let mark = machine.console().len();
+    machine.reset();
+    assert!(machine.wait_console("booting slot a", mark, Duration::from_secs(120)), "no reboot");
+    let reset_at = Instant::now();
+    let ca_again = machine.wait_https(Duration::from_secs(240)).await;
+    later_boots.push(reset_at.elapsed().as_secs_f64());
+    assert_eq!(ca_again, ca, "the CA was not kept");
+    assert_eq!(site.device_count().await, 3);
+    let (_, device) = site.api("GET", "/api/v1/devices/805ec0a00002", b"").await;
+    assert_eq!(device["enrollment"]["state"], "locked", "{device}");
+
+    // A power cut while devices are being added: every acknowledged add survives.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (config, https, token, acknowledged) =
+            (site.config.clone(), site.https, site.token.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let writer = Site { config, https, token };
+            for i in 0..400u32 {
+                let mac = format!("805ec0b{i:05x}");
+                let spec = format!(
+                    r#"{{"mac":"{mac}","vendor":"snom","model":"D785","lines":[{{"extension":"{}","name":"N"}}]}}"#,
+                    200 + i
+                );
+                let Ok(mut connection) = Connection::open(writer.config.clone(), writer.https, None).await else {
+                    break;
+                };
+                let auth = format!("Bearer {}", writer.token);
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                match connection.request("POST", "/api/v1/devices", &headers, spec.as_bytes()).await {
+                    Ok(response) if response.status == 200 => acknowledged.lock().unwrap().push(mac),
+                    _ => break,
+                }
+            }
+        })
+    };
+    let cut_deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 25 && Instant::now() < cut_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(machine); // SIGKILL mid-write
+    let _ = writer.await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 25, "only {} adds before the cut", acknowledged.len());
+
+    let booted = Instant::now();
+    let machine = Machine::boot(&images, &disk, ports);
+    machine.wait_https(Duration::from_secs(240)).await;
+    later_boots.push(booted.elapsed().as_secs_f64());
+    let (_, devices) = site.api("GET", "/api/v1/devices", b"").await;
+    let present: Vec<&str> = devices.as_array().unwrap().iter().filter_map(|d| d["mac"].as_str()).collect();
+    for mac in &acknowledged {
+        assert!(present.contains(&mac.as_str()), "acknowledged {mac} lost in the power cut");
+    }
+    println!("power cut after {} acknowledged adds: all present ({} devices)", acknowledged.len(), present.len());
+
+    // Bad updates are refused and change nothing.
+    let good = std::fs::read(env_path("PROVBOX_UPDATE_GOOD")).unwrap();
+    let mut tampered = good.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let foreign = std::fs::read(env_path("PROVBOX_UPDATE_FOREIGN")).unwrap();
+    for (what, bundle, expected) in [
+        ("tampered image", &tampered, "SHA-256 does not match"),
+        ("another key", &foreign, "signature does not verify"),
+        ("not a bundle", &b"hello".to_vec(), "not a provbox update bundle"),
+    ] {
+        let (status, answer) = site.api("POST", "/api/v1/update", bundle).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or("").contains(expected), "{what}: {answer}");
+    }
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("a"), Some(false)), "{slots}");
+    let version_a = slots["version"].as_str().unwrap().to_string();
+
+    // A good update through the page: written to slot b, the board reboots into it on
+    // trial, provbox comes up and commits it.
+    let mut browser = site.login().await;
+    let mark = machine.console().len();
+    let answer = upload_on_page(&mut browser, &good).await;
+    assert!(answer.contains("written to root slot b"), "{answer}");
+    assert!(machine.wait_console("booting slot b (/dev/vda3), on trial", mark, Duration::from_secs(120)));
+    let switched_at = Instant::now();
+    machine.wait_https(Duration::from_secs(240)).await;
+    later_boots.push(switched_at.elapsed().as_secs_f64());
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(false)), "{slots}");
+    assert_ne!(slots["version"].as_str().unwrap(), version_a, "{slots}");
+    assert_eq!(site.device_count().await, present.len(), "devices survived the update");
+
+    // A signed update whose provbox never comes up: the trial times out and the board
+    // goes back to slot b by itself.
+    let broken = std::fs::read(env_path("PROVBOX_UPDATE_BROKEN")).unwrap();
+    let mark = machine.console().len();
+    let (status, answer) = site.api("POST", "/api/v1/update", &broken).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(machine.wait_console("booting slot a (/dev/vda2), on trial", mark, Duration::from_secs(120)));
+    assert!(
+        machine.wait_console("did not come up healthy: back on slot b", mark, Duration::from_secs(240)),
+        "no rollback"
+    );
+    machine.wait_https(Duration::from_secs(240)).await;
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["rolled_back"].as_str()), (Some("b"), Some("a")), "{slots}");
+    let mut browser = site.login().await;
+    assert!(browser.get("/system").await.text().contains("slot a did not come up healthy; rolled back"));
+    assert_eq!(site.device_count().await, present.len());
+
+    println!(
+        "boot to HTTPS under TCG: first boot {first_boot:.1} s (makes the CA and certificate), later boots median {:.1} s over {}",
+        median(&mut later_boots),
+        later_boots.len()
+    );
+}

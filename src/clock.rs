@@ -81,7 +81,11 @@ pub enum Restored {
 /// then would expire in 1980).
 pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
     let Some(at) = restore_target(last_known, now) else { return Restored::Unneeded };
-    let time = nix::sys::time::TimeSpec::new(at as i64, 0);
+    // time_t is 32 bits on armv7 musl: a time it cannot hold is not set.
+    let Ok(seconds) = libc::time_t::try_from(at) else {
+        return Restored::Refused(format!("{} does not fit this system's time_t", date(at)));
+    };
+    let time = nix::sys::time::TimeSpec::new(seconds, 0);
     match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time) {
         Ok(()) => {
             RESTORED.store(true, Ordering::Relaxed);

@@ -335,8 +335,15 @@ pub async fn run(
         sip,
         mdns,
     });
-    if let Some(updates) = &config.updates {
-        commit_slot(updates, &app);
+    if let Some(updates) = config.updates.clone() {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if updates.current().trial && !reachable_on_lan(http.port()).await {
+                tracing::error!("not reachable on the LAN: this root slot stays on trial and will be rolled back");
+                return;
+            }
+            commit_slot(&updates, &app);
+        });
     }
     let reboot_requested = async {
         match &config.updates {
@@ -371,7 +378,33 @@ pub async fn run(
     Ok(stopped)
 }
 
-/// A new root slot on its one trial boot is up and serving: make it permanent.
+/// How long a trial slot has to answer on its LAN address before giving up.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(600);
+
+/// Whether this appliance answers `GET /ca.crt` on plain HTTP at its own LAN address (the
+/// network is up and the server answers through it), retried for [`REACHABLE_WITHIN`].
+async fn reachable_on_lan(http_port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + REACHABLE_WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(ip) = lan_addresses().first().copied() {
+            let probe = async {
+                let mut stream = tokio::net::TcpStream::connect(SocketAddr::new(ip, http_port)).await?;
+                stream.write_all(b"GET /ca.crt HTTP/1.0\r\nHost: provbox\r\n\r\n").await?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).await?;
+                Ok::<_, std::io::Error>(head.ends_with(b" 200"))
+            };
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), probe).await {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    false
+}
+
+/// A new root slot on its one trial boot is up and answering on the LAN: make it permanent.
 fn commit_slot(updates: &Updates, app: &App) {
     let boot = updates.current();
     match updates.commit() {

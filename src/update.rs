@@ -2,9 +2,10 @@
 //!
 //! A bundle is the magic `PBXUPD01`, a 2-byte little-endian header length, the header
 //! (`key=value` lines: board, version, size, sha256 of the image), a 64-byte ed25519
-//! signature over everything before it, then the root squashfs image. The signature is
-//! checked before a byte reaches the disk; the image is written to the inactive slot, its
-//! SHA-256 checked and read back, and only then is the slot staged for the next boot.
+//! signature over everything before it, then the root squashfs image. The signature over
+//! the header is checked before a byte reaches the slot, and any earlier staging is undone;
+//! the image is then written to the inactive slot, its SHA-256 checked and read back from
+//! the medium, and only then is the slot staged for the next boot.
 //!
 //! The initramfs (`image/initramfs/init`) keeps the A/B state in a small file on the perm
 //! partition: `active=a`, plus `next=b` once a slot is staged. It boots a staged slot once,
@@ -38,7 +39,8 @@ const fn head_len(header_len: usize) -> usize {
     MAGIC.len() + 2 + header_len + SIGNATURE_LEN
 }
 
-/// Why an update was refused. Nothing is switched in any of these cases.
+/// Why an update was refused. Nothing is staged after any of these: the slot being written
+/// is unstaged before its first byte.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     /// The upload does not start with the bundle magic.
@@ -235,7 +237,7 @@ impl PublicKey {
 }
 
 /// Makes a signing key: the PKCS#8 key at `path` (mode 0600) and its public key, as hex,
-/// at `path.pub`.
+/// at `<path>.pub`.
 pub fn generate_key(path: &Path) -> Result<PathBuf, UpdateError> {
     let fail = |reason: String| UpdateError::Key { path: path.to_path_buf(), reason };
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(|e| fail(e.to_string()))?;
@@ -243,7 +245,9 @@ pub fn generate_key(path: &Path) -> Result<PathBuf, UpdateError> {
     let mut file =
         OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| fail(e.to_string()))?;
     file.write_all(pkcs8.as_ref()).and_then(|()| file.sync_all()).map_err(|e| fail(e.to_string()))?;
-    let public_path = path.with_extension("pub");
+    let mut public_path = path.as_os_str().to_owned();
+    public_path.push(".pub");
+    let public_path = PathBuf::from(public_path);
     let hex: String = pair.public_key().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&public_path, format!("{hex}\n")).map_err(io(format!("write {}", public_path.display())))?;
     Ok(public_path)
@@ -320,7 +324,7 @@ impl BootInfo {
             "" => Err(fail(&format!("no {name}"))),
             value => Ok(PathBuf::from(value)),
         };
-        Ok(BootInfo {
+        let mut boot = BootInfo {
             board: match field("board") {
                 "" => return Err(fail("no board")),
                 board => board.to_string(),
@@ -331,7 +335,16 @@ impl BootInfo {
             slot_a: path_field("slot_a")?,
             slot_b: path_field("slot_b")?,
             state: path_field("state")?,
-        })
+        };
+        // A provbox restarted after committing finds the trial already over.
+        boot.trial &= boot.state_says_trial()?;
+        Ok(boot)
+    }
+
+    /// Whether the state file still records this slot's trial.
+    fn state_says_trial(&self) -> Result<bool, UpdateError> {
+        let text = std::fs::read_to_string(&self.state).map_err(io(format!("read {}", self.state.display())))?;
+        Ok(text.lines().any(|line| line == format!("trial={}", self.slot)))
     }
 
     /// The device holding `slot`.
@@ -348,6 +361,9 @@ impl BootInfo {
             return Ok(false);
         }
         let _lock = self.lock()?;
+        if !self.state_says_trial()? {
+            return Ok(false); // committed already, and perhaps a newer install staged since
+        }
         write_state(&self.state, &format!("active={}\n", self.slot))?;
         Ok(true)
     }
@@ -374,7 +390,12 @@ fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
     let fresh = path.with_extension("new");
     let what = || format!("write {}", path.display());
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&fresh)?;
+        // A temp file left by a power cut (perhaps root's, from the initramfs) goes first.
+        match std::fs::remove_file(&fresh) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&fresh)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&fresh, path)?;
@@ -474,6 +495,9 @@ impl Installer {
             return Err(UpdateError::WrongBoard { bundle: manifest.board, running: self.boot.board.clone() });
         }
         let slot = self.boot.slot.other();
+        // The slot is about to hold unverified bytes: it must not stay staged from an
+        // earlier install, or an upload cut short here would be booted.
+        write_state(&self.boot.state, &format!("active={}\n", self.boot.slot))?;
         let path = self.boot.device(slot);
         let mut device = OpenOptions::new()
             .read(true)
@@ -506,7 +530,11 @@ impl Installer {
             return Err(UpdateError::HashMismatch(slot));
         }
         body.device.sync_all().map_err(io(format!("flush slot {slot}")))?;
-        // Read back through the device: storage that lies about writes must not be booted.
+        // Read back from the medium, not the page cache: storage that lost the writes must
+        // not be booted.
+        nix::fcntl::posix_fadvise(&body.device, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).map_err(
+            |errno| UpdateError::Io { what: format!("drop the cache of slot {slot}"), source: errno.into() },
+        )?;
         body.device.seek(SeekFrom::Start(0)).map_err(io(format!("seek slot {slot}")))?;
         let mut reread = digest::Context::new(&digest::SHA256);
         let mut buffer = vec![0u8; 64 * 1024];
@@ -562,12 +590,20 @@ pub struct Updates {
     pub reboot: tokio::sync::Notify,
     /// Set once a trial slot has been committed.
     committed: std::sync::atomic::AtomicBool,
+    /// Set once an install succeeded: the reboot into it is under way.
+    staged: std::sync::atomic::AtomicBool,
 }
 
 impl Updates {
     /// Updates for `boot`, accepting bundles signed for `key`.
     pub fn new(boot: BootInfo, key: PublicKey) -> Updates {
-        Updates { boot, key, reboot: tokio::sync::Notify::new(), committed: Default::default() }
+        Updates {
+            boot,
+            key,
+            reboot: tokio::sync::Notify::new(),
+            committed: Default::default(),
+            staged: Default::default(),
+        }
     }
 
     /// The slots now: a committed trial is no longer one.
@@ -575,6 +611,16 @@ impl Updates {
         let mut boot = self.boot.clone();
         boot.trial &= !self.committed.load(std::sync::atomic::Ordering::SeqCst);
         boot
+    }
+
+    /// Notes that an install succeeded and the reboot into it is under way.
+    pub fn mark_staged(&self) {
+        self.staged.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether an install succeeded and the reboot into it is under way.
+    pub fn is_staged(&self) -> bool {
+        self.staged.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Commits the running slot if it is on trial; true if it was.
@@ -705,6 +751,38 @@ mod tests {
                 assert_eq!(bench.slot_b(), before, "{what}: slot written before the signature was checked");
             }
         }
+    }
+
+    #[test]
+    fn an_install_cut_short_unstages_an_earlier_one() {
+        let bench = Bench::new();
+        let good = bench.bundle("qemu-virt");
+        bench.install(&good, 4096).unwrap();
+        assert_eq!(bench.state(), "active=a\nnext=b\n");
+        // The same signed head, then other bytes, then the upload breaks off.
+        let head = good.len() - std::fs::metadata(&bench.image).unwrap().len() as usize;
+        let mut forged = good[..head].to_vec();
+        forged.extend_from_slice(b"hsqsEVIL-UNSIGNED-ROOT");
+        let error = bench.install(&forged, 4096).unwrap_err();
+        assert!(matches!(error, UpdateError::Truncated { .. }), "{error}");
+        assert_eq!(bench.state(), "active=a\n", "a half-written slot must not stay staged");
+    }
+
+    #[test]
+    fn a_commit_happens_once_and_never_clobbers_a_later_staging() {
+        let bench = Bench::new();
+        let boot_path = bench.dir.path().join("boot");
+        let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
+        std::fs::write(&boot_path, text).unwrap();
+        std::fs::write(bench.dir.path().join("state"), "active=a\ntrial=b\n").unwrap();
+        let boot = bench.boot();
+        assert!(boot.trial);
+        assert!(boot.commit().unwrap());
+        // A restarted provbox reads the same boot information but is no longer on trial.
+        assert!(!bench.boot().trial);
+        std::fs::write(bench.dir.path().join("state"), "active=b\nnext=a\n").unwrap();
+        assert!(!boot.commit().unwrap(), "the stale trial view must not commit again");
+        assert_eq!(bench.state(), "active=b\nnext=a\n");
     }
 
     #[test]

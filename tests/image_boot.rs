@@ -23,6 +23,8 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncWriteExt, BufReader as AsyncBufReader};
 
 const PASSWORD: &str = "Install-Passw0rd-2026";
+/// Time an emulated board gets to take and check a 4 MB update bundle.
+const UPLOAD_TIME: Duration = Duration::from_secs(180);
 
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set: run scripts/test-image")))
@@ -178,7 +180,8 @@ impl Site {
         let mut connection = Connection::open(self.config.clone(), self.https, None).await.unwrap();
         let auth = format!("Bearer {}", self.token);
         let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-        let response = connection.request(method, path, &headers, body).await.unwrap();
+        // Uploads of a 4 MB bundle to an emulated board take a while.
+        let response = connection.request_within(UPLOAD_TIME, method, path, &headers, body).await.unwrap();
         (response.status, serde_json::from_str(&response.text()).unwrap_or(serde_json::Value::Null))
     }
 
@@ -262,7 +265,10 @@ async fn upload_on_page(browser: &mut Browser, bundle: &[u8]) -> String {
     body.extend_from_slice(bundle);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let content_type = format!("multipart/form-data; boundary={boundary}");
-    browser.request("POST", "/system/update", &[("Content-Type", &content_type)], &body).await.text()
+    browser
+        .request_within(UPLOAD_TIME, "POST", "/system/update", &[("Content-Type", &content_type)], &body)
+        .await
+        .text()
 }
 
 /// The Raspberry Pi 3 image under `qemu-system-aarch64 -M raspi3b`: its kernel, device

@@ -328,9 +328,11 @@ async fn install_update(State(web): State<Web>, Extension(peer): Extension<Peer>
     };
     match super::update::install_raw(&web, request.into_body(), &actor).await {
         Ok(installed) => json(serde_json::json!({ "installed": installed, "rebooting": true })),
-        Err(failure @ (UploadError::Unavailable | UploadError::Refused(crate::update::UpdateError::OnTrial(_)))) => {
-            error(StatusCode::CONFLICT, failure.to_string())
-        }
+        Err(
+            failure @ (UploadError::Unavailable
+            | UploadError::Restarting
+            | UploadError::Refused(crate::update::UpdateError::OnTrial(_))),
+        ) => error(StatusCode::CONFLICT, failure.to_string()),
         Err(failure) => error(StatusCode::BAD_REQUEST, failure.to_string()),
     }
 }

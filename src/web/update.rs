@@ -12,6 +12,8 @@ use crate::update::{Installed, Installer, UpdateError};
 
 /// Largest multipart preamble (boundary, the CSRF field, the file part's headers).
 const MAX_PREAMBLE: usize = 16 * 1024;
+/// Longest an upload may take: it holds the install lock meanwhile.
+const MAX_UPLOAD_TIME: Duration = Duration::from_secs(15 * 60);
 
 /// The root slots as the page and the API show them.
 pub fn status(web: &Web) -> serde_json::Value {
@@ -39,6 +41,9 @@ pub enum UploadError {
     /// The upload broke off or is malformed.
     #[error("upload: {0}")]
     Transfer(String),
+    /// An update is installed and the appliance is restarting into it.
+    #[error("an update is installed and the appliance is restarting into it")]
+    Restarting,
     /// The page form's CSRF field did not check out.
     #[error("missing or wrong CSRF token; reload the page")]
     Csrf,
@@ -52,15 +57,20 @@ async fn install_stream(
     strip: Option<&[u8]>,
 ) -> Result<Installed, UploadError> {
     let updates = web.updates.clone().ok_or(UploadError::Unavailable)?;
+    if updates.is_staged() {
+        return Err(UploadError::Restarting);
+    }
     let (key, boot) = (updates.key.clone(), updates.current());
+    let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
     let mut installer = tokio::task::block_in_place(|| Installer::new(key, boot))?;
     // A multipart body ends in its closing delimiter: hold back that many bytes until the
     // end, then check and drop them.
     let hold = strip.map_or(0, <[u8]>::len) + 2;
     let mut pending: Vec<u8> = first.to_vec();
     loop {
-        let chunk = match tokio::time::timeout(Duration::from_secs(60), body.frame()).await {
-            Err(_) => return Err(UploadError::Transfer("no data for 60 s".into())),
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(60));
+        let chunk = match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => return Err(UploadError::Transfer("no data for 60 s, or the upload took over 15 minutes".into())),
             Ok(None) => break,
             Ok(Some(Err(error))) => return Err(UploadError::Transfer(error.to_string())),
             Ok(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
@@ -138,6 +148,7 @@ fn settle(web: &Web, installed: Result<Installed, UploadError>, actor: &str) -> 
                 tracing::warn!("cannot note the update in the audit log: {error}");
             }
             if let Some(updates) = web.updates.clone() {
+                updates.mark_staged();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     updates.reboot.notify_one();

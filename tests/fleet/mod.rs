@@ -262,12 +262,19 @@ impl Browser {
         Browser { connection, cookies: Vec::new() }
     }
 
-    /// Any request, with the browser's cookies.
-    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    /// Any request, with the browser's cookies, answered within `limit`.
+    pub async fn request_within(
+        &mut self,
+        limit: Duration,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let cookies = self.cookie_header();
         let mut headers = headers.to_vec();
         headers.push(("Cookie", &cookies));
-        let response = self.connection.request(method, path, &headers, body).await.unwrap();
+        let response = self.connection.request_within(limit, method, path, &headers, body).await.unwrap();
         self.remember(&response);
         response
     }
@@ -412,6 +419,18 @@ impl Connection {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Response> {
+        self.request_within(Duration::from_secs(20), method, path, headers, body).await
+    }
+
+    /// Any request with a body, answered within `limit` (large uploads to an emulated board).
+    pub async fn request_within(
+        &mut self,
+        limit: Duration,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
@@ -422,7 +441,7 @@ impl Connection {
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(body);
-        tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::time::timeout(limit, async {
             self.stream.get_mut().write_all(&bytes).await?;
             read_response(&mut self.stream).await
         })

@@ -82,7 +82,7 @@ pub enum Restored {
 pub fn restore(last_known: Option<u64>, now: u64) -> Restored {
     let Some(at) = restore_target(last_known, now) else { return Restored::Unneeded };
     // time_t is 32 bits on armv7 musl: a time it cannot hold is not set.
-    let Ok(seconds) = libc::time_t::try_from(at) else {
+    let Ok(seconds) = at.try_into() else {
         return Restored::Refused(format!("{} does not fit this system's time_t", date(at)));
     };
     let time = nix::sys::time::TimeSpec::new(seconds, 0);

@@ -438,7 +438,16 @@ fn main() -> ExitCode {
         // A bare `provbox` serves with the flags' defaults.
         None => serve(&cli, &ServeArgs::parse_from(["provbox"])),
         Some(Command::Serve(args)) => serve(&cli, args),
-        Some(command) => other_command(&cli, command).map(|()| ExitCode::SUCCESS),
+        Some(Command::Store(command)) => store_command(&cli, command).map(done),
+        Some(Command::Device(command)) => device_command(&cli, command).map(done),
+        Some(Command::Settings(command)) => settings_command(&cli, command).map(done),
+        Some(Command::Redirect(command)) => redirect_command(&cli, command).map(done),
+        Some(Command::Admin(command)) => admin_command(&cli, command).map(done),
+        Some(Command::Update(command)) => update_command(command).map(done),
+        Some(Command::Render { mac, file, reveal }) => {
+            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
+            control_request(&cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default())).map(done)
+        }
     };
     match result {
         Ok(code) => code,
@@ -449,21 +458,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every command but `serve`.
-fn other_command(cli: &Cli, command: &Command) -> Result<(), CliError> {
-    match command {
-        Command::Serve(_) => Ok(()),
-        Command::Store(command) => store_command(cli, command),
-        Command::Device(command) => device_command(cli, command),
-        Command::Settings(command) => settings_command(cli, command),
-        Command::Redirect(command) => redirect_command(cli, command),
-        Command::Admin(command) => admin_command(cli, command),
-        Command::Update(command) => update_command(command),
-        Command::Render { mac, file, reveal } => {
-            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
-            control_request(cli, &request).map(|result| print!("{}", result.as_str().unwrap_or_default()))
-        }
-    }
+/// The exit status of a command that succeeded.
+fn done((): ()) -> ExitCode {
+    ExitCode::SUCCESS
 }
 
 fn update_command(command: &UpdateCommand) -> Result<(), CliError> {

@@ -12,6 +12,8 @@ use crate::update::{Installed, Installer, UpdateError};
 
 /// Largest multipart preamble (boundary, the CSRF field, the file part's headers).
 const MAX_PREAMBLE: usize = 16 * 1024;
+/// Longest wait for the next bytes of an upload.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Longest an upload may take: it holds the install lock meanwhile.
 const MAX_UPLOAD_TIME: Duration = Duration::from_secs(15 * 60);
 
@@ -49,6 +51,17 @@ pub enum UploadError {
     Csrf,
 }
 
+/// The next data of `body`, None at its end; `stalled` is the error when nothing arrives
+/// within `wait`.
+async fn next_chunk(body: &mut Body, wait: Duration, stalled: &str) -> Result<Option<Bytes>, UploadError> {
+    match tokio::time::timeout(wait, body.frame()).await {
+        Err(_) => Err(UploadError::Transfer(stalled.into())),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(error))) => Err(UploadError::Transfer(error.to_string())),
+        Ok(Some(Ok(frame))) => Ok(Some(frame.into_data().unwrap_or_default())),
+    }
+}
+
 /// Streams `body`, which starts with `first` (bytes already read), into an installer.
 async fn install_stream(
     web: &Web,
@@ -68,12 +81,9 @@ async fn install_stream(
     let hold = strip.map_or(0, <[u8]>::len) + 2;
     let mut pending: Vec<u8> = first.to_vec();
     loop {
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(60));
-        let chunk = match tokio::time::timeout(wait, body.frame()).await {
-            Err(_) => return Err(UploadError::Transfer("no data for 60 s, or the upload took over 15 minutes".into())),
-            Ok(None) => break,
-            Ok(Some(Err(error))) => return Err(UploadError::Transfer(error.to_string())),
-            Ok(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(IDLE_LIMIT);
+        let Some(chunk) = next_chunk(body, wait, "no data for 60 s, or the upload took over 15 minutes").await? else {
+            break;
         };
         pending.extend_from_slice(&chunk);
         let ready = if strip.is_some() { pending.len().saturating_sub(hold) } else { pending.len() };
@@ -124,11 +134,9 @@ pub async fn install_form(
         if buffer.len() > MAX_PREAMBLE {
             return Err(UploadError::Transfer("the form's fields before the file are too large".into()));
         }
-        match tokio::time::timeout(Duration::from_secs(60), body.frame()).await {
-            Ok(Some(Ok(frame))) => buffer.extend_from_slice(&frame.into_data().unwrap_or_else(|_| Bytes::new())),
-            Ok(Some(Err(error))) => return Err(UploadError::Transfer(error.to_string())),
-            Ok(None) => return Err(UploadError::Transfer("the form has no bundle file".into())),
-            Err(_) => return Err(UploadError::Transfer("no data for 60 s".into())),
+        match next_chunk(&mut body, IDLE_LIMIT, "no data for 60 s").await? {
+            Some(chunk) => buffer.extend_from_slice(&chunk),
+            None => return Err(UploadError::Transfer("the form has no bundle file".into())),
         }
     };
     if !csrf_ok(&csrf) {

@@ -34,10 +34,52 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A QEMU process's serial console, as it has printed so far.
+#[derive(Clone)]
+struct Console(Arc<Mutex<String>>);
+
+impl Console {
+    /// Reads `child`'s stdout in a thread, echoing each line to stderr after `prefix`.
+    /// Bytes that are not UTF-8, which serial consoles emit, are replaced.
+    fn capture(child: &mut Child, prefix: &'static str) -> Console {
+        let console = Console(Arc::default());
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                line.clear();
+                eprintln!("{prefix}| {text}");
+                let mut console = sink.0.lock().unwrap();
+                console.push_str(&text);
+                console.push('\n');
+            }
+        });
+        console
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) for `text` on the console after byte `from`.
+    fn wait_for(&self, text: &str, from: usize, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.text().get(from..).is_some_and(|c| c.contains(text)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
 /// One QEMU process running the disk image, its console captured.
 struct Machine {
     child: Child,
-    console: Arc<Mutex<String>>,
+    console: Console,
     monitor: PathBuf,
     https: SocketAddr,
     http: SocketAddr,
@@ -76,18 +118,7 @@ impl Machine {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("qemu-system-aarch64 runs");
-        let console = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = console.clone();
-        std::thread::spawn(move || {
-            for_each_line(stdout, |line| {
-                eprintln!("guest| {line}");
-                let mut console = sink.lock().unwrap();
-                console.push_str(&line);
-                console.push('\n');
-                true
-            })
-        });
+        let console = Console::capture(&mut child, "guest");
         Machine {
             child,
             console,
@@ -98,19 +129,12 @@ impl Machine {
     }
 
     fn console(&self) -> String {
-        self.console.lock().unwrap().clone()
+        self.console.text()
     }
 
     /// Waits (at most `limit`) for `text` on the console after byte `from`.
     fn wait_console(&self, text: &str, from: usize, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.console().get(from..).is_some_and(|c| c.contains(text)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+        self.console.wait_for(text, from, limit)
     }
 
     /// Waits until the CA comes over HTTP and a TLS handshake with it succeeds on HTTPS;
@@ -142,20 +166,6 @@ impl Drop for Machine {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Calls `take` with each console line (bytes that are not UTF-8, which serial consoles
-/// emit, replaced) until the console closes or `take` says stop.
-fn for_each_line(console: impl std::io::Read, mut take: impl FnMut(String) -> bool) {
-    let mut reader = BufReader::new(console);
-    let mut line = Vec::new();
-    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-        line.clear();
-        if !take(text) {
-            break;
-        }
     }
 }
 
@@ -303,18 +313,9 @@ fn the_pi3_image_boots_from_its_sd_card() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("qemu-system-aarch64 runs");
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || for_each_line(stdout, |line| lines.send(line).is_ok()));
-    let mut console = String::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !console.contains("first start: setup code") && Instant::now() < deadline {
-        if let Ok(line) = received.recv_timeout(Duration::from_secs(1)) {
-            eprintln!("pi3| {line}");
-            console.push_str(&line);
-            console.push('\n');
-        }
-    }
+    let captured = Console::capture(&mut child, "pi3");
+    captured.wait_for("first start: setup code", 0, Duration::from_secs(300));
+    let console = captured.text();
     let _ = child.kill();
     let _ = child.wait();
     for expected in [

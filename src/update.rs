@@ -433,7 +433,23 @@ struct Body {
     slot: Slot,
     device: File,
     hash: digest::Context,
+    /// Image bytes received.
     written: u64,
+    /// Bytes waiting for a whole block: the slot is written in aligned blocks, as flash
+    /// (and the page cache) want it, not in the sizes that bytes arrive in.
+    block: Vec<u8>,
+}
+
+/// The size of the blocks written to a slot.
+const WRITE_BLOCK: usize = 64 * 1024;
+
+impl Body {
+    /// Writes the pending bytes to the slot.
+    fn write_block(&mut self) -> Result<(), UpdateError> {
+        self.device.write_all(&self.block).map_err(io(format!("write slot {}", self.slot)))?;
+        self.block.clear();
+        Ok(())
+    }
 }
 
 impl Installer {
@@ -478,9 +494,16 @@ impl Installer {
         if bytes.len() as u64 > room {
             return Err(UpdateError::TrailingData);
         }
-        body.device.write_all(bytes).map_err(io(format!("write slot {}", body.slot)))?;
         body.hash.update(bytes);
         body.written += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = bytes.len().min(WRITE_BLOCK - body.block.len());
+            body.block.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if body.block.len() == WRITE_BLOCK {
+                body.write_block()?;
+            }
+        }
         Ok(())
     }
 
@@ -510,7 +533,14 @@ impl Installer {
         }
         device.seek(SeekFrom::Start(0)).map_err(io(format!("seek {}", path.display())))?;
         tracing::info!(version = manifest.version, %slot, size = manifest.size, "update signature verified; writing");
-        Ok(Body { manifest, slot, device, hash: digest::Context::new(&digest::SHA256), written: 0 })
+        Ok(Body {
+            manifest,
+            slot,
+            device,
+            hash: digest::Context::new(&digest::SHA256),
+            written: 0,
+            block: Vec::with_capacity(WRITE_BLOCK),
+        })
     }
 
     /// Checks what was written (hash, read-back, squashfs magic) and stages the slot.
@@ -526,6 +556,7 @@ impl Installer {
         if body.written < body.manifest.size {
             return Err(UpdateError::Truncated { got: body.written, expected: body.manifest.size, slot });
         }
+        body.write_block()?;
         if body.hash.finish().as_ref() != body.manifest.sha256 {
             return Err(UpdateError::HashMismatch(slot));
         }

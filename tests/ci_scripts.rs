@@ -24,9 +24,7 @@ fn early_exit_pipes(line: &str) -> Vec<&'static str> {
                 let mut words = stage.split_whitespace();
                 words.next() == Some(command)
                     && (flag.is_empty()
-                        || words
-                            .next()
-                            .is_some_and(|word| word == flag || (flag.len() == 2 && word.starts_with(flag))))
+                        || words.next().is_some_and(|word| word == flag || (flag.len() == 2 && word.starts_with(flag))))
             })
         })
         .collect()

@@ -9,6 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::store::records::{Db, Txn};
 
+/// The current Unix time (0 if the clock reads before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Set when this process set the clock from the store: the time is approximate.
 static RESTORED: AtomicBool = AtomicBool::new(false);
 
@@ -41,6 +46,8 @@ pub fn check(now: u64) -> Result<(), String> {
 }
 
 /// Whether the kernel says an NTP daemon has synchronised the clock.
+// The read-only adjtimex call is one of the crate's few FFI edges.
+#[allow(unsafe_code)]
 fn ntp_synchronised() -> bool {
     // SAFETY: timex is plain integers, for which all zeroes is a valid value.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
@@ -63,6 +70,12 @@ pub fn date(unix: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time, for people.
+pub fn date_time(unix: u64) -> String {
+    let minutes = unix % 86_400 / 60;
+    format!("{} {:02}:{:02} UTC", date(unix), minutes / 60, minutes % 60)
 }
 
 /// What [`restore`] did.

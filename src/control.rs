@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::app::views::SyncReport;
 use crate::app::{App, AppError};
 use crate::devices::{CsvProblem, DeviceSpec, KeySpec};
 use crate::mac::Mac;
@@ -232,7 +233,7 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::ApiTokenRevoke { which } => app.revoke_api_token(which, actor).and_then(ok),
         Request::RedirectSync => app.reconcile_redirects(crate::redirect::outbox::Plan::Reconcile).and_then(|queued| {
             let delivery = block_on(app.deliver(true))??;
-            ok(serde_json::json!({ "queued": queued, "delivery": delivery }))
+            ok(SyncReport { queued, delivery })
         }),
         Request::RedirectCheck { mac: m } => mac(m).and_then(|m| block_on(app.redirect_check(&m))?).and_then(ok),
         Request::RedirectOverride { mac: m } => mac(m).and_then(|m| app.redirect_override(&m, actor)).and_then(ok),
@@ -255,7 +256,7 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, AppError> {
             .enable_all()
             .build()
             .map(|runtime| runtime.block_on(future))
-            .map_err(|e| AppError::Redirect(format!("cannot start a runtime for WAN calls: {e}"))),
+            .map_err(|e| AppError::Internal(format!("cannot start a runtime for WAN calls: {e}"))),
     }
 }
 

@@ -14,7 +14,6 @@ use crate::app::{App, AppError, Site};
 use crate::clock;
 use crate::control::{self, ControlError};
 use crate::pki::{KeyType, Pki, PkiError};
-use crate::redirect::outbox;
 use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
 use crate::store::records::Db;
@@ -248,7 +247,7 @@ pub async fn run(
         tracing::warn!("the last known time is unreadable, not restored: {error}");
         None
     });
-    match clock::restore(last_known, crate::app::now()) {
+    match clock::restore(last_known, crate::clock::now()) {
         clock::Restored::Unneeded => {}
         clock::Restored::SetTo(at) => {
             tracing::info!("clock set forward to {} (last known time or build date) until NTP answers", clock::date(at))
@@ -276,7 +275,15 @@ pub async fn run(
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let shared = routes::Shared { app: app.clone(), pki: pki.clone(), updates: config.updates.clone() };
     let listeners = vec![
-        Listener { socket: https_socket, router: routes::https(shared.clone()), tls: Some(acceptor) },
+        Listener {
+            socket: https_socket,
+            router: routes::https(shared.clone()).merge(crate::web::routes(
+                app.clone(),
+                pki.clone(),
+                config.updates.clone(),
+            )),
+            tls: Some(acceptor),
+        },
         Listener { socket: http_socket, router: routes::http(shared), tls: None },
     ];
     let control_socket = control::bind(&config.data_dir)?;
@@ -284,13 +291,13 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
-    let worker = tokio::spawn(outbox::run_worker(app.clone(), stopped.clone()));
+    let worker = tokio::spawn(crate::app::redirect::run_worker(app.clone(), stopped.clone()));
     let sip = match config.sip {
         Some(address) => match sip::Endpoint::bind(address, &lan).await {
             Ok(endpoint) => {
                 app.sip.attach(endpoint.clone());
                 let bound = endpoint.local_addr().ok();
-                tokio::spawn(endpoint.run(Some(app.clone()), stopped.clone()));
+                tokio::spawn(endpoint.run(Some(app.clone() as Arc<dyn sip::pnp::Offers>), stopped.clone()));
                 bound
             }
             Err(error) => {

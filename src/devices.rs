@@ -2,11 +2,11 @@
 //! SIP password policy, generated passwords and tokens, and the CSV format.
 
 use heapless::Vec as HVec;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
 use crate::store::records::{Device, Enrollment, FunctionKey, KeyKind, Line, Override, bounded};
+use crate::token::Token;
 
 /// Characters of generated passwords: no look-alikes (0/O, 1/l/I).
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -133,25 +133,11 @@ pub fn check_strength(password: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Fills `out` from the system's secure random source.
-fn random_fill(out: &mut [u8]) {
-    // The kernel's getrandom only fails before the entropy pool is initialised at early
-    // boot, long before provbox runs; continuing with predictable secrets would be worse.
-    SystemRandom::new().fill(out).expect("the system random source works");
-}
-
-/// A fresh 128-bit URL token.
-pub fn new_token() -> [u8; 16] {
-    let mut token = [0; 16];
-    random_fill(&mut token);
-    token
-}
-
 /// A strong random password that passes [`check_password`] for any extension and MAC.
 pub fn generate_password() -> String {
     loop {
         let mut bytes = [0u8; GENERATED_PASSWORD_LEN];
-        random_fill(&mut bytes);
+        crate::random::fill(&mut bytes);
         // Rejection sampling keeps every character equally likely.
         let limit = 256 - 256 % PASSWORD_ALPHABET.len();
         if bytes.iter().any(|b| usize::from(*b) >= limit) {
@@ -209,8 +195,8 @@ impl DeviceSpec {
             lines,
             keys: HVec::new(),
             overrides: HVec::new(),
-            enrollment_token: new_token(),
-            steady_token: new_token(),
+            enrollment_token: Token::generate(),
+            steady_token: Token::generate(),
             enrollment: Enrollment::Open { first_fetch: None },
             lan_window_until: None,
             last_contact: None,

@@ -15,6 +15,7 @@
 //! - [`control`]: the CLI's protocol over a Unix socket; [`daemon`]: `provbox serve`.
 //! - [`devices`], [`settings`], [`mac`]: validated input.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -22,15 +23,18 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod devices;
+pub mod hex;
 pub mod mac;
 pub mod mdns;
 pub mod metrics;
 pub mod pki;
 pub mod provision;
+pub mod random;
 pub mod redirect;
 pub mod server;
 pub mod settings;
 pub mod sip;
 pub mod store;
+pub mod token;
 pub mod update;
 pub mod web;

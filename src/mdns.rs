@@ -56,7 +56,7 @@ impl Identity {
             })
         });
         match mac {
-            Some(mac) => format!("provbox-{}", crate::store::check::hex(&mac[3..])),
+            Some(mac) => format!("provbox-{}", crate::hex::encode(&mac[3..])),
             None => "provbox".into(),
         }
     }

@@ -1,11 +1,11 @@
 //! Process counters for `/metrics` (Prometheus text format): phone fetches by result,
 //! enrollment events and TLS handshakes. Gauges (outbox depth, store usage, devices) are
-//! read from the appliance when scraped.
+//! read from the appliance when scraped and handed in as [`Gauges`].
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::app::App;
+use crate::sip::Stats;
 
 /// A counter with a fixed set of label values.
 pub struct Counter<const N: usize> {
@@ -40,8 +40,25 @@ pub static ENROLLMENT: Counter<4> = Counter::new(["started", "locked", "refused"
 /// TLS handshakes by result.
 pub static TLS_HANDSHAKES: Counter<2> = Counter::new(["ok", "failed"]);
 
+/// What the appliance reads for a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// The SIP endpoint's counters, while it runs.
+    pub sip: Option<Stats>,
+    /// Redirect-service operations queued.
+    pub outbox_depth: usize,
+    /// Devices managed.
+    pub devices: usize,
+    /// Bytes of live records in the store.
+    pub store_live_bytes: usize,
+    /// Size of the store.
+    pub store_capacity_bytes: usize,
+    /// Highest erase count of a store sector.
+    pub store_erase_count_max: u32,
+}
+
 /// The Prometheus text exposition of every metric.
-pub fn render(app: &App) -> String {
+pub fn render(gauges: &Gauges) -> String {
     let mut out = String::new();
     FETCHES.write(&mut out, "provbox_fetches_total", "result", "Phone configuration requests by result.");
     ENROLLMENT.write(&mut out, "provbox_enrollment_events_total", "event", "Enrollment events.");
@@ -49,7 +66,7 @@ pub fn render(app: &App) -> String {
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };
-    if let Some(sip) = app.sip.stats() {
+    if let Some(sip) = &gauges.sip {
         let _ = writeln!(
             out,
             "# HELP provbox_sip_datagrams_total SIP datagrams by what became of them.\n# TYPE provbox_sip_datagrams_total counter\n\
@@ -59,12 +76,11 @@ pub fn render(app: &App) -> String {
             sip.subscriptions, sip.malformed, sip.rate_limited
         );
     }
-    let outbox = app.redirect_status().map_or(0, |status| status.queue.len());
-    gauge(&mut out, "provbox_outbox_depth", "Redirect-service operations queued.", outbox);
-    gauge(&mut out, "provbox_devices", "Devices managed.", app.devices().map_or(0, |d| d.len()));
-    let (live, capacity, _, high) = app.store_usage();
-    gauge(&mut out, "provbox_store_live_bytes", "Bytes of live records in the store.", live);
-    gauge(&mut out, "provbox_store_capacity_bytes", "Size of the store.", capacity);
-    gauge(&mut out, "provbox_store_erase_count_max", "Highest erase count of a store sector.", high as usize);
+    gauge(&mut out, "provbox_outbox_depth", "Redirect-service operations queued.", gauges.outbox_depth);
+    gauge(&mut out, "provbox_devices", "Devices managed.", gauges.devices);
+    gauge(&mut out, "provbox_store_live_bytes", "Bytes of live records in the store.", gauges.store_live_bytes);
+    gauge(&mut out, "provbox_store_capacity_bytes", "Size of the store.", gauges.store_capacity_bytes);
+    let erases = gauges.store_erase_count_max as usize;
+    gauge(&mut out, "provbox_store_erase_count_max", "Highest erase count of a store sector.", erases);
     out
 }

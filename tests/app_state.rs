@@ -1,6 +1,7 @@
 //! The appliance state without a server: buffered contacts and grace-period expiry.
 
-use provbox::app::{App, FetchChange, Site};
+use provbox::app::fetches::FetchChange;
+use provbox::app::{App, Site};
 use provbox::devices::{DeviceSpec, LineSpec};
 use provbox::store::Store;
 use provbox::store::backend;

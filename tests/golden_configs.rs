@@ -9,6 +9,7 @@ use provbox::app::{App, Site};
 use provbox::store::Store;
 use provbox::store::backend;
 use provbox::store::records::{Db, Device, Enrollment, FunctionKey, KeyKind, Line, Override, Txn, bounded};
+use provbox::token::Token;
 
 fn device(mac: &str, vendor: &str, model: &str) -> Device {
     let line = |ext: &str, name: &str, password: &str| Line {
@@ -44,8 +45,8 @@ fn device(mac: &str, vendor: &str, model: &str) -> Device {
         lines,
         keys,
         overrides,
-        enrollment_token: [0x11; 16],
-        steady_token: [0x22; 16],
+        enrollment_token: Token::from_bytes([0x11; 16]),
+        steady_token: Token::from_bytes([0x22; 16]),
         enrollment: Enrollment::Open { first_fetch: None },
         lan_window_until: None,
         last_contact: None,

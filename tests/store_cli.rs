@@ -8,6 +8,7 @@ use provbox::mac::Mac;
 use provbox::store::Store;
 use provbox::store::backend::{self, DEFAULT_CAPACITY};
 use provbox::store::records::{Db, Device, Enrollment, Line, Txn, bounded};
+use provbox::token::Token;
 
 fn provbox(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_provbox")).arg("--data").arg(data).args(args).output().unwrap()
@@ -61,8 +62,8 @@ fn dump_shows_records_as_json_with_secrets_masked_and_check_counts_them() {
             }]
             .into_iter()
             .collect(),
-            enrollment_token: [1; 16],
-            steady_token: [2; 16],
+            enrollment_token: Token::from_bytes([1; 16]),
+            steady_token: Token::from_bytes([2; 16]),
             keys: Default::default(),
             overrides: Default::default(),
             enrollment: Enrollment::Open { first_fetch: None },

@@ -9,6 +9,7 @@ use provbox::store::records::{
     RecordError, Txn, bounded,
 };
 use provbox::store::{Op, Store, StoreError};
+use provbox::token::Token;
 
 /// A 1 MiB store in the appliance's 4 KiB sectors (a quarter of the default file).
 type Flash = SimFlash<4096>;
@@ -41,8 +42,8 @@ fn device(n: u32, lines: usize) -> Device {
         vendor: bounded("vendor", "yealink").unwrap(),
         model: bounded("model", "T54W").unwrap(),
         lines: (0..lines).map(line).collect(),
-        enrollment_token: [n as u8; 16],
-        steady_token: [!n as u8; 16],
+        enrollment_token: Token::from_bytes([n as u8; 16]),
+        steady_token: Token::from_bytes([!n as u8; 16]),
         keys: Default::default(),
         overrides: Default::default(),
         enrollment: Enrollment::Open { first_fetch: None },
@@ -203,7 +204,7 @@ fn transaction_commits_device_and_outbox_together_at_every_cut() {
     txn.put_device(&dev).enqueue(OutboxItem {
         mac: dev.mac,
         service: "yealink".try_into().unwrap(),
-        action: OutboxAction::Register { token: [7; 16], take_over: false },
+        action: OutboxAction::Register { token: Token::from_bytes([7; 16]), take_over: false },
         attempts: 0,
         not_before: 0,
         last_error: Default::default(),

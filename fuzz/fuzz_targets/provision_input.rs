@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use provbox::devices::parse_csv;
 use provbox::mac::Mac;
-use provbox::provision::fetch::parse_token;
+use provbox::token::Token;
 use provbox::provision::templates::{Catalog, Templates};
 use provbox::provision::vendor::Vendor;
 use provbox::settings::{SETTINGS, validate};
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            let _ = parse_token(&text);
+            let _ = Token::parse(&text);
             let _ = text.parse::<Mac>();
         }
     }

@@ -17,10 +17,21 @@ use minijinja::Value;
 use serde::Serialize;
 
 use super::vendor::FileMatch;
-use crate::app::{App, AppError, MASK};
 use crate::settings;
-use crate::store::check::hex;
 use crate::store::records::{Device, KeyKind};
+use crate::token::{MASK, TokenKind};
+
+/// What the site contributes to a template's context, read by the appliance under one hold
+/// of its lock.
+#[derive(Debug, Clone, Default)]
+pub struct SiteFacts {
+    /// The phones' base URL, ending in `/`.
+    pub base_url: String,
+    /// Every effective setting, secrets included (masked or dropped here as fits).
+    pub settings: BTreeMap<String, String>,
+    /// (name, extension) of every line, sorted; only filled for files marked `directory`.
+    pub directory: Vec<(String, String)>,
+}
 
 /// Whether secrets are rendered or masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,19 +96,18 @@ struct Urls {
 }
 
 /// Builds the template context for `matched`, showing `device` only if given (device files).
-pub fn build(app: &App, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Result<Value, AppError> {
+pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Value {
     let mask =
         |value: &str| if secrets == Secrets::Masked && !value.is_empty() { MASK.to_string() } else { value.into() };
-    let base = app.base_url()?;
-    let mut site: BTreeMap<String, String> = app.effective_settings()?;
+    let SiteFacts { base_url: base, settings: mut site, directory } = facts;
     for (name, value) in site.iter_mut() {
         if settings::is_secret(name) {
             *value = if device.is_some() { mask(value) } else { String::new() };
         }
     }
     let steady = device.map(|device| match secrets {
-        Secrets::Real => format!("{base}p/{}/", hex(&device.steady_token)),
-        Secrets::Masked => format!("{base}p/{MASK}/"),
+        Secrets::Real => device.steady_token.url(TokenKind::Steady, &base),
+        Secrets::Masked => TokenKind::Steady.masked_url(&base),
     });
     let urls = Urls {
         ca: format!("{base}ca.crt"),
@@ -148,21 +158,18 @@ pub fn build(app: &App, device: Option<&Device>, matched: &FileMatch<'_>, secret
                 .collect(),
         }
     });
-    let directory: Vec<DirectoryEntry> = if matched.file.directory {
-        app.directory()?.into_iter().map(|(name, extension)| DirectoryEntry { name, extension }).collect()
-    } else {
-        Vec::new()
-    };
+    let directory: Vec<DirectoryEntry> =
+        directory.into_iter().map(|(name, extension)| DirectoryEntry { name, extension }).collect();
     let mut request = matched.captures.clone();
     request.insert("file".into(), matched.requested.clone());
-    Ok(minijinja::context! {
+    minijinja::context! {
         site => site,
         device => device_context,
         urls => urls,
         request => request,
         directory => directory,
         provbox => minijinja::context! { version => env!("CARGO_PKG_VERSION") },
-    })
+    }
 }
 
 /// The truncated SHA-256 recorded as "config last served".

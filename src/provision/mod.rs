@@ -1,7 +1,7 @@
-//! Provisioning: vendor profiles, templates, what each request may have, and rendering.
+//! Provisioning mechanisms: vendor profiles and file naming, templates and their context,
+//! and token-miss throttling. What each request may have is decided in `crate::app::fetches`.
 
 pub mod context;
-pub mod fetch;
 pub mod templates;
 pub mod throttle;
 pub mod vendor;

@@ -21,7 +21,7 @@ pub struct Fdps {
 
 /// hex(md5(`text`)).
 fn md5_hex(text: &[u8]) -> String {
-    crate::store::check::hex(&md5::Md5::digest(text))
+    crate::hex::encode(&md5::Md5::digest(text))
 }
 
 /// The password FDPS expects: hex(md5(hex(md5(password)))).

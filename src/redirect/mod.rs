@@ -5,7 +5,8 @@
 //!   settings. One module per service: [`yealink`] (RPS XML-RPC, JSON and YMCS APIs), [`snom`]
 //!   (SRAPS with Hawk, and the legacy XML-RPC), [`fanvil`] (FDPS).
 //! - [`wan`] is the bounded HTTPS client they share; [`xmlrpc`] the legacy wire format.
-//! - [`outbox`] is the durable queue and the worker that drains it.
+//! - [`outbox`] holds the durable queue's rules (backoff, batching, the worker's wake-up);
+//!   the appliance plans and delivers the queue in `crate::app::redirect`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,43 +1,28 @@
-//! The durable outbox of redirect work, and the worker that drains it.
-//!
-//! - Register and deregister intents are [`OutboxItem`]s, written in the same store
-//!   transaction as the device change that causes them ([`State::plan_redirect`]).
-//! - The worker ([`run_worker`], [`App::deliver`]) sends them in queue order per device, with
-//!   exponential backoff and jitter capped at an hour. A refusal that will never succeed
-//!   settles the device as failed, with the service's words.
-//! - An item leaves the queue only in the commit that records its outcome, after the service
-//!   answered: a crash in between sends it again, which every client makes harmless.
+//! The rules of the durable outbox of redirect work: the retry backoff, which queued items
+//! travel together in one call, and the worker's wake-up. The queue itself is store records
+//! ([`OutboxItem`]); the appliance plans and delivers them (`crate::app::redirect`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
-use heapless::String as HString;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
+use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
 
-use super::wan::Wan;
-use super::{Client, Failure, FailureKind, Registration, client_for, redact, service_for_vendor};
-use crate::app::{App, AppError, State, now};
-use crate::clock;
+use crate::clock::now;
 use crate::mac::Mac;
-use crate::store::check::hex;
-use crate::store::records::{
-    Device, Enrollment, OutboxAction, OutboxItem, RedirectRecord, RedirectState, Txn, truncated,
-};
+use crate::store::records::{Device, Enrollment, OutboxAction, OutboxItem};
 
 /// First retry delay; it doubles per attempt.
 const BACKOFF_BASE: u64 = 30;
 /// Longest retry delay.
 pub const BACKOFF_CAP: u64 = 3600;
 /// Longest the worker sleeps with nothing due, in case the clock jumped.
-const IDLE_WAKE: Duration = Duration::from_secs(300);
+pub const IDLE_WAKE: Duration = Duration::from_secs(300);
 /// How often a worker waiting for the clock looks again.
-const CLOCK_RECHECK: Duration = Duration::from_secs(60);
+pub const CLOCK_RECHECK: Duration = Duration::from_secs(60);
 /// Pause after a pass failed on the store.
-const ERROR_PAUSE: Duration = Duration::from_secs(60);
+pub const ERROR_PAUSE: Duration = Duration::from_secs(60);
 
-/// The worker's shared parts, kept in [`App`].
+/// The worker's shared parts.
 #[derive(Default)]
 pub struct Redirector {
     /// One delivery pass at a time: the worker's and `redirect sync`'s never overlap, so no
@@ -52,6 +37,16 @@ impl Redirector {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// Waits until [`Redirector::wake`] is called.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Waits for any other delivery pass to end; the pass lasts while the guard lives.
+    pub async fn pass(&self) -> AsyncMutexGuard<'_, ()> {
+        self.pass.lock().await
+    }
 }
 
 /// The delay before retry number `attempts` (1-based): 30 s doubling up to an hour, with
@@ -61,111 +56,8 @@ pub fn backoff(attempts: u32) -> u64 {
     full / 2 + rand::random::<u64>() % (full / 2 + 1)
 }
 
-/// A device's redirect state as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum RedirectView {
-    /// Nothing will be registered: no service for the vendor, the service is off or not
-    /// configured, or registration is off for this device.
-    Off {
-        /// Why.
-        reason: String,
-    },
-    /// Not registered, nothing queued.
-    NotRegistered,
-    /// Queued.
-    Pending {
-        /// `register` or `deregister`.
-        action: String,
-        /// Attempts so far.
-        attempts: u32,
-        /// Unix time of the next try.
-        next_try: u64,
-        /// Why the last attempt failed, empty before the first.
-        last_error: String,
-    },
-    /// Registered.
-    Registered {
-        /// When.
-        at: u64,
-    },
-    /// Removed from the service (enrollment closed).
-    Deregistered {
-        /// When.
-        at: u64,
-    },
-    /// Given up.
-    Failed {
-        /// When.
-        at: u64,
-        /// The service's words.
-        message: String,
-    },
-}
-
-/// One queued item as shown by `redirect status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueEntry {
-    /// Queue position.
-    pub position: u64,
-    /// The phone.
-    pub mac: String,
-    /// The service.
-    pub service: String,
-    /// `register`, `register (override)` or `deregister`.
-    pub action: String,
-    /// Attempts so far.
-    pub attempts: u32,
-    /// Unix time of the next try.
-    pub next_try: u64,
-    /// Why the last attempt failed.
-    pub last_error: String,
-}
-
-/// A service's configuration as shown (never its credentials).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceView {
-    /// `yealink`, `snom`, `fanvil`.
-    pub service: String,
-    /// The API in use, or `off`.
-    pub api: String,
-    /// Whether registrations are sent.
-    pub active: bool,
-    /// Why not, when inactive.
-    pub reason: String,
-    /// A concern about an active service (plain-http endpoint).
-    pub warning: String,
-}
-
-/// `provbox redirect status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedirectStatus {
-    /// `ok`, or why WAN calls wait.
-    pub clock: String,
-    /// Each service.
-    pub services: Vec<ServiceView>,
-    /// The queue, in order.
-    pub queue: Vec<QueueEntry>,
-    /// Each device's state.
-    pub devices: Vec<(String, RedirectView)>,
-}
-
-/// What a delivery pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// Items the services accepted.
-    pub delivered: usize,
-    /// Items that failed and wait for a retry.
-    pub retrying: usize,
-    /// Items given up as permanently refused.
-    pub failed: usize,
-    /// Set when the clock kept the pass from sending anything.
-    pub clock: Option<String>,
-    /// Seconds until the next item can be sent, if any can.
-    pub next_due: Option<u64>,
-}
-
-fn action_name(action: &OutboxAction) -> &'static str {
+/// How an action is shown.
+pub fn action_name(action: &OutboxAction) -> &'static str {
     match action {
         OutboxAction::Register { take_over: false, .. } => "register",
         OutboxAction::Register { take_over: true, .. } => "register (override)",
@@ -173,7 +65,8 @@ fn action_name(action: &OutboxAction) -> &'static str {
     }
 }
 
-fn is_open(device: &Device) -> bool {
+/// Whether `device` may still enroll (not locked).
+pub fn is_open(device: &Device) -> bool {
     !matches!(device.enrollment, Enrollment::Locked { .. })
 }
 
@@ -189,449 +82,15 @@ pub enum Plan {
     Reregister,
 }
 
-impl State {
-    /// Whether the service holds `mac` or is about to: the last queued intent is a
-    /// registration, or, with nothing queued, the device is registered or its
-    /// deregistration failed.
-    fn held_by_service(&self, mac: &Mac, record: &RedirectRecord) -> Result<bool, AppError> {
-        let last = self.db.outbox()?.into_iter().rev().find(|(_, item)| item.mac == *mac);
-        Ok(match last {
-            Some((_, item)) => matches!(item.action, OutboxAction::Register { .. }),
-            None => matches!(
-                record.state,
-                RedirectState::Registered { .. } | RedirectState::Failed { deregistering: true, .. }
-            ),
-        })
-    }
-
-    /// Adds to `txn` the redirect work a device change causes, given the site `settings`
-    /// and the device's redirect `record` as it will be:
-    /// - a registration of the enrollment URL when the device is new or has a new
-    ///   enrollment URL (unlock, rekey), and as `plan` says;
-    /// - a deregistration when the service holds it but should not: enrollment closed, the
-    ///   device removed or its registration turned off.
-    pub(crate) fn plan_redirect(
-        &self,
-        before: Option<&Device>,
-        after: Option<&Device>,
-        record: &RedirectRecord,
-        settings: &BTreeMap<String, String>,
-        plan: Plan,
-        txn: &mut Txn,
-    ) -> Result<bool, AppError> {
-        let Some(device) = after.or(before) else { return Ok(false) };
-        let Some(service) = service_for_vendor(&device.vendor) else { return Ok(false) };
-        if client_for(service, settings).is_err() {
-            return Ok(false);
-        }
-        let wanted = after.filter(|d| is_open(d) && record.enabled);
-        let held = self.held_by_service(&device.mac, record)?;
-        let new_url = before.map(|d| d.enrollment_token) != after.map(|d| d.enrollment_token);
-        let register = match plan {
-            Plan::Change => new_url,
-            Plan::Reconcile => new_url || !held,
-            Plan::Reregister => true,
-        };
-        let action = match wanted {
-            Some(device) if register => OutboxAction::Register { token: device.enrollment_token, take_over: false },
-            None if held => OutboxAction::Deregister,
-            _ => return Ok(false),
-        };
-        txn.enqueue(OutboxItem {
-            mac: device.mac,
-            service: truncated(service),
-            action,
-            attempts: 0,
-            not_before: 0,
-            last_error: HString::new(),
-        });
-        Ok(true)
-    }
-
-    /// [`State::plan_redirect`] with the device's stored record and the current settings.
-    pub(crate) fn plan_change(
-        &self,
-        before: Option<&Device>,
-        after: Option<&Device>,
-        txn: &mut Txn,
-    ) -> Result<bool, AppError> {
-        let Some(mac) = after.or(before).map(|d| d.mac) else { return Ok(false) };
-        let record = self.db.redirect(&mac)?;
-        self.plan_redirect(before, after, &record, &self.settings()?, Plan::Change, txn)
-    }
-
-    /// The phones' base URL: `provision.base_url`, or `default`.
-    pub(crate) fn base_url(&self, default: &str) -> Result<String, AppError> {
-        let configured = self.db.setting("provision.base_url")?.unwrap_or_default();
-        Ok(if configured.is_empty() { default.to_string() } else { configured })
-    }
-
-    /// Every effective setting.
-    pub(crate) fn settings(&self) -> Result<BTreeMap<String, String>, AppError> {
-        Ok(crate::settings::effective(&self.db.settings()?))
-    }
-}
-
-/// One sent item (or batch member) and how it went.
-type Sent = (u64, OutboxItem, Result<(), Failure>);
-
-impl App {
-    /// Queues a registration that takes `mac` over from another account: the explicit
-    /// answer to a "belongs to another account" failure.
-    pub fn redirect_override(&self, mac: &Mac, actor: &str) -> Result<RedirectView, AppError> {
-        {
-            let mut state = self.lock();
-            let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            let settings = state.settings()?;
-            let service = service_for_vendor(&device.vendor)
-                .ok_or_else(|| AppError::Redirect(format!("no redirect service for {} phones", device.vendor)))?;
-            let client = client_for(service, &settings).map_err(AppError::Redirect)?;
-            if !client.supports_take_over() {
-                return Err(AppError::Redirect(format!(
-                    "this {service} API cannot take a MAC over from another account; release it in the vendor's portal"
-                )));
-            }
-            if !is_open(&device) {
-                return Err(AppError::Redirect(format!(
-                    "enrollment of {mac} is locked; `provbox device unlock {mac}` first"
-                )));
-            }
-            let mut txn = Txn::new();
-            txn.enqueue(OutboxItem {
-                mac: *mac,
-                service: truncated(service),
-                action: OutboxAction::Register { token: device.enrollment_token, take_over: true },
-                attempts: 0,
-                not_before: 0,
-                last_error: HString::new(),
-            })
-            .audit(
-                now(),
-                actor,
-                &format!("queued a {service} registration of {mac} overriding another account"),
-            )?;
-            state.db.commit(&txn)?;
-        }
-        self.redirect.wake();
-        self.redirect_view(mac)
-    }
-
-    /// Turns redirect registration on or off for one device, queuing what that implies in
-    /// the same transaction.
-    pub fn redirect_enable(&self, mac: &Mac, enabled: bool, actor: &str) -> Result<RedirectView, AppError> {
-        {
-            let mut state = self.lock();
-            let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            let mut record = state.db.redirect(mac)?;
-            record.enabled = enabled;
-            let mut txn = Txn::new();
-            let word = if enabled { "on" } else { "off" };
-            txn.put_redirect(mac, &record).audit(
-                now(),
-                actor,
-                &format!("turned redirect registration {word} for {mac}"),
-            )?;
-            let settings = state.settings()?;
-            state.plan_redirect(Some(&device), Some(&device), &record, &settings, Plan::Reconcile, &mut txn)?;
-            state.db.commit(&txn)?;
-        }
-        self.redirect.wake();
-        self.redirect_view(mac)
-    }
-
-    /// Brings every device's queued redirect work in line with its state (after the
-    /// credentials, the site switch or the base URL changed, or a failure was fixed), as
-    /// `plan` says. Returns how many items were queued.
-    pub fn reconcile_redirects(&self, plan: Plan) -> Result<usize, AppError> {
-        let macs: Vec<Mac> = self.lock().db.devices().map(|d| d.map(|d| d.mac)).collect::<Result<_, _>>()?;
-        let settings = self.lock().settings()?;
-        let mut queued = 0;
-        self.commit_each(
-            &macs,
-            |state, mac| {
-                let mut part = Txn::new();
-                let Some(device) = state.db.device(mac)? else { return Ok((part, false)) };
-                let record = state.db.redirect(mac)?;
-                let planned = state.plan_redirect(Some(&device), Some(&device), &record, &settings, plan, &mut part)?;
-                Ok((part, planned))
-            },
-            |_, planned| queued += usize::from(planned),
-        )?;
-        if queued > 0 {
-            self.redirect.wake();
-        }
-        Ok(queued)
-    }
-
-    /// The redirect state of one device.
-    pub fn redirect_view(&self, mac: &Mac) -> Result<RedirectView, AppError> {
-        let state = self.lock();
-        let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-        let queue = state.db.outbox()?;
-        redirect_view_of(&state, &device, &queue, &state.settings()?)
-    }
-
-    /// The queue, the services and every device's state.
-    pub fn redirect_status(&self) -> Result<RedirectStatus, AppError> {
-        let state = self.lock();
-        let settings = state.settings()?;
-        let queue = state.db.outbox()?;
-        let devices = state
-            .db
-            .devices()
-            .map(|device| {
-                let device = device?;
-                Ok((device.mac.to_string(), redirect_view_of(&state, &device, &queue, &settings)?))
-            })
-            .collect::<Result<_, AppError>>()?;
-        let services = super::SERVICES
-            .iter()
-            .map(|(service, _)| {
-                let api = settings.get(&format!("redirect.{service}.api")).cloned().unwrap_or_default();
-                let reason = client_for(service, &settings).err().unwrap_or_default();
-                let url = settings.get(&format!("redirect.{service}.url")).cloned().unwrap_or_default();
-                let plain = url.starts_with("http://") || (url.is_empty() && *service == "fanvil");
-                let warning = if plain && reason.is_empty() {
-                    "plain http: credentials and enrollment URLs cross the WAN unencrypted".to_string()
-                } else {
-                    String::new()
-                };
-                ServiceView { service: service.to_string(), api, active: reason.is_empty(), reason, warning }
-            })
-            .collect();
-        Ok(RedirectStatus {
-            clock: clock::check(now()).err().unwrap_or_else(|| "ok".into()),
-            services,
-            queue: queue
-                .iter()
-                .map(|(position, item)| QueueEntry {
-                    position: *position,
-                    mac: item.mac.to_string(),
-                    service: item.service.to_string(),
-                    action: action_name(&item.action).into(),
-                    attempts: item.attempts,
-                    next_try: item.not_before,
-                    last_error: item.last_error.to_string(),
-                })
-                .collect(),
-            devices,
-        })
-    }
-
-    /// Asks the device's service what it holds for `mac`.
-    pub async fn redirect_check(&self, mac: &Mac) -> Result<serde_json::Value, AppError> {
-        let (service, settings) = {
-            let state = self.lock();
-            let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-            let service = service_for_vendor(&device.vendor)
-                .ok_or_else(|| AppError::Redirect(format!("no redirect service for {} phones", device.vendor)))?;
-            (service, state.settings()?)
-        };
-        clock::check(now()).map_err(AppError::Redirect)?;
-        let client = client_for(service, &settings).map_err(AppError::Redirect)?;
-        let wan = wan_for(&settings).map_err(|f| AppError::Redirect(f.message))?;
-        let held = client.check(&wan, mac).await.map_err(|f| AppError::Redirect(redact(&f.message)))?;
-        Ok(serde_json::json!({ "service": service, "mac": mac.to_string(), "holds": held }))
-    }
-
-    /// Whether each configured service's endpoint accepts a TCP connection now, within 3 s:
-    /// (service, endpoint host, "reachable in N ms" or why not).
-    pub async fn redirect_reachability(&self) -> Result<Vec<(String, String, String)>, AppError> {
-        let settings = self.lock().settings()?;
-        let mut report = Vec::new();
-        for (service, _) in super::SERVICES {
-            let Ok(client) = client_for(service, &settings) else { continue };
-            let Ok(uri) = client.endpoint().parse::<hyper::Uri>() else { continue };
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
-            let started = std::time::Instant::now();
-            let outcome = match tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::net::TcpStream::connect((host.as_str(), port)),
-            )
-            .await
-            {
-                Ok(Ok(_)) => format!("reachable in {} ms", started.elapsed().as_millis()),
-                Ok(Err(error)) => format!("unreachable: {error}"),
-                Err(_) => "unreachable: no answer within 3 s".to_string(),
-            };
-            report.push((service.to_string(), format!("{host}:{port}"), outcome));
-        }
-        Ok(report)
-    }
-
-    /// Seconds until the next item that can be sent is due (0: now): the first queued item
-    /// of each device whose service is configured. None when nothing can be sent.
-    fn next_sendable(&self) -> Result<Option<u64>, AppError> {
-        let state = self.lock();
-        let (queue, settings) = (state.db.outbox()?, state.settings()?);
-        let mut seen = HashSet::new();
-        let at = now();
-        Ok(queue
-            .iter()
-            .filter(|(_, item)| seen.insert(item.mac))
-            .filter(|(_, item)| client_for(&item.service, &settings).is_ok())
-            .map(|(_, item)| item.not_before.saturating_sub(at))
-            .min())
-    }
-
-    /// Sends what is due (everything with `all`), in queue order per device. Passes never
-    /// overlap. A service that fails for reasons of its own (unreachable, erroring) is not
-    /// tried again in the same pass: its remaining items take the same failure.
-    pub async fn deliver(&self, all: bool) -> Result<Delivery, AppError> {
-        let _pass = self.redirect.pass.lock().await;
-        let mut report = Delivery::default();
-        if let Err(reason) = clock::check(now()) {
-            report.clock = Some(reason);
-            return Ok(report);
-        }
-        let (queue, settings, base) = {
-            let state = self.lock();
-            (state.db.outbox()?, state.settings()?, state.base_url(&self.site.default_base_url)?)
-        };
-        let wan = wan_for(&settings);
-        let mut clients: HashMap<String, Result<Client, String>> = HashMap::new();
-        // Services that failed in this pass, with the failure their remaining items take.
-        let mut down: HashMap<String, Failure> = HashMap::new();
-        // MACs with an earlier item still queued: their later items wait, keeping order.
-        let mut blocked: HashSet<Mac> = HashSet::new();
-        let mut taken: HashSet<u64> = HashSet::new();
-        for (index, (position, item)) in queue.iter().enumerate() {
-            if taken.contains(position) {
-                continue;
-            }
-            if blocked.contains(&item.mac) || (!all && item.not_before > now()) {
-                blocked.insert(item.mac);
-                continue;
-            }
-            let service = item.service.to_string();
-            if let Some(failure) = down.get(&service).or(wan.as_ref().err()) {
-                let outcome = vec![(*position, item.clone(), Err(failure.clone()))];
-                self.settle(outcome, &mut report, &mut blocked)?;
-                continue;
-            }
-            let client = match clients.entry(service.clone()).or_insert_with(|| client_for(&service, &settings)) {
-                Ok(client) => client,
-                Err(reason) => {
-                    // The service was turned off or lost its credentials: the item waits,
-                    // nothing is lost, and the status says why.
-                    self.note_waiting(*position, item, reason)?;
-                    blocked.insert(item.mac);
-                    continue;
-                }
-            };
-            let Ok(wan) = &wan else { continue };
-            let outcomes: Vec<Sent> = match &item.action {
-                OutboxAction::Register { .. } => {
-                    let batch = batch_from(&queue[index..], client.batch_limit(), all, &blocked);
-                    let registrations: Vec<Registration> = batch
-                        .iter()
-                        .filter_map(|(_, item)| match &item.action {
-                            OutboxAction::Register { token, take_over } => Some(Registration {
-                                mac: item.mac,
-                                url: format!("{base}e/{}/", hex(token)),
-                                take_over: *take_over,
-                            }),
-                            OutboxAction::Deregister => None,
-                        })
-                        .collect();
-                    let results = client.register_batch(wan, &registrations).await;
-                    batch.into_iter().zip(results).map(|((position, item), result)| (position, item, result)).collect()
-                }
-                OutboxAction::Deregister => vec![(*position, item.clone(), client.deregister(wan, &item.mac).await)],
-            };
-            let retry = outcomes
-                .iter()
-                .filter_map(|(_, _, result)| result.as_ref().err())
-                .find(|f| f.kind == FailureKind::Retry);
-            if let Some(failure) = retry {
-                down.insert(service, failure.clone());
-            }
-            taken.extend(outcomes.iter().map(|(position, _, _)| *position));
-            self.settle(outcomes, &mut report, &mut blocked)?;
-        }
-        report.next_due = self.next_sendable()?;
-        Ok(report)
-    }
-
-    /// Records the outcomes of sent items: done or given up leave the queue and settle the
-    /// device's state; a retry is rescheduled. Commits as few transactions as fit.
-    fn settle(&self, outcomes: Vec<Sent>, report: &mut Delivery, blocked: &mut HashSet<Mac>) -> Result<(), AppError> {
-        self.commit_each(
-            &outcomes,
-            |state, (position, item, result)| {
-                let mut part = Txn::new();
-                let at = now();
-                let settled = match result {
-                    Ok(()) => Some(match item.action {
-                        OutboxAction::Register { .. } => RedirectState::Registered { at },
-                        OutboxAction::Deregister => RedirectState::Deregistered { at },
-                    }),
-                    Err(failure) if failure.kind == FailureKind::Retry => {
-                        let mut retry = item.clone();
-                        retry.attempts += 1;
-                        retry.not_before = at + backoff(retry.attempts);
-                        retry.last_error = truncated(&redact(&failure.message));
-                        part.update_outbox(*position, &retry);
-                        None
-                    }
-                    Err(failure) => Some(RedirectState::Failed {
-                        at,
-                        message: truncated(&redact(&failure.message)),
-                        deregistering: matches!(item.action, OutboxAction::Deregister),
-                    }),
-                };
-                if let Some(settled) = settled {
-                    part.complete_outbox(*position);
-                    if state.db.device(&item.mac)?.is_some() {
-                        let mut record = state.db.redirect(&item.mac)?;
-                        record.state = settled;
-                        part.put_redirect(&item.mac, &record);
-                    }
-                }
-                Ok((part, (item.clone(), result.clone())))
-            },
-            |_, (item, result)| {
-                let action = action_name(&item.action);
-                match result {
-                    Ok(()) => {
-                        report.delivered += 1;
-                        tracing::info!(mac = %item.mac, service = %item.service, action, "redirect service accepted");
-                    }
-                    Err(failure) if failure.kind == FailureKind::Retry => {
-                        report.retrying += 1;
-                        blocked.insert(item.mac);
-                        let message = redact(&failure.message);
-                        tracing::warn!(mac = %item.mac, service = %item.service, action, attempts = item.attempts + 1, "redirect attempt failed, will retry: {message}");
-                    }
-                    Err(failure) => {
-                        report.failed += 1;
-                        let message = redact(&failure.message);
-                        tracing::error!(mac = %item.mac, service = %item.service, action, "redirect service refused: {message}");
-                    }
-                }
-            },
-        )
-    }
-
-    /// Notes why an item cannot be sent now, writing only when the reason changes.
-    fn note_waiting(&self, position: u64, item: &OutboxItem, reason: &str) -> Result<(), AppError> {
-        if item.last_error.as_str() == reason {
-            return Ok(());
-        }
-        let mut waiting = item.clone();
-        waiting.last_error = truncated(reason);
-        let mut txn = Txn::new();
-        txn.update_outbox(position, &waiting);
-        self.lock().db.commit(&txn)?;
-        Ok(())
-    }
-}
-
 /// The registration at the head of `queue` and the following due registrations for the
 /// same service that may go with it: one per MAC, none behind an earlier item of its MAC,
 /// at most `limit`.
-fn batch_from(queue: &[(u64, OutboxItem)], limit: usize, all: bool, blocked: &HashSet<Mac>) -> Vec<(u64, OutboxItem)> {
+pub fn batch_from(
+    queue: &[(u64, OutboxItem)],
+    limit: usize,
+    all: bool,
+    blocked: &HashSet<Mac>,
+) -> Vec<(u64, OutboxItem)> {
     let Some((first_position, first)) = queue.first() else { return Vec::new() };
     let mut batch = vec![(*first_position, first.clone())];
     let mut macs: HashSet<Mac> = HashSet::from([first.mac]);
@@ -650,80 +109,6 @@ fn batch_from(queue: &[(u64, OutboxItem)], limit: usize, all: bool, blocked: &Ha
         }
     }
     batch
-}
-
-/// The redirect state of `device`, given the queue and the settings.
-pub(crate) fn redirect_view_of(
-    state: &State,
-    device: &Device,
-    queue: &[(u64, OutboxItem)],
-    settings: &BTreeMap<String, String>,
-) -> Result<RedirectView, AppError> {
-    if let Some((_, item)) = queue.iter().find(|(_, item)| item.mac == device.mac) {
-        return Ok(RedirectView::Pending {
-            action: action_name(&item.action).into(),
-            attempts: item.attempts,
-            next_try: item.not_before,
-            last_error: item.last_error.to_string(),
-        });
-    }
-    let record = state.db.redirect(&device.mac)?;
-    Ok(match record.state {
-        RedirectState::Registered { at } => RedirectView::Registered { at },
-        RedirectState::Deregistered { at } => RedirectView::Deregistered { at },
-        RedirectState::Failed { at, message, .. } => RedirectView::Failed { at, message: message.to_string() },
-        RedirectState::NotRegistered if !record.enabled => {
-            RedirectView::Off { reason: "turned off for this device".into() }
-        }
-        RedirectState::NotRegistered => match service_for_vendor(&device.vendor) {
-            None => RedirectView::Off { reason: format!("no redirect service for {} phones", device.vendor) },
-            Some(service) => match client_for(service, settings) {
-                Err(reason) => RedirectView::Off { reason },
-                Ok(_) => RedirectView::NotRegistered,
-            },
-        },
-    })
-}
-
-/// The WAN client the settings describe.
-fn wan_for(settings: &BTreeMap<String, String>) -> Result<Wan, Failure> {
-    let ca_file = settings.get("redirect.ca_file").filter(|path| !path.is_empty()).map(std::path::Path::new);
-    let timeout = settings.get("redirect.timeout_seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
-    Wan::new(ca_file, Duration::from_secs(timeout))
-}
-
-/// Drains the outbox until `stopped`: a pass, then sleep until the next item is due or new
-/// work is queued.
-pub async fn run_worker(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-    let mut clock_said: Option<String> = None;
-    loop {
-        let wait = match app.deliver(false).await {
-            Ok(delivery) => {
-                if delivery.clock != clock_said {
-                    match &delivery.clock {
-                        Some(reason) => tracing::warn!("{reason}"),
-                        None if clock_said.is_some() => tracing::info!("clock set; redirect calls resume"),
-                        None => {}
-                    }
-                    clock_said = delivery.clock.clone();
-                }
-                match (&delivery.clock, delivery.next_due) {
-                    (Some(_), _) => CLOCK_RECHECK,
-                    (None, Some(seconds)) => Duration::from_secs(seconds.max(1)).min(IDLE_WAKE),
-                    (None, None) => IDLE_WAKE,
-                }
-            }
-            Err(error) => {
-                tracing::error!("redirect outbox: {error}");
-                ERROR_PAUSE
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = app.redirect.wake.notified() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-    }
 }
 
 #[cfg(test)]

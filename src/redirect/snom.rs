@@ -88,7 +88,7 @@ impl Sraps {
         let resource = uri.path_and_query().map_or("/", |p| p.as_str());
         let payload = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let content_type = if payload.is_empty() { "" } else { "application/json" };
-        let nonce = crate::store::check::hex(&rand::random::<[u8; 6]>());
+        let nonce = crate::hex::encode(&rand::random::<[u8; 6]>());
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let input = HawkInput { method, resource, host, port, content_type, payload: &payload, ts, nonce: &nonce };
         let mut headers = vec![("authorization", hawk_header(&self.id, &self.key, &input))];

@@ -116,7 +116,7 @@ impl RedirectClient for XmlRpc {
 
 /// First 8 hex digits of the URL's SHA-256: names a server entry per URL.
 fn short_hash(url: &str) -> String {
-    crate::store::check::hex(&ring::digest::digest(&ring::digest::SHA256, url.as_bytes()).as_ref()[..4])
+    crate::hex::encode(&ring::digest::digest(&ring::digest::SHA256, url.as_bytes()).as_ref()[..4])
 }
 
 /// The JSON open API.
@@ -279,7 +279,7 @@ impl Ymcs {
     /// The `timestamp` and `nonce` headers every YMCS call carries.
     fn freshness() -> Vec<(&'static str, String)> {
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        vec![("timestamp", timestamp.to_string()), ("nonce", crate::store::check::hex(&rand::random::<[u8; 16]>()))]
+        vec![("timestamp", timestamp.to_string()), ("nonce", crate::hex::encode(&rand::random::<[u8; 16]>()))]
     }
 
     /// A bearer token, fetched once per client.
@@ -481,7 +481,7 @@ fn uuid_v4() -> String {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = crate::store::check::hex(&bytes);
+    let hex = crate::hex::encode(&bytes);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 

@@ -4,7 +4,7 @@
 pub mod routes;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,19 @@ use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use routes::Peer;
+/// The client's socket address, attached to each request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Peer {
+    /// The client's address as shown and throttled: IPv4-mapped IPv6 as plain IPv4.
+    pub fn ip(&self) -> IpAddr {
+        match self.0.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        }
+    }
+}
 
 /// Limits that keep one slow or hostile client from hurting the others.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,6 @@
 //! Every miss gets the same bare 404, so a scanner cannot tell a wrong token from a wrong
 //! file name. Request URLs are never logged: they carry tokens.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,13 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceExt;
 
-use crate::app::{App, TokenKind, client_ip};
+use super::Peer;
+use crate::app::App;
+use crate::app::fetches::{self, Access, FetchRequest, Fetched};
 use crate::pki::Pki;
-use crate::provision::fetch::{self, Access, FetchRequest, Fetched};
-
-/// The client's socket address, attached to each request by the accept loop.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+use crate::token::{Token, TokenKind};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -42,8 +39,7 @@ pub fn https(shared: Shared) -> Router {
         .route("/p/{token}/files/{*path}", get(static_file))
         .route("/{file}", get(tokenless_secure))
         .fallback(not_found)
-        .with_state(shared.clone())
-        .merge(crate::web::routes(shared.app, shared.pki, shared.updates))
+        .with_state(shared)
 }
 
 /// Routes of the plain-HTTP listener: the CA and secret-free files only.
@@ -74,8 +70,8 @@ fn user_agent(headers: &HeaderMap) -> &str {
 /// Handing each request to a blocking thread cost more than it saved (measured in
 /// `benches/fleet.rs`).
 fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: &HeaderMap) -> Response {
-    let request = FetchRequest { access, file, ip: client_ip(peer.0.ip()), user_agent: user_agent(headers) };
-    let fetched = fetch::fetch(&shared.app, &request);
+    let request = FetchRequest { access, file, ip: peer.ip(), user_agent: user_agent(headers) };
+    let fetched = fetches::fetch(&shared.app, &request);
     crate::metrics::FETCHES.inc(match &fetched {
         Fetched::File { .. } => "served",
         Fetched::NotFound => "not_found",
@@ -142,12 +138,11 @@ async fn static_file(
     Path((token, _)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    let ip = client_ip(peer.0.ip());
+    let ip = peer.ip();
     if shared.app.throttle.is_blocked(ip) {
         return StatusCode::TOO_MANY_REQUESTS.into_response();
     }
-    let owner =
-        fetch::parse_token(&token).and_then(|t| shared.app.device_by_token(&t, TokenKind::Steady).ok().flatten());
+    let owner = Token::parse(&token).and_then(|t| shared.app.device_by_token(&t, TokenKind::Steady).ok().flatten());
     let Some(device) = owner else {
         shared.app.throttle.record_miss(ip);
         return StatusCode::NOT_FOUND.into_response();

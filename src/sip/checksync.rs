@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use super::message::{Builder, StartLine};
 use super::{Endpoint, Outcome, random_token};
-use crate::app::{App, AppError};
 use crate::mac::Mac;
 
 /// Phones' SIP addresses remembered at once; beyond it the map starts over.
@@ -48,7 +47,8 @@ impl SipState {
         self.endpoint.get().map(|endpoint| endpoint.stats())
     }
 
-    fn contact(&self, mac: &Mac) -> Option<SocketAddr> {
+    /// Where `mac` was last heard speaking SIP.
+    pub fn contact(&self, mac: &Mac) -> Option<SocketAddr> {
         self.contacts.lock().ok()?.get(mac).copied()
     }
 }
@@ -92,77 +92,61 @@ fn explain(code: u16, reason: &str, event: &str) -> (String, String) {
     }
 }
 
-impl App {
-    /// Sends `mac`'s vendor check-sync NOTIFY to its last known SIP address and waits up to
-    /// `wait` for the answer.
-    pub async fn reprovision(&self, mac: &Mac, wait: Duration) -> Result<CheckSync, AppError> {
-        let device = self.device(mac)?;
-        let catalog = self.templates.catalog();
-        let event = catalog.vendor(&device.vendor)?.check_sync_event.clone().ok_or_else(|| {
-            AppError::Sip(format!(
-                "the {} profile names no check-sync event (check_sync_event in vendor.toml)",
-                device.vendor
-            ))
-        })?;
-        let target = self
-            .sip
-            .contact(mac)
-            .or_else(|| device.last_contact.as_ref().map(|contact| SocketAddr::new(contact.ip, 5060)))
-            .ok_or_else(|| {
-                AppError::Sip(format!("{mac} has not contacted the appliance yet: its address is unknown"))
-            })?;
-        let (endpoint, stop) = match self.sip.endpoint.get() {
-            Some(endpoint) => (endpoint.clone(), None),
-            None => {
-                // No responder running (the offline CLI, or --sip off): a socket of our own.
-                let any = if target.is_ipv4() {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                };
-                let endpoint = Endpoint::bind(SocketAddr::new(any, 0), &[])
-                    .await
-                    .map_err(|e| AppError::Sip(format!("cannot open a SIP socket: {e}")))?;
-                let (stop, stopped) = watch::channel(false);
-                tokio::spawn(endpoint.clone().run(None, stopped));
-                (endpoint, Some(stop))
-            }
-        };
-        let local = endpoint.address_toward(target);
-        let branch = random_token("z9hG4bK");
-        let notify = Builder::request("NOTIFY", &format!("sip:{mac}@{target}"))
-            .header("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"))
-            .header("Max-Forwards", 70)
-            .header("From", format!("<sip:provbox@{local}>;tag={}", random_token("")))
-            .header("To", format!("<sip:{mac}@{target}>"))
-            .header("Call-ID", format!("{}@provbox", random_token("")))
-            .header("CSeq", "1 NOTIFY")
-            .header("Contact", format!("<sip:provbox@{local}>"))
-            .header("Event", &event)
-            .header("Subscription-State", "terminated")
-            .body(None, b"");
-        let outcome = endpoint.transaction(&notify, &branch, target, wait).await;
-        if let Some(stop) = stop {
-            let _ = stop.send(true);
+/// Sends `mac`'s check-sync NOTIFY with `event` to `target` through the responder's socket
+/// (or a socket of its own when none runs) and waits up to `wait` for the answer.
+pub async fn notify(
+    sip: &SipState,
+    mac: &Mac,
+    target: SocketAddr,
+    event: &str,
+    wait: Duration,
+) -> std::io::Result<CheckSync> {
+    let (endpoint, stop) = match sip.endpoint.get() {
+        Some(endpoint) => (endpoint.clone(), None),
+        None => {
+            // No responder running (the offline CLI, or --sip off): a socket of our own.
+            let any =
+                if target.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+            let endpoint = Endpoint::bind(SocketAddr::new(any, 0), &[]).await?;
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(endpoint.clone().run(None, stopped));
+            (endpoint, Some(stop))
         }
-        let (code, result, advice) = match outcome {
-            Outcome::Answered(response) => match response.start {
-                StartLine::Response { code, reason } => {
-                    let (result, advice) = explain(code, &reason, &event);
-                    (Some(code), result, advice)
-                }
-                StartLine::Request { .. } => (None, "unexpected request".into(), String::new()),
-            },
-            Outcome::TimedOut => (
-                None,
-                format!("no answer within {} s", wait.as_secs()),
-                format!("is the phone on, reachable at {target}, and listening for SIP on UDP?"),
-            ),
-            Outcome::SendFailed(error) => (None, format!("not sent: {error}"), String::new()),
-        };
-        tracing::info!(%mac, %target, event, "check-sync: {result}");
-        Ok(CheckSync { target: target.to_string(), event, code, result, advice })
+    };
+    let local = endpoint.address_toward(target);
+    let branch = random_token("z9hG4bK");
+    let notify = Builder::request("NOTIFY", &format!("sip:{mac}@{target}"))
+        .header("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"))
+        .header("Max-Forwards", 70)
+        .header("From", format!("<sip:provbox@{local}>;tag={}", random_token("")))
+        .header("To", format!("<sip:{mac}@{target}>"))
+        .header("Call-ID", format!("{}@provbox", random_token("")))
+        .header("CSeq", "1 NOTIFY")
+        .header("Contact", format!("<sip:provbox@{local}>"))
+        .header("Event", event)
+        .header("Subscription-State", "terminated")
+        .body(None, b"");
+    let outcome = endpoint.transaction(&notify, &branch, target, wait).await;
+    if let Some(stop) = stop {
+        let _ = stop.send(true);
     }
+    let (code, result, advice) = match outcome {
+        Outcome::Answered(response) => match response.start {
+            StartLine::Response { code, reason } => {
+                let (result, advice) = explain(code, &reason, event);
+                (Some(code), result, advice)
+            }
+            StartLine::Request { .. } => (None, "unexpected request".into(), String::new()),
+        },
+        Outcome::TimedOut => (
+            None,
+            format!("no answer within {} s", wait.as_secs()),
+            format!("is the phone on, reachable at {target}, and listening for SIP on UDP?"),
+        ),
+        Outcome::SendFailed(error) => (None, format!("not sent: {error}"), String::new()),
+    };
+    tracing::info!(%mac, %target, event, "check-sync: {result}");
+    Ok(CheckSync { target: target.to_string(), event: event.to_string(), code, result, advice })
 }
 
 #[cfg(test)]

@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::app::App;
-
 pub mod checksync;
 pub mod message;
 pub mod pnp;
@@ -171,7 +169,7 @@ impl Endpoint {
 
     /// Receives until `stopped`: responses go to their transactions, PnP subscriptions to
     /// [`pnp::answer`]; anything malformed is dropped and counted.
-    pub async fn run(self: Arc<Self>, app: Option<Arc<App>>, mut stopped: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, offers: Option<Arc<dyn pnp::Offers>>, mut stopped: watch::Receiver<bool>) {
         let mut buffer = vec![0u8; message::MAX_MESSAGE + 1];
         loop {
             let received = tokio::select! {
@@ -198,7 +196,7 @@ impl Endpoint {
             match &message.start {
                 StartLine::Response { .. } => self.deliver_response(message),
                 StartLine::Request { method, .. } if method == "SUBSCRIBE" => {
-                    let Some(app) = &app else { continue };
+                    let Some(offers) = &offers else { continue };
                     if self.resend_answer(&message, source).await {
                         continue;
                     }
@@ -207,9 +205,9 @@ impl Endpoint {
                         continue;
                     };
                     self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
-                    let (endpoint, app) = (self.clone(), app.clone());
+                    let (endpoint, offers) = (self.clone(), offers.clone());
                     tokio::spawn(async move {
-                        pnp::answer(endpoint, app, message, source).await;
+                        pnp::answer(endpoint, offers, message, source).await;
                         drop(permit);
                     });
                 }
@@ -306,7 +304,7 @@ impl Endpoint {
 
 /// A fresh RFC 3261 branch (`z9hG4bK` magic cookie) or tag.
 pub fn random_token(prefix: &str) -> String {
-    format!("{prefix}{}", crate::store::check::hex(&rand::random::<[u8; 8]>()))
+    format!("{prefix}{}", crate::hex::encode(&rand::random::<[u8; 8]>()))
 }
 
 #[cfg(test)]

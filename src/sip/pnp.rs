@@ -13,10 +13,17 @@ use std::sync::Arc;
 
 use super::message::{Builder, Message, StartLine, param};
 use super::{Endpoint, Outcome, TIMER_F, random_token};
-use crate::app::{App, AppError, now};
 use crate::mac::Mac;
-use crate::store::check::hex;
-use crate::store::records::{Enrollment, PhoneSeen, bounded};
+
+/// What the responder asks of the appliance.
+pub trait Offers: Send + Sync + 'static {
+    /// Notes that `mac` speaks SIP at `address`, for check-sync later.
+    fn heard(&self, mac: Mac, address: SocketAddr);
+
+    /// The URL to offer `phone`, which announced itself from `ip`; None offers nothing.
+    /// Called on a blocking thread: it may touch the store.
+    fn offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, Box<dyn std::error::Error + Send>>;
+}
 
 /// What a phone says about itself in its PnP subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +118,7 @@ pub fn response(request: &Message, code: u16, reason: &str, source: SocketAddr, 
 }
 
 /// Answers one subscription received from `source`.
-pub async fn answer(endpoint: Arc<Endpoint>, app: Arc<App>, request: Message, source: SocketAddr) {
+pub async fn answer(endpoint: Arc<Endpoint>, offers: Arc<dyn Offers>, request: Message, source: SocketAddr) {
     let target = response_target(&request, source);
     let tag = random_token("");
     let phone = match announcement(&request) {
@@ -139,11 +146,10 @@ pub async fn answer(endpoint: Arc<Endpoint>, app: Arc<App>, request: Message, so
         tracing::warn!(%target, "SIP PnP: cannot answer: {error}");
         return;
     }
-    app.sip.remember(phone.mac, target);
+    offers.heard(phone.mac, target);
     let offer = {
-        let app = app.clone();
         let phone = phone.clone();
-        tokio::task::spawn_blocking(move || app.pnp_offer(&phone, target.ip())).await
+        tokio::task::spawn_blocking(move || offers.offer(&phone, target.ip())).await
     };
     let url = match offer {
         Ok(Ok(Some(url))) => url,
@@ -191,45 +197,6 @@ pub async fn answer(endpoint: Arc<Endpoint>, app: Arc<App>, request: Message, so
         }
         Outcome::TimedOut => tracing::warn!(mac = %phone.mac, "SIP PnP: the phone never confirmed the NOTIFY"),
         Outcome::SendFailed(error) => tracing::warn!(mac = %phone.mac, "SIP PnP: NOTIFY not sent: {error}"),
-    }
-}
-
-impl App {
-    /// The provisioning URL offered to a phone that announced itself from `ip`, recording an
-    /// unknown phone on the phones-seen list. None when nothing is to be offered.
-    pub fn pnp_offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, AppError> {
-        // A source walking through MACs is throttled like one walking through URL tokens:
-        // it could otherwise learn which MACs have an open enrollment.
-        if self.sip.throttle.is_blocked(ip) {
-            tracing::warn!(%ip, "SIP PnP: too many unknown MACs from this address; not answered with a URL");
-            return Ok(None);
-        }
-        let (device, base, bootstrap) = {
-            let state = self.lock();
-            let base = state.base_url(&self.site.default_base_url)?;
-            let bootstrap = state.db.setting("provision.bootstrap")?.unwrap_or_else(|| "blank".into());
-            (state.db.device(&phone.mac)?, base, bootstrap)
-        };
-        match &device {
-            Some(device) if !matches!(device.enrollment, Enrollment::Locked { .. }) => {
-                return Ok(Some(format!("{base}e/{}/", hex(&device.enrollment_token))));
-            }
-            Some(device) if device.lan_window_until.is_some_and(|until| until > now()) => return Ok(Some(base)),
-            Some(_) => {}
-            None => {
-                self.sip.throttle.record_miss(ip);
-                let user_agent = format!("SIP PnP {} {} {}", phone.vendor, phone.model, phone.version);
-                self.record_seen(PhoneSeen {
-                    mac: phone.mac,
-                    ip,
-                    user_agent: bounded("user agent", &user_agent.chars().take(96).collect::<String>())?,
-                    vendor: bounded("vendor", &phone.vendor.to_ascii_lowercase().chars().take(16).collect::<String>())?,
-                    model: bounded("model", &phone.model.chars().take(24).collect::<String>())?,
-                    at: now(),
-                })?;
-            }
-        }
-        Ok((bootstrap != "off").then(|| self.site.bootstrap_url.clone()))
     }
 }
 

@@ -106,7 +106,8 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
         let decoded = kind.map_or(Ok(()), |kind| decode_json(kind, value).map(drop));
         *records.entry(kind.map_or("unknown", Kind::name)).or_insert(0) += 1;
         if let Err(error) = decoded {
-            corruption.push(Finding { location: format!("record {}", hex(key)), what: error.to_string() });
+            corruption
+                .push(Finding { location: format!("record {}", crate::hex::encode(key)), what: error.to_string() });
         }
     }
     let sectors = store
@@ -129,11 +130,6 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
         })
         .collect();
     Ok(CheckReport { sector_size: geometry.sector_size, sectors, records, notices, corruption })
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Display for CheckReport {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Op, Store, StoreError};
 use crate::mac::Mac;
+use crate::token::Token;
 
 /// The most devices the appliance manages.
 pub const MAX_DEVICES: usize = 5000;
@@ -259,9 +260,9 @@ pub struct Device {
     /// Per-device vendor keys.
     pub overrides: HVec<Override, 16>,
     /// Secret of the one-time enrollment URL.
-    pub enrollment_token: [u8; 16],
+    pub enrollment_token: Token,
     /// Secret of the steady URL.
-    pub steady_token: [u8; 16],
+    pub steady_token: Token,
     /// Enrollment state.
     pub enrollment: Enrollment,
     /// Unix time until which the tokenless path may serve this phone's full config.
@@ -329,7 +330,7 @@ pub enum OutboxAction {
     /// Point the MAC at the enrollment URL of `token`, under the base URL current when sent.
     Register {
         /// The enrollment token when queued.
-        token: [u8; 16],
+        token: Token,
         /// Take the MAC over from another account (the technician said so).
         take_over: bool,
     },

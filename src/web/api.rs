@@ -17,10 +17,11 @@ use serde::de::DeserializeOwned;
 
 use super::update::UploadError;
 use super::{Web, blocking};
-use crate::app::{AppError, client_ip};
+use crate::app::AppError;
+use crate::app::error::ErrorKind;
 use crate::devices::DeviceSpec;
 use crate::mac::Mac;
-use crate::server::routes::Peer;
+use crate::server::Peer;
 
 /// The API's routes.
 pub fn routes() -> Router<Web> {
@@ -45,27 +46,21 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     response
 }
 
-/// The status an appliance error deserves.
+/// The status an appliance error deserves: 4xx for the request's fault, 5xx for the
+/// appliance's or a service's.
 fn app_error(failure: AppError) -> Response {
-    let status = match &failure {
-        AppError::NoDevice(_) => StatusCode::NOT_FOUND,
-        AppError::DeviceExists(_) => StatusCode::CONFLICT,
-        AppError::Device(_)
-        | AppError::Setting(_)
-        | AppError::Mac(_)
-        | AppError::Admin(_)
-        | AppError::NoSuchFile { .. }
-        | AppError::Sip(_)
-        | AppError::Redirect(_) => StatusCode::BAD_REQUEST,
-        AppError::Import(problems) => {
-            let body = serde_json::json!({ "error": failure.to_string(), "problems": problems });
-            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-                .into_response();
-        }
-        AppError::Db(_) | AppError::Record(_) | AppError::Render(_) | AppError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+    let status = match failure.kind() {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if let AppError::Import(problems) = &failure {
+        let body = serde_json::json!({ "error": failure.to_string(), "problems": problems });
+        return (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    }
     error(status, failure.to_string())
 }
 
@@ -79,7 +74,7 @@ fn json(value: impl Serialize) -> Response {
 /// Checks the bearer token. A valid one always passes; wrong ones slow their address down
 /// (counted apart from page logins).
 fn authorized(web: &Web, headers: &HeaderMap, peer: Peer) -> Result<String, Box<Response>> {
-    let ip = client_ip(peer.0.ip());
+    let ip = peer.ip();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -143,8 +138,9 @@ async fn metrics(State(web): State<Web>, Extension(peer): Extension<Peer>, heade
         return *response;
     }
     let app = web.app.clone();
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&app)).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+    match tokio::task::spawn_blocking(move || app.metrics_text()).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Ok(Err(failure)) => app_error(failure),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }

@@ -22,12 +22,13 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::app::{App, AppError, ConfigState, DeviceView, EnrollmentView, client_ip};
+use crate::app::views::RedirectView;
+use crate::app::views::{ConfigState, DeviceView, EnrollmentView};
+use crate::app::{App, AppError};
 use crate::devices::{DeviceSpec, LineSpec};
 use crate::mac::Mac;
 use crate::pki::Pki;
-use crate::redirect::outbox::RedirectView;
-use crate::server::routes::Peer;
+use crate::server::Peer;
 use crate::update::Updates;
 
 pub mod api;
@@ -69,7 +70,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         sessions: Arc::default(),
         throttle: Arc::default(),
         api_throttle: Arc::default(),
-        started: crate::app::now(),
+        started: crate::clock::now(),
         updates,
     };
     Router::new()
@@ -218,7 +219,7 @@ fn form_token_ok(headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
 
 /// A pre-login form page with a fresh double-submit token.
 fn form_page(template: &str, status: StatusCode, flash: Option<String>, extra: minijinja::Value) -> Response {
-    let token = crate::store::check::hex(&crate::devices::new_token());
+    let token = crate::hex::encode(&crate::random::bytes::<16>());
     let title = if template == "setup.html" { "Set up" } else { "Log in" };
     let context = minijinja::context! {
         title, form_token => token, flash, flash_kind => "error",
@@ -260,7 +261,7 @@ async fn setup(
     if field("password") != field("confirm") {
         return refuse("the two passwords differ; nothing was saved".into());
     }
-    let ip = client_ip(peer.0.ip());
+    let ip = peer.ip();
     let app = web.app.clone();
     let (password, code) = (field("password"), field("code"));
     let _hashing = HASHING.acquire().await;
@@ -302,7 +303,7 @@ async fn login(
     if !form_token_ok(&headers, &form) {
         return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
     }
-    let ip = client_ip(peer.0.ip());
+    let ip = peer.ip();
     if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
         tracing::warn!(%ip, "page login refused: too many failures, {} s to wait", wait.as_secs() + 1);
         let message = format!("too many failed logins; try again in {} s", wait.as_secs() + 1);
@@ -728,7 +729,7 @@ fn settings_form_with(
             .map(|view| {
                 let secret = crate::settings::is_secret(&view.name);
                 minijinja::context! {
-                    name => view.name, help => view.help, secret, is_set => secret && !view.default && view.value == crate::app::MASK,
+                    name => view.name, help => view.help, secret, is_set => secret && !view.default && view.value == crate::token::MASK,
                     value => if secret { String::new() } else { view.value },
                 }
             })

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use crate::store::check::hex;
-
 /// A session ends after this long without a request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Sessions kept at once; the least recently used goes first.
@@ -29,7 +27,7 @@ const MAX_ACCOUNT_LOCKOUT: Duration = Duration::from_secs(60);
 const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 fn random_hex() -> String {
-    hex(&[crate::devices::new_token(), crate::devices::new_token()].concat())
+    crate::hex::encode(&crate::random::bytes::<32>())
 }
 
 struct Session {
@@ -57,7 +55,7 @@ impl Sessions {
         {
             map.remove(&oldest);
         }
-        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now, started: crate::app::now() });
+        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now, started: crate::clock::now() });
         id
     }
 

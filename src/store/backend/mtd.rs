@@ -45,7 +45,8 @@ pub struct EraseInfoUser {
     pub length: u32,
 }
 
-/// The two MTD ioctls the store needs.
+/// The two MTD ioctls the store needs: with their two call sites, the crate's other FFI edge.
+#[allow(unsafe_code)]
 mod ioctl {
     use super::{EraseInfoUser, MtdInfoUser};
     nix::ioctl_read!(mem_get_info, b'M', 1, MtdInfoUser);
@@ -75,6 +76,7 @@ pub struct MtdFlash {
 
 impl MtdFlash {
     /// Opens `/dev/mtdN` and checks that its geometry suits the store.
+    #[allow(unsafe_code)] // MEMGETINFO, see the SAFETY note below.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         let io = |source| OpenError::Io { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
@@ -134,6 +136,7 @@ impl NorFlash for MtdFlash {
     const WRITE_SIZE: usize = WORD_SIZE;
     const ERASE_SIZE: usize = SECTOR_SIZE;
 
+    #[allow(unsafe_code)] // MEMERASE, see the SAFETY note below.
     fn erase(&mut self, from: u32, to: u32) -> Result<(), DeviceError> {
         check_access(from as usize, (to as usize).saturating_sub(from as usize), SECTOR_SIZE, self.capacity)?;
         let request = EraseInfoUser { start: from, length: to - from };

@@ -6,14 +6,19 @@
 //! - `/p/<steady token>/FILE`: everything; the first fetch here closes enrollment.
 //! - `/FILE` (no token): secret-free files; a device file only inside a LAN enrollment
 //!   window, else a blank bootstrap config (or 404), and unknown phones are listed as seen.
+//!
+//! What a fetch records lives here too: the contact it leaves (buffered, flushed to spare
+//! the flash), enrollment moving from open to grace to locked, and unknown phones.
 
 use std::net::IpAddr;
 
-use super::context::{self, Secrets};
-use super::vendor::{FileMatch, UserAgentInfo, Vendor};
-use crate::app::{App, AppError, FetchChange, TokenKind, now};
+use super::{App, AppError};
+use crate::clock::now;
 use crate::mac::Mac;
-use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, bounded};
+use crate::provision::context::{self, Secrets};
+use crate::provision::vendor::{FileMatch, UserAgentInfo, Vendor};
+use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, SEEN_CAPACITY, Txn, bounded};
+use crate::token::{Token, TokenKind};
 
 /// Which URL a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,19 +100,6 @@ enum Outcome {
     Miss,
 }
 
-/// Parses a URL token: 32 hex digits.
-pub fn parse_token(text: &str) -> Option<[u8; 16]> {
-    // Exactly 32 hex digits: one token, one spelling (from_str_radix alone would take `+a`).
-    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut token = [0; 16];
-    for (i, byte) in token.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(token)
-}
-
 /// The phone's own claims from its User-Agent, through `vendor`'s profile.
 fn user_agent_of(vendor: &Vendor, user_agent: &str) -> UserAgentInfo {
     vendor.identify(user_agent).unwrap_or_default()
@@ -126,7 +118,7 @@ fn wrong_phone(request: &FetchRequest<'_>, claimed: &UserAgentInfo, mac: &Mac) -
 }
 
 fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind) -> Result<Outcome, AppError> {
-    let Some(token) = parse_token(token) else { return Ok(Outcome::Miss) };
+    let Some(token) = Token::parse(token) else { return Ok(Outcome::Miss) };
     let Some(mut device) = app.device_by_token(&token, kind)? else { return Ok(Outcome::Miss) };
     let catalog = app.templates.catalog();
     let vendor = catalog.vendor(&device.vendor)?;
@@ -249,7 +241,7 @@ fn serve(
     claimed: &UserAgentInfo,
     contacted: Option<(&Device, FetchChange)>,
 ) -> Result<Outcome, AppError> {
-    let context = context::build(app, shown, matched, Secrets::Real)?;
+    let context = app.template_context(shown, matched, Secrets::Real)?;
     let body = app.templates.render(&vendor.id, &matched.file.template, &context)?;
     if let Some((device, change)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
@@ -281,4 +273,152 @@ fn truncated<const N: usize>(text: &str) -> heapless::String<N> {
         }
     }
     out
+}
+
+/// What one fetch changes on its device besides the last contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchChange {
+    /// An enrollment transition, as (state the request saw, new state).
+    pub enrollment: Option<(Enrollment, Enrollment)>,
+    /// Close the LAN enrollment window (the phone reached its steady URL).
+    pub close_window: bool,
+}
+
+impl App {
+    /// The device owning `token` as a `kind` token, compared in constant time.
+    pub fn device_by_token(&self, token: &Token, kind: TokenKind) -> Result<Option<Device>, AppError> {
+        let state = self.lock();
+        let Some((mac, owner_kind)) = state.tokens.get(token).copied() else { return Ok(None) };
+        let Some(device) = state.db.device(&mac)? else { return Ok(None) };
+        let stored = match kind {
+            TokenKind::Enrollment => &device.enrollment_token,
+            TokenKind::Steady => &device.steady_token,
+        };
+        let matches = stored.matches(token);
+        Ok((matches && owner_kind == kind).then_some(device))
+    }
+
+    /// Records an unknown phone; written at most once a minute per phone to spare the flash.
+    pub fn record_seen(&self, seen: PhoneSeen) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let existing = state.db.phones_seen()?;
+        if existing.iter().any(|old| old.mac == seen.mac && seen.at < old.at + 60) {
+            return Ok(());
+        }
+        let mut txn = Txn::new();
+        if existing.len() >= SEEN_CAPACITY
+            && !existing.iter().any(|old| old.mac == seen.mac)
+            && let Some(oldest) = existing.iter().min_by_key(|old| old.at)
+        {
+            txn.remove_seen(&oldest.mac);
+        }
+        txn.put_seen(&seen);
+        state.db.commit(&txn)?;
+        Ok(())
+    }
+
+    /// Records a fetch of `read` (the device as the request saw it): applies `change` to the
+    /// stored device under the lock and commits it durably, or buffers `contact` when nothing
+    /// else changes. An enrollment change applies only if the stored device still has the
+    /// tokens and enrollment state the request saw, so a concurrent unlock, removal or
+    /// competing fetch is never undone by a stale copy.
+    pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
+        let before = stored.clone();
+        let same_tokens = stored.enrollment_token == read.enrollment_token && stored.steady_token == read.steady_token;
+        let mut changed = false;
+        if let Some((before, after)) = change.enrollment
+            && same_tokens
+            && stored.enrollment == before
+        {
+            stored.enrollment = after;
+            changed = true;
+        }
+        if change.close_window && stored.lan_window_until.is_some() {
+            stored.lan_window_until = None;
+            changed = true;
+        }
+        if !changed {
+            if let Some(contact) = contact {
+                state.pending_contacts.insert(read.mac, contact);
+            }
+            return Ok(());
+        }
+        // The newest contact goes into the same commit; a buffered older one is superseded.
+        let buffered = state.pending_contacts.remove(&read.mac);
+        if let Some(contact) = contact.or(buffered) {
+            stored.last_contact = Some(contact);
+        }
+        let mut txn = Txn::new();
+        txn.put_device(&stored);
+        let mut queued = false;
+        if before.enrollment != stored.enrollment {
+            crate::metrics::ENROLLMENT.inc(match stored.enrollment {
+                Enrollment::Locked { .. } => "locked",
+                Enrollment::Open { .. } => "started",
+            });
+            queued = state.plan_change(Some(&before), Some(&stored), &mut txn)?;
+        }
+        state.db.commit(&txn)?;
+        if queued {
+            self.redirect.wake();
+        }
+        match stored.enrollment {
+            Enrollment::Open { first_fetch: Some(at) } => state.in_grace.insert(stored.mac, at),
+            _ => state.in_grace.remove(&stored.mac),
+        };
+        Ok(())
+    }
+
+    /// Writes pending contacts, and locks enrollments whose grace period ended, as many
+    /// devices per transaction as fit. Returns how many devices changed.
+    pub fn flush_contacts(&self) -> Result<usize, AppError> {
+        let grace = self.grace_seconds()?;
+        let (contacts, expired): (Vec<(Mac, Contact)>, Vec<Mac>) = {
+            let mut state = self.lock();
+            let expired = state.in_grace.iter().filter(|(_, at)| now() >= **at + grace).map(|(mac, _)| *mac).collect();
+            (state.pending_contacts.drain().collect(), expired)
+        };
+        let mut macs: Vec<Mac> = contacts.iter().map(|(mac, _)| *mac).chain(expired.iter().copied()).collect();
+        macs.sort();
+        macs.dedup();
+        let mut queued = false;
+        self.commit_each(
+            &macs,
+            |state, mac| {
+                let mut txn = Txn::new();
+                let Some(mut device) = state.db.device(mac)? else { return Ok((txn, None)) };
+                let before = device.clone();
+                if let Some((_, contact)) = contacts.iter().find(|(m, _)| m == mac) {
+                    // A newer contact may have arrived since the drain; it is flushed next time.
+                    if !state.pending_contacts.contains_key(mac) {
+                        device.last_contact = Some(contact.clone());
+                    }
+                }
+                let mut closed = None;
+                if expired.contains(mac)
+                    && let Enrollment::Open { first_fetch: Some(at) } = device.enrollment
+                {
+                    device.enrollment = Enrollment::Locked { since: at + grace };
+                    state.plan_change(Some(&before), Some(&device), &mut txn)?;
+                    closed = Some(*mac);
+                }
+                txn.put_device(&device);
+                Ok((txn, closed))
+            },
+            |state, closed| {
+                if let Some(mac) = closed {
+                    crate::metrics::ENROLLMENT.inc("locked");
+                    state.in_grace.remove(&mac);
+                    tracing::info!(%mac, "enrollment closed: grace period over");
+                    queued = true;
+                }
+            },
+        )?;
+        if queued {
+            self.redirect.wake();
+        }
+        Ok(macs.len())
+    }
 }

@@ -1,0 +1,103 @@
+//! The page's administrator: the password (argon2id), the first-start setup code, and the
+//! API's bearer tokens. The hashing and token formats are in [`crate::admin`].
+
+use super::views::ApiTokenView;
+use super::{App, AppError};
+use crate::admin::{self, AdminError};
+use crate::clock::now;
+use crate::store::records::{AdminCredentials, ApiToken, Txn, bounded};
+
+impl App {
+    /// Whether an admin password is set.
+    pub fn admin_configured(&self) -> Result<bool, AppError> {
+        Ok(self.lock().db.admin()?.is_some())
+    }
+
+    /// The setup code while no admin password is set (made on first use), else None.
+    pub fn setup_code(&self) -> Result<Option<String>, AppError> {
+        Ok((!self.admin_configured()?).then(|| self.setup_code.get()))
+    }
+
+    /// Sets the admin password. The first one from the page needs the setup code
+    /// (`setup_code`); the CLI (root on the appliance) passes None.
+    pub fn set_admin_password(&self, password: &str, setup_code: Option<&str>, actor: &str) -> Result<(), AppError> {
+        if let Some(given) = setup_code
+            && (self.admin_configured()? || !self.setup_code.matches(given))
+        {
+            return Err(AdminError::SetupCode.into());
+        }
+        let hash = admin::hash_password(password)?;
+        let credentials = AdminCredentials { password_hash: bounded("password hash", &hash)?, changed_at: now() };
+        let mut txn = Txn::new();
+        txn.set_admin(&credentials).audit(now(), actor, "set the admin password")?;
+        self.lock().db.commit(&txn)?;
+        self.setup_code.clear();
+        tracing::info!(actor, "admin password set");
+        Ok(())
+    }
+
+    /// When the admin password last changed (Unix time), once set.
+    pub fn admin_changed_at(&self) -> Result<Option<u64>, AppError> {
+        Ok(self.lock().db.admin()?.map(|credentials| credentials.changed_at))
+    }
+
+    /// Whether `password` is the admin password.
+    pub fn verify_admin(&self, password: &str) -> Result<bool, AppError> {
+        let Some(credentials) = self.lock().db.admin()? else { return Ok(false) };
+        Ok(admin::verify_password(&credentials.password_hash, password))
+    }
+
+    /// Makes an API token named `name`; returns it. It is shown this once: only a hash of
+    /// its secret is stored.
+    pub fn create_api_token(&self, name: &str, actor: &str) -> Result<String, AppError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(AdminError::TokenName.into());
+        }
+        let (id, secret, text) = admin::new_api_token();
+        let token =
+            ApiToken { name: bounded("token name", name)?, secret_hash: admin::secret_hash(&secret), created: now() };
+        let mut txn = Txn::new();
+        txn.put_api_token(&id, &token).audit(now(), actor, &format!("created API token {name}"))?;
+        self.lock().db.commit(&txn)?;
+        Ok(text)
+    }
+
+    /// Every API token.
+    pub fn api_tokens(&self) -> Result<Vec<ApiTokenView>, AppError> {
+        Ok(self
+            .lock()
+            .db
+            .api_tokens()?
+            .into_iter()
+            .map(|(id, token)| ApiTokenView {
+                id: crate::hex::encode(&id),
+                name: token.name.to_string(),
+                created: token.created,
+            })
+            .collect())
+    }
+
+    /// Revokes the tokens whose name or id is `which`; returns how many.
+    pub fn revoke_api_token(&self, which: &str, actor: &str) -> Result<usize, AppError> {
+        let mut state = self.lock();
+        let mut txn = Txn::new();
+        let mut revoked = 0;
+        for (id, token) in state.db.api_tokens()? {
+            if token.name.as_str() == which || crate::hex::encode(&id) == which {
+                txn.remove_api_token(&id).audit(now(), actor, &format!("revoked API token {}", token.name))?;
+                revoked += 1;
+            }
+        }
+        state.db.commit(&txn)?;
+        Ok(revoked)
+    }
+
+    /// The name of the API token `bearer`, if it is a valid one (constant-time check).
+    pub fn api_token_name(&self, bearer: &str) -> Result<Option<String>, AppError> {
+        let Some((id, secret)) = admin::parse_api_token(bearer.trim()) else { return Ok(None) };
+        let tokens = self.lock().db.api_tokens()?;
+        let Some((_, token)) = tokens.into_iter().find(|(stored, _)| *stored == id) else { return Ok(None) };
+        Ok(admin::secret_matches(&token.secret_hash, &secret).then(|| token.name.to_string()))
+    }
+}

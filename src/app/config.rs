@@ -1,0 +1,225 @@
+//! Site-wide operations: settings, rendering a device's files, the phonebook directory, the
+//! static files, the store's usage, the audit log and the clock note.
+
+use super::views::{SettingView, StaticFile};
+use super::{App, AppError, State};
+use crate::clock::now;
+use crate::mac::Mac;
+use crate::metrics::{self, Gauges};
+use crate::provision::context::{self, Secrets, SiteFacts};
+use crate::provision::vendor::FileMatch;
+use crate::redirect::outbox::Plan;
+use crate::settings;
+use crate::store::records::{Device, Txn};
+use crate::token::MASK;
+
+impl App {
+    /// The effective base URL phones use.
+    pub fn base_url(&self) -> Result<String, AppError> {
+        self.lock().base_url(&self.site.default_base_url)
+    }
+
+    /// Every setting's effective value (secrets included: for rendering only).
+    pub fn effective_settings(&self) -> Result<std::collections::BTreeMap<String, String>, AppError> {
+        Ok(settings::effective(&self.lock().db.settings()?))
+    }
+
+    /// The grace period after the first enrollment fetch, in seconds.
+    pub fn grace_seconds(&self) -> Result<u64, AppError> {
+        let minutes = self.effective_settings()?.get("provision.enroll_grace_minutes").and_then(|m| m.parse().ok());
+        Ok(minutes.unwrap_or(15u64) * 60)
+    }
+
+    /// Hash of the device file as it would be served now.
+    pub fn device_file_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
+        let catalog = self.templates.catalog();
+        let vendor = catalog.vendor(&device.vendor)?;
+        let file = vendor
+            .device_file_name(&device.mac, &device.model)
+            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
+        let body = self.render_for(device, &file, context::Secrets::Real)?;
+        Ok(context::config_hash(&body))
+    }
+
+    /// Every known setting, secrets masked.
+    pub fn settings_view(&self) -> Result<Vec<SettingView>, AppError> {
+        let stored = self.lock().db.settings()?;
+        Ok(settings::SETTINGS
+            .iter()
+            .map(|spec| {
+                let value = stored.iter().find(|(name, _)| name == spec.name).map(|(_, value)| value.clone());
+                let shown = match (&value, spec.secret) {
+                    (Some(v), true) if !v.is_empty() => MASK.to_string(),
+                    (Some(v), _) => v.clone(),
+                    (None, _) => spec.default.to_string(),
+                };
+                SettingView { name: spec.name.into(), value: shown, default: value.is_none(), help: spec.help.into() }
+            })
+            .collect())
+    }
+
+    /// Sets one setting after validating it.
+    pub fn set_setting(&self, name: &str, value: &str, actor: &str) -> Result<(), AppError> {
+        let value = settings::validate(name, value)?;
+        let shown = if settings::is_secret(name) { MASK } else { value.as_str() };
+        let mut txn = Txn::new();
+        txn.set_setting(name, &value)?.audit(now(), actor, &format!("set {name} = {shown}"))?;
+        self.lock().db.commit(&txn)?;
+        tracing::info!(setting = name, value = shown, actor, "setting changed");
+        if name.starts_with("redirect.") {
+            // New credentials or a service switched on: register what should be.
+            self.reconcile_redirects(Plan::Reconcile)?;
+        } else if name == "provision.base_url" {
+            // The registered enrollment URLs point at the old address.
+            self.reconcile_redirects(Plan::Reregister)?;
+        }
+        Ok(())
+    }
+
+    /// Renders `file` exactly as the device would be served it now.
+    pub fn render(&self, mac: &Mac, file: &str, reveal: bool) -> Result<String, AppError> {
+        let device = self.device(mac)?;
+        let secrets = if reveal { context::Secrets::Real } else { context::Secrets::Masked };
+        self.render_for(&device, file, secrets)
+    }
+
+    /// Renders `file` for `device` through its vendor's profile.
+    pub fn render_for(&self, device: &Device, file: &str, secrets: context::Secrets) -> Result<String, AppError> {
+        let catalog = self.templates.catalog();
+        let vendor = catalog.vendor(&device.vendor)?;
+        let matched = vendor
+            .match_file(file)
+            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
+        let shown_device = matched.file.secrets.then_some(device);
+        let context = self.template_context(shown_device, &matched, secrets)?;
+        Ok(self.templates.render(&vendor.id, &matched.file.template, &context)?)
+    }
+
+    /// The template context for `matched`, showing `device` only if given (device files).
+    pub fn template_context(
+        &self,
+        device: Option<&Device>,
+        matched: &FileMatch<'_>,
+        secrets: Secrets,
+    ) -> Result<minijinja::Value, AppError> {
+        let facts = {
+            let state = self.lock();
+            SiteFacts {
+                base_url: state.base_url(&self.site.default_base_url)?,
+                settings: state.settings()?,
+                directory: if matched.file.directory { state.directory()? } else { Vec::new() },
+            }
+        };
+        Ok(context::build(facts, device, matched, secrets))
+    }
+
+    /// The Prometheus text of `/metrics`: the process counters and the appliance's gauges,
+    /// read without rendering anything.
+    pub fn metrics_text(&self) -> Result<String, AppError> {
+        let (live, capacity, _, high) = self.store_usage();
+        let gauges = {
+            let state = self.lock();
+            Gauges {
+                sip: self.sip.stats(),
+                outbox_depth: state.db.outbox()?.len(),
+                devices: state.db.device_count(),
+                store_live_bytes: live,
+                store_capacity_bytes: capacity,
+                store_erase_count_max: high,
+            }
+        };
+        Ok(metrics::render(&gauges))
+    }
+
+    /// Every extension on the appliance, for phonebooks: (name, extension).
+    pub fn directory(&self) -> Result<Vec<(String, String)>, AppError> {
+        self.lock().directory()
+    }
+
+    /// The audit log, newest first.
+    pub fn audit_log(&self) -> Result<Vec<crate::store::records::AuditEntry>, AppError> {
+        let mut log = self.lock().db.audit_log()?;
+        log.reverse();
+        Ok(log)
+    }
+
+    /// Store usage: (live bytes, capacity in bytes, lowest and highest sector erase count).
+    pub fn store_usage(&self) -> (usize, usize, u32, u32) {
+        let state = self.lock();
+        let store = state.db.store();
+        let live: usize = store.records_by_prefix().values().map(|(_, bytes)| bytes).sum();
+        let sectors = store.sectors();
+        let erases: Vec<u32> = sectors.iter().filter_map(|s| s.state.erase_count()).collect();
+        let capacity = sectors.len() * crate::store::backend::SECTOR_SIZE;
+        (live, capacity, erases.iter().copied().min().unwrap_or(0), erases.iter().copied().max().unwrap_or(0))
+    }
+
+    /// Files under `<data>/files/`, with SHA-256 sums.
+    pub fn static_files(&self) -> Vec<StaticFile> {
+        let root = self.site.data_dir.join("files");
+        let mut files = Vec::new();
+        let mut pending = vec![root.clone()];
+        // Bounded walk: the files area is small by design.
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten().take(10_000) {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else { continue };
+                if kind.is_dir() && files.len() < 10_000 {
+                    pending.push(path);
+                } else if kind.is_file()
+                    && let Ok(sum) = sha256_file(&path)
+                {
+                    let relative = path.strip_prefix(&root).unwrap_or(&path).to_string_lossy().into_owned();
+                    files.push(StaticFile { path: relative, size: sum.1, sha256: sum.0 });
+                }
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    /// Appends `action` by `actor` to the audit log.
+    pub fn record_audit(&self, actor: &str, action: &str) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.audit(now(), actor, action)?;
+        Ok(self.lock().db.commit(&txn)?)
+    }
+
+    /// Notes the current time in the store for the next boot (at most every half hour).
+    pub fn note_time(&self) -> Result<(), AppError> {
+        Ok(crate::clock::note(&mut self.lock().db, now())?)
+    }
+}
+
+impl State {
+    /// Every extension on the appliance, sorted: (name, extension).
+    fn directory(&self) -> Result<Vec<(String, String)>, AppError> {
+        let mut entries = Vec::new();
+        for device in self.db.devices() {
+            for line in device?.lines {
+                entries.push((line.display_name.to_string(), line.extension.to_string()));
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+}
+
+/// SHA-256 (hex) and size of a file, streamed.
+fn sha256_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0; 64 * 1024];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        context.update(&buffer[..n]);
+    }
+    Ok((crate::hex::encode(context.finish().as_ref()), size))
+}

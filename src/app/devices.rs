@@ -1,0 +1,327 @@
+//! Device operations: add, edit, remove, unlock, rekey, keys and overrides, the LAN window,
+//! CSV import and export, and the phones-seen list.
+
+use super::redirect::redirect_view_of;
+use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, RedirectView};
+use super::{App, AppError};
+use crate::clock::now;
+use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec, KeySpec};
+use crate::mac::Mac;
+use crate::store::records::{Device, Enrollment, PhoneSeen, Txn};
+use crate::token::{Token, TokenKind};
+
+impl App {
+    /// Adds a device.
+    pub fn add_device(&self, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
+        let catalog = self.templates.catalog();
+        let device = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        {
+            let mut state = self.lock();
+            if state.db.device(&device.mac)?.is_some() {
+                return Err(AppError::DeviceExists(device.mac));
+            }
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, &format!("added device {} ({})", device.mac, device.model))?;
+            state.plan_change(None, Some(&device), &mut txn)?;
+            state.commit_devices(&txn)?;
+        }
+        self.redirect.wake();
+        tracing::info!(mac = %device.mac, actor, "device added");
+        self.device_view(&device.mac, false)
+    }
+
+    /// Every device, in MAC order.
+    pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
+        let devices: Vec<(Device, RedirectView)> = {
+            let state = self.lock();
+            let (queue, settings) = (state.db.outbox()?, state.settings()?);
+            state
+                .db
+                .devices()
+                .map(|device| {
+                    let device = state.with_pending_contact(device?);
+                    let redirect = redirect_view_of(&state, &device, &queue, &settings)?;
+                    Ok((device, redirect))
+                })
+                .collect::<Result<_, AppError>>()?
+        };
+        devices.into_iter().map(|(device, redirect)| self.view_of(&device, false, redirect)).collect()
+    }
+
+    /// One device, with its static files' checksums.
+    pub fn device_view(&self, mac: &Mac, with_files: bool) -> Result<DeviceView, AppError> {
+        let device = self.device(mac)?;
+        let redirect = self.redirect_view(mac)?;
+        self.view_of(&device, with_files, redirect)
+    }
+
+    /// The stored device with `mac`, with any contact not yet flushed.
+    pub fn device(&self, mac: &Mac) -> Result<Device, AppError> {
+        let state = self.lock();
+        let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        Ok(state.with_pending_contact(device))
+    }
+
+    /// The view of `device`, which already carries its newest contact.
+    fn view_of(&self, device: &Device, with_files: bool, redirect: RedirectView) -> Result<DeviceView, AppError> {
+        let base = self.base_url()?;
+        let grace = self.grace_seconds()?;
+        let enrollment = match device.enrollment {
+            Enrollment::Open { first_fetch: None } => EnrollmentView::Open,
+            Enrollment::Open { first_fetch: Some(at) } if now() < at + grace => {
+                EnrollmentView::Grace { until: at + grace }
+            }
+            Enrollment::Open { first_fetch: Some(at) } => EnrollmentView::Locked { since: at + grace },
+            Enrollment::Locked { since } => EnrollmentView::Locked { since },
+        };
+        let config = match &device.last_contact {
+            Some(contact) if contact.config_hash != [0; 8] => match self.device_file_hash(device) {
+                Ok(hash) if hash == contact.config_hash => ConfigState::Current,
+                _ => ConfigState::Pending,
+            },
+            _ => ConfigState::NeverFetched,
+        };
+        Ok(DeviceView {
+            mac: device.mac.to_string(),
+            vendor: device.vendor.to_string(),
+            model: device.model.to_string(),
+            lines: device
+                .lines
+                .iter()
+                .map(|line| LineView {
+                    extension: line.extension.to_string(),
+                    name: line.display_name.to_string(),
+                    sip_user: line.sip_user.to_string(),
+                })
+                .collect(),
+            enrollment,
+            enrollment_url: device.enrollment_token.url(TokenKind::Enrollment, &base),
+            steady_url: device.steady_token.url(TokenKind::Steady, &base),
+            lan_window_until: device.lan_window_until.filter(|until| *until > now()),
+            last_contact: device.last_contact.clone(),
+            config,
+            keys: device.keys.to_vec(),
+            overrides: device.overrides.to_vec(),
+            files: if with_files { self.static_files() } else { Vec::new() },
+            redirect,
+        })
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&self, mac: &Mac, actor: &str) -> Result<(), AppError> {
+        let mut state = self.lock();
+        let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+        let mut txn = Txn::new();
+        txn.remove_device(mac).audit(now(), actor, &format!("removed device {mac}"))?;
+        state.plan_change(Some(&device), None, &mut txn)?;
+        txn.remove_redirect(mac);
+        state.commit_devices(&txn)?;
+        state.pending_contacts.remove(mac);
+        drop(state);
+        self.redirect.wake();
+        tracing::info!(%mac, actor, "device removed");
+        Ok(())
+    }
+
+    /// Changes one stored device with `change`, commits it with an audit line `what`, and
+    /// returns its new view. Token changes re-index the tokens.
+    fn update_device(
+        &self,
+        mac: &Mac,
+        actor: &str,
+        what: &str,
+        change: impl FnOnce(&mut Device) -> Result<(), AppError>,
+    ) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            let before = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            let mut device = before.clone();
+            change(&mut device)?;
+            let mut txn = Txn::new();
+            txn.put_device(&device).audit(now(), actor, what)?;
+            state.plan_change(Some(&before), Some(&device), &mut txn)?;
+            if (device.enrollment_token, device.steady_token) == (before.enrollment_token, before.steady_token) {
+                state.db.commit(&txn)?;
+            } else {
+                state.commit_devices(&txn)?;
+            }
+        }
+        self.redirect.wake();
+        tracing::info!(%mac, actor, "{what}");
+        self.device_view(mac, false)
+    }
+
+    /// Changes a device's model and lines as `spec` says (its MAC cannot change). A line
+    /// without a SIP user or password keeps those of the current line with the same
+    /// extension; tokens, enrollment, keys and overrides stay.
+    pub fn edit_device(&self, mac: &Mac, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
+        let catalog = self.templates.catalog();
+        let mut spec = spec.clone();
+        spec.mac = mac.to_string();
+        let current = self.device(mac)?;
+        // Validate with a placeholder password where none is given, then keep the old one.
+        let edited = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        if edited.vendor != current.vendor {
+            let reason = "a device's vendor cannot change; remove it and add it again".to_string();
+            return Err(DeviceError::Field { field: "vendor", reason }.into());
+        }
+        self.update_device(mac, actor, &format!("edited device {mac}"), |device| {
+            let old_lines = device.lines.clone();
+            device.model = edited.model.clone();
+            device.lines = edited.lines.clone();
+            for (line, given) in device.lines.iter_mut().zip(&spec.lines) {
+                let Some(old) = old_lines.iter().find(|old| old.extension == line.extension) else { continue };
+                if given.sip_password.is_none() {
+                    line.sip_password = old.sip_password.clone();
+                }
+                if given.sip_user.is_none() {
+                    line.sip_user = old.sip_user.clone();
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Re-opens enrollment with a fresh enrollment token; the old enrollment URL is dead.
+    pub fn unlock(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        let view = self.update_device(mac, actor, &format!("unlocked enrollment of {mac}"), |device| {
+            device.enrollment_token = Token::generate();
+            device.enrollment = Enrollment::Open { first_fetch: None };
+            Ok(())
+        })?;
+        crate::metrics::ENROLLMENT.inc("unlocked");
+        Ok(view)
+    }
+
+    /// Revokes both URLs of a device (a stolen phone): fresh enrollment and steady tokens,
+    /// enrollment open again, LAN window closed. The phone must enroll again.
+    pub fn rekey(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
+        self.update_device(mac, actor, &format!("revoked both URLs of {mac}"), |device| {
+            device.enrollment_token = Token::generate();
+            device.steady_token = Token::generate();
+            device.enrollment = Enrollment::Open { first_fetch: None };
+            device.lan_window_until = None;
+            Ok(())
+        })
+    }
+
+    /// Sets programmable key `number` (1-based) of a device, or clears it with None.
+    pub fn set_key(
+        &self,
+        mac: &Mac,
+        number: usize,
+        key: Option<&KeySpec>,
+        actor: &str,
+    ) -> Result<DeviceView, AppError> {
+        self.update_device(mac, actor, &format!("set key {number} of {mac}"), |device| {
+            Ok(devices::set_key(device, number, key)?)
+        })
+    }
+
+    /// Sets a per-device vendor key, or removes it when `value` is None.
+    pub fn set_override(
+        &self,
+        mac: &Mac,
+        name: &str,
+        value: Option<&str>,
+        actor: &str,
+    ) -> Result<DeviceView, AppError> {
+        self.update_device(mac, actor, &format!("set override {name} of {mac}"), |device| {
+            Ok(devices::set_override(device, name, value)?)
+        })
+    }
+
+    /// Lets the tokenless LAN path serve `mac`'s full config for `minutes` (at most a day).
+    pub fn open_lan_window(&self, mac: &Mac, minutes: u64, actor: &str) -> Result<DeviceView, AppError> {
+        let minutes = minutes.min(24 * 60);
+        self.update_device(mac, actor, &format!("opened a {minutes}-minute LAN window for {mac}"), |device| {
+            device.lan_window_until = Some(now() + minutes * 60);
+            Ok(())
+        })
+    }
+
+    /// Imports devices from CSV: all valid rows or none (`partial` imports the valid ones and
+    /// reports the rest).
+    pub fn import(&self, csv_text: &str, partial: bool, actor: &str) -> Result<ImportReport, AppError> {
+        let catalog = self.templates.catalog();
+        let (specs, mut problems) = devices::parse_csv(csv_text);
+        let state = self.lock();
+        let mut devices = Vec::new();
+        for (line, spec) in specs {
+            match spec.build(|vendor| catalog.vendors.contains_key(vendor)) {
+                Ok(device) if state.db.device(&device.mac)?.is_some() => problems
+                    .push(CsvProblem { line, reason: format!("a device with MAC {} already exists", device.mac) }),
+                Ok(device) => devices.push(device),
+                Err(error) => problems.push(CsvProblem { line, reason: error.to_string() }),
+            }
+        }
+        problems.sort_by_key(|p| p.line);
+        if !problems.is_empty() && !partial {
+            return Err(AppError::Import(problems));
+        }
+        // A store transaction fits one flash sector, so a large import commits as many devices
+        // (each with its redirect registration) as fit in each. Validation is complete before
+        // the first write; a power cut mid-import leaves a prefix, and re-running the import
+        // with --partial adds the rest.
+        drop(state);
+        let audit = format!("imported {} device(s) from CSV", devices.len());
+        self.commit_each(
+            &devices,
+            |state, device| {
+                let mut part = Txn::new();
+                if state.db.device(&device.mac)?.is_some() {
+                    // Added meanwhile by someone else: theirs stands.
+                    return Ok((part, ()));
+                }
+                part.put_device(device);
+                if device.mac == devices[0].mac {
+                    part.audit(now(), actor, &audit)?;
+                }
+                state.plan_change(None, Some(device), &mut part)?;
+                Ok((part, ()))
+            },
+            |_, ()| {},
+        )?;
+        self.lock().rebuild_tokens()?;
+        self.redirect.wake();
+        Ok(ImportReport { imported: devices.len(), problems })
+    }
+
+    /// Every device as CSV; SIP passwords only with `reveal`.
+    pub fn export(&self, reveal: bool) -> Result<String, AppError> {
+        let devices: Vec<Device> = self.lock().db.devices().collect::<Result<_, _>>()?;
+        Ok(devices::write_csv(devices.iter(), reveal))
+    }
+
+    /// The phones-seen list.
+    pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, AppError> {
+        Ok(self.lock().db.phones_seen()?)
+    }
+
+    /// Adds a phone from the phones-seen list as a device with one line, and opens a
+    /// 15-minute LAN window so it can fetch its configuration without its URL.
+    pub fn approve_seen(&self, mac: &Mac, extension: &str, name: &str, actor: &str) -> Result<DeviceView, AppError> {
+        let seen = self.phones_seen()?.into_iter().find(|p| p.mac == *mac).ok_or(AppError::NoDevice(*mac))?;
+        let spec = DeviceSpec {
+            mac: mac.to_string(),
+            vendor: seen.vendor.to_string(),
+            model: seen.model.to_string(),
+            lines: vec![devices::LineSpec {
+                extension: extension.into(),
+                name: name.into(),
+                sip_user: None,
+                sip_password: None,
+            }],
+        };
+        self.add_device(&spec, actor)?;
+        self.dismiss_seen(mac)?;
+        self.open_lan_window(mac, 15, actor)
+    }
+
+    /// Removes a phone from the phones-seen list.
+    pub fn dismiss_seen(&self, mac: &Mac) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.remove_seen(mac);
+        Ok(self.lock().db.commit(&txn)?)
+    }
+}

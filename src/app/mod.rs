@@ -1,0 +1,192 @@
+//! Every operation of the appliance, in one place. The HTTPS server, the page and the API,
+//! the control socket and the offline CLI all go through [`App`], so a device added on the
+//! command line and one added over the socket are the same code path.
+//!
+//! - [`devices`]: add, edit, remove, unlock, rekey, import and export devices; the phones seen.
+//! - [`fetches`]: the decision behind every config fetch (one-time enrollment), and what a
+//!   fetch records.
+//! - [`config`]: settings, rendering, the store's usage, the audit log and `/metrics`.
+//! - [`redirect`]: planning redirect work in the device's own transaction, and delivering it.
+//! - [`admin`]: the page's password, setup code and API tokens.
+//! - [`sip`]: what SIP plug-and-play offers a phone, and check-sync.
+//! - [`views`]: what operations answer with, the same for the socket, the CLI and the API.
+//! - [`error`]: why an operation failed, and whose fault it is.
+//!
+//! All state sits behind one lock ([`State`], private to this module). Every critical section
+//! is short and never awaits; every change commits one store transaction under it, so a
+//! device change and the redirect work it causes are durable together or not at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::admin::SetupCode;
+use crate::mac::Mac;
+use crate::provision::templates::Templates;
+use crate::provision::throttle::Throttle;
+use crate::redirect::outbox::Redirector;
+use crate::sip::checksync::SipState;
+use crate::store::backend::AnyFlash;
+use crate::store::records::{Contact, Db, Device, Enrollment, Txn};
+use crate::token::{Token, TokenKind};
+
+pub mod admin;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod fetches;
+pub mod redirect;
+pub mod sip;
+pub mod views;
+
+pub use error::AppError;
+
+/// Where the appliance keeps its files, and how phones reach it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Default base URL when `provision.base_url` is empty, e.g. `https://192.0.2.10:8443/`.
+    pub default_base_url: String,
+    /// The credential-free bootstrap over plain HTTP, e.g. `http://192.0.2.10:8080/`: what
+    /// DHCP option 66 and SIP PnP give phones that are not (or no longer) enrolling.
+    pub bootstrap_url: String,
+}
+
+/// Mutable state under one lock; every critical section is short and never awaits.
+struct State {
+    db: Db<AnyFlash>,
+    tokens: HashMap<Token, (Mac, TokenKind)>,
+    /// Contacts not yet written to flash; flushed periodically to spare the flash.
+    pending_contacts: HashMap<Mac, Contact>,
+    /// Devices whose enrollment is in its grace period, with the first fetch time.
+    in_grace: HashMap<Mac, u64>,
+}
+
+/// The appliance.
+pub struct App {
+    state: Mutex<State>,
+    /// Vendor profiles and templates.
+    pub templates: Templates,
+    /// Token-miss throttling.
+    pub throttle: Throttle,
+    /// Paths and URLs.
+    pub site: Site,
+    /// The redirect outbox worker's shared parts.
+    pub redirect: Redirector,
+    /// The SIP endpoint and the phones' SIP addresses.
+    pub sip: SipState,
+    /// The first-start setup code.
+    setup_code: SetupCode,
+}
+
+impl App {
+    /// Wraps a mounted store. Generates the phones' admin password on first start.
+    pub fn new(db: Db<AnyFlash>, site: Site) -> Result<App, AppError> {
+        let templates = Templates::new(site.data_dir.join("templates"));
+        let mut state =
+            State { db, tokens: HashMap::new(), pending_contacts: HashMap::new(), in_grace: HashMap::new() };
+        if state.db.setting("phone.admin_password")?.is_none() {
+            let mut txn = Txn::new();
+            txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;
+            state.db.commit(&txn)?;
+        }
+        state.rebuild_tokens()?;
+        Ok(App {
+            state: Mutex::new(state),
+            templates,
+            throttle: Throttle::default(),
+            site,
+            redirect: Redirector::default(),
+            sip: SipState::default(),
+            setup_code: SetupCode::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the store consistent (commits are atomic),
+        // so later requests may go on.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Commits one part per item, packed into as few store transactions as fit a sector.
+    /// Each transaction's parts are built and committed under one hold of the lock, which is
+    /// released between transactions so phones are served meanwhile; `committed` runs for
+    /// each part once its transaction is durable.
+    fn commit_each<T, E>(
+        &self,
+        items: &[T],
+        mut part: impl FnMut(&mut State, &T) -> Result<(Txn, E), AppError>,
+        mut committed: impl FnMut(&mut State, E),
+    ) -> Result<(), AppError> {
+        let mut next = 0;
+        while next < items.len() {
+            let mut state = self.lock();
+            let mut pending = Txn::new();
+            let mut effects = Vec::new();
+            while let Some(item) = items.get(next) {
+                let (txn, effect) = part(&mut state, item)?;
+                let mut joined = pending.clone();
+                joined.extend(txn);
+                if !pending.is_empty() && !state.db.fits(&joined) {
+                    // Built again, fresh, under the next hold of the lock.
+                    break;
+                }
+                pending = joined;
+                effects.push(effect);
+                next += 1;
+            }
+            if !pending.is_empty() {
+                state.db.commit(&pending)?;
+            }
+            for effect in effects {
+                committed(&mut state, effect);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// `device` with its contact not yet flushed, if any.
+    fn with_pending_contact(&self, mut device: Device) -> Device {
+        if let Some(contact) = self.pending_contacts.get(&device.mac) {
+            device.last_contact = Some(contact.clone());
+        }
+        device
+    }
+
+    /// Commits a transaction that adds, removes or re-tokens devices, and re-indexes tokens.
+    fn commit_devices(&mut self, txn: &Txn) -> Result<(), AppError> {
+        self.db.commit(txn)?;
+        self.rebuild_tokens()
+    }
+
+    /// Rebuilds the token index and the grace-period set from the stored devices.
+    fn rebuild_tokens(&mut self) -> Result<(), AppError> {
+        let mut tokens = HashMap::new();
+        let mut in_grace = HashMap::new();
+        for device in self.db.devices() {
+            let device = device?;
+            tokens.insert(device.enrollment_token, (device.mac, TokenKind::Enrollment));
+            tokens.insert(device.steady_token, (device.mac, TokenKind::Steady));
+            if let Enrollment::Open { first_fetch: Some(at) } = device.enrollment {
+                in_grace.insert(device.mac, at);
+            }
+        }
+        self.tokens = tokens;
+        self.in_grace = in_grace;
+        Ok(())
+    }
+
+    /// The phones' base URL: `provision.base_url`, or `default`.
+    fn base_url(&self, default: &str) -> Result<String, AppError> {
+        let configured = self.db.setting("provision.base_url")?.unwrap_or_default();
+        Ok(if configured.is_empty() { default.to_string() } else { configured })
+    }
+
+    /// Every effective setting.
+    fn settings(&self) -> Result<BTreeMap<String, String>, AppError> {
+        Ok(crate::settings::effective(&self.db.settings()?))
+    }
+}

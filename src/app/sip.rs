@@ -1,0 +1,86 @@
+//! The appliance's side of SIP on the LAN: which URL plug-and-play offers a phone that
+//! announces itself, and `device reprovision` (a check-sync NOTIFY). The SIP mechanics are
+//! in [`crate::sip`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::{App, AppError};
+use crate::clock::now;
+use crate::mac::Mac;
+use crate::sip::checksync::{self, CheckSync};
+use crate::sip::pnp::{Announcement, Offers};
+use crate::store::records::{Enrollment, PhoneSeen, bounded};
+use crate::token::TokenKind;
+
+impl App {
+    /// The provisioning URL offered to a phone that announced itself from `ip`, recording an
+    /// unknown phone on the phones-seen list. None when nothing is to be offered.
+    pub fn pnp_offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, AppError> {
+        // A source walking through MACs is throttled like one walking through URL tokens:
+        // it could otherwise learn which MACs have an open enrollment.
+        if self.sip.throttle.is_blocked(ip) {
+            tracing::warn!(%ip, "SIP PnP: too many unknown MACs from this address; not answered with a URL");
+            return Ok(None);
+        }
+        let (device, base, bootstrap) = {
+            let state = self.lock();
+            let base = state.base_url(&self.site.default_base_url)?;
+            let bootstrap = state.db.setting("provision.bootstrap")?.unwrap_or_else(|| "blank".into());
+            (state.db.device(&phone.mac)?, base, bootstrap)
+        };
+        match &device {
+            Some(device) if !matches!(device.enrollment, Enrollment::Locked { .. }) => {
+                return Ok(Some(device.enrollment_token.url(TokenKind::Enrollment, &base)));
+            }
+            Some(device) if device.lan_window_until.is_some_and(|until| until > now()) => return Ok(Some(base)),
+            Some(_) => {}
+            None => {
+                self.sip.throttle.record_miss(ip);
+                let user_agent = format!("SIP PnP {} {} {}", phone.vendor, phone.model, phone.version);
+                self.record_seen(PhoneSeen {
+                    mac: phone.mac,
+                    ip,
+                    user_agent: bounded("user agent", &user_agent.chars().take(96).collect::<String>())?,
+                    vendor: bounded("vendor", &phone.vendor.to_ascii_lowercase().chars().take(16).collect::<String>())?,
+                    model: bounded("model", &phone.model.chars().take(24).collect::<String>())?,
+                    at: now(),
+                })?;
+            }
+        }
+        Ok((bootstrap != "off").then(|| self.site.bootstrap_url.clone()))
+    }
+
+    /// Sends `mac`'s vendor check-sync NOTIFY to its last known SIP address and waits up to
+    /// `wait` for the answer.
+    pub async fn reprovision(&self, mac: &Mac, wait: Duration) -> Result<CheckSync, AppError> {
+        let device = self.device(mac)?;
+        let catalog = self.templates.catalog();
+        let event = catalog.vendor(&device.vendor)?.check_sync_event.clone().ok_or_else(|| {
+            AppError::Refused(format!(
+                "the {} profile names no check-sync event (check_sync_event in vendor.toml)",
+                device.vendor
+            ))
+        })?;
+        let target = self
+            .sip
+            .contact(mac)
+            .or_else(|| device.last_contact.as_ref().map(|contact| SocketAddr::new(contact.ip, 5060)))
+            .ok_or_else(|| {
+                AppError::Refused(format!("{mac} has not contacted the appliance yet: its address is unknown"))
+            })?;
+        checksync::notify(&self.sip, mac, target, &event, wait)
+            .await
+            .map_err(|e| AppError::Internal(format!("cannot open a SIP socket: {e}")))
+    }
+}
+
+impl Offers for App {
+    fn heard(&self, mac: Mac, address: SocketAddr) {
+        self.sip.remember(mac, address);
+    }
+
+    fn offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, Box<dyn std::error::Error + Send>> {
+        self.pnp_offer(phone, ip).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send>)
+    }
+}

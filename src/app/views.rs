@@ -1,0 +1,294 @@
+//! What operations answer with: plain data, serialised the same way for the control socket,
+//! the CLI's `--json` and the JSON API, and read back by the CLI as these same types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::CsvProblem;
+use crate::store::records::{Contact, FunctionKey, Override};
+
+/// Enrollment as shown to people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum EnrollmentView {
+    /// Never fetched: the enrollment URL serves the full config.
+    Open,
+    /// Fetched once; open until the grace period ends.
+    Grace {
+        /// Unix time it closes.
+        until: u64,
+    },
+    /// Closed: the enrollment URL serves nothing until unlocked.
+    Locked {
+        /// Unix time it closed.
+        since: u64,
+    },
+}
+
+/// Whether the phone has the config it would be served now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigState {
+    /// The phone has never fetched its device file.
+    NeverFetched,
+    /// It fetched exactly what it would get now.
+    Current,
+    /// The config changed since its last fetch.
+    Pending,
+}
+
+/// A static file offered under `/p/<steady>/files/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticFile {
+    /// Path below `files/`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A device as shown by `device show` and the page. Passwords are never part of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// MAC, 12 lowercase hex digits.
+    pub mac: String,
+    /// Vendor id.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// Lines: extension, name, SIP user.
+    pub lines: Vec<LineView>,
+    /// Enrollment state.
+    pub enrollment: EnrollmentView,
+    /// The one-time enrollment URL.
+    pub enrollment_url: String,
+    /// The steady URL.
+    pub steady_url: String,
+    /// Until when the tokenless LAN path serves the full config, if open.
+    pub lan_window_until: Option<u64>,
+    /// Last fetch.
+    pub last_contact: Option<Contact>,
+    /// Whether the phone has its latest config.
+    pub config: ConfigState,
+    /// Programmable keys.
+    pub keys: Vec<FunctionKey>,
+    /// Per-device vendor keys.
+    pub overrides: Vec<Override>,
+    /// Files under `files/`, with checksums (only in `device show`).
+    pub files: Vec<StaticFile>,
+    /// Where the vendor's redirect service stands for it.
+    pub redirect: RedirectView,
+}
+
+/// One line without its password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    /// Extension.
+    pub extension: String,
+    /// Display name.
+    pub name: String,
+    /// SIP auth user.
+    pub sip_user: String,
+}
+
+/// A setting as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingView {
+    /// Name.
+    pub name: String,
+    /// Value; secrets are masked.
+    pub value: String,
+    /// Whether it is still the default.
+    pub default: bool,
+    /// What it does.
+    pub help: String,
+}
+
+/// The result of a CSV import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Devices created.
+    pub imported: usize,
+    /// Rows skipped, with reasons (partial imports only).
+    pub problems: Vec<CsvProblem>,
+}
+
+/// A device's redirect state as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RedirectView {
+    /// Nothing will be registered: no service for the vendor, the service is off or not
+    /// configured, or registration is off for this device.
+    Off {
+        /// Why.
+        reason: String,
+    },
+    /// Not registered, nothing queued.
+    NotRegistered,
+    /// Queued.
+    Pending {
+        /// `register` or `deregister`.
+        action: String,
+        /// Attempts so far.
+        attempts: u32,
+        /// Unix time of the next try.
+        next_try: u64,
+        /// Why the last attempt failed, empty before the first.
+        last_error: String,
+    },
+    /// Registered.
+    Registered {
+        /// When.
+        at: u64,
+    },
+    /// Removed from the service (enrollment closed).
+    Deregistered {
+        /// When.
+        at: u64,
+    },
+    /// Given up.
+    Failed {
+        /// When.
+        at: u64,
+        /// The service's words.
+        message: String,
+    },
+}
+
+/// One queued item as shown by `redirect status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// Queue position.
+    pub position: u64,
+    /// The phone.
+    pub mac: String,
+    /// The service.
+    pub service: String,
+    /// `register`, `register (override)` or `deregister`.
+    pub action: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Unix time of the next try.
+    pub next_try: u64,
+    /// Why the last attempt failed.
+    pub last_error: String,
+}
+
+/// A service's configuration as shown (never its credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// `yealink`, `snom`, `fanvil`.
+    pub service: String,
+    /// The API in use, or `off`.
+    pub api: String,
+    /// Whether registrations are sent.
+    pub active: bool,
+    /// Why not, when inactive.
+    pub reason: String,
+    /// A concern about an active service (plain-http endpoint).
+    pub warning: String,
+}
+
+/// `provbox redirect status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedirectStatus {
+    /// `ok`, or why WAN calls wait.
+    pub clock: String,
+    /// Each service.
+    pub services: Vec<ServiceView>,
+    /// The queue, in order.
+    pub queue: Vec<QueueEntry>,
+    /// Each device's state.
+    pub devices: Vec<(String, RedirectView)>,
+}
+
+/// What a delivery pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Items the services accepted.
+    pub delivered: usize,
+    /// Items that failed and wait for a retry.
+    pub retrying: usize,
+    /// Items given up as permanently refused.
+    pub failed: usize,
+    /// Set when the clock kept the pass from sending anything.
+    pub clock: Option<String>,
+    /// Seconds until the next item can be sent, if any can.
+    pub next_due: Option<u64>,
+}
+/// An API token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiTokenView {
+    /// Its public id (hex).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Unix time it was made.
+    pub created: u64,
+}
+
+/// `redirect sync`: what was queued, and how the delivery pass went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Items queued by reconciling devices with their state.
+    pub queued: usize,
+    /// The pass that followed.
+    pub delivery: Delivery,
+}
+
+/// `redirect check`: what a service says it holds for a MAC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceHolding {
+    /// The service asked.
+    pub service: String,
+    /// The phone.
+    pub mac: String,
+    /// The service's own answer, as it gave it: each API has its own shape.
+    pub holds: serde_json::Value,
+}
+
+impl EnrollmentView {
+    /// The state's name: `open`, `grace` or `locked`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EnrollmentView::Open => "open",
+            EnrollmentView::Grace { .. } => "grace",
+            EnrollmentView::Locked { .. } => "locked",
+        }
+    }
+}
+
+impl std::fmt::Display for EnrollmentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnrollmentView::Open => f.write_str("open: the enrollment URL serves the full config once"),
+            EnrollmentView::Grace { until } => write!(f, "grace: open until {}", crate::clock::date_time(*until)),
+            EnrollmentView::Locked { since } => write!(f, "locked since {}", crate::clock::date_time(*since)),
+        }
+    }
+}
+
+impl ConfigState {
+    /// The state's name: `never_fetched`, `current` or `pending`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfigState::NeverFetched => "never_fetched",
+            ConfigState::Current => "current",
+            ConfigState::Pending => "pending",
+        }
+    }
+}
+
+impl RedirectView {
+    /// The state's name, as in the JSON `state` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedirectView::Off { .. } => "off",
+            RedirectView::NotRegistered => "not_registered",
+            RedirectView::Pending { .. } => "pending",
+            RedirectView::Registered { .. } => "registered",
+            RedirectView::Deregistered { .. } => "deregistered",
+            RedirectView::Failed { .. } => "failed",
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `provbox admin ...`: the page's administrator and the API's tokens.
+
+use clap::Subcommand;
+use provbox::app::views::ApiTokenView;
+use provbox::clock;
+use provbox::control::{self, Request, Response};
+
+use super::{Cli, CliError};
+
+#[derive(Subcommand)]
+pub(super) enum AdminCommand {
+    /// Show the one-time setup code the page asks for on a new appliance.
+    SetupCode,
+    /// Set the admin password, read from stdin (first line).
+    SetPassword,
+    /// Bearer tokens of the JSON API and /metrics.
+    #[command(subcommand)]
+    ApiToken(ApiTokenCommand),
+}
+
+#[derive(Subcommand)]
+pub(super) enum ApiTokenCommand {
+    /// Make a token; it is printed once.
+    Create {
+        /// What it is for, e.g. pbx.
+        name: String,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke tokens by name or id.
+    Revoke {
+        /// Name or id.
+        which: String,
+    },
+}
+
+pub(super) fn run(cli: &Cli, command: &AdminCommand) -> Result<(), CliError> {
+    match command {
+        AdminCommand::SetupCode => {
+            // Only a running server has a setup code: it is made in its memory.
+            let response = control::call(&cli.data, &Request::AdminSetupCode)?.ok_or_else(|| CliError::Refused {
+                message: "no server is running; `provbox serve` prints the setup code when it starts".into(),
+            })?;
+            match response {
+                Response::Ok { result } => match serde_json::from_value::<Option<String>>(result) {
+                    Ok(Some(code)) => println!("{code}"),
+                    Ok(None) => println!("an admin password is set; log in with it"),
+                    Err(error) => return Err(CliError::Answer(error)),
+                },
+                Response::Error { message, .. } => return Err(CliError::Refused { message }),
+            }
+        }
+        AdminCommand::SetPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|source| CliError::Read { path: "stdin".into(), source })?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            cli.call::<()>(&Request::AdminSetPassword { password })?;
+            println!("admin password set");
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::Create { name }) => {
+            println!("{}", cli.call::<String>(&Request::ApiTokenCreate { name: name.clone() })?);
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::List) => {
+            for token in cli.call::<Vec<ApiTokenView>>(&Request::ApiTokenList)? {
+                println!("{}  {:20} created {}", token.id, token.name, clock::date_time(token.created));
+            }
+        }
+        AdminCommand::ApiToken(ApiTokenCommand::Revoke { which }) => {
+            let count: usize = cli.call(&Request::ApiTokenRevoke { which: which.clone() })?;
+            println!("revoked {count} token(s)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The `provbox` command line: one file per command group. Every command that touches the
+//! appliance's state sends a typed [`Request`] to the running server over the control
+//! socket, or, with no server running, mounts the store and carries it out itself; either
+//! way the answer is one of the `app::views` types, printed from the type.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use provbox::app::App;
+use provbox::control::{self, Request, Response};
+use provbox::daemon;
+use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
+use provbox::store::records::Db;
+use provbox::store::{Store, StoreError};
+use provbox::update;
+use serde::de::DeserializeOwned;
+
+mod admin;
+mod device;
+mod redirect;
+mod serve;
+mod settings;
+mod store;
+mod update_cmd;
+
+/// Provisioning appliance for SIP desk phones.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Data directory: the store, certificates and template overrides live here.
+    #[arg(long, global = true, default_value = "./provbox-data")]
+    data: PathBuf,
+    /// Store device: a file, a raw block partition or /dev/mtdN [default: <data>/store.bin].
+    #[arg(long, global = true)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance (the default).
+    Serve(serve::ServeArgs),
+    /// Manage phones.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Show and change site settings.
+    #[command(subcommand)]
+    Settings(settings::SettingsCommand),
+    /// Show exactly what a phone would be served, secrets masked unless --reveal.
+    Render {
+        /// The device's MAC.
+        mac: String,
+        /// The file name the phone requests, e.g. 805ec0d57d72.cfg.
+        file: String,
+        /// Show passwords and tokens.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Inspect and maintain the on-flash store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// Vendor redirect services: the queue, retries and lookups.
+    #[command(subcommand)]
+    Redirect(redirect::RedirectCommand),
+    /// The page's administrator.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Signed root-image updates of the firmware image (A/B slots).
+    #[command(subcommand)]
+    Update(update_cmd::UpdateCommand),
+}
+
+/// An error for the user: what went wrong and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Open(#[from] backend::OpenError),
+    #[error("{path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Update(#[from] update::UpdateError),
+    #[error("store check found corruption in {0}")]
+    Corrupt(PathBuf),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0:?} is not a listen address; write it as IP:PORT, e.g. 0.0.0.0:443 or [::]:8443")]
+    Address(String),
+    #[error(transparent)]
+    Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    App(#[from] provbox::app::AppError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("the server's answer to this command did not have the expected shape: {0}")]
+    Answer(serde_json::Error),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{message}")]
+    Refused { message: String },
+}
+
+impl CliError {
+    /// Wraps a store error with the device it concerns.
+    fn store(path: &Path) -> impl FnOnce(StoreError) -> CliError + '_ {
+        move |source| CliError::Store { path: path.to_path_buf(), source }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        // A bare `provbox` serves with the flags' defaults.
+        None => serve::run(&cli, &serve::ServeArgs::parse_from(["provbox"])),
+        Some(Command::Serve(args)) => serve::run(&cli, args),
+        Some(Command::Store(command)) => store::run(&cli, command).map(done),
+        Some(Command::Device(command)) => device::run(&cli, command).map(done),
+        Some(Command::Settings(command)) => settings::run(&cli, command).map(done),
+        Some(Command::Redirect(command)) => redirect::run(&cli, command).map(done),
+        Some(Command::Admin(command)) => admin::run(&cli, command).map(done),
+        Some(Command::Update(command)) => update_cmd::run(command).map(done),
+        Some(Command::Render { mac, file, reveal }) => {
+            let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
+            cli.call::<String>(&request).map(|body| print!("{body}")).map(done)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("provbox: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit status of a command that succeeded.
+fn done((): ()) -> ExitCode {
+    ExitCode::SUCCESS
+}
+
+/// Where the store lives and whether it may be created.
+struct StorePath {
+    path: PathBuf,
+    /// Only the default file in the data directory is created when missing; an explicit
+    /// device path must exist, so a typo never turns into a new file.
+    create: bool,
+}
+
+impl Cli {
+    fn store_path(&self) -> StorePath {
+        match &self.store {
+            Some(path) => StorePath { path: path.clone(), create: false },
+            None => StorePath { path: self.data.join("store.bin"), create: true },
+        }
+    }
+
+    fn open_flash(&self, allow_create: bool) -> Result<(AnyFlash, PathBuf), CliError> {
+        let StorePath { path, create } = self.store_path();
+        let create = create && allow_create;
+        if create {
+            ensure_private_dir(&self.data)?;
+        }
+        let flash = backend::open(&path, create.then_some(DEFAULT_CAPACITY))?;
+        Ok((flash, path))
+    }
+
+    fn mount(&self, allow_create: bool) -> Result<(Store<AnyFlash>, PathBuf), CliError> {
+        let (flash, path) = self.open_flash(allow_create)?;
+        let store = Store::mount(flash).map_err(CliError::store(&path))?;
+        Ok((store, path))
+    }
+
+    /// Runs `request` on the running server, or on the store directly when none runs, and
+    /// reads the answer as the view type `T` the request is answered with.
+    fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, CliError> {
+        let response = match control::call(&self.data, request)? {
+            Some(response) => response,
+            None => {
+                let (store, _) = self.mount(true)?;
+                let port = daemon::last_https_port(&self.data);
+                let app = App::new(Db::new(store), daemon::site(self.data.clone(), port, 8080))?;
+                control::handle(&app, request, "cli")
+            }
+        };
+        match response {
+            Response::Ok { result } => serde_json::from_value(result).map_err(CliError::Answer),
+            Response::Error { message, problems } => {
+                for problem in problems {
+                    eprintln!("line {}: {}", problem.line, problem.reason);
+                }
+                Err(CliError::Refused { message })
+            }
+        }
+    }
+}
+
+/// Creates `dir` readable by its owner only.
+fn ensure_private_dir(dir: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(source) => Err(CliError::DataDir { path: dir.to_path_buf(), source }),
+    }
+}
+
+/// Prints a view as indented JSON, the same shape the API answers with.
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// An optional value as shown in a table: `-` when absent.
+fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".to_string(), |value| value.to_string())
+}

@@ -1,0 +1,82 @@
+//! `provbox update ...`: signed root-image updates of the firmware image's A/B slots.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use provbox::update;
+
+use super::CliError;
+
+#[derive(Subcommand)]
+pub(super) enum UpdateCommand {
+    /// Show the running root slot, whether it is on trial, and the image version.
+    Status {
+        /// The initramfs's description of the slots.
+        #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
+        boot_info: PathBuf,
+    },
+    /// Check a signed bundle and write it to the inactive slot; it starts at the next boot.
+    Install {
+        /// The bundle (`provbox-<board>-<version>.update`).
+        bundle: PathBuf,
+        /// The initramfs's description of the slots.
+        #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
+        boot_info: PathBuf,
+        /// The ed25519 public key bundles must be signed with (64 hex digits).
+        #[arg(long, default_value = update::DEFAULT_KEY)]
+        key: PathBuf,
+    },
+    /// Make a signing key: KEY (PKCS#8, mode 0600) and KEY.pub (for the image).
+    Keygen {
+        /// Where to write the private key.
+        key: PathBuf,
+    },
+    /// Sign a root squashfs image into an update bundle.
+    Sign {
+        /// The private key (from `update keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The board the image is for.
+        #[arg(long)]
+        board: String,
+        /// The image's version.
+        #[arg(long)]
+        version: String,
+        /// The root squashfs image.
+        image: PathBuf,
+        /// The bundle to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub(super) fn run(command: &UpdateCommand) -> Result<(), CliError> {
+    match command {
+        UpdateCommand::Status { boot_info } => {
+            let boot = update::BootInfo::load(boot_info)?;
+            println!("board        {}", boot.board);
+            println!("image        {}", update::release().unwrap_or_else(|| "unknown".into()));
+            println!("root slot    {}{}", boot.slot, if boot.trial { " (on trial)" } else { "" });
+            if let Some(failed) = boot.rolled_back {
+                println!("last update  slot {failed} did not come up healthy; rolled back");
+            }
+        }
+        UpdateCommand::Install { bundle, boot_info, key } => {
+            let boot = update::BootInfo::load(boot_info)?;
+            let installed = update::install_file(bundle, update::PublicKey::load(key)?, boot)?;
+            println!(
+                "installed {} into root slot {}: reboot to start it (it stays only if it comes up healthy)",
+                installed.version, installed.slot
+            );
+        }
+        UpdateCommand::Keygen { key } => {
+            let public = update::generate_key(key)?;
+            println!("private key {} (keep it secret), public key {}", key.display(), public.display());
+        }
+        UpdateCommand::Sign { key, board, version, image, out } => {
+            let manifest = update::sign(key, board, version, image, out)?;
+            println!("{}: {board} {version}, {} bytes of image", out.display(), manifest.size);
+        }
+    }
+    Ok(())
+}

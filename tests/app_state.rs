@@ -204,3 +204,61 @@ fn a_source_walking_through_macs_over_pnp_is_cut_off() {
     assert_eq!(app.pnp_offer(&announce(&known.mac), walker).unwrap(), None, "the walker learns nothing more");
     assert_eq!(app.pnp_offer(&announce(&known.mac), phone).unwrap().as_deref(), Some(known.enrollment_url.as_str()));
 }
+
+/// Says "current" or "pending" for a device whose last contact carries `served`.
+fn config_after(app: &App, mac: &str, served: [u8; 8]) -> provbox::app::views::ConfigState {
+    let mac = mac.parse().unwrap();
+    let device = app.device(&mac).unwrap();
+    let contact = Contact {
+        at: 1_800_000_000,
+        ip: "192.0.2.50".parse().unwrap(),
+        user_agent: "Yealink SIP-T54W".try_into().unwrap(),
+        firmware: "96.86.0.15".try_into().unwrap(),
+        config_hash: served,
+    };
+    app.record_fetch(&device, &FetchChange { enrollment: None, close_window: false }, Some(contact)).unwrap();
+    app.devices().unwrap().into_iter().find(|view| view.mac == mac.to_string()).unwrap().config
+}
+
+#[test]
+fn current_or_pending_follows_settings_templates_and_the_device_without_stale_answers() {
+    use provbox::app::views::ConfigState::{Current, Pending};
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (one, other) = (spec(1), spec(2));
+    app.add_device(&one, "test").unwrap();
+    app.add_device(&other, "test").unwrap();
+    let hash_now = |app: &App| {
+        let body = app.render(&one.mac.parse().unwrap(), &format!("{}.cfg", one.mac), true).unwrap();
+        provbox::provision::context::config_hash(&body)
+    };
+    let served = hash_now(&app);
+    assert_eq!(config_after(&app, &one.mac, served), Current);
+    // Listing again answers from the cache, and the same.
+    assert_eq!(config_after(&app, &one.mac, served), Current);
+
+    // A setting every phone gets.
+    app.set_setting("sip.port", "5070", "test").unwrap();
+    assert_eq!(config_after(&app, &one.mac, served), Pending);
+    let served = hash_now(&app);
+    assert_eq!(config_after(&app, &one.mac, served), Current);
+
+    // Another device's edit leaves this one's file as it was.
+    let mut renamed = other.clone();
+    renamed.lines[0].name = "Front desk".into();
+    app.edit_device(&other.mac.parse().unwrap(), &renamed, "test").unwrap();
+    assert_eq!(config_after(&app, &one.mac, served), Current);
+
+    // The device's own key changes its file.
+    let key = provbox::devices::KeySpec { kind: "blf".into(), value: "201".into(), label: "Bob".into() };
+    app.set_key(&one.mac.parse().unwrap(), 1, Some(&key), "test").unwrap();
+    assert_eq!(config_after(&app, &one.mac, served), Pending);
+    let served = hash_now(&app);
+
+    // An override of the vendor's template, picked up without a restart.
+    let overrides = dir.path().join("templates/yealink");
+    std::fs::create_dir_all(&overrides).unwrap();
+    let stock = app.templates.source("yealink/device.cfg").expect("the stock Yealink device template");
+    std::fs::write(overrides.join("device.cfg"), format!("{stock}\n# edited on site\n")).unwrap();
+    assert_eq!(config_after(&app, &one.mac, served), Pending);
+}

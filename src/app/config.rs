@@ -1,6 +1,10 @@
 //! Site-wide operations: settings, rendering a device's files, the phonebook directory, the
 //! static files, the store's usage, the audit log and the clock note.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+
 use super::views::{SettingView, StaticFile};
 use super::{App, AppError, State};
 use crate::clock::now;
@@ -10,8 +14,14 @@ use crate::provision::context::{self, Secrets, SiteFacts};
 use crate::provision::vendor::FileMatch;
 use crate::redirect::outbox::Plan;
 use crate::settings;
-use crate::store::records::{Device, Txn};
+use crate::store::records::{Device, Enrollment, Txn};
 use crate::token::MASK;
+
+/// A device file's hash, and the fingerprint of what it was rendered from.
+pub(super) struct CurrentHash {
+    inputs: u64,
+    hash: [u8; 8],
+}
 
 impl App {
     /// The effective base URL phones use.
@@ -30,8 +40,46 @@ impl App {
         Ok(minutes.unwrap_or(15u64) * 60)
     }
 
-    /// Hash of the device file as it would be served now.
-    pub fn device_file_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
+    /// Hash of the device file as it would be served now, rendered only when the device,
+    /// the settings or the templates changed since it was last worked out.
+    pub fn current_config_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
+        let inputs = self.render_inputs(device);
+        let cached = |hashes: &HashMap<Mac, CurrentHash>| {
+            hashes.get(&device.mac).filter(|known| known.inputs == inputs).map(|known| known.hash)
+        };
+        if let Some(hash) = cached(&self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())) {
+            return Ok(hash);
+        }
+        let hash = self.device_file_hash(device)?;
+        let mut hashes = self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        hashes.insert(device.mac, CurrentHash { inputs, hash });
+        Ok(hash)
+    }
+
+    /// Notes a change that may alter any device's files (settings, the directory).
+    pub(super) fn site_changed(&self) {
+        self.site_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fingerprint of everything `device`'s files are rendered from: the site's change
+    /// count, the templates' generation, and the device itself but for what only its
+    /// fetches change (enrollment, last contact, LAN window).
+    fn render_inputs(&self, device: &Device) -> u64 {
+        let mut rendered = device.clone();
+        rendered.enrollment = Enrollment::Open { first_fetch: None };
+        rendered.last_contact = None;
+        rendered.lan_window_until = None;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.site_changes.load(Ordering::Relaxed).hash(&mut hasher);
+        self.templates.generation().hash(&mut hasher);
+        // Encoding a device into a Vec cannot fail; an empty encoding would only cost a
+        // re-render.
+        postcard::to_allocvec(&rendered).unwrap_or_default().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Hash of the device file as it would be served now, rendered afresh.
+    fn device_file_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
         let catalog = self.templates.catalog();
         let vendor = catalog.vendor(&device.vendor)?;
         let file = vendor
@@ -65,6 +113,7 @@ impl App {
         let mut txn = Txn::new();
         txn.set_setting(name, &value)?.audit(now(), actor, &format!("set {name} = {shown}"))?;
         self.lock().db.commit(&txn)?;
+        self.site_changed();
         tracing::info!(setting = name, value = shown, actor, "setting changed");
         if name.starts_with("redirect.") {
             // New credentials or a service switched on: register what should be.

@@ -1,14 +1,21 @@
 //! Device operations: add, edit, remove, unlock, rekey, keys and overrides, the LAN window,
 //! CSV import and export, and the phones-seen list.
 
-use super::redirect::redirect_view_of;
+use super::redirect::{RedirectLookup, redirect_view_of};
 use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, RedirectView};
-use super::{App, AppError};
+use super::{App, AppError, State};
 use crate::clock::now;
 use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec, KeySpec};
 use crate::mac::Mac;
 use crate::store::records::{Device, Enrollment, PhoneSeen, Txn};
 use crate::token::{Token, TokenKind};
+
+/// What every device's view is shown with, read once per listing.
+struct Shown {
+    base_url: String,
+    /// The enrollment grace period, in seconds.
+    grace: u64,
+}
 
 impl App {
     /// Adds a device.
@@ -25,6 +32,7 @@ impl App {
             state.plan_change(None, Some(&device), &mut txn)?;
             state.commit_devices(&txn)?;
         }
+        self.site_changed();
         self.redirect.wake();
         tracing::info!(mac = %device.mac, actor, "device added");
         self.device_view(&device.mac, false)
@@ -32,27 +40,36 @@ impl App {
 
     /// Every device, in MAC order.
     pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
-        let devices: Vec<(Device, RedirectView)> = {
+        let (devices, shown): (Vec<(Device, RedirectView)>, Shown) = {
             let state = self.lock();
-            let (queue, settings) = (state.db.outbox()?, state.settings()?);
-            state
+            let settings = state.settings()?;
+            let lookup = RedirectLookup::new(&state.db.outbox()?, &settings);
+            let devices = state
                 .db
                 .devices()
                 .map(|device| {
                     let device = state.with_pending_contact(device?);
-                    let redirect = redirect_view_of(&state, &device, &queue, &settings)?;
+                    let redirect = redirect_view_of(&state, &device, &lookup)?;
                     Ok((device, redirect))
                 })
-                .collect::<Result<_, AppError>>()?
+                .collect::<Result<_, AppError>>()?;
+            (devices, self.shown(&state)?)
         };
-        devices.into_iter().map(|(device, redirect)| self.view_of(&device, false, redirect)).collect()
+        devices.into_iter().map(|(device, redirect)| self.view_of(&device, false, redirect, &shown)).collect()
     }
 
     /// One device, with its static files' checksums.
     pub fn device_view(&self, mac: &Mac, with_files: bool) -> Result<DeviceView, AppError> {
         let device = self.device(mac)?;
         let redirect = self.redirect_view(mac)?;
-        self.view_of(&device, with_files, redirect)
+        let shown = self.shown(&self.lock())?;
+        self.view_of(&device, with_files, redirect, &shown)
+    }
+
+    /// What every device's view is shown with.
+    fn shown(&self, state: &State) -> Result<Shown, AppError> {
+        let minutes = state.settings()?.get("provision.enroll_grace_minutes").and_then(|m| m.parse().ok());
+        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace: minutes.unwrap_or(15u64) * 60 })
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.
@@ -63,9 +80,14 @@ impl App {
     }
 
     /// The view of `device`, which already carries its newest contact.
-    fn view_of(&self, device: &Device, with_files: bool, redirect: RedirectView) -> Result<DeviceView, AppError> {
-        let base = self.base_url()?;
-        let grace = self.grace_seconds()?;
+    fn view_of(
+        &self,
+        device: &Device,
+        with_files: bool,
+        redirect: RedirectView,
+        shown: &Shown,
+    ) -> Result<DeviceView, AppError> {
+        let (base, grace) = (&shown.base_url, shown.grace);
         let enrollment = match device.enrollment {
             Enrollment::Open { first_fetch: None } => EnrollmentView::Open,
             Enrollment::Open { first_fetch: Some(at) } if now() < at + grace => {
@@ -75,7 +97,7 @@ impl App {
             Enrollment::Locked { since } => EnrollmentView::Locked { since },
         };
         let config = match &device.last_contact {
-            Some(contact) if contact.config_hash != [0; 8] => match self.device_file_hash(device) {
+            Some(contact) if contact.config_hash != [0; 8] => match self.current_config_hash(device) {
                 Ok(hash) if hash == contact.config_hash => ConfigState::Current,
                 _ => ConfigState::Pending,
             },
@@ -95,8 +117,8 @@ impl App {
                 })
                 .collect(),
             enrollment,
-            enrollment_url: device.enrollment_token.url(TokenKind::Enrollment, &base),
-            steady_url: device.steady_token.url(TokenKind::Steady, &base),
+            enrollment_url: device.enrollment_token.url(TokenKind::Enrollment, base),
+            steady_url: device.steady_token.url(TokenKind::Steady, base),
             lan_window_until: device.lan_window_until.filter(|until| *until > now()),
             last_contact: device.last_contact.clone(),
             config,
@@ -118,6 +140,8 @@ impl App {
         state.commit_devices(&txn)?;
         state.pending_contacts.remove(mac);
         drop(state);
+        self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(mac);
+        self.site_changed();
         self.redirect.wake();
         tracing::info!(%mac, actor, "device removed");
         Ok(())
@@ -146,6 +170,7 @@ impl App {
                 state.commit_devices(&txn)?;
             }
         }
+        self.site_changed();
         self.redirect.wake();
         tracing::info!(%mac, actor, "{what}");
         self.device_view(mac, false)
@@ -283,6 +308,7 @@ impl App {
             |_, ()| {},
         )?;
         self.lock().rebuild_tokens()?;
+        self.site_changed();
         self.redirect.wake();
         Ok(ImportReport { imported: devices.len(), problems })
     }

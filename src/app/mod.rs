@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::admin::SetupCode;
@@ -78,6 +79,12 @@ pub struct App {
     pub sip: SipState,
     /// The first-start setup code.
     setup_code: SetupCode,
+    /// Each device file's hash as it would be served now, with what it was rendered from,
+    /// so that saying "current" or "pending" re-renders only what changed.
+    config_hashes: Mutex<HashMap<Mac, config::CurrentHash>>,
+    /// Bumped by every change that may alter files beyond one device's own: settings, and
+    /// devices added, edited or removed (the phonebook directory).
+    site_changes: AtomicU64,
 }
 
 impl App {
@@ -100,6 +107,8 @@ impl App {
             redirect: Redirector::default(),
             sip: SipState::default(),
             setup_code: SetupCode::default(),
+            config_hashes: Mutex::new(HashMap::new()),
+            site_changes: AtomicU64::new(0),
         })
     }
 

@@ -191,8 +191,8 @@ impl App {
     pub fn redirect_view(&self, mac: &Mac) -> Result<RedirectView, AppError> {
         let state = self.lock();
         let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
-        let queue = state.db.outbox()?;
-        redirect_view_of(&state, &device, &queue, &state.settings()?)
+        let lookup = RedirectLookup::new(&state.db.outbox()?, &state.settings()?);
+        redirect_view_of(&state, &device, &lookup)
     }
 
     /// The queue, the services and every device's state.
@@ -200,12 +200,13 @@ impl App {
         let state = self.lock();
         let settings = state.settings()?;
         let queue = state.db.outbox()?;
+        let lookup = RedirectLookup::new(&queue, &settings);
         let devices = state
             .db
             .devices()
             .map(|device| {
                 let device = device?;
-                Ok((device.mac.to_string(), redirect_view_of(&state, &device, &queue, &settings)?))
+                Ok((device.mac.to_string(), redirect_view_of(&state, &device, &lookup)?))
             })
             .collect::<Result<_, AppError>>()?;
         let services = crate::redirect::SERVICES
@@ -452,14 +453,35 @@ impl App {
     }
 }
 
-/// The redirect state of `device`, given the queue and the settings.
+/// What saying a device's redirect state needs, worked out once for a whole listing: the
+/// first queued item of each device, and why each service cannot be used, if it cannot.
+pub(super) struct RedirectLookup {
+    first_queued: HashMap<Mac, OutboxItem>,
+    unusable: HashMap<&'static str, Option<String>>,
+}
+
+impl RedirectLookup {
+    /// The lookup for `queue` under `settings`.
+    pub(super) fn new(queue: &[(u64, OutboxItem)], settings: &BTreeMap<String, String>) -> RedirectLookup {
+        let mut first_queued = HashMap::new();
+        for (_, item) in queue {
+            first_queued.entry(item.mac).or_insert_with(|| item.clone());
+        }
+        let unusable = crate::redirect::SERVICES
+            .iter()
+            .map(|(service, _)| (*service, client_for(service, settings).err()))
+            .collect();
+        RedirectLookup { first_queued, unusable }
+    }
+}
+
+/// The redirect state of `device`.
 pub(super) fn redirect_view_of(
     state: &State,
     device: &Device,
-    queue: &[(u64, OutboxItem)],
-    settings: &BTreeMap<String, String>,
+    lookup: &RedirectLookup,
 ) -> Result<RedirectView, AppError> {
-    if let Some((_, item)) = queue.iter().find(|(_, item)| item.mac == device.mac) {
+    if let Some(item) = lookup.first_queued.get(&device.mac) {
         return Ok(RedirectView::Pending {
             action: action_name(&item.action).into(),
             attempts: item.attempts,
@@ -477,9 +499,9 @@ pub(super) fn redirect_view_of(
         }
         RedirectState::NotRegistered => match service_for_vendor(&device.vendor) {
             None => RedirectView::Off { reason: format!("no redirect service for {} phones", device.vendor) },
-            Some(service) => match client_for(service, settings) {
-                Err(reason) => RedirectView::Off { reason },
-                Ok(_) => RedirectView::NotRegistered,
+            Some(service) => match lookup.unusable.get(service).cloned().flatten() {
+                Some(reason) => RedirectView::Off { reason },
+                None => RedirectView::NotRegistered,
             },
         },
     })

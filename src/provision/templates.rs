@@ -33,6 +33,8 @@ pub enum RenderError {
 pub struct Templates {
     override_dir: PathBuf,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// Snapshots made so far: a new one means templates or profiles may render differently.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// The loaded vendor profiles.
@@ -59,6 +61,7 @@ type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
 /// parsed once per snapshot, on first use.
 struct Snapshot {
     stamp: Stamp,
+    generation: u64,
     catalog: Arc<Catalog>,
     environment: Environment<'static>,
 }
@@ -66,7 +69,7 @@ struct Snapshot {
 impl Templates {
     /// Templates overridden from `override_dir` (`<data>/templates`).
     pub fn new(override_dir: PathBuf) -> Templates {
-        Templates { override_dir, snapshot: Mutex::new(None) }
+        Templates { override_dir, snapshot: Mutex::new(None), generations: std::sync::atomic::AtomicU64::new(0) }
     }
 
     /// Template `name` (`vendor/file`): the override if present, else the stock one.
@@ -77,6 +80,12 @@ impl Templates {
     /// The vendor profiles, reloaded when an override changed.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.snapshot().catalog.clone()
+    }
+
+    /// A number that changes whenever an override changed since the last call, so that
+    /// what was rendered under another generation may now render differently.
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -93,7 +102,8 @@ impl Templates {
         for broken in &catalog.broken {
             tracing::error!("{broken}");
         }
-        let snapshot = Arc::new(Snapshot { stamp, catalog, environment: self.environment() });
+        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let snapshot = Arc::new(Snapshot { stamp, generation, catalog, environment: self.environment() });
         *cached = Some(snapshot.clone());
         snapshot
     }

@@ -1,11 +1,16 @@
 //! Site settings: the names provbox knows, their defaults, how each is validated, and which
 //! are secret. Templates see every setting by name (`site["sip.server"]`).
+//!
+//! One [`Table`] holds every [`SettingSpec`]: the site-wide ones here ([`SITE`]) and each
+//! redirect service's own, declared in its module. The appliance reads values only through
+//! [`Settings`], whose typed getters fall back to the table's defaults, so no default is
+//! written down twice.
 
 use std::collections::BTreeMap;
 
 /// How a setting's value is checked.
 #[derive(Debug, Clone, Copy)]
-enum Rule {
+pub enum Rule {
     /// Free text without control characters (may be empty).
     Text,
     /// A host name or address (may be empty).
@@ -34,19 +39,32 @@ pub struct SettingSpec {
     pub secret: bool,
     /// One line for `settings show` and the page.
     pub help: &'static str,
-    rule: Rule,
+    /// How its values are checked.
+    pub rule: Rule,
+}
+
+impl SettingSpec {
+    /// A setting shown as it is.
+    pub const fn plain(name: &'static str, default: &'static str, rule: Rule, help: &'static str) -> SettingSpec {
+        SettingSpec { name, default, secret: false, help, rule }
+    }
+
+    /// A secret: free text, empty by default, masked wherever it is shown.
+    pub const fn secret(name: &'static str, help: &'static str) -> SettingSpec {
+        SettingSpec { name, default: "", secret: true, help, rule: Rule::Text }
+    }
 }
 
 const fn spec(name: &'static str, default: &'static str, rule: Rule, help: &'static str) -> SettingSpec {
-    SettingSpec { name, default, secret: false, help, rule }
+    SettingSpec::plain(name, default, rule, help)
 }
 
 const fn secret(name: &'static str, help: &'static str) -> SettingSpec {
-    SettingSpec { name, default: "", secret: true, help, rule: Rule::Text }
+    SettingSpec::secret(name, help)
 }
 
-/// Every setting provbox knows, in display order.
-pub const SETTINGS: &[SettingSpec] = &[
+/// The site-wide settings, in display order; each redirect service adds its own.
+pub const SITE: &[SettingSpec] = &[
     spec("sip.server", "", Rule::Host, "SIP registrar host name or address"),
     spec("sip.server2", "", Rule::Host, "backup SIP registrar"),
     spec("sip.port", "5060", Rule::Number(1, 65535), "SIP port"),
@@ -80,23 +98,6 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec("redirect.enabled", "on", Rule::Switch, "register phones with their vendors' redirect services"),
     spec("redirect.timeout_seconds", "20", Rule::Number(1, 120), "give up on a redirect-service call after this long"),
     spec("redirect.ca_file", "", Rule::Text, "extra CA certificates (PEM file) trusted for redirect services"),
-    spec("redirect.yealink.api", "xmlrpc", Rule::OneOf(&["xmlrpc", "json", "ymcs", "off"]), "Yealink RPS API"),
-    spec("redirect.yealink.url", "", Rule::Url, "Yealink RPS endpoint (empty: the API's public one)"),
-    spec("redirect.yealink.username", "", Rule::Text, "Yealink RPS user (xmlrpc)"),
-    secret("redirect.yealink.password", "Yealink RPS password (xmlrpc)"),
-    spec("redirect.yealink.key", "", Rule::Text, "Yealink RPS API key (json) or YMCS client id (ymcs)"),
-    secret("redirect.yealink.secret", "Yealink RPS API secret (json) or YMCS client secret (ymcs)"),
-    spec("redirect.yealink.server_name", "provbox", Rule::Text, "server name URLs are registered under (xmlrpc)"),
-    spec("redirect.snom.api", "sraps", Rule::OneOf(&["sraps", "xmlrpc", "off"]), "Snom redirect API"),
-    spec("redirect.snom.url", "", Rule::Url, "Snom endpoint (empty: the API's public one)"),
-    spec("redirect.snom.username", "", Rule::Text, "Snom user (xmlrpc)"),
-    secret("redirect.snom.password", "Snom password (xmlrpc)"),
-    spec("redirect.snom.key", "", Rule::Text, "SRAPS access key id (sraps)"),
-    secret("redirect.snom.secret", "SRAPS access key secret (sraps)"),
-    spec("redirect.fanvil.api", "fdps", Rule::OneOf(&["fdps", "off"]), "Fanvil redirect API"),
-    spec("redirect.fanvil.url", "", Rule::Url, "Fanvil FDPS endpoint (empty: the public one)"),
-    spec("redirect.fanvil.username", "", Rule::Text, "Fanvil FDPS user"),
-    secret("redirect.fanvil.password", "Fanvil FDPS password"),
 ];
 
 /// Why a setting was refused.
@@ -115,79 +116,143 @@ pub enum SettingError {
     },
 }
 
-/// The spec of setting `name`.
-pub fn spec_of(name: &str) -> Result<&'static SettingSpec, SettingError> {
-    SETTINGS.iter().find(|s| s.name == name).ok_or_else(|| SettingError::Unknown(name.into()))
+/// Every setting provbox knows.
+#[derive(Debug)]
+pub struct Table {
+    specs: Vec<&'static SettingSpec>,
 }
 
-/// Checks `value` for setting `name`, returning it normalised (trimmed).
-pub fn validate(name: &str, value: &str) -> Result<String, SettingError> {
-    let spec = spec_of(name)?;
-    let value = value.trim();
-    let invalid = |reason: String| Err(SettingError::Invalid { name: spec.name, reason });
-    if value.chars().any(char::is_control) {
-        return invalid("control characters are not allowed".into());
+impl Table {
+    /// The table of `groups`, in order: [`SITE`] and each service's settings.
+    pub fn new(groups: &[&'static [SettingSpec]]) -> Table {
+        Table { specs: groups.iter().flat_map(|group| group.iter()).collect() }
     }
-    if value.len() > 200 {
-        return invalid("longer than 200 characters".into());
+
+    /// Every setting, in display order.
+    pub fn specs(&self) -> impl Iterator<Item = &'static SettingSpec> + '_ {
+        self.specs.iter().copied()
     }
-    match spec.rule {
-        Rule::Text => {}
-        Rule::Host => {
-            let host_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
-            if !value.chars().all(host_chars) {
-                return invalid(format!("{value:?} is not a host name or address"));
-            }
-        }
-        Rule::Number(low, high) => match value.parse::<u32>() {
-            Ok(n) if (low..=high).contains(&n) => {}
-            _ => return invalid(format!("must be a whole number from {low} to {high}")),
-        },
-        Rule::OneOf(words) => {
-            if !words.contains(&value) {
-                return invalid(format!("must be one of {}", words.join(", ")));
-            }
-        }
-        Rule::Switch => {
-            if value != "on" && value != "off" {
-                return invalid("must be on or off".into());
-            }
-        }
-        Rule::Url => {
-            let valid = (value.starts_with("https://") || value.starts_with("http://"))
-                && value.parse::<hyper::Uri>().is_ok_and(|uri| uri.host().is_some());
-            if !value.is_empty() && !valid {
-                return invalid("must be an http:// or https:// URL".into());
-            }
-        }
-        Rule::BaseUrl => {
-            let valid = value.starts_with("https://") && value.ends_with('/') && !value.contains(char::is_whitespace);
-            if !value.is_empty() && !valid {
-                return invalid("must be an https:// URL ending in / (tokens never travel over plain HTTP)".into());
-            }
-        }
+
+    /// The spec of setting `name`.
+    pub fn spec_of(&self, name: &str) -> Result<&'static SettingSpec, SettingError> {
+        self.specs().find(|s| s.name == name).ok_or_else(|| SettingError::Unknown(name.into()))
     }
-    Ok(value.to_string())
+
+    /// Checks `value` for setting `name`, returning it normalised (trimmed).
+    pub fn validate(&self, name: &str, value: &str) -> Result<String, SettingError> {
+        let spec = self.spec_of(name)?;
+        let value = value.trim();
+        let invalid = |reason: String| Err(SettingError::Invalid { name: spec.name, reason });
+        if value.chars().any(char::is_control) {
+            return invalid("control characters are not allowed".into());
+        }
+        if value.len() > 200 {
+            return invalid("longer than 200 characters".into());
+        }
+        match spec.rule {
+            Rule::Text => {}
+            Rule::Host => {
+                let host_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+                if !value.chars().all(host_chars) {
+                    return invalid(format!("{value:?} is not a host name or address"));
+                }
+            }
+            Rule::Number(low, high) => match value.parse::<u32>() {
+                Ok(n) if (low..=high).contains(&n) => {}
+                _ => return invalid(format!("must be a whole number from {low} to {high}")),
+            },
+            Rule::OneOf(words) => {
+                if !words.contains(&value) {
+                    return invalid(format!("must be one of {}", words.join(", ")));
+                }
+            }
+            Rule::Switch => {
+                if value != "on" && value != "off" {
+                    return invalid("must be on or off".into());
+                }
+            }
+            Rule::Url => {
+                let valid = (value.starts_with("https://") || value.starts_with("http://"))
+                    && value.parse::<hyper::Uri>().is_ok_and(|uri| uri.host().is_some());
+                if !value.is_empty() && !valid {
+                    return invalid("must be an http:// or https:// URL".into());
+                }
+            }
+            Rule::BaseUrl => {
+                let valid =
+                    value.starts_with("https://") && value.ends_with('/') && !value.contains(char::is_whitespace);
+                if !value.is_empty() && !valid {
+                    return invalid("must be an https:// URL ending in / (tokens never travel over plain HTTP)".into());
+                }
+            }
+        }
+        Ok(value.to_string())
+    }
+
+    /// Whether setting `name` is secret.
+    pub fn is_secret(&self, name: &str) -> bool {
+        self.spec_of(name).is_ok_and(|s| s.secret)
+    }
+
+    /// Every setting's effective value: the stored value, or the default. `stored` comes
+    /// from the store; names there that this build does not know are kept, so a downgrade
+    /// loses nothing.
+    pub fn effective(&'static self, stored: &[(String, String)]) -> Settings {
+        let mut values: BTreeMap<String, String> =
+            self.specs().map(|s| (s.name.to_string(), s.default.to_string())).collect();
+        values.extend(stored.iter().cloned());
+        Settings { table: self, values }
+    }
 }
 
-/// Every setting's effective value: the stored value, or the default. `stored` comes from
-/// the store; names there that this build does not know are kept, so a downgrade loses
-/// nothing.
-pub fn effective(stored: &[(String, String)]) -> BTreeMap<String, String> {
-    let mut values: BTreeMap<String, String> =
-        SETTINGS.iter().map(|s| (s.name.to_string(), s.default.to_string())).collect();
-    values.extend(stored.iter().cloned());
-    values
+/// Every setting's effective value, read through the [`Table`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    table: &'static Table,
+    values: BTreeMap<String, String>,
 }
 
-/// Whether setting `name` is secret.
-pub fn is_secret(name: &str) -> bool {
-    spec_of(name).is_ok_and(|s| s.secret)
+impl Settings {
+    /// The value of `name` ("" for a name the table does not know).
+    pub fn get(&self, name: &str) -> &str {
+        self.values.get(name).map_or("", String::as_str)
+    }
+
+    /// A number setting: its value, or its default where the stored value does not parse
+    /// (a value written by another version).
+    pub fn number(&self, name: &str) -> u64 {
+        self.get(name)
+            .parse()
+            .ok()
+            .or_else(|| self.table.spec_of(name).ok().and_then(|spec| spec.default.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Whether switch `name` is `on`.
+    pub fn is_on(&self, name: &str) -> bool {
+        self.get(name) == "on"
+    }
+
+    /// Every value, secrets included: for rendering only.
+    pub fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    /// Whether setting `name` is secret.
+    pub fn is_secret(&self, name: &str) -> bool {
+        self.table.is_secret(name)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| Table::new(&[SITE]));
+
+    fn validate(name: &str, value: &str) -> Result<String, SettingError> {
+        TABLE.validate(name, value)
+    }
 
     #[test]
     fn rules_refuse_bad_values_with_reasons() {
@@ -204,9 +269,16 @@ mod tests {
 
     #[test]
     fn effective_values_fall_back_to_defaults() {
-        let values = effective(&[("sip.server".into(), "pbx".into())]);
-        assert_eq!(values["sip.server"], "pbx");
-        assert_eq!(values["sip.port"], "5060");
-        assert!(is_secret("phone.admin_password") && !is_secret("sip.server"));
+        let values = TABLE.effective(&[
+            ("sip.server".into(), "pbx".into()),
+            ("provision.enroll_grace_minutes".into(), "soon".into()),
+        ]);
+        assert_eq!(values.get("sip.server"), "pbx");
+        assert_eq!(values.get("sip.port"), "5060");
+        assert_eq!(values.number("sip.port"), 5060);
+        // A stored value that does not parse reads as the table's default.
+        assert_eq!(values.number("provision.enroll_grace_minutes"), 15);
+        assert!(values.is_on("redirect.enabled"));
+        assert!(TABLE.is_secret("phone.admin_password") && !TABLE.is_secret("sip.server"));
     }
 }

@@ -11,7 +11,7 @@ use provbox::mac::Mac;
 use provbox::token::Token;
 use provbox::provision::templates::{Catalog, Templates};
 use provbox::provision::vendor::Vendor;
-use provbox::settings::{SETTINGS, validate};
+use provbox::app::config::settings_table;
 
 fn stock() -> &'static Catalog {
     static CATALOG: OnceLock<std::sync::Arc<Catalog>> = OnceLock::new();
@@ -43,8 +43,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         3 => {
-            let setting = &SETTINGS[usize::from(rest.first().copied().unwrap_or(0)) % SETTINGS.len()];
-            if let Ok(value) = validate(setting.name, &text) {
+            let table = settings_table();
+            let specs: Vec<_> = table.specs().collect();
+            let setting = specs[usize::from(rest.first().copied().unwrap_or(0)) % specs.len()];
+            if let Ok(value) = table.validate(setting.name, &text) {
                 assert!(!value.chars().any(char::is_control));
             }
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
 use super::views::{SettingView, StaticFile};
@@ -13,9 +14,19 @@ use crate::metrics::{self, Gauges};
 use crate::provision::context::{self, Secrets, SiteFacts};
 use crate::provision::vendor::FileMatch;
 use crate::redirect::outbox::Plan;
-use crate::settings;
+use crate::settings::{self, Settings, Table};
 use crate::store::records::{Device, Enrollment, Txn};
 use crate::token::MASK;
+
+/// Every setting provbox knows: the site's and each redirect service's.
+pub fn settings_table() -> &'static Table {
+    static TABLE: LazyLock<Table> = LazyLock::new(|| {
+        let mut groups = vec![settings::SITE];
+        groups.extend(crate::redirect::SERVICES.iter().map(|service| service.settings));
+        Table::new(&groups)
+    });
+    &TABLE
+}
 
 /// A device file's hash, and the fingerprint of what it was rendered from.
 pub(super) struct CurrentHash {
@@ -30,14 +41,13 @@ impl App {
     }
 
     /// Every setting's effective value (secrets included: for rendering only).
-    pub fn effective_settings(&self) -> Result<std::collections::BTreeMap<String, String>, AppError> {
-        Ok(settings::effective(&self.lock().db.settings()?))
+    pub fn effective_settings(&self) -> Result<Settings, AppError> {
+        self.lock().settings()
     }
 
     /// The grace period after the first enrollment fetch, in seconds.
     pub fn grace_seconds(&self) -> Result<u64, AppError> {
-        let minutes = self.effective_settings()?.get("provision.enroll_grace_minutes").and_then(|m| m.parse().ok());
-        Ok(minutes.unwrap_or(15u64) * 60)
+        Ok(self.effective_settings()?.number("provision.enroll_grace_minutes") * 60)
     }
 
     /// Hash of the device file as it would be served now, rendered only when the device,
@@ -92,8 +102,8 @@ impl App {
     /// Every known setting, secrets masked.
     pub fn settings_view(&self) -> Result<Vec<SettingView>, AppError> {
         let stored = self.lock().db.settings()?;
-        Ok(settings::SETTINGS
-            .iter()
+        Ok(settings_table()
+            .specs()
             .map(|spec| {
                 let value = stored.iter().find(|(name, _)| name == spec.name).map(|(_, value)| value.clone());
                 let shown = match (&value, spec.secret) {
@@ -101,15 +111,21 @@ impl App {
                     (Some(v), _) => v.clone(),
                     (None, _) => spec.default.to_string(),
                 };
-                SettingView { name: spec.name.into(), value: shown, default: value.is_none(), help: spec.help.into() }
+                SettingView {
+                    name: spec.name.into(),
+                    value: shown,
+                    default: value.is_none(),
+                    secret: spec.secret,
+                    help: spec.help.into(),
+                }
             })
             .collect())
     }
 
     /// Sets one setting after validating it.
     pub fn set_setting(&self, name: &str, value: &str, actor: &str) -> Result<(), AppError> {
-        let value = settings::validate(name, value)?;
-        let shown = if settings::is_secret(name) { MASK } else { value.as_str() };
+        let value = settings_table().validate(name, value)?;
+        let shown = if settings_table().is_secret(name) { MASK } else { value.as_str() };
         let mut txn = Txn::new();
         txn.set_setting(name, &value)?.audit(now(), actor, &format!("set {name} = {shown}"))?;
         self.lock().db.commit(&txn)?;

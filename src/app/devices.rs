@@ -68,8 +68,8 @@ impl App {
 
     /// What every device's view is shown with.
     fn shown(&self, state: &State) -> Result<Shown, AppError> {
-        let minutes = state.settings()?.get("provision.enroll_grace_minutes").and_then(|m| m.parse().ok());
-        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace: minutes.unwrap_or(15u64) * 60 })
+        let grace = state.settings()?.number("provision.enroll_grace_minutes") * 60;
+        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace })
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.

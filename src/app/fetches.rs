@@ -224,7 +224,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
         })?;
         tracing::info!(mac = %mac, ip = %request.ip, "unknown phone asked for its config; listed under phones seen");
     }
-    if app.effective_settings()?.get("provision.bootstrap").is_some_and(|mode| mode == "off") {
+    if app.effective_settings()?.get("provision.bootstrap") == "off" {
         return Ok(Outcome::Deny);
     }
     serve(app, request, vendor, &matched, None, &claimed, None)

@@ -16,7 +16,7 @@
 //! is short and never awaits; every change commits one store transaction under it, so a
 //! device change and the redirect work it causes are durable together or not at all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +26,7 @@ use crate::mac::Mac;
 use crate::provision::templates::Templates;
 use crate::provision::throttle::Throttle;
 use crate::redirect::outbox::Redirector;
+use crate::settings::Settings;
 use crate::sip::checksync::SipState;
 use crate::store::backend::AnyFlash;
 use crate::store::records::{Contact, Db, Device, Enrollment, Txn};
@@ -195,7 +196,7 @@ impl State {
     }
 
     /// Every effective setting.
-    fn settings(&self) -> Result<BTreeMap<String, String>, AppError> {
-        Ok(crate::settings::effective(&self.db.settings()?))
+    fn settings(&self) -> Result<Settings, AppError> {
+        Ok(config::settings_table().effective(&self.db.settings()?))
     }
 }

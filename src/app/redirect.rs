@@ -7,7 +7,7 @@
 //! The mechanisms live below: the clients in [`crate::redirect`], the queue's rules (backoff,
 //! batching) in [`crate::redirect::outbox`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,10 @@ use crate::clock::{self, now};
 use crate::mac::Mac;
 use crate::redirect::outbox::{CLOCK_RECHECK, ERROR_PAUSE, IDLE_WAKE, Plan, action_name, backoff, batch_from, is_open};
 use crate::redirect::wan::Wan;
-use crate::redirect::{Client, Failure, FailureKind, Registration, client_for, redact, service_for_vendor};
+use crate::redirect::{
+    Client, Failure, FailureKind, Registration, client_for, client_named, redact, service_for_vendor,
+};
+use crate::settings::Settings;
 use crate::store::records::{Device, OutboxAction, OutboxItem, RedirectRecord, RedirectState, Txn, truncated};
 use crate::token::TokenKind;
 
@@ -50,7 +53,7 @@ impl State {
         before: Option<&Device>,
         after: Option<&Device>,
         record: &RedirectRecord,
-        settings: &BTreeMap<String, String>,
+        settings: &Settings,
         plan: Plan,
         txn: &mut Txn,
     ) -> Result<bool, AppError> {
@@ -74,7 +77,7 @@ impl State {
         };
         txn.enqueue(OutboxItem {
             mac: device.mac,
-            service: truncated(service),
+            service: truncated(service.name),
             action,
             attempts: 0,
             not_before: 0,
@@ -123,7 +126,7 @@ impl App {
             let mut txn = Txn::new();
             txn.enqueue(OutboxItem {
                 mac: *mac,
-                service: truncated(service),
+                service: truncated(service.name),
                 action: OutboxAction::Register { token: device.enrollment_token, take_over: true },
                 attempts: 0,
                 not_before: 0,
@@ -211,15 +214,14 @@ impl App {
             .collect::<Result<_, AppError>>()?;
         let services = crate::redirect::SERVICES
             .iter()
-            .map(|(service, _)| {
-                let api = settings.get(&format!("redirect.{service}.api")).cloned().unwrap_or_default();
-                let reason = client_for(service, &settings).err().unwrap_or_default();
-                let url = settings.get(&format!("redirect.{service}.url")).cloned().unwrap_or_default();
-                let plain = url.starts_with("http://") || (url.is_empty() && *service == "fanvil");
-                let warning = if plain && reason.is_empty() {
-                    "plain http: credentials and enrollment URLs cross the WAN unencrypted".to_string()
-                } else {
-                    String::new()
+            .map(|service| {
+                let api = settings.get(&format!("redirect.{service}.api")).to_string();
+                let (reason, warning) = match client_for(service, &settings) {
+                    Err(reason) => (reason, String::new()),
+                    Ok(client) if client.endpoint().starts_with("http://") => {
+                        (String::new(), "plain http: credentials and enrollment URLs cross the WAN unencrypted".into())
+                    }
+                    Ok(_) => (String::new(), String::new()),
                 };
                 ServiceView { service: service.to_string(), api, active: reason.is_empty(), reason, warning }
             })
@@ -264,7 +266,7 @@ impl App {
     pub async fn redirect_reachability(&self) -> Result<Vec<(String, String, String)>, AppError> {
         let settings = self.lock().settings()?;
         let mut report = Vec::new();
-        for (service, _) in crate::redirect::SERVICES {
+        for service in crate::redirect::SERVICES {
             let Ok(client) = client_for(service, &settings) else { continue };
             let Ok(uri) = client.endpoint().parse::<hyper::Uri>() else { continue };
             let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
@@ -295,7 +297,7 @@ impl App {
         Ok(queue
             .iter()
             .filter(|(_, item)| seen.insert(item.mac))
-            .filter(|(_, item)| client_for(&item.service, &settings).is_ok())
+            .filter(|(_, item)| client_named(&item.service, &settings).is_ok())
             .map(|(_, item)| item.not_before.saturating_sub(at))
             .min())
     }
@@ -335,7 +337,7 @@ impl App {
                 self.settle(outcome, &mut report, &mut blocked)?;
                 continue;
             }
-            let client = match clients.entry(service.clone()).or_insert_with(|| client_for(&service, &settings)) {
+            let client = match clients.entry(service.clone()).or_insert_with(|| client_named(&service, &settings)) {
                 Ok(client) => client,
                 Err(reason) => {
                     // The service was turned off or lost its credentials: the item waits,
@@ -462,14 +464,14 @@ pub(super) struct RedirectLookup {
 
 impl RedirectLookup {
     /// The lookup for `queue` under `settings`.
-    pub(super) fn new(queue: &[(u64, OutboxItem)], settings: &BTreeMap<String, String>) -> RedirectLookup {
+    pub(super) fn new(queue: &[(u64, OutboxItem)], settings: &Settings) -> RedirectLookup {
         let mut first_queued = HashMap::new();
         for (_, item) in queue {
             first_queued.entry(item.mac).or_insert_with(|| item.clone());
         }
         let unusable = crate::redirect::SERVICES
             .iter()
-            .map(|(service, _)| (*service, client_for(service, settings).err()))
+            .map(|service| (service.name, client_for(service, settings).err()))
             .collect();
         RedirectLookup { first_queued, unusable }
     }
@@ -499,7 +501,7 @@ pub(super) fn redirect_view_of(
         }
         RedirectState::NotRegistered => match service_for_vendor(&device.vendor) {
             None => RedirectView::Off { reason: format!("no redirect service for {} phones", device.vendor) },
-            Some(service) => match lookup.unusable.get(service).cloned().flatten() {
+            Some(service) => match lookup.unusable.get(service.name).cloned().flatten() {
                 Some(reason) => RedirectView::Off { reason },
                 None => RedirectView::NotRegistered,
             },
@@ -508,10 +510,9 @@ pub(super) fn redirect_view_of(
 }
 
 /// The WAN client the settings describe.
-fn wan_for(settings: &BTreeMap<String, String>) -> Result<Wan, Failure> {
-    let ca_file = settings.get("redirect.ca_file").filter(|path| !path.is_empty()).map(std::path::Path::new);
-    let timeout = settings.get("redirect.timeout_seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
-    Wan::new(ca_file, Duration::from_secs(timeout))
+fn wan_for(settings: &Settings) -> Result<Wan, Failure> {
+    let ca_file = Some(settings.get("redirect.ca_file")).filter(|path| !path.is_empty()).map(std::path::Path::new);
+    Wan::new(ca_file, Duration::from_secs(settings.number("redirect.timeout_seconds")))
 }
 
 /// Drains the outbox until `stopped`: a pass, then sleep until the next item is due or new

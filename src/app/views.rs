@@ -100,6 +100,8 @@ pub struct SettingView {
     pub value: String,
     /// Whether it is still the default.
     pub default: bool,
+    /// Whether it is a secret: write-only on the page, masked everywhere.
+    pub secret: bool,
     /// What it does.
     pub help: String,
 }

@@ -91,7 +91,7 @@ fn dump_json(key: &[u8], value: &[u8]) -> String {
     mask(&mut record);
     // Secret settings are masked by name: their record is just a value.
     let setting_name = std::str::from_utf8(&key[1..]).unwrap_or("");
-    if kind == Some(Kind::Setting) && provbox::settings::is_secret(setting_name) {
+    if kind == Some(Kind::Setting) && provbox::app::config::settings_table().is_secret(setting_name) {
         record = serde_json::json!({ "value": "***" });
     }
     serde_json::json!({

@@ -11,24 +11,22 @@
 //! - `directory[i].{name, extension}` in files marked `directory = true`
 //! - `provbox.version`
 
-use std::collections::BTreeMap;
-
 use minijinja::Value;
 use serde::Serialize;
 
 use super::vendor::FileMatch;
-use crate::settings;
+use crate::settings::Settings;
 use crate::store::records::{Device, KeyKind};
 use crate::token::{MASK, TokenKind};
 
 /// What the site contributes to a template's context, read by the appliance under one hold
 /// of its lock.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SiteFacts {
     /// The phones' base URL, ending in `/`.
     pub base_url: String,
     /// Every effective setting, secrets included (masked or dropped here as fits).
-    pub settings: BTreeMap<String, String>,
+    pub settings: Settings,
     /// (name, extension) of every line, sorted; only filled for files marked `directory`.
     pub directory: Vec<(String, String)>,
 }
@@ -99,9 +97,10 @@ struct Urls {
 pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Value {
     let mask =
         |value: &str| if secrets == Secrets::Masked && !value.is_empty() { MASK.to_string() } else { value.into() };
-    let SiteFacts { base_url: base, settings: mut site, directory } = facts;
+    let SiteFacts { base_url: base, settings, directory } = facts;
+    let mut site = settings.values().clone();
     for (name, value) in site.iter_mut() {
-        if settings::is_secret(name) {
+        if settings.is_secret(name) {
             *value = if device.is_some() { mask(value) } else { String::new() };
         }
     }

@@ -7,11 +7,33 @@ use serde_json::Value as Json;
 
 use super::wan::Wan;
 use super::xmlrpc::Value;
-use super::{Failure, RedirectClient, Registration, ServiceSettings, basic_auth, status_pair, xmlrpc_call};
+use super::{
+    ApiSpec, Failure, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, status_pair, xmlrpc_call,
+};
 use crate::mac::Mac;
+use crate::settings::{Rule, SettingSpec};
 
 /// The public endpoint.
 pub const ENDPOINT: &str = "http://fdps.fanvil.com/xmlrpc.php";
+
+/// Fanvil's FDPS redirection service. Its public endpoint is plain HTTP, which the
+/// redirect status warns about.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "fanvil",
+    vendor: "fanvil",
+    settings: &[
+        SettingSpec::plain("redirect.fanvil.api", "fdps", Rule::OneOf(&["fdps", "off"]), "Fanvil redirect API"),
+        SettingSpec::plain("redirect.fanvil.url", "", Rule::Url, "Fanvil FDPS endpoint (empty: the public one)"),
+        SettingSpec::plain("redirect.fanvil.username", "", Rule::Text, "Fanvil FDPS user"),
+        SettingSpec::secret("redirect.fanvil.password", "Fanvil FDPS password"),
+    ],
+    apis: &[ApiSpec {
+        name: "fdps",
+        needs: ["username", "password"],
+        default_endpoint: Some(ENDPOINT),
+        build: |settings| Box::new(Fdps::new(settings)),
+    }],
+};
 
 /// The FDPS client.
 pub struct Fdps {
@@ -38,7 +60,7 @@ impl Fdps {
     /// A client for `settings`.
     pub fn new(settings: ServiceSettings) -> Fdps {
         Fdps {
-            endpoint: settings.endpoint(ENDPOINT),
+            endpoint: settings.url,
             authorization: basic_auth(&settings.username, &fdps_password(&settings.password)),
         }
     }

@@ -1,17 +1,21 @@
 //! Vendor redirect services: registering a phone's MAC with its vendor's cloud so that a
 //! factory-new phone is sent to this appliance.
 //!
-//! - [`RedirectClient`] is what every service implements; [`Client`] picks one from the
-//!   settings. One module per service: [`yealink`] (RPS XML-RPC, JSON and YMCS APIs), [`snom`]
-//!   (SRAPS with Hawk, and the legacy XML-RPC), [`fanvil`] (FDPS).
+//! - Each service is data, a [`ServiceSpec`] (its settings and APIs), plus a
+//!   [`RedirectClient`] per API; [`client_for`] builds the configured one. One module per
+//!   service: [`yealink`] (RPS XML-RPC, JSON and YMCS APIs), [`snom`] (SRAPS with Hawk, and
+//!   the legacy XML-RPC), [`fanvil`] (FDPS). Adding a service adds one module and one entry
+//!   in [`SERVICES`].
 //! - [`wan`] is the bounded HTTPS client they share; [`xmlrpc`] the legacy wire format.
 //! - [`outbox`] holds the durable queue's rules (backoff, batching, the worker's wake-up);
 //!   the appliance plans and delivers the queue in `crate::app::redirect`.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::mac::Mac;
+use crate::settings::{SettingSpec, Settings};
 
 pub mod fanvil;
 pub mod outbox;
@@ -70,11 +74,9 @@ pub struct Registration {
     pub take_over: bool,
 }
 
-/// What every redirect service offers.
-// The futures are only awaited on concrete clients inside provbox, where the compiler sees
-// that they are Send; no caller needs a Send bound on the trait itself.
-#[allow(async_fn_in_trait)]
-pub trait RedirectClient {
+/// What every redirect service's client does. A service's module implements it with
+/// `async fn`s; [`Client`] is the boxed form the appliance holds.
+pub trait RedirectClient: Send + Sync {
     /// The URL calls go to.
     fn endpoint(&self) -> &str;
 
@@ -89,102 +91,140 @@ pub trait RedirectClient {
     }
 
     /// Points `registration.mac` at `registration.url`. Repeating it is harmless.
-    async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure>;
+    fn register(&self, wan: &Wan, registration: &Registration) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// Registers several, one result per registration in order. Services without a batch
     /// call register one by one.
-    async fn register_batch(&self, wan: &Wan, registrations: &[Registration]) -> Vec<Result<(), Failure>> {
-        let mut results = Vec::with_capacity(registrations.len());
-        for registration in registrations {
-            results.push(self.register(wan, registration).await);
+    fn register_batch(
+        &self,
+        wan: &Wan,
+        registrations: &[Registration],
+    ) -> impl Future<Output = Vec<Result<(), Failure>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(registrations.len());
+            for registration in registrations {
+                results.push(self.register(wan, registration).await);
+            }
+            results
         }
-        results
     }
 
     /// Removes `mac` from the service. A MAC the service does not hold counts as removed.
-    async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure>;
+    fn deregister(&self, wan: &Wan, mac: &Mac) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// What the service holds for `mac`, as it says it.
-    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<serde_json::Value, Failure>;
+    fn check(&self, wan: &Wan, mac: &Mac) -> impl Future<Output = Result<serde_json::Value, Failure>> + Send;
 }
 
-/// A configured client of one service.
-pub enum Client {
-    /// Yealink RPS over XML-RPC.
-    YealinkXmlRpc(yealink::XmlRpc),
-    /// Yealink RPS over the signed JSON API.
-    YealinkJson(yealink::JsonApi),
-    /// Yealink YMCS v2, batched.
-    YealinkYmcs(yealink::Ymcs),
-    /// Snom SRAPS (REST, Hawk).
-    SnomSraps(snom::Sraps),
-    /// Snom's legacy XML-RPC.
-    SnomXmlRpc(snom::XmlRpc),
-    /// Fanvil FDPS.
-    Fanvil(fanvil::Fdps),
-}
+/// A future the appliance awaits from a boxed client.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-macro_rules! dispatch {
-    ($client:expr, $inner:ident => $call:expr) => {
-        match $client {
-            Client::YealinkXmlRpc($inner) => $call,
-            Client::YealinkJson($inner) => $call,
-            Client::YealinkYmcs($inner) => $call,
-            Client::SnomSraps($inner) => $call,
-            Client::SnomXmlRpc($inner) => $call,
-            Client::Fanvil($inner) => $call,
-        }
-    };
-}
-
-impl Client {
-    /// Most registrations one call carries.
-    pub fn batch_limit(&self) -> usize {
-        dispatch!(self, c => c.batch_limit())
-    }
-
+/// [`RedirectClient`] in a form that can be boxed, implemented for every client.
+pub trait DynClient: Send + Sync {
     /// See [`RedirectClient::endpoint`].
-    pub fn endpoint(&self) -> &str {
-        dispatch!(self, c => c.endpoint())
-    }
-
+    fn endpoint(&self) -> &str;
+    /// See [`RedirectClient::batch_limit`].
+    fn batch_limit(&self) -> usize;
     /// See [`RedirectClient::supports_take_over`].
-    pub fn supports_take_over(&self) -> bool {
-        dispatch!(self, c => c.supports_take_over())
-    }
-
+    fn supports_take_over(&self) -> bool;
     /// See [`RedirectClient::register_batch`].
-    pub async fn register_batch(&self, wan: &Wan, registrations: &[Registration]) -> Vec<Result<(), Failure>> {
-        dispatch!(self, c => c.register_batch(wan, registrations).await)
-    }
-
+    fn register_batch<'a>(
+        &'a self,
+        wan: &'a Wan,
+        registrations: &'a [Registration],
+    ) -> BoxFuture<'a, Vec<Result<(), Failure>>>;
     /// See [`RedirectClient::deregister`].
-    pub async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
-        dispatch!(self, c => c.deregister(wan, mac).await)
+    fn deregister<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<(), Failure>>;
+    /// See [`RedirectClient::check`].
+    fn check<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<serde_json::Value, Failure>>;
+}
+
+impl<T: RedirectClient> DynClient for T {
+    fn endpoint(&self) -> &str {
+        RedirectClient::endpoint(self)
     }
 
-    /// See [`RedirectClient::check`].
-    pub async fn check(&self, wan: &Wan, mac: &Mac) -> Result<serde_json::Value, Failure> {
-        dispatch!(self, c => c.check(wan, mac).await)
+    fn batch_limit(&self) -> usize {
+        RedirectClient::batch_limit(self)
+    }
+
+    fn supports_take_over(&self) -> bool {
+        RedirectClient::supports_take_over(self)
+    }
+
+    fn register_batch<'a>(
+        &'a self,
+        wan: &'a Wan,
+        registrations: &'a [Registration],
+    ) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
+        Box::pin(RedirectClient::register_batch(self, wan, registrations))
+    }
+
+    fn deregister<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(RedirectClient::deregister(self, wan, mac))
+    }
+
+    fn check<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<serde_json::Value, Failure>> {
+        Box::pin(RedirectClient::check(self, wan, mac))
     }
 }
 
-/// The redirect services provbox speaks, by name, with their APIs (the first is the default).
-pub const SERVICES: &[(&str, &[&str])] = &[
-    ("yealink", &["xmlrpc", "json", "ymcs", "off"]),
-    ("snom", &["sraps", "xmlrpc", "off"]),
-    ("fanvil", &["fdps", "off"]),
-];
+/// A configured client of one service's API.
+pub type Client = Box<dyn DynClient>;
+
+/// One redirect service, as data: a new service is one module that declares its
+/// `ServiceSpec` and is listed in [`SERVICES`].
+pub struct ServiceSpec {
+    /// Its name in settings (`redirect.<name>.*`) and on the page.
+    pub name: &'static str,
+    /// The vendor (template directory) whose phones it redirects.
+    pub vendor: &'static str,
+    /// Its settings, `redirect.<name>.api` first; the api setting's words are the
+    /// [`ApiSpec`] names and `off`.
+    pub settings: &'static [SettingSpec],
+    /// Its APIs, the default first.
+    pub apis: &'static [ApiSpec],
+}
+
+/// One API of a service.
+pub struct ApiSpec {
+    /// Its word in `redirect.<service>.api`.
+    pub name: &'static str,
+    /// The two settings it needs set: `["username", "password"]` or `["key", "secret"]`.
+    pub needs: [&'static str; 2],
+    /// Where calls go when `redirect.<service>.url` is empty; None when the URL must be set
+    /// (a regional endpoint).
+    pub default_endpoint: Option<&'static str>,
+    /// Makes the client from the service's settings.
+    pub build: fn(ServiceSettings) -> Client,
+}
+
+/// The redirect services provbox speaks.
+pub const SERVICES: &[&ServiceSpec] = &[&yealink::SERVICE, &snom::SERVICE, &fanvil::SERVICE];
 
 /// The service that redirects phones of `vendor`, if provbox speaks one.
-pub fn service_for_vendor(vendor: &str) -> Option<&'static str> {
-    SERVICES.iter().map(|(name, _)| *name).find(|name| *name == vendor)
+pub fn service_for_vendor(vendor: &str) -> Option<&'static ServiceSpec> {
+    SERVICES.iter().copied().find(|service| service.vendor == vendor)
+}
+
+/// The client of the service named `name` (as stored in a queued item), or why there is none.
+pub fn client_named(name: &str, settings: &Settings) -> Result<Client, String> {
+    match SERVICES.iter().find(|service| service.name == name) {
+        Some(service) => client_for(service, settings),
+        None => Err(format!("{name:?} is not a redirect service this version speaks")),
+    }
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
 }
 
 /// One service's settings (`redirect.<service>.*`).
 #[derive(Clone)]
 pub struct ServiceSettings {
-    /// Endpoint URL; empty means the API's public default.
+    /// Endpoint URL: the configured one, or the API's public default.
     pub url: String,
     /// Basic-auth user (XML-RPC APIs).
     pub username: String,
@@ -198,57 +238,38 @@ pub struct ServiceSettings {
     pub server_name: String,
 }
 
-impl ServiceSettings {
-    /// The endpoint: the configured one or `default`.
-    pub fn endpoint(&self, default: &str) -> String {
-        if self.url.is_empty() { default.to_string() } else { self.url.clone() }
-    }
-}
-
-/// The client for `service` as configured in `settings` (effective values), or why there
-/// is none: the site or the service is off, or credentials are missing.
-pub fn client_for(service: &str, settings: &BTreeMap<String, String>) -> Result<Client, String> {
-    let get = |name: &str| settings.get(&format!("redirect.{service}.{name}")).cloned().unwrap_or_default();
-    if settings.get("redirect.enabled").is_some_and(|v| v == "off") {
+/// The client for `service` as configured in `settings`, or why there is none: the site or
+/// the service is off, or credentials or a needed endpoint are missing.
+pub fn client_for(service: &ServiceSpec, settings: &Settings) -> Result<Client, String> {
+    let name = service.name;
+    let get = |field: &str| settings.get(&format!("redirect.{name}.{field}")).to_string();
+    if !settings.is_on("redirect.enabled") {
         return Err("redirect services are off for this site (redirect.enabled)".into());
     }
-    let api = get("api");
-    let config = ServiceSettings {
-        url: get("url"),
+    let api_name = get("api");
+    if api_name == "off" {
+        return Err(format!("redirect.{name}.api is off"));
+    }
+    let Some(api) = service.apis.iter().find(|api| api.name == api_name) else {
+        return Err(format!("redirect.{name}.api {api_name:?} is not an API provbox speaks"));
+    };
+    let [first, second] = api.needs;
+    if get(first).is_empty() || get(second).is_empty() {
+        return Err(format!("redirect.{name}.{first} and .{second} are not set"));
+    }
+    let url = match (get("url"), api.default_endpoint) {
+        (url, _) if !url.is_empty() => url,
+        (_, Some(default)) => default.to_string(),
+        (_, None) => return Err(format!("redirect.{name}.url must name the {api_name} API's regional endpoint")),
+    };
+    Ok((api.build)(ServiceSettings {
+        url,
         username: get("username"),
         password: get("password"),
         key: get("key"),
         secret: get("secret"),
         server_name: get("server_name"),
-    };
-    let needs = |first: &str, second: &str, value: (&str, &str)| {
-        if value.0.is_empty() || value.1.is_empty() {
-            Err(format!("redirect.{service}.{first} and .{second} are not set"))
-        } else {
-            Ok(())
-        }
-    };
-    let basic = (config.username.as_str(), config.password.as_str());
-    let keyed = (config.key.as_str(), config.secret.as_str());
-    match (service, api.as_str()) {
-        (_, "off") => Err(format!("redirect.{service}.api is off")),
-        ("yealink", "xmlrpc") => {
-            needs("username", "password", basic).map(|()| Client::YealinkXmlRpc(yealink::XmlRpc::new(config)))
-        }
-        ("yealink", "json") => {
-            needs("key", "secret", keyed).map(|()| Client::YealinkJson(yealink::JsonApi::new(config)))
-        }
-        ("yealink", "ymcs") if config.url.is_empty() => {
-            Err("redirect.yealink.url must name the YMCS regional endpoint".into())
-        }
-        ("yealink", "ymcs") => needs("key", "secret", keyed).map(|()| Client::YealinkYmcs(yealink::Ymcs::new(config))),
-        ("snom", "sraps") => needs("key", "secret", keyed).map(|()| Client::SnomSraps(snom::Sraps::new(config))),
-        ("snom", "xmlrpc") => {
-            needs("username", "password", basic).map(|()| Client::SnomXmlRpc(snom::XmlRpc::new(config)))
-        }
-        ("fanvil", "fdps") => needs("username", "password", basic).map(|()| Client::Fanvil(fanvil::Fdps::new(config))),
-        _ => Err(format!("redirect.{service}.api {api:?} is not an API provbox speaks")),
-    }
+    }))
 }
 
 /// Turns HTTP-level trouble into a failure: credentials refused (permanent), the service
@@ -311,5 +332,59 @@ pub fn status_pair(reply: xmlrpc::Reply) -> Result<(bool, String), Failure> {
             Err(Failure::retry(format!("unexpected reply {:?}; expected [bool, text]", other.text())))
         }
         xmlrpc::Reply::Fault { code, message } => Err(Failure::permanent(format!("XML-RPC fault {code}: {message}"))),
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use crate::settings::{Rule, SITE, Table};
+
+    fn settings(stored: &[(&str, &str)]) -> Settings {
+        static TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| {
+            let mut groups = vec![SITE];
+            groups.extend(SERVICES.iter().map(|service| service.settings));
+            Table::new(&groups)
+        });
+        let stored: Vec<(String, String)> = stored.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        TABLE.effective(&stored)
+    }
+
+    #[test]
+    fn every_service_declares_its_api_words_and_only_its_own_settings() {
+        for service in SERVICES {
+            let prefix = format!("redirect.{}.", service.name);
+            assert!(service.settings.iter().all(|spec| spec.name.starts_with(&prefix)), "{service}");
+            let api = &service.settings[0];
+            assert_eq!(api.name, format!("{prefix}api"));
+            let Rule::OneOf(words) = api.rule else { panic!("{service}: the api setting is a choice") };
+            let mut expected: Vec<&str> = service.apis.iter().map(|api| api.name).collect();
+            expected.push("off");
+            assert_eq!(words, expected.as_slice(), "{service}");
+            assert_eq!(api.default, service.apis[0].name, "{service}: the first API is the default");
+            for api in service.apis {
+                for field in api.needs {
+                    assert!(service.settings.iter().any(|spec| spec.name == format!("{prefix}{field}")), "{field}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clients_come_from_settings_or_say_what_is_missing() {
+        let yealink = service_for_vendor("yealink").expect("Yealink is a service");
+        let unset = client_for(yealink, &settings(&[])).err().unwrap_or_default();
+        assert!(unset.contains("redirect.yealink.username and .password"), "{unset}");
+        let configured = [("redirect.yealink.username", "u"), ("redirect.yealink.password", "p")];
+        let client = client_for(yealink, &settings(&configured)).unwrap_or_else(|why| panic!("{why}"));
+        assert_eq!(client.endpoint(), yealink::XMLRPC_ENDPOINT);
+        let ymcs = [("redirect.yealink.api", "ymcs"), ("redirect.yealink.key", "k"), ("redirect.yealink.secret", "s")];
+        assert!(client_for(yealink, &settings(&ymcs)).err().unwrap_or_default().contains("regional endpoint"));
+        let off = [("redirect.enabled", "off"), ("redirect.yealink.username", "u"), ("redirect.yealink.password", "p")];
+        assert!(client_for(yealink, &settings(&off)).err().unwrap_or_default().contains("redirect.enabled"));
+        assert!(client_named("nokia", &settings(&[])).is_err());
+        let fanvil = [("redirect.fanvil.username", "u"), ("redirect.fanvil.password", "p")];
+        let plain = client_named("fanvil", &settings(&fanvil)).unwrap_or_else(|why| panic!("{why}"));
+        assert!(plain.endpoint().starts_with("http://"), "FDPS's public endpoint is plain HTTP");
     }
 }

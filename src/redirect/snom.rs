@@ -8,14 +8,44 @@ use serde_json::{Value as Json, json};
 use super::wan::{Wan, WanReply, WanRequest};
 use super::xmlrpc::{Reply, Value};
 use super::{
-    Failure, RedirectClient, Registration, ServiceSettings, basic_auth, check_reply, status_pair, xmlrpc_call,
+    ApiSpec, Failure, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, check_reply, status_pair,
+    xmlrpc_call,
 };
 use crate::mac::Mac;
+use crate::settings::{Rule, SettingSpec};
 
 /// The public SRAPS API base.
 pub const SRAPS_ENDPOINT: &str = "https://api.sraps.snom.com/api/v1/";
 /// The public legacy XML-RPC endpoint.
 pub const XMLRPC_ENDPOINT: &str = "https://secure-provisioning.snom.com:8083/xmlrpc/";
+
+/// Snom's redirection service, through SRAPS (the default) or the legacy XML-RPC API.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "snom",
+    vendor: "snom",
+    settings: &[
+        SettingSpec::plain("redirect.snom.api", "sraps", Rule::OneOf(&["sraps", "xmlrpc", "off"]), "Snom redirect API"),
+        SettingSpec::plain("redirect.snom.url", "", Rule::Url, "Snom endpoint (empty: the API's public one)"),
+        SettingSpec::plain("redirect.snom.username", "", Rule::Text, "Snom user (xmlrpc)"),
+        SettingSpec::secret("redirect.snom.password", "Snom password (xmlrpc)"),
+        SettingSpec::plain("redirect.snom.key", "", Rule::Text, "SRAPS access key id (sraps)"),
+        SettingSpec::secret("redirect.snom.secret", "SRAPS access key secret (sraps)"),
+    ],
+    apis: &[
+        ApiSpec {
+            name: "sraps",
+            needs: ["key", "secret"],
+            default_endpoint: Some(SRAPS_ENDPOINT),
+            build: |settings| Box::new(Sraps::new(settings)),
+        },
+        ApiSpec {
+            name: "xmlrpc",
+            needs: ["username", "password"],
+            default_endpoint: Some(XMLRPC_ENDPOINT),
+            build: |settings| Box::new(XmlRpc::new(settings)),
+        },
+    ],
+};
 
 /// SRAPS: `tokens/<id>` leads to the company, the company to its endpoints, and each phone
 /// is the endpoint `<endpoints><mac>`.
@@ -74,7 +104,7 @@ pub fn hawk_header(id: &str, key: &str, input: &HawkInput<'_>) -> String {
 impl Sraps {
     /// A client for `settings`: `key` is the Hawk id, `secret` the Hawk key.
     pub fn new(settings: ServiceSettings) -> Sraps {
-        let mut base = settings.endpoint(SRAPS_ENDPOINT);
+        let mut base = settings.url;
         if !base.ends_with('/') {
             base.push('/');
         }
@@ -190,10 +220,7 @@ pub struct XmlRpc {
 impl XmlRpc {
     /// A client for `settings`.
     pub fn new(settings: ServiceSettings) -> XmlRpc {
-        XmlRpc {
-            endpoint: settings.endpoint(XMLRPC_ENDPOINT),
-            authorization: basic_auth(&settings.username, &settings.password),
-        }
+        XmlRpc { endpoint: settings.url, authorization: basic_auth(&settings.username, &settings.password) }
     }
 
     async fn call(&self, wan: &Wan, method: &str, params: &[Value]) -> Result<Reply, Failure> {

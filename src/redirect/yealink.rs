@@ -11,14 +11,67 @@ use serde_json::{Value as Json, json};
 use super::wan::{Wan, WanRequest};
 use super::xmlrpc::{Reply, Value};
 use super::{
-    Failure, RedirectClient, Registration, ServiceSettings, basic_auth, check_reply, status_pair, xmlrpc_call,
+    ApiSpec, Failure, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, check_reply, status_pair,
+    xmlrpc_call,
 };
 use crate::mac::Mac;
+use crate::settings::{Rule, SettingSpec};
 
 /// The public XML-RPC endpoint.
 pub const XMLRPC_ENDPOINT: &str = "https://rps.yealink.com/xmlrpc";
 /// The public JSON API base.
 pub const JSON_ENDPOINT: &str = "https://api-dm.yealink.com:8443";
+
+/// Yealink RPS, through its XML-RPC API (the default), its signed JSON API or YMCS v2.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "yealink",
+    vendor: "yealink",
+    settings: &[
+        SettingSpec::plain(
+            "redirect.yealink.api",
+            "xmlrpc",
+            Rule::OneOf(&["xmlrpc", "json", "ymcs", "off"]),
+            "Yealink RPS API",
+        ),
+        SettingSpec::plain("redirect.yealink.url", "", Rule::Url, "Yealink RPS endpoint (empty: the API's public one)"),
+        SettingSpec::plain("redirect.yealink.username", "", Rule::Text, "Yealink RPS user (xmlrpc)"),
+        SettingSpec::secret("redirect.yealink.password", "Yealink RPS password (xmlrpc)"),
+        SettingSpec::plain(
+            "redirect.yealink.key",
+            "",
+            Rule::Text,
+            "Yealink RPS API key (json) or YMCS client id (ymcs)",
+        ),
+        SettingSpec::secret("redirect.yealink.secret", "Yealink RPS API secret (json) or YMCS client secret (ymcs)"),
+        SettingSpec::plain(
+            "redirect.yealink.server_name",
+            "provbox",
+            Rule::Text,
+            "server name URLs are registered under (xmlrpc)",
+        ),
+    ],
+    apis: &[
+        ApiSpec {
+            name: "xmlrpc",
+            needs: ["username", "password"],
+            default_endpoint: Some(XMLRPC_ENDPOINT),
+            build: |settings| Box::new(XmlRpc::new(settings)),
+        },
+        ApiSpec {
+            name: "json",
+            needs: ["key", "secret"],
+            default_endpoint: Some(JSON_ENDPOINT),
+            build: |settings| Box::new(JsonApi::new(settings)),
+        },
+        // YMCS has regional endpoints and no global one.
+        ApiSpec {
+            name: "ymcs",
+            needs: ["key", "secret"],
+            default_endpoint: None,
+            build: |settings| Box::new(Ymcs::new(settings)),
+        },
+    ],
+};
 
 /// The XML-RPC API.
 pub struct XmlRpc {
@@ -31,7 +84,7 @@ impl XmlRpc {
     /// A client for `settings`.
     pub fn new(settings: ServiceSettings) -> XmlRpc {
         XmlRpc {
-            endpoint: settings.endpoint(XMLRPC_ENDPOINT),
+            endpoint: settings.url,
             authorization: basic_auth(&settings.username, &settings.password),
             server_name: if settings.server_name.is_empty() { "provbox".into() } else { settings.server_name },
         }
@@ -133,11 +186,7 @@ const MAC_OF_OTHER: &str = "device.mac.added.by.other";
 impl JsonApi {
     /// A client for `settings`.
     pub fn new(settings: ServiceSettings) -> JsonApi {
-        JsonApi {
-            base: settings.endpoint(JSON_ENDPOINT).trim_end_matches('/').to_string(),
-            key: settings.key,
-            secret: settings.secret,
-        }
+        JsonApi { base: settings.url.trim_end_matches('/').to_string(), key: settings.key, secret: settings.secret }
     }
 
     /// Sends a signed request and unwraps the `{ret, data, error}` envelope: `Ok(data)`, or

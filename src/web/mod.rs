@@ -727,7 +727,7 @@ fn settings_form_with(
         Ok(views) => views
             .into_iter()
             .map(|view| {
-                let secret = crate::settings::is_secret(&view.name);
+                let secret = view.secret;
                 minijinja::context! {
                     name => view.name, help => view.help, secret, is_set => secret && !view.default && view.value == crate::token::MASK,
                     value => if secret { String::new() } else { view.value },
@@ -759,13 +759,14 @@ async fn save_settings(State(web): State<Web>, SessionForm { csrf, fields: form 
         let current: HashMap<String, String> =
             app.settings_view()?.into_iter().map(|view| (view.name, view.value)).collect();
         let mut changes = Vec::new();
-        for spec in crate::settings::SETTINGS {
+        let table = crate::app::config::settings_table();
+        for spec in table.specs() {
             let Some(value) = form.get(spec.name) else { continue };
             // Secret fields are write-only: empty keeps the stored value.
             if spec.secret && value.is_empty() {
                 continue;
             }
-            let value = crate::settings::validate(spec.name, value)?;
+            let value = table.validate(spec.name, value)?;
             if spec.secret || current.get(spec.name) != Some(&value) {
                 changes.push((spec.name, value));
             }

@@ -145,3 +145,28 @@ async fn openapi_and_metrics() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(malformed.ends_with(" 1"), "{malformed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_checked_first_and_refusals_say_whose_fault() {
+    let appliance = Appliance::start();
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    // Without a token, a malformed body or path is not looked at: 401, not 400.
+    let (status, _, _) = call(&appliance, "POST", "/api/v1/devices", "", "{\"mac\":").await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(&appliance, "GET", "/api/v1/devices/not-a-mac", "", "").await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(&appliance, "PUT", "/api/v1/settings/sip.port", "", "[").await;
+    assert_eq!(status, 401);
+
+    // A phone that never contacted the appliance cannot be reprovisioned: the request is
+    // well-formed, the appliance's state refuses it (409), and says why.
+    let spec =
+        r#"{"mac":"805ec0d57d72","vendor":"yealink","model":"T54W","lines":[{"extension":"100","name":"Ann Lee"}]}"#;
+    assert_eq!(call(&appliance, "POST", "/api/v1/devices", &token, spec).await.0, 200);
+    let (status, body, _) = call(&appliance, "POST", "/api/v1/devices/805ec0d57d72/reprovision", &token, "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("has not contacted the appliance yet"), "{body}");
+    // A refused value is the request's fault: 400.
+    let (status, body, _) = call(&appliance, "PUT", "/api/v1/settings/sip.port", &token, r#"{"value":"0"}"#).await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -294,3 +294,24 @@ impl RedirectView {
         }
     }
 }
+
+impl std::fmt::Display for RedirectView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = crate::clock::date_time;
+        match self {
+            RedirectView::Off { reason } => write!(f, "off: {reason}"),
+            RedirectView::NotRegistered => f.write_str("not registered"),
+            RedirectView::Pending { action, attempts, next_try, last_error } => {
+                let next = if *next_try == 0 { "now".to_string() } else { when(*next_try) };
+                write!(f, "pending {action} (attempts {attempts}, next try {next}")?;
+                if !last_error.is_empty() {
+                    write!(f, "; last error: {last_error}")?;
+                }
+                f.write_str(")")
+            }
+            RedirectView::Registered { at } => write!(f, "registered {}", when(*at)),
+            RedirectView::Deregistered { at } => write!(f, "deregistered {}", when(*at)),
+            RedirectView::Failed { message, .. } => write!(f, "failed: {message}"),
+        }
+    }
+}

@@ -10,7 +10,6 @@ use provbox::devices::{DeviceSpec, KeySpec, LineSpec};
 use provbox::sip::checksync::CheckSync;
 use provbox::store::records::PhoneSeen;
 
-use super::redirect::redirect_line;
 use super::{Cli, CliError, or_dash, print_json};
 
 #[derive(Subcommand)]
@@ -272,7 +271,7 @@ fn print_device(device: &DeviceView) {
         .as_ref()
         .map(|contact| format!("{} from {} ({})", clock::date_time(contact.at), contact.ip, contact.user_agent));
     println!("last contact    {}", or_dash(contact));
-    println!("redirect        {}", redirect_line(&device.redirect));
+    println!("redirect        {}", device.redirect);
     for file in &device.files {
         println!("file            files/{}  {} bytes  sha256 {}", file.path, file.size, file.sha256);
     }

@@ -66,7 +66,7 @@ pub(super) fn run(cli: &Cli, command: &RedirectCommand) -> Result<(), CliError> 
                 );
             }
             for (mac, view) in &status.devices {
-                println!("{mac}  {}", redirect_line(view));
+                println!("{mac}  {view}");
             }
         }
         RedirectCommand::Sync => {
@@ -85,28 +85,13 @@ pub(super) fn run(cli: &Cli, command: &RedirectCommand) -> Result<(), CliError> 
         }
         RedirectCommand::Override { mac } => {
             let view: RedirectView = cli.call(&Request::RedirectOverride { mac: mac.clone() })?;
-            println!("{mac}: {}", redirect_line(&view));
+            println!("{mac}: {view}");
         }
         RedirectCommand::On { mac } | RedirectCommand::Off { mac } => {
             let enabled = matches!(command, RedirectCommand::On { .. });
             let view: RedirectView = cli.call(&Request::RedirectEnable { mac: mac.clone(), enabled })?;
-            println!("{mac}: {}", redirect_line(&view));
+            println!("{mac}: {view}");
         }
     }
     Ok(())
-}
-
-/// One line for a device's redirect state.
-pub(super) fn redirect_line(view: &RedirectView) -> String {
-    match view {
-        RedirectView::Pending { action, attempts, next_try, last_error } => {
-            let waiting = if last_error.is_empty() { String::new() } else { format!(", last error: {last_error}") };
-            format!("pending {action} (attempts {attempts}, next try {}{waiting})", clock::date_time(*next_try))
-        }
-        RedirectView::Registered { at } => format!("registered at {}", clock::date_time(*at)),
-        RedirectView::Deregistered { at } => format!("deregistered at {}", clock::date_time(*at)),
-        RedirectView::Failed { message, .. } => format!("failed: {message}"),
-        RedirectView::Off { reason } => format!("off: {reason}"),
-        RedirectView::NotRegistered => "not registered".into(),
-    }
 }

@@ -7,18 +7,19 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Web;
+use super::page::blocking;
 use super::update::UploadError;
-use super::{Web, blocking};
-use crate::app::AppError;
 use crate::app::error::ErrorKind;
+use crate::app::{App, AppError};
 use crate::devices::DeviceSpec;
 use crate::mac::Mac;
 use crate::server::Peer;
@@ -71,35 +72,76 @@ fn json(value: impl Serialize) -> Response {
     }
 }
 
-/// Checks the bearer token. A valid one always passes; wrong ones slow their address down
-/// (counted apart from page logins).
-fn authorized(web: &Web, headers: &HeaderMap, peer: Peer) -> Result<String, Box<Response>> {
-    let ip = peer.ip();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    match web.app.api_token_name(bearer) {
-        Ok(Some(name)) => Ok(format!("api:{name}")),
-        Ok(None) => {
-            if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
-                let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
-                return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, message)));
+/// An API request whose bearer token checked out: what every handler but the OpenAPI
+/// document starts from. A valid token always passes; wrong ones slow their address down
+/// (counted apart from page logins). Being the first extractor, the token is checked before
+/// the path or the body is read, so a request without one gets 401 whatever else is wrong.
+struct Caller {
+    web: Web,
+    /// `api:<token name>`, for the audit log.
+    actor: String,
+}
+
+impl FromRequestParts<Web> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Caller, Response> {
+        // The accept loop attaches the peer to every request.
+        let Some(peer) = parts.extensions.get::<Peer>().copied() else {
+            return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"));
+        };
+        let ip = peer.ip();
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        match web.app.api_token_name(bearer) {
+            Ok(Some(name)) => Ok(Caller { web: web.clone(), actor: format!("api:{name}") }),
+            Ok(None) => {
+                if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
+                    let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
+                    return Err(error(StatusCode::TOO_MANY_REQUESTS, message));
+                }
+                web.api_throttle.failed(ip, Instant::now());
+                tracing::warn!(%ip, "API: missing or wrong bearer token");
+                let mut response =
+                    error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Err(response)
             }
-            web.api_throttle.failed(ip, Instant::now());
-            tracing::warn!(%ip, "API: missing or wrong bearer token");
-            let mut response =
-                error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(Box::new(response))
+            Err(e) => Err(app_error(e)),
         }
-        Err(e) => Err(Box::new(app_error(e))),
     }
 }
 
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))))
+impl Caller {
+    /// Runs `work` as this caller on a blocking thread, answering with its JSON or its error.
+    async fn run<T: Serialize + Send + 'static>(
+        self,
+        work: impl FnOnce(&App, &str) -> Result<T, AppError> + Send + 'static,
+    ) -> Response {
+        let Caller { web, actor } = self;
+        match blocking(move || work(&web.app, &actor)).await {
+            Ok(value) => json(value),
+            Err(e) => app_error(e),
+        }
+    }
+}
+
+/// A JSON body of type `T`, parsed after the token check; malformed is a JSON 400.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<Web> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, web: &Web) -> Result<Body<T>, Response> {
+        let bytes = Bytes::from_request(request, web).await.map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+    }
 }
 
 /// The `{mac}` of the path, parsed; a malformed one is a JSON 400.
@@ -114,147 +156,71 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceMac {
     }
 }
 
-/// Runs `work` as `actor` after the token check, answering with its JSON or its error.
-macro_rules! api {
-    ($web:expr, $headers:expr, $peer:expr, |$actor:ident| $work:expr) => {{
-        #[allow(unused_variables)]
-        let $actor = match authorized(&$web, &$headers, $peer) {
-            Ok(actor) => actor,
-            Err(response) => return *response,
-        };
-        match $work {
-            Ok(value) => json(value),
-            Err(e) => app_error(e),
-        }
-    }};
-}
-
 async fn openapi() -> Response {
     json(openapi_document())
 }
 
-async fn metrics(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorized(&web, &headers, peer) {
-        return *response;
-    }
-    let app = web.app.clone();
-    match tokio::task::spawn_blocking(move || app.metrics_text()).await {
-        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Ok(Err(failure)) => app_error(failure),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+async fn metrics(caller: Caller) -> Response {
+    match blocking(move || caller.web.app.metrics_text()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(failure) => app_error(failure),
     }
 }
 
-async fn list_devices(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.devices()).await)
+async fn list_devices(caller: Caller) -> Response {
+    caller.run(|app, _| app.devices()).await
 }
 
-async fn add_device(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    let spec: DeviceSpec = match body(&bytes) {
-        Ok(spec) => spec,
-        Err(response) => return *response,
-    };
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.add_device(&spec, &actor)).await)
+async fn add_device(caller: Caller, Body(spec): Body<DeviceSpec>) -> Response {
+    caller.run(move |app, actor| app.add_device(&spec, actor)).await
 }
 
-async fn show_device(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    DeviceMac(mac): DeviceMac,
-    headers: HeaderMap,
-) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.device_view(&mac, true)).await)
+async fn show_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    caller.run(move |app, _| app.device_view(&mac, true)).await
 }
 
-async fn edit_device(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    DeviceMac(mac): DeviceMac,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    let spec: DeviceSpec = match body(&bytes) {
-        Ok(spec) => spec,
-        Err(response) => return *response,
-    };
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.edit_device(&mac, &spec, &actor)).await)
+async fn edit_device(caller: Caller, DeviceMac(mac): DeviceMac, Body(spec): Body<DeviceSpec>) -> Response {
+    caller.run(move |app, actor| app.edit_device(&mac, &spec, actor)).await
 }
 
-async fn remove_device(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    DeviceMac(mac): DeviceMac,
-    headers: HeaderMap,
-) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app
-        .remove_device(&mac, &actor)
-        .map(|()| serde_json::json!({ "removed": mac.to_string() })))
-    .await)
+async fn remove_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    caller
+        .run(move |app, actor| {
+            app.remove_device(&mac, actor).map(|()| serde_json::json!({ "removed": mac.to_string() }))
+        })
+        .await
 }
 
-async fn unlock(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    DeviceMac(mac): DeviceMac,
-    headers: HeaderMap,
-) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.unlock(&mac, &actor)).await)
+async fn unlock(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    caller.run(move |app, actor| app.unlock(&mac, actor)).await
 }
 
-async fn reprovision(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    DeviceMac(mac): DeviceMac,
-    headers: HeaderMap,
-) -> Response {
-    api!(web, headers, peer, |actor| web.app.reprovision(&mac, Duration::from_secs(8)).await)
+async fn reprovision(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    match caller.web.app.reprovision(&mac, Duration::from_secs(8)).await {
+        Ok(sent) => json(sent),
+        Err(e) => app_error(e),
+    }
 }
 
-async fn settings(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.settings_view()).await)
+async fn settings(caller: Caller) -> Response {
+    caller.run(|app, _| app.settings_view()).await
 }
 
-async fn set_setting(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    let value: HashMap<String, String> = match body(&bytes) {
-        Ok(value) => value,
-        Err(response) => return *response,
-    };
-    let Some(value) = value.get("value").cloned() else {
+async fn set_setting(caller: Caller, Path(name): Path<String>, Body(body): Body<HashMap<String, String>>) -> Response {
+    let Some(value) = body.get("value").cloned() else {
         return error(StatusCode::BAD_REQUEST, "the body is {\"value\": \"...\"}");
     };
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app
-        .set_setting(&name, &value, &actor)
-        .map(|()| serde_json::json!({ "set": name })))
-    .await)
+    caller
+        .run(move |app, actor| app.set_setting(&name, &value, actor).map(|()| serde_json::json!({ "set": name })))
+        .await
 }
 
-async fn phones_seen(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.phones_seen()).await)
+async fn phones_seen(caller: Caller) -> Response {
+    caller.run(|app, _| app.phones_seen()).await
 }
 
-async fn redirect_status(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    let app = web.app.clone();
-    api!(web, headers, peer, |actor| blocking(move || app.redirect_status()).await)
+async fn redirect_status(caller: Caller) -> Response {
+    caller.run(|app, _| app.redirect_status()).await
 }
 
 /// The OpenAPI 3 description of the API.
@@ -309,19 +275,12 @@ fn openapi_document() -> serde_json::Value {
     })
 }
 
-async fn update_status(State(web): State<Web>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorized(&web, &headers, peer) {
-        return *refused;
-    }
-    json(super::update::status(&web))
+async fn update_status(caller: Caller) -> Response {
+    json(super::update::status(&caller.web))
 }
 
 /// Streams the bundle in the body to the inactive slot; see [`crate::update`].
-async fn install_update(State(web): State<Web>, Extension(peer): Extension<Peer>, request: Request) -> Response {
-    let actor = match authorized(&web, request.headers(), peer) {
-        Ok(actor) => actor,
-        Err(refused) => return *refused,
-    };
+async fn install_update(Caller { web, actor }: Caller, request: Request) -> Response {
     match super::update::install_raw(&web, request.into_body(), &actor).await {
         Ok(installed) => json(serde_json::json!({ "installed": installed, "rebooting": true })),
         Err(

@@ -1,0 +1,152 @@
+//! One device's page: its URLs, state and rendered configuration (masked unless
+//! revealed), and its actions: unlock, remove, reveal, reprovision, edit, LAN window.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::Web;
+use super::devices::{device_list, row};
+use super::page::{SessionForm, blocking, off_thread, page_error, render, session, to_entry};
+use crate::app::AppError;
+use crate::clock::date_time;
+use crate::devices::{DeviceSpec, LineSpec};
+use crate::mac::Mac;
+
+/// What an action on a device did, shown above its page.
+pub(super) struct ActionResult {
+    title: String,
+    lines: Vec<String>,
+}
+
+/// The device page, optionally with secrets revealed and an action's result.
+pub(super) async fn device_detail(
+    web: &Web,
+    csrf: &str,
+    mac: &Mac,
+    revealed: bool,
+    result: Option<ActionResult>,
+) -> Response {
+    let (web, csrf, mac) = (web.clone(), csrf.to_string(), *mac);
+    off_thread(move || device_detail_now(&web, &csrf, &mac, revealed, result)).await
+}
+
+/// [`device_detail`], on the blocking thread.
+fn device_detail_now(web: &Web, csrf: &str, mac: &Mac, revealed: bool, result: Option<ActionResult>) -> Response {
+    let device = match web.app.device_view(mac, false) {
+        Ok(device) => device,
+        Err(AppError::NoDevice(_)) => return StatusCode::NOT_FOUND.into_response(),
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let catalog = web.app.templates.catalog();
+    let file =
+        catalog.vendor(&device.vendor).ok().and_then(|v| v.device_file_name(mac, &device.model)).unwrap_or_default();
+    let config_text = match web.app.render(mac, &file, revealed) {
+        Ok(text) => text,
+        Err(error) => format!("(cannot render {file}: {error})"),
+    };
+    let row = row(&device);
+    let lan_window = device
+        .lan_window_until
+        .map_or_else(|| "closed".to_string(), |until| format!("open until {}", date_time(until)));
+    let result = result.map(|r| minijinja::context! { title => r.title, lines => r.lines });
+    render(
+        StatusCode::OK,
+        "device.html",
+        minijinja::context! {
+            title => device.mac.clone(), csrf, d => device, contact => row.contact, config => row.config,
+            enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, revealed, result,
+        },
+    )
+}
+
+pub(super) async fn device_page(State(web): State<Web>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
+    let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
+    match mac.parse::<Mac>() {
+        Ok(mac) => device_detail(&web, &csrf, &mac, false, None).await,
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+pub(super) async fn device_action(
+    State(web): State<Web>,
+    Path((mac, action)): Path<(String, String)>,
+    SessionForm { csrf, fields: form }: SessionForm,
+) -> Response {
+    let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
+    let app = web.app.clone();
+    let outcome: Result<Option<ActionResult>, AppError> = match action.as_str() {
+        "unlock" => {
+            return match blocking(move || app.unlock(&mac, "page")).await {
+                Ok(device) => device_list(&web, &csrf, None, Some(&device)).await,
+                Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None).await,
+            };
+        }
+        "remove" => {
+            return match blocking(move || app.remove_device(&mac, "page")).await {
+                Ok(()) => device_list(&web, &csrf, Some((format!("removed {mac}"), "ok")), None).await,
+                Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None).await,
+            };
+        }
+        "reveal" => {
+            tracing::info!(%mac, "page: configuration revealed");
+            return device_detail(&web, &csrf, &mac, true, None).await;
+        }
+        "reprovision" => app.reprovision(&mac, std::time::Duration::from_secs(8)).await.map(|sync| {
+            Some(ActionResult {
+                title: format!("Reprovision: {}", sync.result),
+                lines: [format!("NOTIFY {} to {}", sync.event, sync.target), sync.advice]
+                    .into_iter()
+                    .filter(|line| !line.is_empty())
+                    .collect(),
+            })
+        }),
+        "edit" => {
+            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+            let password = field("sip_password");
+            let current = match web.app.device(&mac) {
+                Ok(device) => device,
+                Err(_) => return StatusCode::NOT_FOUND.into_response(),
+            };
+            // The form edits the first line; its SIP user stays, and its password unless a
+            // new one is given. The other lines stay as they are.
+            let mut lines: Vec<LineSpec> = current
+                .lines
+                .iter()
+                .map(|line| LineSpec {
+                    extension: line.extension.to_string(),
+                    name: line.display_name.to_string(),
+                    sip_user: Some(line.sip_user.to_string()),
+                    sip_password: Some(line.sip_password.to_string()),
+                })
+                .collect();
+            if let Some(first) = lines.first_mut() {
+                first.extension = field("extension");
+                first.name = field("name");
+                if !password.is_empty() {
+                    first.sip_password = Some(password);
+                }
+            }
+            let spec =
+                DeviceSpec { mac: mac.to_string(), vendor: current.vendor.to_string(), model: field("model"), lines };
+            blocking(move || app.edit_device(&mac, &spec, "page"))
+                .await
+                .map(|_| Some(ActionResult { title: "Saved".into(), lines: Vec::new() }))
+        }
+        "lan-window" => {
+            let minutes = form.get("minutes").and_then(|m| m.parse().ok()).unwrap_or(15);
+            blocking(move || app.open_lan_window(&mac, minutes, "page")).await.map(|device| {
+                let until = device.lan_window_until.map(date_time).unwrap_or_default();
+                Some(ActionResult { title: format!("LAN window open until {until}"), lines: Vec::new() })
+            })
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match outcome {
+        Ok(result) => device_detail(&web, &csrf, &mac, false, result).await,
+        Err(error) => {
+            let result = ActionResult { title: "Refused".into(), lines: vec![page_error(&error).0] };
+            device_detail(&web, &csrf, &mac, false, Some(result)).await
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! First start and login: `/setup` (the admin password, guarded by the setup code printed on
+//! the console), `/login` (argon2id, throttled per address and for the account) and
+//! `/logout`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::{Extension, Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::Web;
+use super::page::{FORM_COOKIE, HASHING, SessionForm, cookie, form_page, form_token_ok, set_cookie};
+use super::session::COOKIE;
+use crate::server::Peer;
+
+pub(super) async fn setup_page(State(web): State<Web>) -> Response {
+    match web.app.admin_configured() {
+        Ok(false) => form_page("setup.html", StatusCode::OK, None, minijinja::context! {}),
+        _ => Redirect::to("/login").into_response(),
+    }
+}
+
+pub(super) async fn setup(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !form_token_ok(&headers, &form) {
+        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
+    }
+    if !matches!(web.app.admin_configured(), Ok(false)) {
+        return Redirect::to("/login").into_response();
+    }
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let refuse =
+        |message: String| form_page("setup.html", StatusCode::BAD_REQUEST, Some(message), minijinja::context! {});
+    if field("password") != field("confirm") {
+        return refuse("the two passwords differ; nothing was saved".into());
+    }
+    let ip = peer.ip();
+    let app = web.app.clone();
+    let (password, code) = (field("password"), field("code"));
+    let _hashing = HASHING.acquire().await;
+    let result =
+        tokio::task::spawn_blocking(move || app.set_admin_password(&password, Some(&code), &format!("page {ip}")))
+            .await;
+    match result {
+        Ok(Ok(())) => logged_in(&web),
+        Ok(Err(error)) => {
+            tracing::warn!(%ip, "page setup refused: {error}");
+            refuse(format!("{error}; nothing was saved"))
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}
+
+/// Starts a session and goes to the device list.
+pub(super) fn logged_in(web: &Web) -> Response {
+    let id = web.sessions.start();
+    let mut response = Redirect::to("/").into_response();
+    set_cookie(&mut response, COOKIE, &id, None);
+    set_cookie(&mut response, FORM_COOKIE, "", Some(0));
+    response
+}
+
+pub(super) async fn login_page(State(web): State<Web>) -> Response {
+    match web.app.admin_configured() {
+        Ok(true) => form_page("login.html", StatusCode::OK, None, minijinja::context! {}),
+        _ => Redirect::to("/setup").into_response(),
+    }
+}
+
+pub(super) async fn login(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !form_token_ok(&headers, &form) {
+        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
+    }
+    let ip = peer.ip();
+    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+        tracing::warn!(%ip, "page login refused: too many failures, {} s to wait", wait.as_secs() + 1);
+        let message = format!("too many failed logins; try again in {} s", wait.as_secs() + 1);
+        return form_page("login.html", StatusCode::TOO_MANY_REQUESTS, Some(message), minijinja::context! {});
+    }
+    let app = web.app.clone();
+    let password = form.get("password").cloned().unwrap_or_default();
+    // Counted as failed before the check, so attempts sent in parallel are all counted;
+    // a success clears it.
+    web.throttle.failed(ip, Instant::now());
+    let _hashing = HASHING.acquire().await;
+    let verified = tokio::task::spawn_blocking(move || app.verify_admin(&password)).await;
+    match verified {
+        Ok(Ok(true)) => {
+            web.throttle.succeeded(ip);
+            tracing::info!(%ip, "page login");
+            logged_in(&web)
+        }
+        Ok(Ok(false)) => {
+            tracing::warn!(%ip, "page login failed: wrong password");
+            let message = "wrong password".to_string();
+            form_page("login.html", StatusCode::UNAUTHORIZED, Some(message), minijinja::context! {})
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    }
+}
+
+pub(super) async fn logout(State(web): State<Web>, headers: HeaderMap, _checked: SessionForm) -> Response {
+    if let Some(id) = cookie(&headers, COOKIE) {
+        web.sessions.end(&id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    set_cookie(&mut response, COOKIE, "", Some(0));
+    response
+}

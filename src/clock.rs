@@ -113,7 +113,7 @@ fn restore_target(last_known: Option<u64>, now: u64) -> Option<u64> {
     Some(last_known.unwrap_or(0).max(build_time())).filter(|at| *at > now)
 }
 
-/// Notes `now` in `db` when it is plausible and the stored time lags by [`NOTE_EVERY`].
+/// Notes `now` in `db` when it is plausible and the stored time lags by `NOTE_EVERY`.
 pub fn note(db: &mut Db<crate::store::backend::AnyFlash>, now: u64) -> Result<(), crate::store::records::DbError> {
     if check(now).is_err() {
         return Ok(());

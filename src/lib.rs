@@ -1,19 +1,42 @@
 //! provbox: a provisioning appliance for SIP desk phones.
 //!
-//! The crate is a library with a thin binary on top (`src/main.rs`, the CLI only).
+//! The crate is a library with a thin binary on top (`src/main.rs` and `src/cli/`).
 //!
-//! - [`store`]: the power-loss-safe key-value store on flash that holds all state.
-//! - [`app`]: the appliance's state and every operation on it.
-//! - [`provision`]: vendor profiles, templates and the per-request enrollment decision.
-//! - [`server`]: the HTTPS and HTTP listeners; [`pki`]: the certificates they serve.
-//! - [`web`]: the technician's page and the JSON API; [`admin`]: the page's password, setup
-//!   code and API tokens; [`metrics`]: the counters behind `/metrics`.
-//! - [`redirect`]: vendor redirect services and the durable outbox that feeds them;
-//!   [`clock`]: the wall clock they depend on.
-//! - [`sip`]: SIP plug-and-play and check-sync on the LAN; [`mdns`]: the technicians' `.local`
-//!   name.
-//! - [`control`]: the CLI's protocol over a Unix socket; [`daemon`]: `provbox serve`.
-//! - [`devices`], [`settings`], [`mac`]: validated input.
+//! # A tour
+//!
+//! **Layers.** Modules import only downwards (`tests/module_graph.rs` refuses a cycle):
+//! - front ends: [`daemon`] (`provbox serve`), [`server`] (HTTPS and HTTP listeners, the
+//!   phones' routes), [`web`] (the technician's page and the JSON API), [`control`] (the CLI's
+//!   Unix socket), [`mdns`];
+//! - [`app`]: every operation of the appliance;
+//! - mechanisms that never see [`app::App`]: [`provision`] (vendor profiles, templates, the
+//!   template context), [`redirect`] (vendor redirect clients and the outbox's rules),
+//!   [`sip`] (plug-and-play and check-sync), [`admin`] (password hashes, API token formats),
+//!   [`metrics`], [`pki`], [`update`], [`clock`];
+//! - domain types and the store: [`devices`], [`settings`], [`mac`], [`token`], [`hex`],
+//!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
+//!
+//! **One lock.** [`app::App`] keeps all mutable state (the mounted store, the token index,
+//! buffered contacts) behind one mutex. Critical sections are short and never await; every
+//! change is one store transaction committed under that lock, so what a reader sees is always
+//! a committed state.
+//!
+//! **A device change and its redirect work commit together.** Adding, unlocking, rekeying or
+//! removing a device, and a phone's fetch that locks enrollment, plan the registration or
+//! deregistration with the vendor's redirect service (`app::redirect`) into the same
+//! transaction. A power cut keeps both or neither; the worker then delivers the queue and
+//! removes an item only in the commit that records its outcome.
+//!
+//! **A phone's request.** [`server`] accepts the connection (TLS, timeouts, connection cap);
+//! `server::routes` matches `/e/<token>/FILE`, `/p/<token>/FILE` or `/FILE` and calls
+//! [`app::fetches::fetch`]. That parses the [`token::Token`], finds its device (compared in
+//! constant time), decides what one-time enrollment allows, renders the vendor's template
+//! with the context of [`provision::context`], commits an enrollment change before the file
+//! leaves, and buffers the contact. Every miss is the same bare 404, counted per address.
+//!
+//! **A technician's request.** The page, the API and the CLI (over [`control`], or on the
+//! store directly when no server runs) call the same [`app::App`] method and show the same
+//! [`app::views`] type.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 

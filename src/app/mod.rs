@@ -12,7 +12,7 @@
 //! - [`views`]: what operations answer with, the same for the socket, the CLI and the API.
 //! - [`error`]: why an operation failed, and whose fault it is.
 //!
-//! All state sits behind one lock ([`State`], private to this module). Every critical section
+//! All state sits behind one lock (`State`, private to this module). Every critical section
 //! is short and never awaits; every change commits one store transaction under it, so a
 //! device change and the redirect work it causes are durable together or not at all.
 

@@ -1,5 +1,5 @@
 //! Redirect work, as the appliance does it: planned in the same store transaction as the
-//! device change that causes it ([`App::plan_change`]), and delivered by the worker
+//! device change that causes it (`State::plan_change`), and delivered by the worker
 //! ([`run_worker`], [`App::deliver`]) in queue order per device, with backoff. An item leaves
 //! the queue only in the commit that records its outcome, after the service answered: a
 //! crash in between sends it again, which every client makes harmless.

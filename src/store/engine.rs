@@ -3,7 +3,7 @@
 //!
 //! # How it stays correct across power cuts
 //!
-//! - **One entry, one transaction.** A commit is a single entry (see [`format`]); its CRC
+//! - **One entry, one transaction.** A commit is a single entry (see `format`); its CRC
 //!   decides whether all of its operations happened or none did.
 //! - **Never append after doubt.** A sector written before this mount is never written
 //!   again until it has been erased: a cut can leave words that read erased but are

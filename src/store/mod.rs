@@ -1,7 +1,7 @@
 //! The compact on-flash store: a log-structured, power-loss-safe key-value store written
 //! against the `embedded-storage` NOR flash traits.
 //!
-//! - [`format`]: the bytes on flash (sector headers, entries, operations).
+//! - `format`: the bytes on flash (sector headers, entries, operations).
 //! - [`engine`]: mount, atomic commits, compaction and wear levelling.
 //! - [`records`]: the typed records provbox keeps (devices, settings, credentials, outbox,
 //!   audit log), each with a schema version.

@@ -8,11 +8,11 @@
 //! - Every form that changes something carries a CSRF token: the session's, or before login
 //!   a double-submit token in its own cookie.
 //!
-//! One file per page: [`devices`] (the list), [`device`] (one phone and its actions),
-//! [`seen`], [`import`], [`settings`], [`system`], [`login`] (setup, login, logout); [`api`]
-//! is the JSON API and `/metrics`. The plumbing they share is in [`page`] (templates,
+//! One file per page: `devices` (the list), `device` (one phone and its actions),
+//! `seen`, `import`, `settings`, `system`, `login` (setup, login, logout); [`api`]
+//! is the JSON API and `/metrics`. The plumbing they share is in `page` (templates,
 //! cookies, the session and CSRF checks), [`session`] (sessions and the login throttle) and
-//! [`update`] (streamed firmware uploads).
+//! `update` (streamed firmware uploads).
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Web;
 use super::devices::{device_list, row};
-use super::page::{SessionForm, blocking, off_thread, page_error, render, session, to_entry};
+use super::page::{MacAction, SessionForm, blocking, off_thread, page_error, render, session, to_entry};
 use crate::app::AppError;
 use crate::clock::date_time;
 use crate::devices::{DeviceSpec, LineSpec};
@@ -28,36 +28,38 @@ pub(super) async fn device_detail(
     result: Option<ActionResult>,
 ) -> Response {
     let (web, csrf, mac) = (web.clone(), csrf.to_string(), *mac);
-    off_thread(move || device_detail_now(&web, &csrf, &mac, revealed, result)).await
-}
-
-/// [`device_detail`], on the blocking thread.
-fn device_detail_now(web: &Web, csrf: &str, mac: &Mac, revealed: bool, result: Option<ActionResult>) -> Response {
-    let device = match web.app.device_view(mac, false) {
-        Ok(device) => device,
-        Err(AppError::NoDevice(_)) => return StatusCode::NOT_FOUND.into_response(),
-        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    };
-    let catalog = web.app.templates.catalog();
-    let file =
-        catalog.vendor(&device.vendor).ok().and_then(|v| v.device_file_name(mac, &device.model)).unwrap_or_default();
-    let config_text = match web.app.render(mac, &file, revealed) {
-        Ok(text) => text,
-        Err(error) => format!("(cannot render {file}: {error})"),
-    };
-    let row = row(&device);
-    let lan_window = device
-        .lan_window_until
-        .map_or_else(|| "closed".to_string(), |until| format!("open until {}", date_time(until)));
-    let result = result.map(|r| minijinja::context! { title => r.title, lines => r.lines });
-    render(
-        StatusCode::OK,
-        "device.html",
-        minijinja::context! {
-            title => device.mac.clone(), csrf, d => device, contact => row.contact, config => row.config,
-            enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, revealed, result,
-        },
-    )
+    off_thread(move || {
+        let mac = &mac;
+        let device = match web.app.device_view(mac, false) {
+            Ok(device) => device,
+            Err(AppError::NoDevice(_)) => return StatusCode::NOT_FOUND.into_response(),
+            Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        };
+        let catalog = web.app.templates.catalog();
+        let file = catalog
+            .vendor(&device.vendor)
+            .ok()
+            .and_then(|v| v.device_file_name(mac, &device.model))
+            .unwrap_or_default();
+        let config_text = match web.app.render(mac, &file, revealed) {
+            Ok(text) => text,
+            Err(error) => format!("(cannot render {file}: {error})"),
+        };
+        let row = row(&device);
+        let lan_window = device
+            .lan_window_until
+            .map_or_else(|| "closed".to_string(), |until| format!("open until {}", date_time(until)));
+        let result = result.map(|r| minijinja::context! { title => r.title, lines => r.lines });
+        render(
+            StatusCode::OK,
+            "device.html",
+            minijinja::context! {
+                title => device.mac.clone(), csrf, d => device, contact => row.contact, config => row.config,
+                enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, revealed, result,
+            },
+        )
+    })
+    .await
 }
 
 pub(super) async fn device_page(State(web): State<Web>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
@@ -70,10 +72,9 @@ pub(super) async fn device_page(State(web): State<Web>, Path(mac): Path<String>,
 
 pub(super) async fn device_action(
     State(web): State<Web>,
-    Path((mac, action)): Path<(String, String)>,
+    MacAction { mac, action }: MacAction,
     SessionForm { csrf, fields: form }: SessionForm,
 ) -> Response {
-    let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
     let app = web.app.clone();
     let outcome: Result<Option<ActionResult>, AppError> = match action.as_str() {
         "unlock" => {

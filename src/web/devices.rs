@@ -75,17 +75,7 @@ pub(super) async fn device_page_of(
     page: usize,
 ) -> Response {
     let (web, csrf, unlocked) = (web.clone(), csrf.to_string(), unlocked.cloned());
-    off_thread(move || device_page_now(&web, &csrf, flash, unlocked.as_ref(), page)).await
-}
-
-/// [`device_page_of`], on the blocking thread.
-fn device_page_now(
-    web: &Web,
-    csrf: &str,
-    flash: Option<(String, &'static str)>,
-    unlocked: Option<&DeviceView>,
-    page: usize,
-) -> Response {
+    off_thread(move || {
     let devices = match web.app.devices() {
         Ok(devices) => devices,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
@@ -109,6 +99,8 @@ fn device_page_now(
         "devices.html",
         minijinja::context! { title => "Devices", csrf, devices => rows, total, page, pages, vendors, flash, flash_kind, unlocked },
     )
+    })
+    .await
 }
 
 pub(super) async fn devices_page(

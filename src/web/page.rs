@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use axum::extract::{Form, FromRequest, Request};
+use axum::extract::{Form, FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
@@ -131,6 +132,27 @@ impl FromRequest<Web> for SessionForm {
         }
         let csrf = web.sessions.touch(&id).ok_or_else(|| to_entry(web))?;
         Ok(SessionForm { csrf, fields })
+    }
+}
+
+/// A page path `/<kind>/{mac}/{action}`: the MAC parsed, or the same bare 404 as any other
+/// unknown page.
+pub(super) struct MacAction {
+    /// The device or seen phone.
+    pub(super) mac: crate::mac::Mac,
+    /// What to do with it.
+    pub(super) action: String,
+}
+
+impl FromRequestParts<Web> for MacAction {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<MacAction, Response> {
+        let Path((mac, action)) = Path::<(String, String)>::from_request_parts(parts, web)
+            .await
+            .map_err(|_| StatusCode::NOT_FOUND.into_response())?;
+        let mac = mac.parse().map_err(|_| StatusCode::NOT_FOUND.into_response())?;
+        Ok(MacAction { mac, action })
     }
 }
 

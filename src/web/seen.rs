@@ -1,13 +1,12 @@
 //! Phones seen: unknown phones that asked for a configuration, to approve or dismiss.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::Web;
-use super::page::{SessionForm, blocking, off_thread, page_error, render, session, to_entry};
+use super::page::{MacAction, SessionForm, blocking, off_thread, page_error, render, session, to_entry};
 use crate::clock::date_time;
-use crate::mac::Mac;
 
 pub(super) async fn seen_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
@@ -16,33 +15,34 @@ pub(super) async fn seen_page(State(web): State<Web>, headers: HeaderMap) -> Res
 
 pub(super) async fn seen_list(web: &Web, csrf: &str, flash: Option<(String, &'static str)>) -> Response {
     let (web, csrf) = (web.clone(), csrf.to_string());
-    off_thread(move || seen_list_now(&web, &csrf, flash)).await
-}
-
-/// [`seen_list`], on the blocking thread.
-fn seen_list_now(web: &Web, csrf: &str, flash: Option<(String, &'static str)>) -> Response {
-    let seen: Vec<minijinja::Value> = match web.app.phones_seen() {
-        Ok(seen) => seen
-            .iter()
-            .map(|p| {
-                minijinja::context! {
-                    mac => p.mac.to_string(), vendor => p.vendor.to_string(), model => p.model.to_string(),
-                    ip => p.ip.to_string(), at => date_time(p.at),
-                }
-            })
-            .collect(),
-        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    };
-    let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
-    render(StatusCode::OK, "seen.html", minijinja::context! { title => "Phones seen", csrf, seen, flash, flash_kind })
+    off_thread(move || {
+        let seen: Vec<minijinja::Value> = match web.app.phones_seen() {
+            Ok(seen) => seen
+                .iter()
+                .map(|p| {
+                    minijinja::context! {
+                        mac => p.mac.to_string(), vendor => p.vendor.to_string(), model => p.model.to_string(),
+                        ip => p.ip.to_string(), at => date_time(p.at),
+                    }
+                })
+                .collect(),
+            Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        };
+        let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
+        render(
+            StatusCode::OK,
+            "seen.html",
+            minijinja::context! { title => "Phones seen", csrf, seen, flash, flash_kind },
+        )
+    })
+    .await
 }
 
 pub(super) async fn seen_action(
     State(web): State<Web>,
-    Path((mac, action)): Path<(String, String)>,
+    MacAction { mac, action }: MacAction,
     SessionForm { csrf, fields: form }: SessionForm,
 ) -> Response {
-    let Ok(mac) = mac.parse::<Mac>() else { return StatusCode::NOT_FOUND.into_response() };
     let app = web.app.clone();
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     let (extension, name) = (field("extension"), field("name"));

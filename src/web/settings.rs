@@ -13,34 +13,20 @@ use super::session::COOKIE;
 use crate::app::AppError;
 use crate::clock::date_time;
 
-pub(super) async fn settings_form(
-    web: &Web,
-    csrf: &str,
-    status: StatusCode,
-    flash: Option<(String, &'static str)>,
-) -> Response {
-    settings_form_with(web, csrf, status, flash, None).await
+/// The settings page with `flash`; an error flash answers 400.
+pub(super) async fn settings_form(web: &Web, csrf: &str, flash: Option<(String, &'static str)>) -> Response {
+    settings_form_with(web, csrf, flash, None).await
 }
 
+/// The settings page, with a just-made API token shown once.
 pub(super) async fn settings_form_with(
     web: &Web,
     csrf: &str,
-    status: StatusCode,
     flash: Option<(String, &'static str)>,
     new_token: Option<String>,
 ) -> Response {
     let (web, csrf) = (web.clone(), csrf.to_string());
-    off_thread(move || settings_form_now(&web, &csrf, status, flash, new_token)).await
-}
-
-/// [`settings_form_with`], on the blocking thread.
-fn settings_form_now(
-    web: &Web,
-    csrf: &str,
-    status: StatusCode,
-    flash: Option<(String, &'static str)>,
-    new_token: Option<String>,
-) -> Response {
+    off_thread(move || {
     let tokens: Vec<minijinja::Value> = web
         .app
         .api_tokens()
@@ -62,6 +48,7 @@ fn settings_form_now(
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
     let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
+    let status = if flash_kind == "error" { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     render(
         status,
         "settings.html",
@@ -70,11 +57,13 @@ fn settings_form_now(
             tokens, new_token,
         },
     )
+    })
+    .await
 }
 
 pub(super) async fn settings_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
-    settings_form(&web, &csrf, StatusCode::OK, None).await
+    settings_form(&web, &csrf, None).await
 }
 
 pub(super) async fn save_settings(State(web): State<Web>, SessionForm { csrf, fields: form }: SessionForm) -> Response {
@@ -103,10 +92,8 @@ pub(super) async fn save_settings(State(web): State<Web>, SessionForm { csrf, fi
     })
     .await;
     match result {
-        Ok(changed) => {
-            settings_form(&web, &csrf, StatusCode::OK, Some((format!("saved {changed} setting(s)"), "ok"))).await
-        }
-        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))).await,
+        Ok(changed) => settings_form(&web, &csrf, Some((format!("saved {changed} setting(s)"), "ok"))).await,
+        Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }
 
@@ -121,19 +108,12 @@ pub(super) async fn certificate(State(web): State<Web>, SessionForm { csrf, fiel
             settings_form(
                 &web,
                 &csrf,
-                StatusCode::OK,
                 Some(("operator certificate installed; served from the next connection".into(), "ok")),
             )
             .await
         }
         Err(error) => {
-            settings_form(
-                &web,
-                &csrf,
-                StatusCode::BAD_REQUEST,
-                Some((format!("{error}; the current certificate stays"), "error")),
-            )
-            .await
+            settings_form(&web, &csrf, Some((format!("{error}; the current certificate stays"), "error"))).await
         }
     }
 }
@@ -144,13 +124,7 @@ pub(super) async fn change_password(
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     if field("password") != field("confirm") {
-        return settings_form(
-            &web,
-            &csrf,
-            StatusCode::BAD_REQUEST,
-            Some(("the two passwords differ; nothing was saved".into(), "error")),
-        )
-        .await;
+        return settings_form(&web, &csrf, Some(("the two passwords differ; nothing was saved".into(), "error"))).await;
     }
     let app = web.app.clone();
     let (current, password) = (field("current"), field("password"));
@@ -169,20 +143,14 @@ pub(super) async fn change_password(
             let id = web.sessions.start();
             let csrf = web.sessions.touch(&id).unwrap_or_default();
             let message = "admin password changed; other sessions are logged out".to_string();
-            let mut response = settings_form(&web, &csrf, StatusCode::OK, Some((message, "ok"))).await;
+            let mut response = settings_form(&web, &csrf, Some((message, "ok"))).await;
             set_cookie(&mut response, COOKIE, &id, None);
             response
         }
         Err(AppError::Admin(crate::admin::AdminError::SetupCode)) => {
-            settings_form(
-                &web,
-                &csrf,
-                StatusCode::BAD_REQUEST,
-                Some(("the current password is wrong; nothing was saved".into(), "error")),
-            )
-            .await
+            settings_form(&web, &csrf, Some(("the current password is wrong; nothing was saved".into(), "error"))).await
         }
-        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))).await,
+        Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }
 
@@ -193,8 +161,8 @@ pub(super) async fn create_api_token(
     let name = form.get("name").cloned().unwrap_or_default();
     let app = web.app.clone();
     match blocking(move || app.create_api_token(&name, "page")).await {
-        Ok(token) => settings_form_with(&web, &csrf, StatusCode::OK, None, Some(token)).await,
-        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))).await,
+        Ok(token) => settings_form_with(&web, &csrf, None, Some(token)).await,
+        Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }
 
@@ -205,9 +173,7 @@ pub(super) async fn revoke_api_token(
 ) -> Response {
     let app = web.app.clone();
     match blocking(move || app.revoke_api_token(&id, "page")).await {
-        Ok(count) => {
-            settings_form(&web, &csrf, StatusCode::OK, Some((format!("revoked {count} token(s)"), "ok"))).await
-        }
-        Err(error) => settings_form(&web, &csrf, StatusCode::BAD_REQUEST, Some(page_error(&error))).await,
+        Ok(count) => settings_form(&web, &csrf, Some((format!("revoked {count} token(s)"), "ok"))).await,
+        Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }

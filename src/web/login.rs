@@ -2,17 +2,15 @@
 //! the console), `/login` (argon2id, throttled per address and for the account) and
 //! `/logout`.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use axum::extract::{Extension, Form, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::Web;
-use super::page::{FORM_COOKIE, HASHING, SessionForm, cookie, form_page, form_token_ok, set_cookie};
+use super::page::{FORM_COOKIE, HASHING, PreLoginForm, SessionForm, cookie, form_page, set_cookie};
 use super::session::COOKIE;
-use crate::server::Peer;
 
 pub(super) async fn setup_page(State(web): State<Web>) -> Response {
     match web.app.admin_configured() {
@@ -21,15 +19,7 @@ pub(super) async fn setup_page(State(web): State<Web>) -> Response {
     }
 }
 
-pub(super) async fn setup(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if !form_token_ok(&headers, &form) {
-        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
-    }
+pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: form }: PreLoginForm) -> Response {
     if !matches!(web.app.admin_configured(), Ok(false)) {
         return Redirect::to("/login").into_response();
     }
@@ -72,15 +62,7 @@ pub(super) async fn login_page(State(web): State<Web>) -> Response {
     }
 }
 
-pub(super) async fn login(
-    State(web): State<Web>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if !form_token_ok(&headers, &form) {
-        return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
-    }
+pub(super) async fn login(State(web): State<Web>, PreLoginForm { peer, fields: form }: PreLoginForm) -> Response {
     let ip = peer.ip();
     if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
         tracing::warn!(%ip, "page login refused: too many failures, {} s to wait", wait.as_secs() + 1);

@@ -156,11 +156,33 @@ impl FromRequestParts<Web> for MacAction {
     }
 }
 
-/// Checks the double-submit token of a pre-login form.
-pub(super) fn form_token_ok(headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
-    let cookie = cookie(headers, FORM_COOKIE).unwrap_or_default();
-    let field = form.get("form").map(String::as_str).unwrap_or("");
-    !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(field.as_bytes()))
+/// A pre-login form post (setup, login) whose double-submit token checked out: the
+/// cookie's token and the form's `form` field agree (constant-time). Anything else is
+/// refused before the form is looked at.
+pub(super) struct PreLoginForm {
+    /// The client.
+    pub(super) peer: crate::server::Peer,
+    /// The form's fields.
+    pub(super) fields: HashMap<String, String>,
+}
+
+impl FromRequest<Web> for PreLoginForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, web: &Web) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        // The accept loop attaches the peer to every request.
+        let peer = request.extensions().get::<crate::server::Peer>().copied();
+        let Form(fields) =
+            Form::<HashMap<String, String>>::from_request(request, web).await.map_err(IntoResponse::into_response)?;
+        let cookie = cookie(&headers, FORM_COOKIE).unwrap_or_default();
+        let field = fields.get("form").map(String::as_str).unwrap_or("");
+        let matches = !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(field.as_bytes()));
+        match (matches, peer) {
+            (true, Some(peer)) => Ok(PreLoginForm { peer, fields }),
+            _ => Err((StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response()),
+        }
+    }
 }
 
 /// A pre-login form page with a fresh double-submit token.

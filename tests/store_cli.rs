@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use provbox::mac::Mac;
 use provbox::store::Store;
 use provbox::store::backend::{self, DEFAULT_CAPACITY};
-use provbox::store::records::{Db, Device, Enrollment, Line, Txn, bounded};
+use provbox::store::records::{Db, Device, Enrollment, Line, OutboxAction, OutboxItem, Txn, bounded};
 use provbox::token::Token;
 
 fn provbox(data: &Path, args: &[&str]) -> Output {
@@ -72,25 +72,44 @@ fn dump_shows_records_as_json_with_secrets_masked_and_check_counts_them() {
         };
         db.commit(Txn::new().put_device(&device).audit(1, "cli", "added 001565aabbcc").unwrap()).unwrap();
         db.commit(Txn::new().set_setting("phone.admin_password", "Sup3r-Admin-Pass").unwrap()).unwrap();
+        // A queued registration carries the enrollment token too.
+        db.commit(Txn::new().enqueue(OutboxItem {
+            mac: device.mac,
+            service: bounded("service", "yealink").unwrap(),
+            action: OutboxAction::Register { token: Token::from_bytes([0x5a; 16]), take_over: false },
+            attempts: 0,
+            not_before: 0,
+            last_error: Default::default(),
+        }))
+        .unwrap();
     }
     let output = provbox(dir.path(), &["store", "dump", "--json"]);
     assert!(output.status.success(), "{}", text(&output));
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains("Sup3r-Secret-Pass"), "secret leaked: {stdout}");
     assert!(!stdout.contains("Sup3r-Admin-Pass"), "secret setting leaked: {stdout}");
+    // Tokens mask themselves wherever they sit: no hex, and no array of their bytes.
+    for (token, byte) in [("01".repeat(16), 1), ("02".repeat(16), 2), ("5a".repeat(16), 0x5a)] {
+        assert!(!stdout.contains(&token), "token leaked as hex: {stdout}");
+        let bytes = serde_json::to_string(&[byte; 16]).unwrap();
+        assert!(!stdout.contains(&bytes), "token leaked as bytes: {stdout}");
+    }
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["kind"], "device");
     assert_eq!(lines[0]["key"], "001565aabbcc");
     assert_eq!(lines[0]["record"]["lines"][0]["sip_password"], "***");
     assert_eq!(lines[0]["record"]["lines"][0]["display_name"], "Front desk");
     assert_eq!(lines[1]["kind"], "setting");
     assert_eq!(lines[1]["record"]["value"], "***");
-    assert_eq!(lines[2]["kind"], "audit");
+    let kinds: Vec<&str> = lines.iter().map(|line| line["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"audit"), "{kinds:?}");
+    let queued = lines.iter().find(|line| line["kind"] == "outbox").expect("the queued registration");
+    assert_eq!(queued["record"]["action"]["Register"]["token"], "********");
 
     let check = provbox(dir.path(), &["store", "check"]);
     assert!(check.status.success(), "{}", text(&check));
-    assert!(text(&check).contains("records: audit 1, device 1, setting 1"), "{}", text(&check));
+    assert!(text(&check).contains("records: audit 1, device 1, outbox 1, setting 1"), "{}", text(&check));
 }
 
 /// Kills the child when a failed assertion unwinds the test.

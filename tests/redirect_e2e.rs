@@ -12,6 +12,20 @@ use redirect_mock::{Fault, Mock, OTHER, PASSWORD, USER};
 
 const MAC: &str = "805ec0d57d72";
 
+/// What an accepted XML-RPC registration shows: RPS's `checkDevice` confirms the account
+/// holds the MAC but cannot say where it points, so it is never shown as "registered".
+const XMLRPC_ACCEPTED: &str = "unverified";
+
+/// The calls that concern `mac`, read-backs (lookups) left out.
+fn calls_for(mock: &Mock, mac: &str) -> usize {
+    let lookups = ["redirect.checkDevice", "redirect.getPhoneRedirection"];
+    mock.calls()
+        .iter()
+        .filter(|c| !lookups.contains(&c.method.as_str()))
+        .filter(|c| c.params.first().is_some_and(|p| p.replace('-', "").to_lowercase() == mac))
+        .count()
+}
+
 /// provbox on a fresh data directory with `settings` applied while it runs.
 fn appliance_with(settings: &[(&str, String)]) -> Appliance {
     let appliance = Appliance::start();
@@ -57,25 +71,33 @@ async fn yealink_xmlrpc_registers_deregisters_on_lock_and_reregisters_on_unlock(
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
     appliance.add(MAC, "yealink", "T54W");
-    let device = wait_redirect(&appliance, MAC, "registered");
+    let device = wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     let enrollment_url = device["enrollment_url"].as_str().unwrap().to_string();
     assert!(enrollment_url.contains("/e/"));
     let call = &mock.calls()[0];
     assert_eq!(call.method, "redirect.registerDeviceWithUniqueUrl");
     assert_eq!(call.params, ["80-5E-C0-D5-7D-72", "provbox", enrollment_url.as_str(), "0"]);
     assert_eq!(mock.registry()[MAC].url, enrollment_url, "the service holds the /e/ URL, never the steady one");
-    let check: serde_json::Value = serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "check", MAC])).unwrap();
-    assert_eq!(check["holds"], serde_json::json!([true, "registered"]));
+    assert_eq!(
+        device["redirect"]["reason"],
+        "the service confirms it holds the MAC, but its API cannot show where it points"
+    );
+    let check: serde_json::Value =
+        serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "check", MAC, "--json"])).unwrap();
+    assert_eq!(check["holds"], "the MAC, without saying where it points");
+    assert_eq!(check["reply"], serde_json::json!([true, "registered"]));
 
     // Enrollment closes: the MAC is removed, so a factory reset cannot enroll again.
     appliance.enroll(&Phone::yealink(MAC)).await;
     wait_redirect(&appliance, MAC, "deregistered");
-    assert_eq!(mock.calls().last().unwrap().method, "redirect.deRegisterDevice");
+    // Looked up, removed, then confirmed removed by another lookup.
+    let methods: Vec<String> = mock.calls().into_iter().rev().take(3).map(|c| c.method).collect();
+    assert_eq!(methods, ["redirect.checkDevice", "redirect.deRegisterDevice", "redirect.checkDevice"]);
     assert!(!mock.registry().contains_key(MAC));
 
     // Unlock: registered again with the fresh enrollment URL.
     cli_ok(&appliance.data, &["device", "unlock", MAC]);
-    let device = wait_redirect(&appliance, MAC, "registered");
+    let device = wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     let fresh = device["enrollment_url"].as_str().unwrap();
     assert_ne!(fresh, enrollment_url);
     assert_eq!(mock.registry()[MAC].url, fresh);
@@ -90,7 +112,7 @@ async fn a_refused_deregistration_is_kept_and_retried_by_sync() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
     appliance.add(MAC, "yealink", "T54W");
-    wait_redirect(&appliance, MAC, "registered");
+    wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     mock.refuse_deregister(Some("Error: service maintenance"));
     appliance.enroll(&Phone::yealink(MAC)).await;
     let device = wait_redirect(&appliance, MAC, "failed");
@@ -108,9 +130,12 @@ async fn yealink_xmlrpc_without_unique_urls_falls_back_to_a_server_entry() {
     mock.without_unique_url();
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
     appliance.add(MAC, "yealink", "T54W");
-    let device = wait_redirect(&appliance, MAC, "registered");
+    let device = wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     let methods: Vec<String> = mock.calls().into_iter().map(|c| c.method).collect();
-    assert_eq!(methods, ["redirect.addServer", "redirect.registerDevice"]);
+    assert_eq!(methods, ["redirect.addServer", "redirect.registerDevice", "redirect.checkDevice"]);
+    // The server entry is named as ngcp-panel names them: 20 hex digits of the URL's MD5.
+    let server = &mock.calls()[0].params[0];
+    assert!(server.len() == 20 && server.bytes().all(|b| b.is_ascii_hexdigit()), "{server}");
     assert_eq!(mock.registry()[MAC].url, device["enrollment_url"].as_str().unwrap());
 }
 
@@ -119,12 +144,12 @@ async fn registration_can_be_turned_off_per_device_and_per_site() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&yealink_xmlrpc(&mock));
     appliance.add(MAC, "yealink", "T54W");
-    wait_redirect(&appliance, MAC, "registered");
+    wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     cli_ok(&appliance.data, &["redirect", "off", MAC]);
     let device = wait_redirect(&appliance, MAC, "deregistered");
     assert!(!mock.registry().contains_key(MAC), "turning it off removes it: {}", device["redirect"]);
     cli_ok(&appliance.data, &["redirect", "on", MAC]);
-    wait_redirect(&appliance, MAC, "registered");
+    wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
 
     // Off for the whole site: a new device is not sent anywhere, and says why.
     cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "off"]);
@@ -136,7 +161,7 @@ async fn registration_can_be_turned_off_per_device_and_per_site() {
     assert!(!mock.registry().contains_key(other));
     // Back on: the missing registration is queued by itself.
     cli_ok(&appliance.data, &["settings", "set", "redirect.enabled", "on"]);
-    wait_redirect(&appliance, other, "registered");
+    wait_redirect(&appliance, other, XMLRPC_ACCEPTED);
     // A vendor without a redirect service.
     appliance.add("0004f2aabbcc", "polycom", "VVX400");
     let view = appliance.device("0004f2aabbcc")["redirect"].clone();
@@ -152,13 +177,22 @@ async fn yealink_json_api_is_signed_edits_an_existing_mac_and_deletes() {
     appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "registered");
     let methods: Vec<String> = mock.calls().into_iter().map(|c| c.method).collect();
+    // The id comes from the device list ([Y], [S] in the mock); then the registration is read back.
     assert_eq!(
         methods,
-        ["POST /api/open/v1/device/add", "GET /api/open/v1/device/checkDevice", "POST /api/open/v1/device/edit"]
+        [
+            "POST /api/open/v1/device/add",
+            "POST /api/open/v1/device/list",
+            "POST /api/open/v1/device/edit",
+            "POST /api/open/v1/device/list"
+        ]
     );
     assert_eq!(mock.registry()[MAC].url, device["enrollment_url"].as_str().unwrap());
-    let check: serde_json::Value = serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "check", MAC])).unwrap();
-    assert_eq!(check["holds"]["uniqueServerUrl"], device["enrollment_url"]);
+    let check: serde_json::Value =
+        serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "check", MAC, "--json"])).unwrap();
+    assert_eq!((check["holds"].as_str(), check["matches"].as_bool()), (Some("the enrollment URL"), Some(true)));
+    let held = check["reply"]["uniqueServerUrl"].as_str().unwrap();
+    assert!(held.ends_with("/e/<token>/"), "the token is masked in what check shows: {held}");
 
     cli_ok(&appliance.data, &["device", "remove", MAC]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -166,7 +200,12 @@ async fn yealink_json_api_is_signed_edits_an_existing_mac_and_deletes() {
         assert!(Instant::now() < deadline, "removal never reached the service");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(mock.calls().last().unwrap().method, "POST /api/open/v1/device/delete");
+    // Found by the list, then deleted by its id.
+    let calls = mock.calls();
+    let at = calls.iter().rposition(|c| c.method == "POST /api/open/v1/device/delete").expect("a delete");
+    assert_eq!(calls[at - 1].method, "POST /api/open/v1/device/list");
+    let id = mock.calls()[at].params[0].clone();
+    assert!(id.contains("\"ids\":["), "deleted by id: {id}");
     assert!(mock.refused().is_empty(), "signatures verified: {:?}", mock.refused());
 }
 
@@ -200,14 +239,15 @@ async fn another_accounts_mac_is_never_taken_silently() {
     appliance.add(MAC, "yealink", "T54W");
     let device = wait_redirect(&appliance, MAC, "failed");
     let message = device["redirect"]["message"].as_str().unwrap();
-    assert!(message.contains("Are you sure you want to override MAC addresses"), "{message}");
+    assert!(message.contains("belongs to another RPS account"), "{message}");
     assert!(message.contains(&format!("provbox redirect override {MAC}")), "{message}");
     assert_eq!(mock.registry()[MAC].account, OTHER, "still the other account's");
 
     let (ok, out, _) = cli(&appliance.data, &["redirect", "override", MAC]);
     assert!(ok, "{out}");
-    let device = wait_redirect(&appliance, MAC, "registered");
-    assert_eq!(mock.calls().last().unwrap().params[3], "1", "the override flag is sent");
+    let device = wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
+    let sent = mock.calls().into_iter().rfind(|c| c.method == "redirect.registerDeviceWithUniqueUrl").unwrap();
+    assert_eq!(sent.params[3], "1", "the override flag is sent");
     assert_eq!(mock.registry()[MAC].url, device["enrollment_url"].as_str().unwrap());
     assert_eq!(mock.registry()[MAC].account, redirect_mock::OWN);
 }
@@ -257,6 +297,15 @@ async fn snom_legacy_xmlrpc_and_fanvil_fdps_register() {
         fanvil_calls,
         ["redirect.deleteServer", "redirect.addMaterialServer", "redirect.deRegisterDevice", "redirect.registerDevice"]
     );
+    // falconieri's form: uppercase MAC, the server named after it, host and path apart.
+    let material = mock.calls().into_iter().find(|c| c.method == "redirect.addMaterialServer").unwrap();
+    let path = Appliance::path_of(fanvil_device["enrollment_url"].as_str().unwrap());
+    assert_eq!(material.params[0], "cfgName=0C383E123456");
+    assert!(material.params.contains(&"cfgDhcpOpt=false".to_string()), "{:?}", material.params);
+    assert!(material.params.contains(&"cfgPnpEnable=false".to_string()), "{:?}", material.params);
+    assert!(material.params.contains(&format!("cfgPfName={}", path.trim_start_matches('/'))), "{:?}", material.params);
+    // Snom's registration is read back with getPhoneRedirection, which shows the URL.
+    assert!(mock.calls().iter().any(|c| c.method == "redirect.getPhoneRedirection"));
     assert!(mock.refused().is_empty(), "{:?}", mock.refused());
 }
 
@@ -293,9 +342,9 @@ async fn a_wan_outage_delays_but_delivers_each_intent_exactly_once() {
     let out = cli_ok(&appliance.data, &["redirect", "sync"]);
     assert!(out.contains("delivered 4"), "{out}");
     for mac in macs {
-        let device = wait_redirect(&appliance, mac, "registered");
+        let device = wait_redirect(&appliance, mac, XMLRPC_ACCEPTED);
         assert_eq!(mock.registry()[mac].url, device["enrollment_url"].as_str().unwrap());
-        let registrations = mock.calls().iter().filter(|c| c.params[0].replace('-', "").to_lowercase() == mac).count();
+        let registrations = calls_for(&mock, mac);
         // The unlocked one: both intents, in order. The second finds the first in place
         // ("Existing MAC") and replaces it: register, register, deregister, register.
         let calls = if mac == macs[0] { 4 } else { 1 };
@@ -359,7 +408,7 @@ async fn https_services_need_a_trusted_ca() {
     let ca_file = mock.ca_file.as_ref().unwrap().to_str().unwrap();
     cli_ok(&appliance.data, &["settings", "set", "redirect.ca_file", ca_file]);
     cli_ok(&appliance.data, &["redirect", "sync"]);
-    let device = wait_redirect(&appliance, MAC, "registered");
+    let device = wait_redirect(&appliance, MAC, XMLRPC_ACCEPTED);
     assert_eq!(mock.registry()[MAC].url, device["enrollment_url"].as_str().unwrap());
 }
 
@@ -433,14 +482,197 @@ async fn a_kill_mid_queue_resumes_after_restart() {
     let appliance = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
     mock.set_delay(Duration::ZERO);
     for mac in &macs {
-        let device = wait_redirect(&appliance, mac, "registered");
+        let device = wait_redirect(&appliance, mac, XMLRPC_ACCEPTED);
         let path = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
         assert_eq!(Appliance::path_of(&mock.registry()[mac].url), path, "{mac} points at its enrollment URL");
     }
     for mac in &macs {
-        let sent = mock.calls().iter().filter(|c| c.params[0].replace('-', "").to_lowercase() == *mac).count();
+        let sent = calls_for(&mock, mac);
         // One registration; the one in flight at the kill may be sent again after the
         // restart, answered "Existing MAC" and redone (deregister + register): harmless.
         assert!((1..=4).contains(&sent), "{mac}: {sent} calls");
     }
+}
+
+/// One request to the mock over a fresh connection: (status, body).
+async fn raw(mock: &Mock, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(mock.addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", mock.addr);
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += &format!("Content-Length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+fn xmlrpc_body(method: &str, params: &[&str]) -> Vec<u8> {
+    let params: String = params.iter().map(|p| format!("<param><value><string>{p}</string></value></param>")).collect();
+    format!(
+        "<?xml version=\"1.0\"?><methodCall><methodName>{method}</methodName><params>{params}</params></methodCall>"
+    )
+    .into_bytes()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mocks_refuse_the_request_forms_provbox_used_to_send() {
+    let mock = Mock::start().await;
+    let url = "https://192.0.2.1:8443/e/00112233445566778899aabbccddeeff/";
+
+    // Snom SRAPS: the URL in a provisioning_url field, which no reference sends.
+    let body = serde_json::json!({"mac": MAC, "autoprovisioning_enabled": true, "provisioning_url": url}).to_string();
+    let path = format!("/api/v1/companies/c1/endpoints/{MAC}");
+    let nonce = "0a1b2c3d4e5f";
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let input = provbox::redirect::snom::HawkInput {
+        method: "PUT",
+        resource: &path,
+        host: "127.0.0.1",
+        port: mock.addr.port(),
+        content_type: "application/json",
+        payload: body.as_bytes(),
+        ts,
+        nonce,
+    };
+    let hawk = provbox::redirect::snom::hawk_header(redirect_mock::HAWK_ID, redirect_mock::HAWK_KEY, &input);
+    let headers = [("Authorization", hawk), ("Content-Type", "application/json".into())];
+    let (status, text) = raw(&mock, "PUT", &path, &headers, body.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("settings_manager"), "{text}");
+
+    // Fanvil FDPS: cfgPfName with its leading slash, no cfgDhcpOpt/cfgPnpEnable, lowercase MAC.
+    let password = {
+        use md5::Digest;
+        let once: String = md5::Md5::digest(PASSWORD.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        md5::Md5::digest(once.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let fields = format!(
+        "<param><value><array><data><value><string>cfgName={MAC}</string></value>\
+         <value><string>cfgPfMode=1</string></value><value><string>cfgPfSrv=192.0.2.1:8443</string></value>\
+         <value><string>cfgPfName=/e/00112233445566778899aabbccddeeff/</string></value>\
+         <value><string>cfgPfProt=5</string></value></data></array></value></param>"
+    );
+    let body = format!(
+        "<?xml version=\"1.0\"?><methodCall><methodName>redirect.addMaterialServer</methodName>\
+         <params>{fields}</params></methodCall>"
+    );
+    let headers = [("Authorization", basic(USER, &password)), ("Content-Type", "text/xml".into())];
+    let (status, text) = raw(&mock, "POST", "/xmlrpc.php", &headers, body.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    let lower_mac = xmlrpc_body("redirect.deRegisterDevice", &[MAC]);
+    assert_eq!(raw(&mock, "POST", "/xmlrpc.php", &headers, &lower_mac).await.0, 400, "FDPS MACs are uppercase");
+
+    // Yealink RPS XML-RPC: a server name longer than 20 characters.
+    let headers = [("Authorization", basic(USER, PASSWORD)), ("Content-Type", "text/xml".into())];
+    let long = xmlrpc_body(
+        "redirect.registerDeviceWithUniqueUrl",
+        &["80-5E-C0-D5-7D-72", "provbox-appliance-office-3", url, "0"],
+    );
+    let (status, text) = raw(&mock, "POST", "/xmlrpc", &headers, &long).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("<boolean>0</boolean>") && text.contains("server name can only contain"), "{text}");
+
+    // Yealink RPS JSON: checkDevice answers a status, not the record with the id that
+    // provbox used to edit and delete by.
+    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis().to_string();
+    let query = [("mac", MAC.to_string())];
+    let signing = provbox::redirect::yealink::SigningInput {
+        method: "GET",
+        path: "/api/open/v1/device/checkDevice",
+        query: &query,
+        body: b"",
+        key: redirect_mock::KEY,
+        nonce: "1c5e2c6f9a4b4d2f8e7a6b5c4d3e2f10",
+        timestamp: &timestamp,
+    };
+    let mut headers = provbox::redirect::yealink::sign(&signing, redirect_mock::SECRET);
+    headers.push(("content-type", "application/json;charset=UTF-8".into()));
+    let (status, text) = raw(&mock, "GET", &format!("/api/open/v1/device/checkDevice?mac={MAC}"), &headers, b"").await;
+    assert_eq!(status, 200, "{text}");
+    let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(reply["data"].is_string() && reply["data"].get("id").is_none(), "{reply}");
+
+    // YMCS: a call without Accept: application/json.
+    let headers = [
+        ("timestamp", timestamp.clone()),
+        ("nonce", "0123456789abcdef0123456789abcdef".into()),
+        ("Content-Type", "application/json".into()),
+        ("Authorization", basic(redirect_mock::KEY, redirect_mock::SECRET)),
+    ];
+    let (status, text) = raw(&mock, "POST", "/v2/token", &headers, b"{\"grant_type\":\"client_credentials\"}").await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sraps_sets_the_phone_settings_server_not_the_global_one() {
+    let mock = Mock::start().await;
+    let appliance = appliance_with(&[
+        ("redirect.snom.url", format!("{}/api/v1/", mock.base())),
+        ("redirect.snom.key", redirect_mock::HAWK_ID.into()),
+        ("redirect.snom.secret", redirect_mock::HAWK_KEY.into()),
+    ]);
+    let mac = "000413922d24";
+    appliance.add(mac, "snom", "D785");
+    let device = wait_redirect(&appliance, mac, "registered");
+    let put = mock.calls().into_iter().find(|c| c.method.starts_with("PUT")).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&put.params[0]).unwrap();
+    let manager = body["settings_manager"].as_object().unwrap();
+    assert_eq!(manager.len(), 1, "{body}");
+    let (uuid, setting) = manager.iter().next().unwrap();
+    assert!(uuid.starts_with("50a40056"), "the phone-settings setting_server, found on the second page: {uuid}");
+    assert_eq!(setting["value"], device["enrollment_url"]);
+    assert_eq!(setting["attrs"]["perm"], "RW");
+    // The settings list was read page by page (Link: rel="next").
+    let pages = mock.calls().iter().filter(|c| c.method == "GET /api/v1/settings/").count();
+    assert!(pages >= 2, "{pages} settings pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_that_holds_another_url_is_unverified_and_a_removal_it_ignores_stays_queued() {
+    let mock = Mock::start().await;
+    let appliance = appliance_with(&yealink_json(&mock, redirect_mock::SECRET));
+    // Accepted, but the cloud points the MAC somewhere else.
+    mock.misdirect(Some("https://elsewhere.example/e/x/"));
+    appliance.add(MAC, "yealink", "T54W");
+    let device = wait_redirect(&appliance, MAC, "unverified");
+    assert!(device["redirect"]["reason"].as_str().unwrap().contains("holds another URL"), "{}", device["redirect"]);
+    let check: serde_json::Value =
+        serde_json::from_str(&cli_ok(&appliance.data, &["redirect", "check", MAC, "--json"])).unwrap();
+    assert_eq!(check["matches"], false);
+    assert!(check["holds"].as_str().unwrap().starts_with("another URL"), "{check}");
+
+    // A sync registers an unverified device again; now the cloud keeps what it is given.
+    mock.misdirect(None);
+    cli_ok(&appliance.data, &["redirect", "sync"]);
+    wait_redirect(&appliance, MAC, "registered");
+
+    // A removal the cloud says yes to but does not carry out stays queued, and says why.
+    mock.ignore_removals(true);
+    appliance.enroll(&Phone::yealink(MAC)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = appliance.device(MAC)["redirect"].clone();
+        if view["state"] == "pending" && view["last_error"].as_str().is_some_and(|e| e.contains("still holds the MAC"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ignored removal was never noticed: {view}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(mock.registry().contains_key(MAC));
+    mock.ignore_removals(false);
+    cli_ok(&appliance.data, &["redirect", "sync"]);
+    wait_redirect(&appliance, MAC, "deregistered");
+    assert!(!mock.registry().contains_key(MAC));
 }

@@ -21,7 +21,7 @@ use crate::mac::Mac;
 use crate::redirect::outbox::{CLOCK_RECHECK, ERROR_PAUSE, IDLE_WAKE, Plan, action_name, backoff, batch_from, is_open};
 use crate::redirect::wan::Wan;
 use crate::redirect::{
-    Client, Failure, FailureKind, Registration, client_for, client_named, redact, service_for_vendor,
+    Client, Failure, FailureKind, Holding, Lookup, Registration, client_for, client_named, redact, service_for_vendor,
 };
 use crate::settings::Settings;
 use crate::store::records::{Device, OutboxAction, OutboxItem, RedirectRecord, RedirectState, Txn, truncated};
@@ -37,7 +37,9 @@ impl State {
             Some((_, item)) => matches!(item.action, OutboxAction::Register { .. }),
             None => matches!(
                 record.state,
-                RedirectState::Registered { .. } | RedirectState::Failed { deregistering: true, .. }
+                RedirectState::Registered { .. }
+                    | RedirectState::Unverified { .. }
+                    | RedirectState::Failed { deregistering: true, .. }
             ),
         })
     }
@@ -65,9 +67,11 @@ impl State {
         let wanted = after.filter(|d| is_open(d) && record.enabled);
         let held = self.held_by_service(&device.mac, record)?;
         let new_url = before.map(|d| d.enrollment_token) != after.map(|d| d.enrollment_token);
+        // An unverified registration is registered again when asked to reconcile.
+        let confirmed = held && !matches!(record.state, RedirectState::Unverified { .. });
         let register = match plan {
             Plan::Change => new_url,
-            Plan::Reconcile => new_url || !held,
+            Plan::Reconcile => new_url || !confirmed,
             Plan::Reregister => true,
         };
         let action = match wanted {
@@ -100,7 +104,53 @@ impl State {
 }
 
 /// One sent item (or batch member) and how it went.
-type Sent = (u64, OutboxItem, Result<(), Failure>);
+type Sent = (u64, OutboxItem, Result<ReadBack, Failure>);
+
+/// What an accepted call turned out to be, once read back from the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReadBack {
+    /// The service holds the enrollment URL, or no longer holds the MAC.
+    Confirmed,
+    /// The API has no lookup: taken on the service's word.
+    OnItsWord,
+    /// The service accepted the registration but holds something else; why.
+    Unverified(String),
+}
+
+/// Reads back what the service holds after it accepted `registration`.
+async fn read_back_registration(client: &Client, wan: &Wan, registration: &Registration) -> ReadBack {
+    match client.lookup(wan, &registration.mac).await {
+        Ok(None) => ReadBack::OnItsWord,
+        Ok(Some(Lookup { holding: Holding::Url(url), .. })) if url == registration.url => ReadBack::Confirmed,
+        Ok(Some(Lookup { holding: Holding::Url(_), .. })) => {
+            ReadBack::Unverified("the service accepted it but holds another URL for the MAC".into())
+        }
+        Ok(Some(Lookup { holding: Holding::Held, .. })) => ReadBack::Unverified(
+            "the service confirms it holds the MAC, but its API cannot show where it points".into(),
+        ),
+        Ok(Some(Lookup { holding: Holding::Elsewhere, .. })) => {
+            ReadBack::Unverified("the service accepted it but says another account holds the MAC".into())
+        }
+        Ok(Some(Lookup { holding: Holding::Absent, .. })) => {
+            ReadBack::Unverified("the service accepted it but does not hold the MAC".into())
+        }
+        Err(failure) => ReadBack::Unverified(format!("reading it back failed: {}", redact(&failure.message))),
+    }
+}
+
+/// Removes `mac` and confirms by a lookup that the service no longer holds it. A removal
+/// the service accepted but did not carry out stays queued: a phone left pointing at an
+/// enrollment URL is what deregistration exists to prevent.
+async fn deregister_confirmed(client: &Client, wan: &Wan, mac: &Mac) -> Result<ReadBack, Failure> {
+    client.deregister(wan, mac).await?;
+    match client.lookup(wan, mac).await {
+        Ok(None) => Ok(ReadBack::OnItsWord),
+        // Another account's hold is not ours to remove, and not our enrollment URL.
+        Ok(Some(Lookup { holding: Holding::Absent | Holding::Elsewhere, .. })) => Ok(ReadBack::Confirmed),
+        Ok(Some(_)) => Err(Failure::retry("the service accepted the removal but still holds the MAC")),
+        Err(failure) => Err(Failure::retry(format!("the removal could not be confirmed: {}", failure.message))),
+    }
+}
 
 impl App {
     /// Queues a registration that takes `mac` over from another account: the explicit
@@ -245,20 +295,52 @@ impl App {
         })
     }
 
-    /// Asks the device's service what it holds for `mac`.
+    /// Asks the device's service what it holds for `mac`, next to what provbox expects it
+    /// to hold.
     pub async fn redirect_check(&self, mac: &Mac) -> Result<ServiceHolding, AppError> {
-        let (service, settings) = {
+        let (service, settings, expected) = {
             let state = self.lock();
             let device = state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
             let service = service_for_vendor(&device.vendor)
                 .ok_or_else(|| AppError::Refused(format!("no redirect service for {} phones", device.vendor)))?;
-            (service, state.settings()?)
+            let record = state.db.redirect(mac)?;
+            let base = state.base_url(&self.site.default_base_url)?;
+            let expected =
+                (is_open(&device) && record.enabled).then(|| device.enrollment_token.url(TokenKind::Enrollment, &base));
+            (service, state.settings()?, expected)
         };
         clock::check(now()).map_err(AppError::Unavailable)?;
         let client = client_for(service, &settings).map_err(AppError::Refused)?;
         let wan = wan_for(&settings).map_err(|f| AppError::Refused(f.message))?;
-        let held = client.check(&wan, mac).await.map_err(|f| AppError::Upstream(redact(&f.message)))?;
-        Ok(ServiceHolding { service: service.to_string(), mac: mac.to_string(), holds: held })
+        let lookup = client.lookup(&wan, mac).await.map_err(|f| AppError::Upstream(redact(&f.message)))?;
+        let Some(Lookup { holding, reply }) = lookup else {
+            return Err(AppError::Refused(format!(
+                "the {service} API in use has no lookup; its registrations are taken on its word"
+            )));
+        };
+        let holds = match &holding {
+            Holding::Url(url) if Some(url) == expected.as_ref() => "the enrollment URL".to_string(),
+            Holding::Url(url) => format!("another URL: {}", redact(url)),
+            Holding::Held => "the MAC, without saying where it points".to_string(),
+            Holding::Elsewhere => "nothing for this account: another account holds the MAC".to_string(),
+            Holding::Absent => "nothing".to_string(),
+        };
+        let matches = match (&holding, &expected) {
+            (Holding::Url(url), Some(expected)) => url == expected,
+            (Holding::Absent | Holding::Elsewhere, None) => true,
+            _ => false,
+        };
+        Ok(ServiceHolding {
+            service: service.to_string(),
+            mac: mac.to_string(),
+            expected: expected.map_or_else(
+                || "nothing (enrollment locked or registration off)".into(),
+                |_| "the enrollment URL".into(),
+            ),
+            holds,
+            matches,
+            reply: serde_json::from_str(&redact(&reply.to_string())).unwrap_or(reply),
+        })
     }
 
     /// Whether each configured service's endpoint accepts a TCP connection now, within 3 s:
@@ -363,9 +445,21 @@ impl App {
                         })
                         .collect();
                     let results = client.register_batch(wan, &registrations).await;
-                    batch.into_iter().zip(results).map(|((position, item), result)| (position, item, result)).collect()
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for ((position, item), (registration, result)) in
+                        batch.into_iter().zip(registrations.iter().zip(results))
+                    {
+                        let result = match result {
+                            Ok(()) => Ok(read_back_registration(client, wan, registration).await),
+                            Err(failure) => Err(failure),
+                        };
+                        outcomes.push((position, item, result));
+                    }
+                    outcomes
                 }
-                OutboxAction::Deregister => vec![(*position, item.clone(), client.deregister(wan, &item.mac).await)],
+                OutboxAction::Deregister => {
+                    vec![(*position, item.clone(), deregister_confirmed(client, wan, &item.mac).await)]
+                }
             };
             let retry = outcomes
                 .iter()
@@ -390,7 +484,10 @@ impl App {
                 let mut part = Txn::new();
                 let at = now();
                 let settled = match result {
-                    Ok(()) => Some(match item.action {
+                    Ok(ReadBack::Unverified(reason)) => {
+                        Some(RedirectState::Unverified { at, reason: truncated(&redact(reason)) })
+                    }
+                    Ok(_) => Some(match item.action {
                         OutboxAction::Register { .. } => RedirectState::Registered { at },
                         OutboxAction::Deregister => RedirectState::Deregistered { at },
                     }),
@@ -421,9 +518,15 @@ impl App {
             |_, (item, result)| {
                 let action = action_name(&item.action);
                 match result {
-                    Ok(()) => {
+                    Ok(ReadBack::Unverified(reason)) => {
                         report.delivered += 1;
-                        tracing::info!(mac = %item.mac, service = %item.service, action, "redirect service accepted");
+                        let reason = redact(&reason);
+                        tracing::warn!(mac = %item.mac, service = %item.service, action, "redirect service accepted, but unverified: {reason}");
+                    }
+                    Ok(read_back) => {
+                        report.delivered += 1;
+                        let verified = read_back == ReadBack::Confirmed;
+                        tracing::info!(mac = %item.mac, service = %item.service, action, verified, "redirect service accepted");
                     }
                     Err(failure) if failure.kind == FailureKind::Retry => {
                         report.retrying += 1;
@@ -496,6 +599,7 @@ pub(super) fn redirect_view_of(
         RedirectState::Registered { at } => RedirectView::Registered { at },
         RedirectState::Deregistered { at } => RedirectView::Deregistered { at },
         RedirectState::Failed { at, message, .. } => RedirectView::Failed { at, message: message.to_string() },
+        RedirectState::Unverified { at, reason } => RedirectView::Unverified { at, reason: reason.to_string() },
         RedirectState::NotRegistered if !record.enabled => {
             RedirectView::Off { reason: "turned off for this device".into() }
         }

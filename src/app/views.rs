@@ -148,6 +148,13 @@ pub enum RedirectView {
         /// When.
         at: u64,
     },
+    /// Accepted by the service, but what it holds when read back is not the enrollment URL.
+    Unverified {
+        /// When.
+        at: u64,
+        /// What the read-back showed.
+        reason: String,
+    },
     /// Given up.
     Failed {
         /// When.
@@ -238,15 +245,21 @@ pub struct SyncReport {
     pub delivery: Delivery,
 }
 
-/// `redirect check`: what a service says it holds for a MAC.
+/// `redirect check`: what a service says it holds for a MAC, next to what provbox expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceHolding {
     /// The service asked.
     pub service: String,
     /// The phone.
     pub mac: String,
-    /// The service's own answer, as it gave it: each API has its own shape.
-    pub holds: serde_json::Value,
+    /// What it should hold: the enrollment URL, or nothing.
+    pub expected: String,
+    /// What it holds, in words (URL tokens masked).
+    pub holds: String,
+    /// Whether the two agree.
+    pub matches: bool,
+    /// The service's own answer, as it gave it (URL tokens masked): each API has its shape.
+    pub reply: serde_json::Value,
 }
 
 impl EnrollmentView {
@@ -291,6 +304,7 @@ impl RedirectView {
             RedirectView::Registered { .. } => "registered",
             RedirectView::Deregistered { .. } => "deregistered",
             RedirectView::Failed { .. } => "failed",
+            RedirectView::Unverified { .. } => "unverified",
         }
     }
 }
@@ -312,6 +326,7 @@ impl std::fmt::Display for RedirectView {
             RedirectView::Registered { at } => write!(f, "registered {}", when(*at)),
             RedirectView::Deregistered { at } => write!(f, "deregistered {}", when(*at)),
             RedirectView::Failed { message, .. } => write!(f, "failed: {message}"),
+            RedirectView::Unverified { at, reason } => write!(f, "unverified {}: {reason}", when(*at)),
         }
     }
 }

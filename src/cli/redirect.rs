@@ -17,10 +17,13 @@ pub(super) enum RedirectCommand {
     },
     /// Queue what is missing (new credentials, fixed failures) and send everything now.
     Sync,
-    /// Ask the service what it holds for a MAC.
+    /// Ask the service what it holds for a MAC, next to what provbox expects.
     Check {
         /// The device's MAC.
         mac: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Register a MAC that the service says belongs to another account, taking it over.
     Override {
@@ -80,8 +83,17 @@ pub(super) fn run(cli: &Cli, command: &RedirectCommand) -> Result<(), CliError> 
                 report.queued, delivery.delivered, delivery.retrying, delivery.failed
             );
         }
-        RedirectCommand::Check { mac } => {
-            print_json(&cli.call::<ServiceHolding>(&Request::RedirectCheck { mac: mac.clone() })?);
+        RedirectCommand::Check { mac, json } => {
+            let held: ServiceHolding = cli.call(&Request::RedirectCheck { mac: mac.clone() })?;
+            if *json {
+                print_json(&held);
+                return Ok(());
+            }
+            println!("{} for {}", held.service, held.mac);
+            println!("  expected  {}", held.expected);
+            println!("  holds     {}", held.holds);
+            println!("  {}", if held.matches { "as expected" } else { "NOT as expected" });
+            println!("  reply     {}", held.reply);
         }
         RedirectCommand::Override { mac } => {
             let view: RedirectView = cli.call(&Request::RedirectOverride { mac: mac.clone() })?;

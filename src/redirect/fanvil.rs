@@ -1,14 +1,19 @@
 //! Fanvil FDPS: XML-RPC with Basic auth whose password is sent as hex(md5(hex(md5(password)))).
 //! A phone is pointed at a URL by a "material server" named after its MAC: delete the old
 //! server, add the new one, then move the device onto it.
+//!
+//! The one independent client is nethesis/falconieri `providers/fanvil.go` (at 856677b, the
+//! same since cb9798a); every request form here follows it, cited beside each rule. FDPS has
+//! no lookup any reference uses, so its registrations are taken on its word, and removal
+//! (falconieri has none) is deRegisterDevice then deleteServer, an assumption.
 
 use md5::Digest;
-use serde_json::Value as Json;
 
 use super::wan::Wan;
 use super::xmlrpc::Value;
 use super::{
-    ApiSpec, Failure, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, status_pair, xmlrpc_call,
+    ApiSpec, Failure, Lookup, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, status_pair,
+    xmlrpc_call,
 };
 use crate::mac::Mac;
 use crate::settings::{Rule, SettingSpec};
@@ -51,9 +56,16 @@ pub fn fdps_password(password: &str) -> String {
     md5_hex(md5_hex(password.as_bytes()).as_bytes())
 }
 
-/// FDPS's "nothing to remove" answers.
+/// FDPS's "nothing to remove" answers: `Error:server_not_exist` (falconieri 1a9d759), and
+/// the device's counterpart.
 fn absent(text: &str) -> bool {
-    text.contains("not_exist")
+    matches!(text.trim(), "Error:server_not_exist" | "Error: server_not_exist" | "Error:device_not_exist")
+}
+
+/// The MAC as FDPS takes it: 12 uppercase hex digits, no separators (falconieri
+/// `utils.GetMacAddress` and the fanvil case of `methods/providerDispatch.go`).
+fn fdps_mac(mac: &Mac) -> Value {
+    Value::str(mac.to_string().to_ascii_uppercase())
 }
 
 impl Fdps {
@@ -70,6 +82,10 @@ impl Fdps {
         match status_pair(xmlrpc_call(wan, &self.endpoint, &self.authorization, method, params).await?)? {
             (true, _) => Ok(()),
             (false, text) if tolerate(&text) => Ok(()),
+            // falconieri 96ef971: `Error: device_had_existed` is another account's device.
+            (false, text) if text.contains("device_had_existed") => Err(Failure::permanent(format!(
+                "FDPS {method}: {text} (the MAC belongs to another FDPS account; release it there)"
+            ))),
             (false, text) => Err(Failure::permanent(format!("FDPS {method}: {text}"))),
         }
     }
@@ -91,14 +107,25 @@ impl RedirectClient for Fdps {
             Some("http") => "4",
             _ => return Err(Failure::permanent("FDPS needs an http(s) enrollment URL")),
         };
-        let server = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
-        let path = uri.path().to_string();
-        let mac = Value::str(registration.mac.to_string());
+        // Go's Url.Host: host[:port], never userinfo.
+        let server = match uri.port_u16() {
+            Some(port) => format!("{}:{port}", uri.host().unwrap_or_default()),
+            None => uri.host().unwrap_or_default().to_string(),
+        };
+        // FDPS rebuilds the URL as host + "/" + path: a leading slash would double
+        // (falconieri 6848ed5).
+        let path = uri.path().trim_start_matches('/').to_string();
+        let mac = fdps_mac(&registration.mac);
+        let name = registration.mac.to_string().to_ascii_uppercase();
         self.step(wan, "redirect.deleteServer", std::slice::from_ref(&mac), absent).await?;
+        // In falconieri's order; cfgDhcpOpt and cfgPnpEnable off keep models such as the X3
+        // from waiting for DHCP or PnP instead (falconieri cb9798a).
         let material = Value::Array(
             [
-                format!("cfgName={}", registration.mac),
+                format!("cfgName={name}"),
                 "cfgPfMode=1".into(),
+                "cfgDhcpOpt=false".into(),
+                "cfgPnpEnable=false".into(),
                 format!("cfgPfSrv={server}"),
                 format!("cfgPfName={path}"),
                 format!("cfgPfProt={protocol}"),
@@ -108,18 +135,21 @@ impl RedirectClient for Fdps {
             .collect(),
         );
         self.step(wan, "redirect.addMaterialServer", &[material], |_| false).await?;
-        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), absent).await?;
+        // falconieri checks only the HTTP status of this call, never its reply.
+        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), |_| true).await?;
+        // registerDevice(MAC, server name), the server being named after the MAC.
         self.step(wan, "redirect.registerDevice", &[mac.clone(), mac], |_| false).await
     }
 
     async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
-        let mac = Value::str(mac.to_string());
+        let mac = fdps_mac(mac);
         self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), absent).await?;
         self.step(wan, "redirect.deleteServer", &[mac], absent).await
     }
 
-    async fn check(&self, _wan: &Wan, _mac: &Mac) -> Result<Json, Failure> {
-        Err(Failure::permanent("FDPS has no lookup call; see the FDPS portal"))
+    async fn lookup(&self, _wan: &Wan, _mac: &Mac) -> Result<Option<Lookup>, Failure> {
+        // No reference reads anything back from FDPS.
+        Ok(None)
     }
 }
 

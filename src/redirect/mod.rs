@@ -74,6 +74,28 @@ pub struct Registration {
     pub take_over: bool,
 }
 
+/// What a service holds for a MAC, as read back from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// The MAC points at this URL.
+    Url(String),
+    /// The service holds the MAC but does not say where it points.
+    Held,
+    /// Another account holds the MAC.
+    Elsewhere,
+    /// The service does not hold the MAC.
+    Absent,
+}
+
+/// A lookup's answer: what it means, and the service's reply as it gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// What the reply means.
+    pub holding: Holding,
+    /// The reply, for `provbox redirect check`.
+    pub reply: serde_json::Value,
+}
+
 /// What every redirect service's client does. A service's module implements it with
 /// `async fn`s; [`Client`] is the boxed form the appliance holds.
 pub trait RedirectClient: Send + Sync {
@@ -112,8 +134,9 @@ pub trait RedirectClient: Send + Sync {
     /// Removes `mac` from the service. A MAC the service does not hold counts as removed.
     fn deregister(&self, wan: &Wan, mac: &Mac) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// What the service holds for `mac`, as it says it.
-    fn check(&self, wan: &Wan, mac: &Mac) -> impl Future<Output = Result<serde_json::Value, Failure>> + Send;
+    /// What the service holds for `mac`, read back after every registration and removal;
+    /// None when the API has no lookup.
+    fn lookup(&self, wan: &Wan, mac: &Mac) -> impl Future<Output = Result<Option<Lookup>, Failure>> + Send;
 }
 
 /// A future the appliance awaits from a boxed client.
@@ -135,8 +158,8 @@ pub trait DynClient: Send + Sync {
     ) -> BoxFuture<'a, Vec<Result<(), Failure>>>;
     /// See [`RedirectClient::deregister`].
     fn deregister<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<(), Failure>>;
-    /// See [`RedirectClient::check`].
-    fn check<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<serde_json::Value, Failure>>;
+    /// See [`RedirectClient::lookup`].
+    fn lookup<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<Option<Lookup>, Failure>>;
 }
 
 impl<T: RedirectClient> DynClient for T {
@@ -164,8 +187,8 @@ impl<T: RedirectClient> DynClient for T {
         Box::pin(RedirectClient::deregister(self, wan, mac))
     }
 
-    fn check<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<serde_json::Value, Failure>> {
-        Box::pin(RedirectClient::check(self, wan, mac))
+    fn lookup<'a>(&'a self, wan: &'a Wan, mac: &'a Mac) -> BoxFuture<'a, Result<Option<Lookup>, Failure>> {
+        Box::pin(RedirectClient::lookup(self, wan, mac))
     }
 }
 

@@ -1,5 +1,16 @@
 //! Snom's redirect services: SRAPS, a REST API signed with Hawk (SHA-256), and the legacy
 //! XML-RPC API (Basic auth, `[bool, text]` replies).
+//!
+//! The request forms follow independent clients, cited beside each rule:
+//! - nethesis/falconieri `libs/grape/` (at 856677b): Hawk, the token → company → endpoints
+//!   chain, the paged `settings/` list, the endpoint PUT with `settings_manager`, and how
+//!   another company's MAC reads;
+//! - sipwise/ngcp-panel `lib/NGCP/Panel/Utils/DeviceBootstrap/Snom.pm` (at f677173; the
+//!   section rule since f1e00a0408): the `setting_server` of section `phone-settings`, and
+//!   removal by `DELETE` of the endpoint after reading the endpoint list;
+//! - Snom's XML-RPC API (service.snom.com wiki, "XML-RPC API"), Snomio/RDS-CLI `cli.py` and
+//!   peoplefone/provisioning-rpc `src/ProvisioningRPCDeviceSnom.php`: `registerPhone`,
+//!   `deregisterPhone`, `getPhoneRedirection` and their replies.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -8,8 +19,8 @@ use serde_json::{Value as Json, json};
 use super::wan::{Wan, WanReply, WanRequest};
 use super::xmlrpc::{Reply, Value};
 use super::{
-    ApiSpec, Failure, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth, check_reply, status_pair,
-    xmlrpc_call,
+    ApiSpec, Failure, Holding, Lookup, RedirectClient, Registration, ServiceSettings, ServiceSpec, basic_auth,
+    check_reply, status_pair, xmlrpc_call,
 };
 use crate::mac::Mac;
 use crate::settings::{Rule, SettingSpec};
@@ -48,12 +59,21 @@ pub const SERVICE: ServiceSpec = ServiceSpec {
 };
 
 /// SRAPS: `tokens/<id>` leads to the company, the company to its endpoints, and each phone
-/// is the endpoint `<endpoints><mac>`.
+/// is the endpoint `<endpoints><mac>`, whose `settings_manager` carries the provisioning URL
+/// under the UUID of the `setting_server` setting.
 pub struct Sraps {
     base: String,
     id: String,
     key: String,
+    /// The endpoints collection and the setting's UUID, found once per client.
+    found: tokio::sync::Mutex<Option<(String, String)>>,
 }
+
+/// Settings per page of `settings/` (falconieri b77d513: 20 by default, 1,000 at most, some
+/// 1,200 in all); small enough for the WAN client's reply cap.
+const SETTINGS_PAGE: usize = 200;
+/// Pages of any SRAPS list read before giving up.
+const MAX_PAGES: usize = 50;
 
 /// What a Hawk `Authorization` header covers.
 pub struct HawkInput<'a> {
@@ -108,7 +128,7 @@ impl Sraps {
         if !base.ends_with('/') {
             base.push('/');
         }
-        Sraps { base, id: settings.key, key: settings.secret }
+        Sraps { base, id: settings.key, key: settings.secret, found: tokio::sync::Mutex::new(None) }
     }
 
     async fn send(&self, wan: &Wan, method: &'static str, url: &str, body: Option<Json>) -> Result<WanReply, Failure> {
@@ -148,7 +168,8 @@ impl Sraps {
         }
     }
 
-    /// The URL of this account's endpoint collection, ending in `/`.
+    /// The URL of this account's endpoint collection, ending in `/` (falconieri
+    /// `devices.go`: `GET tokens/<id>` → `links.company`, `GET <company>` → `links.endpoints`).
     async fn endpoints(&self, wan: &Wan) -> Result<String, Failure> {
         let link = |document: &Json, name: &str| {
             document
@@ -165,6 +186,69 @@ impl Sraps {
         }
         Ok(endpoints)
     }
+
+    /// Every item of a paged list from `first`: a JSON array, or `{results, next}`, with the
+    /// next page in a `Link: <...>; rel="next"` header or in `next` (falconieri `devices.go`).
+    async fn list(&self, wan: &Wan, first: String) -> Result<Vec<Json>, Failure> {
+        let mut items = Vec::new();
+        let mut url = Some(first);
+        for _ in 0..MAX_PAGES {
+            let Some(page_url) = url.take() else { return Ok(items) };
+            let reply = check_reply(self.send(wan, "GET", &page_url, None).await?, "JSON")?;
+            let page: Json = serde_json::from_slice(&reply.body)
+                .map_err(|e| Failure::retry(format!("malformed SRAPS reply: {e}: {}", reply.excerpt())))?;
+            let next_in_body = page.get("next").and_then(Json::as_str).map(str::to_string);
+            match page {
+                Json::Array(page) => items.extend(page),
+                Json::Object(mut page) => match page.remove("results") {
+                    Some(Json::Array(results)) => items.extend(results),
+                    _ => return Err(Failure::retry("SRAPS list reply without results")),
+                },
+                _ => return Err(Failure::retry("SRAPS list reply is neither an array nor {results}")),
+            }
+            url = next_link(&reply.link).or(next_in_body).map(|next| self.resolve(&next));
+        }
+        Err(Failure::retry(format!("SRAPS list longer than {MAX_PAGES} pages")))
+    }
+
+    /// The endpoints collection and the UUID of the setting that holds the provisioning URL:
+    /// `param_name` `setting_server` in section `phone-settings`. There is a second
+    /// `setting_server`, in section `global`, which is the wrong one (ngcp-panel f1e00a0408).
+    async fn targets(&self, wan: &Wan) -> Result<(String, String), Failure> {
+        let mut found = self.found.lock().await;
+        if let Some(found) = found.as_ref() {
+            return Ok(found.clone());
+        }
+        let endpoints = self.endpoints(wan).await?;
+        let settings = self.list(wan, format!("{}settings/?page_size={SETTINGS_PAGE}", self.base)).await?;
+        let uuid = settings
+            .iter()
+            .find(|setting| {
+                setting.get("param_name").and_then(Json::as_str) == Some("setting_server")
+                    && setting.get("section").and_then(Json::as_str) == Some("phone-settings")
+            })
+            .and_then(|setting| setting.get("uuid").and_then(Json::as_str))
+            .ok_or_else(|| Failure::retry("SRAPS lists no setting_server in section phone-settings"))?
+            .to_string();
+        *found = Some((endpoints, uuid));
+        Ok(found.clone().unwrap_or_default())
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
+        let start = part.find('<')? + 1;
+        let end = part[start..].find('>')? + start;
+        Some(part[start..end].to_string())
+    })
+}
+
+/// Whether a SRAPS refusal says the MAC belongs to another company: falconieri
+/// `utils/utils.go` (b7bee26) reads the body's text, whatever the status.
+fn taken_by_other(reply: &WanReply) -> bool {
+    let text = String::from_utf8_lossy(&reply.body).to_ascii_lowercase();
+    text.contains("taken_mac_or_forbidden") || (text.contains("permission") && text.contains("endpoint"))
 }
 
 impl RedirectClient for Sraps {
@@ -173,16 +257,19 @@ impl RedirectClient for Sraps {
     }
 
     async fn register(&self, wan: &Wan, registration: &Registration) -> Result<(), Failure> {
-        let url = format!("{}{}", self.endpoints(wan).await?, registration.mac);
+        let (endpoints, setting) = self.targets(wan).await?;
+        // falconieri `devices.go`: a full PUT of the endpoint, MAC in lowercase; the URL goes in
+        // settings_manager, never a provisioning_url field.
+        let mac = registration.mac.to_string();
         let body = json!({
-            "mac": registration.mac.to_string(),
+            "mac": mac,
             "autoprovisioning_enabled": true,
-            "provisioning_url": registration.url,
+            "settings_manager": { setting: { "value": registration.url, "attrs": { "perm": "RW" } } },
         });
-        let reply = self.send(wan, "PUT", &url, Some(body)).await?;
-        if reply.status == 409 {
+        let reply = self.send(wan, "PUT", &format!("{endpoints}{mac}"), Some(body)).await?;
+        if reply.status >= 400 && taken_by_other(&reply) {
             return Err(Failure::permanent(format!(
-                "SRAPS: {} (the MAC belongs to another SRAPS account; release it there)",
+                "SRAPS: {} (the MAC belongs to another SRAPS company; release it there)",
                 reply.excerpt()
             )));
         }
@@ -190,28 +277,34 @@ impl RedirectClient for Sraps {
     }
 
     async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
-        let url = format!("{}{mac}", self.endpoints(wan).await?);
-        let reply = self.send(wan, "DELETE", &url, None).await?;
+        // ngcp-panel Snom.pm: DELETE the endpoint. A 404 (nothing to remove) is an assumption:
+        // no reference says how SRAPS answers for an unknown MAC.
+        let (endpoints, _) = self.targets(wan).await?;
+        let reply = self.send(wan, "DELETE", &format!("{endpoints}{mac}"), None).await?;
         if reply.status == 404 {
             return Ok(());
         }
         check_reply(reply, "JSON").map(|_| ())
     }
 
-    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
-        let url = format!("{}{mac}", self.endpoints(wan).await?);
-        let reply = self.send(wan, "GET", &url, None).await?;
-        if reply.status == 404 {
-            return Ok(Json::Null);
-        }
-        let reply = check_reply(reply, "JSON")?;
-        serde_json::from_slice(&reply.body)
-            .map_err(|e| Failure::retry(format!("malformed SRAPS reply: {e}: {}", reply.excerpt())))
+    async fn lookup(&self, wan: &Wan, mac: &Mac) -> Result<Option<Lookup>, Failure> {
+        // ngcp-panel Snom.pm reads the endpoint list and matches `mac` ignoring case; the URL
+        // is read from the entry's settings_manager where the list carries it.
+        let (endpoints, setting) = self.targets(wan).await?;
+        let entries = self.list(wan, endpoints).await?;
+        let wanted = mac.to_string();
+        let entry = entries.into_iter().find(|entry| {
+            entry.get("mac").and_then(Json::as_str).is_some_and(|held| held.eq_ignore_ascii_case(&wanted))
+        });
+        let Some(entry) = entry else { return Ok(Some(Lookup { holding: Holding::Absent, reply: Json::Null })) };
+        let url = entry.pointer(&format!("/settings_manager/{setting}/value")).and_then(Json::as_str);
+        let holding = url.map_or(Holding::Held, |url| Holding::Url(url.to_string()));
+        Ok(Some(Lookup { holding, reply: entry }))
     }
 }
 
 /// The legacy XML-RPC API: `redirect.registerPhone(mac, url)`, `redirect.deregisterPhone(mac)`,
-/// `redirect.checkPhone(mac)`.
+/// `redirect.getPhoneRedirection(mac)`.
 pub struct XmlRpc {
     endpoint: String,
     authorization: String,
@@ -228,6 +321,7 @@ impl XmlRpc {
     }
 }
 
+/// The MAC in uppercase, as ngcp-panel and falconieri send it.
 fn mac_param(mac: &Mac) -> Value {
     Value::str(mac.to_string().to_ascii_uppercase())
 }
@@ -256,10 +350,24 @@ impl RedirectClient for XmlRpc {
         }
     }
 
-    async fn check(&self, wan: &Wan, mac: &Mac) -> Result<Json, Failure> {
-        match self.call(wan, "redirect.checkPhone", &[mac_param(mac)]).await? {
-            Reply::Value(value) => Ok(value.to_json()),
-            Reply::Fault { code, message } => Err(Failure::permanent(format!("XML-RPC fault {code}: {message}"))),
-        }
+    async fn lookup(&self, wan: &Wan, mac: &Mac) -> Result<Option<Lookup>, Failure> {
+        // `redirect.getPhoneRedirection(mac)`: `[true, company, url]`, or `[false, text]`
+        // (Snom wiki "XML-RPC API"; Snomio/RDS-CLI cli.py). `checkPhone` says only "Ok".
+        let reply = match self.call(wan, "redirect.getPhoneRedirection", &[mac_param(mac)]).await? {
+            Reply::Value(value) => value,
+            Reply::Fault { code, message } => {
+                return Err(Failure::permanent(format!("XML-RPC fault {code}: {message}")));
+            }
+        };
+        let holding = match &reply {
+            Value::Array(items) if items.len() == 3 && items[0].truthy() => Holding::Url(items[2].text()),
+            Value::Array(items) if items.len() == 2 && !items[0].truthy() => match items[1].text() {
+                text if text.contains("no_such_mac") => Holding::Absent,
+                text if text.contains("owned_by_other_user") => Holding::Held,
+                text => return Err(Failure::permanent(format!("Snom getPhoneRedirection: {text}"))),
+            },
+            other => return Err(Failure::retry(format!("unexpected getPhoneRedirection reply {:?}", other.text()))),
+        };
+        Ok(Some(Lookup { holding, reply: reply.to_json() }))
     }
 }

@@ -45,6 +45,8 @@ pub struct WanReply {
     pub status: u16,
     /// `Content-Type`, lowercased, or empty.
     pub content_type: String,
+    /// `Link` (RFC 8288), or empty: where the next page of a paged list is.
+    pub link: String,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -145,10 +147,11 @@ where
     let result = match response {
         Ok(response) => {
             let status = response.status().as_u16();
-            let content_type =
-                response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+            let header =
+                |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let (content_type, link) = (header("content-type").to_ascii_lowercase(), header("link"));
             match Limited::new(response.into_body(), MAX_REPLY_BYTES).collect().await {
-                Ok(body) => Ok(WanReply { status, content_type, body: body.to_bytes().to_vec() }),
+                Ok(body) => Ok(WanReply { status, content_type, link, body: body.to_bytes().to_vec() }),
                 Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                     Err(Failure::retry(format!("reply larger than {} KiB; refused", MAX_REPLY_BYTES / 1024)))
                 }

@@ -385,6 +385,14 @@ pub enum RedirectState {
         /// What failed was a deregistration: the service may still hold the MAC.
         deregistering: bool,
     },
+    /// The service accepted the registration at this time, but reading it back did not
+    /// show the enrollment URL.
+    Unverified {
+        /// When.
+        at: u64,
+        /// What the read-back showed.
+        reason: String<160>,
+    },
 }
 
 /// A device's redirect record: its settled state and whether the technician turned
@@ -405,7 +413,18 @@ impl Default for RedirectRecord {
 
 impl Record for RedirectRecord {
     const KIND: Kind = Kind::Redirect;
-    const SCHEMA: u8 = 1;
+    /// 2 added [`RedirectState::Unverified`]. A version that knows only schema 1 refuses the
+    /// record with a clear error instead of misreading the new variant.
+    const SCHEMA: u8 = 2;
+
+    fn upgrade(schema: u8, body: &[u8]) -> Result<Self, RecordError> {
+        match schema {
+            // Schema 1's variants are schema 2's first four, encoded alike.
+            1 => postcard::from_bytes(body)
+                .map_err(|e| RecordError::Malformed { kind: Self::KIND, reason: e.to_string() }),
+            found => Err(RecordError::UnknownSchema { kind: Self::KIND, found, supported: Self::SCHEMA }),
+        }
+    }
 }
 
 /// A bearer token of the JSON API. Only a hash of its secret is stored.

@@ -1,8 +1,18 @@
-//! A mock vendor cloud on loopback: Yealink RPS (XML-RPC and the signed JSON API), Snom SRAPS
-//! (Hawk) and legacy XML-RPC, and Fanvil FDPS, over real HTTP or HTTPS. It checks each wire
-//! format independently of provbox's own encoders (Basic auth, XML-RPC bodies, the X-Ca
-//! signature and the Hawk MAC are recomputed here) and keeps a registry of MAC -> URL per
+//! A mock vendor cloud on loopback: Yealink RPS (XML-RPC, the signed JSON API and YMCS v2),
+//! Snom SRAPS (Hawk) and legacy XML-RPC, and Fanvil FDPS, over real HTTP or HTTPS. It checks
+//! each wire format independently of provbox's own encoders (Basic auth, XML-RPC bodies, the
+//! X-Ca signature and the Hawk MAC are recomputed here) and keeps a registry of MAC -> URL per
 //! account. Faults (refused connections, 5xx, stalls, garbage replies) are switchable.
+//!
+//! Each service accepts only what independent clients send, and answers as they expect to be
+//! answered; the rule's source is cited beside it (repository @ commit, path). Where no
+//! reference settles a point the code says "assumed". The references:
+//! - [F] nethesis/falconieri @ 856677b (Go: Yealink, YMCS, Snom SRAPS, Fanvil);
+//! - [N] sipwise/ngcp-panel @ f677173, `lib/NGCP/Panel/Utils/DeviceBootstrap/` (Perl);
+//! - [P] peoplefone/provisioning-rpc @ c0ab81b (PHP: Yealink, Snom);
+//! - [S] nemerald-voip/fspbx @ f01af80 (RPS JSON) and 24614c4 (YMCS) (PHP);
+//! - [Y] yjcb22/YealinkRPS @ f9a5460 (PHP, RPS JSON);
+//! - [W] Snom's wiki, "XML-RPC API"; [C] Snomio/RDS-CLI @ 346489f `cli.py`.
 #![allow(dead_code)] // each test binary uses its own part of the mock
 
 use std::collections::{BTreeMap, HashSet};
@@ -91,6 +101,10 @@ struct State {
     without_unique_url: bool,
     /// Yealink XML-RPC refuses deRegisterDevice with this text.
     refuse_deregister: Option<String>,
+    /// Services accept removals but keep the MAC (a cloud that says yes and does nothing).
+    ignore_removals: bool,
+    /// Services accept registrations but point the MAC here instead.
+    misdirect: Option<String>,
 }
 
 /// The running mock.
@@ -228,6 +242,16 @@ impl Mock {
         self.state.lock().unwrap().refuse_deregister = text.map(str::to_string);
     }
 
+    /// Makes every service answer removals with success while keeping the MAC.
+    pub fn ignore_removals(&self, ignore: bool) {
+        self.state.lock().unwrap().ignore_removals = ignore;
+    }
+
+    /// Makes every service accept registrations but keep `url` for the MAC instead.
+    pub fn misdirect(&self, url: Option<&str>) {
+        self.state.lock().unwrap().misdirect = url.map(str::to_string);
+    }
+
     pub fn without_unique_url(&self) {
         self.state.lock().unwrap().without_unique_url = true;
     }
@@ -300,6 +324,30 @@ fn xml_pair(ok: bool, text: &str) -> Reply {
          </data></array></value></param></params></methodResponse>",
         u8::from(ok),
         text.replace('&', "&amp;").replace('<', "&lt;")
+    );
+    reply(200, "text/xml", body)
+}
+
+/// `[boolean, text]` with the text untyped, as RPS answers: [F] `providers/yealink.go` reads
+/// `<value><boolean>(.*)</boolean></value><value>(.*)</value>` and compares the raw text.
+fn xml_pair_untyped(ok: bool, text: &str) -> Reply {
+    let body = format!(
+        "<?xml version=\"1.0\"?>\n<methodResponse><params><param><value><array><data>\
+         <value><boolean>{}</boolean></value><value>{}</value>\
+         </data></array></value></param></params></methodResponse>",
+        u8::from(ok),
+        text.replace('&', "&amp;").replace('<', "&lt;")
+    );
+    reply(200, "text/xml", body)
+}
+
+/// A `[true, company, url]` reply ([W] getPhoneRedirection; [C] l.406-416).
+fn xml_triple(company: &str, url: &str) -> Reply {
+    let body = format!(
+        "<?xml version=\"1.0\"?>\n<methodResponse><params><param><value><array><data>\
+         <value><boolean>1</boolean></value><value><string>{company}</string></value>\
+         <value><string>{}</string></value></data></array></value></param></params></methodResponse>",
+        url.replace('&', "&amp;").replace('<', "&lt;")
     );
     reply(200, "text/xml", body)
 }
@@ -469,68 +517,107 @@ fn put_entry(s: &mut State, mac: &str, url: &str, take_over: bool) -> Result<(),
     }
     s.next_id += 1;
     let id = s.next_id;
-    s.registry.insert(mac.into(), Entry { account: OWN.into(), url: url.into(), id });
+    let url = s.misdirect.clone().unwrap_or_else(|| url.to_string());
+    s.registry.insert(mac.into(), Entry { account: OWN.into(), url, id });
     Ok(())
 }
 
+/// RPS takes server names of at most 20 characters of `A-z 0-9 - _ .` and space: [N]
+/// `Yealink.pm` (md5 prefixes of 20), [P] (its error text, quoted below).
+fn yealink_server_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 20
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+}
+
 async fn yealink_xmlrpc(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled {
+    // Basic auth and text/xml: [F] `providers/yealink.go`, [N] `VendorRPC.pm`, [P].
     let (method, params) = xmlrpc_request(request, USER, PASSWORD).await?;
-    let arity = |n: usize| {
-        if params.len() == n { Ok(()) } else { Err((400, format!("{method} takes {n} string params, got {params:?}"))) }
+    let arity = |counts: &[usize]| {
+        if counts.contains(&params.len()) {
+            Ok(())
+        } else {
+            Err((400, format!("{method} takes {counts:?} string params, got {params:?}")))
+        }
     };
     let mut s = state.lock().unwrap();
-    let invalid = |mac: &str| xml_pair(false, &format!("Error:Invalid MAC(s):{mac}"));
+    // [P]: `Error:Invalid MAC(s):<mac>`.
+    let invalid = |mac: &str| xml_pair_untyped(false, &format!("Error:Invalid MAC(s):{mac}"));
+    let bad_server = "Error:The server name can only contain 'A-z 0-9 - _ . '(include space)";
     let register = |s: &mut State, raw_mac: &str, url: &str, take_over: &str| -> Reply {
+        // MACs as [F] sends them: uppercase, dash-separated.
         let Some(mac) = yealink_mac(raw_mac) else { return invalid(raw_mac) };
         match s.registry.get(&mac) {
-            Some(entry) if entry.account == OWN => return xml_pair(false, &format!("Existing MAC(s):{raw_mac}")),
-            Some(_) if take_over != "1" => return xml_pair(false, "Are you sure you want to override MAC addresses"),
+            // Assumed: no reference quotes the reply for a MAC already in the account.
+            Some(entry) if entry.account == OWN => {
+                return xml_pair_untyped(false, &format!("Existing MAC(s):{raw_mac}"));
+            }
+            // Another account's MAC without override: [F] reads `Error:` and ten lowercase
+            // letters or digits as "owned by another user".
+            Some(_) if take_over != "1" => return xml_pair_untyped(false, "Error:macinuse01 MAC of another account"),
             _ => {}
         }
         let _ = put_entry(s, &mac, url, true);
-        xml_pair(true, "OK")
+        xml_pair_untyped(true, "OK")
     };
     let answer = match method.as_str() {
+        // Assumed: no reference shows an RPS without this method.
         "redirect.registerDeviceWithUniqueUrl" if s.without_unique_url => {
             return Ok(xml_fault(-32601, "Method not found"));
         }
+        // [F]: (mac, serverName, url, override).
         "redirect.registerDeviceWithUniqueUrl" => {
-            arity(4)?;
+            arity(&[4])?;
+            if !yealink_server_name_ok(&params[1]) {
+                return Ok(xml_pair_untyped(false, bad_server));
+            }
             register(&mut s, &params[0], &params[2], &params[3])
         }
+        // [N]: addServer(serverName, url).
         "redirect.addServer" => {
-            arity(2)?;
+            arity(&[2])?;
+            if !yealink_server_name_ok(&params[0]) {
+                return Ok(xml_pair_untyped(false, bad_server));
+            }
             s.servers.insert(params[0].clone(), params[1].clone());
-            xml_pair(true, "OK")
+            xml_pair_untyped(true, "OK")
         }
+        // registerDevice(mac, serverName) in [N], with an override flag third in [P].
         "redirect.registerDevice" => {
-            arity(3)?;
+            arity(&[2, 3])?;
             let Some(url) = s.servers.get(&params[1]).cloned() else {
-                return Ok(xml_pair(false, "Error: Invalid server"));
+                return Ok(xml_pair_untyped(false, "Error:Invalid server"));
             };
-            register(&mut s, &params[0], &url, &params[2])
+            register(&mut s, &params[0], &url, params.get(2).map_or("0", String::as_str))
         }
         "redirect.deRegisterDevice" if s.refuse_deregister.is_some() => {
-            xml_pair(false, s.refuse_deregister.as_deref().unwrap_or_default())
+            xml_pair_untyped(false, s.refuse_deregister.as_deref().unwrap_or_default())
         }
+        // [N], [P]: deRegisterDevice(mac).
         "redirect.deRegisterDevice" => {
-            arity(1)?;
+            arity(&[1])?;
+            let ignore = s.ignore_removals;
             match yealink_mac(&params[0]) {
                 Some(mac) if s.registry.get(&mac).is_some_and(|e| e.account == OWN) => {
-                    s.registry.remove(&mac);
-                    xml_pair(true, "OK")
+                    if !ignore {
+                        s.registry.remove(&mac);
+                    }
+                    xml_pair_untyped(true, "OK")
                 }
+                // Assumed: what RPS answers for a MAC it does not hold is in no reference.
                 _ => invalid(&params[0]),
             }
         }
+        // [P]: checkDevice(mac) answers `registered`, `unregistered`, `unknown`,
+        // `registered elsewhere`.
         "redirect.checkDevice" => {
-            arity(1)?;
+            arity(&[1])?;
             let status = match yealink_mac(&params[0]).and_then(|mac| s.registry.get(&mac).cloned()) {
                 Some(entry) if entry.account == OWN => "registered",
                 Some(_) => "registered elsewhere",
                 None => "unregistered",
             };
-            xml_pair(true, status)
+            xml_pair_untyped(true, status)
         }
         other => return Ok(xml_fault(-32601, &format!("Method {other} not found"))),
     };
@@ -539,7 +626,8 @@ async fn yealink_xmlrpc(state: &Arc<Mutex<State>>, request: Request<Incoming>) -
     Ok(answer)
 }
 
-/// Checks the X-Ca signature of a JSON API request by recomputing it.
+/// Checks the X-Ca signature of a JSON API request by recomputing it, in the layout of [S]
+/// `app/Services/YealinkRpsRequestSigner.php` and [Y] `createStrToSign`.
 fn check_signature(
     s: &mut State,
     method: &str,
@@ -553,8 +641,9 @@ fn check_signature(
     if header("x-ca-key") != KEY {
         return unauthorized("invalid X-Ca-Key");
     }
+    // Nonces differ in form across clients ([S] a dashless UUID, [Y] uniqid()); any fresh one.
     let nonce = header("x-ca-nonce");
-    if nonce.len() != 36 || !s.nonces.insert(nonce.clone()) {
+    if nonce.is_empty() || !s.nonces.insert(nonce.clone()) {
         return unauthorized("nonce missing or replayed");
     }
     let timestamp: u128 = header("x-ca-timestamp").parse().unwrap_or(0);
@@ -605,21 +694,46 @@ async fn yealink_json(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> 
         serde_json::from_slice(&body).map_err(|e| (400, e.to_string()))?
     };
     let ok = |data: serde_json::Value| json_reply(200, serde_json::json!({"ret": 1, "data": data, "error": null}));
-    let error = |code: &str| json_reply(200, serde_json::json!({"ret": -1, "data": null, "error": {"msg": code}}));
+    // Refusals come with HTTP 200 and `ret: -1` ([S] `tests/Unit/YealinkRpsCloudProviderTest.php`).
+    let error = |code: &str| {
+        json_reply(
+            200,
+            serde_json::json!({"ret": -1, "data": null, "error": {"msg": code, "errorCode": 409, "fieldErrors": []}}),
+        )
+    };
+    let record_of =
+        |mac: &str, e: &Entry| serde_json::json!({"id": e.id, "mac": mac, "uniqueServerUrl": e.url, "serverId": null});
     let answer = match (method.as_str(), path.as_str()) {
+        // `device/add {macs, uniqueServerUrl}`, MACs lowercase ([S], [Y]).
         ("POST", "/api/open/v1/device/add") => {
             let macs = json["macs"].as_array().ok_or((400, "add without macs".to_string()))?;
             let url = json["uniqueServerUrl"].as_str().ok_or((400, "add without uniqueServerUrl".to_string()))?;
-            let mac = macs.first().and_then(|m| m.as_str()).and_then(plain_mac).ok_or((400, "bad mac".to_string()))?;
+            let raw = macs.first().and_then(|m| m.as_str()).ok_or((400, "bad mac".to_string()))?;
+            let mac = plain_mac(raw).filter(|_| raw.chars().all(|c| !c.is_ascii_uppercase()));
+            let mac = mac.ok_or((400, format!("mac {raw:?} is not 12 lowercase hex digits")))?;
             match s.registry.get(&mac) {
                 Some(entry) if entry.account == OWN => error("device.mac.existed"),
                 Some(_) => error("device.mac.added.by.other"),
                 None => {
                     let _ = put_entry(&mut s, &mac, url, false);
-                    ok(serde_json::Value::Null)
+                    let id = s.registry[&mac].id;
+                    ok(serde_json::json!([{"id": id, "mac": mac}]))
                 }
             }
         }
+        // `device/list {key, skip, limit, autoCount}`: `key` matches loosely ([Y] `run.php`
+        // reads `data.data[0].id`; an untitled TypeScript client notes the loose match).
+        ("POST", "/api/open/v1/device/list") => {
+            let key = json["key"].as_str().ok_or((400, "list without key".to_string()))?.to_ascii_lowercase();
+            let found: Vec<serde_json::Value> = s
+                .registry
+                .iter()
+                .filter(|(mac, e)| e.account == OWN && mac.contains(&key))
+                .map(|(mac, e)| record_of(mac, e))
+                .collect();
+            ok(serde_json::json!({"skip": 0, "limit": json["limit"], "total": found.len(), "data": found}))
+        }
+        // `device/edit {id, uniqueServerUrl}`.
         ("POST", "/api/open/v1/device/edit") => {
             let id = json["id"].as_u64().ok_or((400, "edit without id".to_string()))?;
             let url =
@@ -629,9 +743,10 @@ async fn yealink_json(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> 
                     entry.url = url;
                     ok(serde_json::Value::Null)
                 }
-                None => error("device.not.found"),
+                None => error("device.operate.forbidden"),
             }
         }
+        // `device/delete {ids}` ([Y]; [S] `deleteOrganization`): `ret: 0, data: null`.
         ("POST", "/api/open/v1/device/delete") => {
             let ids: Vec<u64> = json["ids"]
                 .as_array()
@@ -639,18 +754,21 @@ async fn yealink_json(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> 
                 .iter()
                 .filter_map(|i| i.as_u64())
                 .collect();
-            s.registry.retain(|_, e| !(e.account == OWN && ids.contains(&e.id)));
-            ok(serde_json::Value::Null)
+            if !s.ignore_removals {
+                s.registry.retain(|_, e| !(e.account == OWN && ids.contains(&e.id)));
+            }
+            json_reply(200, serde_json::json!({"ret": 0, "data": null, "error": null}))
         }
+        // `checkDevice` answers a status string, never a record (two untitled clients in the
+        // index; no repository). Kept so that a client reading a record from it fails.
         ("GET", "/api/open/v1/device/checkDevice") => {
             let mac =
                 query.strip_prefix("mac=").and_then(plain_mac).ok_or((400, "checkDevice without mac".to_string()))?;
-            match s.registry.get(&mac) {
-                Some(e) if e.account == OWN => {
-                    ok(serde_json::json!({"id": e.id, "mac": mac, "uniqueServerUrl": e.url}))
-                }
-                _ => ok(serde_json::Value::Null),
-            }
+            ok(serde_json::json!(if s.registry.get(&mac).is_some_and(|e| e.account == OWN) {
+                "bound"
+            } else {
+                "unbound"
+            }))
         }
         _ => return Err((404, format!("no such endpoint {method} {path}"))),
     };
@@ -684,13 +802,21 @@ fn check_hawk(method: &str, resource: &str, headers: &hyper::HeaderMap, body: &[
         .next()
         .unwrap_or("")
         .to_string();
-    let mut payload = format!("hawk.1.payload\n{content_type}\n").into_bytes();
-    payload.extend_from_slice(body);
-    payload.push(b'\n');
-    let hash = BASE64.encode(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref());
-    if field("hash")? != hash {
-        return Err("Hawk payload hash mismatch".into());
-    }
+    // The payload hash is optional: [F] `libs/grape/auth.go` always sends it, [N] `Snom.pm`
+    // never does (an empty line in the normalized string); a hash that is sent must match.
+    let hash = match fields.get("hash") {
+        Some(sent) => {
+            let mut payload = format!("hawk.1.payload\n{content_type}\n").into_bytes();
+            payload.extend_from_slice(body);
+            payload.push(b'\n');
+            let hash = BASE64.encode(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref());
+            if *sent != hash {
+                return Err("Hawk payload hash mismatch".into());
+            }
+            hash
+        }
+        None => String::new(),
+    };
     let host_header = headers.get("host").and_then(|v| v.to_str().ok()).ok_or("no Host")?;
     let (host, port) = host_header.rsplit_once(':').ok_or("Host without port")?;
     let normalized =
@@ -705,46 +831,109 @@ fn check_hawk(method: &str, resource: &str, headers: &hyper::HeaderMap, body: &[
     Ok(())
 }
 
+/// The two SRAPS settings named `setting_server` ([N] f1e00a0408's commit message quotes
+/// both): the global one, which does not redirect desk phones, and the one in section
+/// `phone-settings`, which does.
+const SRAPS_GLOBAL_SERVER: &str = "5683038c-0000-4000-8000-000000000001";
+const SRAPS_PHONE_SERVER: &str = "50a40056-0000-4000-8000-000000000002";
+
+/// `settings/`: more than a page of settings, both `setting_server`s on the last page, as in
+/// the real list of some 1,200 ([F] b77d513).
+fn sraps_settings() -> Vec<serde_json::Value> {
+    let mut settings: Vec<serde_json::Value> = (0..230)
+        .map(|i| serde_json::json!({"uuid": format!("00000000-0000-4000-8000-{i:012}"), "param_name": format!("setting_{i}"), "section": "phone-settings", "name": format!("Setting {i}")}))
+        .collect();
+    settings.push(serde_json::json!({"uuid": SRAPS_GLOBAL_SERVER, "param_name": "setting_server", "section": "global", "name": "Setting Server URL", "field_type": "url"}));
+    settings.push(serde_json::json!({"uuid": SRAPS_PHONE_SERVER, "param_name": "setting_server", "section": "phone-settings", "name": "Setting Server", "field_type": "url"}));
+    settings
+}
+
+/// A page of `items` with `page_size` (default 20, at most 1,000 [F] b77d513) from `query`,
+/// and the `Link: <next>; rel="next"` header [F] `devices.go` follows.
+fn sraps_page(path: &str, query: &str, items: &[serde_json::Value]) -> Reply {
+    let param = |name: &str| {
+        query.split('&').find_map(|pair| pair.strip_prefix(&format!("{name}="))).and_then(|v| v.parse::<usize>().ok())
+    };
+    let size = param("page_size").unwrap_or(20).clamp(1, 1000);
+    let page = param("page").unwrap_or(1).max(1);
+    let chunk: Vec<serde_json::Value> = items.iter().skip((page - 1) * size).take(size).cloned().collect();
+    let mut response = json_reply(200, serde_json::Value::Array(chunk));
+    if page * size < items.len() {
+        let next = format!("<{path}?page_size={size}&page={}>; rel=\"next\"", page + 1);
+        response.headers_mut().insert("link", next.parse().unwrap());
+    }
+    response
+}
+
 async fn sraps(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled {
     let method = request.method().to_string();
     let resource = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
     let headers = request.headers().clone();
     let body = body_of(request).await?;
     check_hawk(&method, &resource, &headers, &body).map_err(|why| (401, why))?;
     const ENDPOINTS: &str = "/api/v1/companies/c1/endpoints/";
+    let endpoint_of = |mac: &str, e: &Entry| {
+        let mut settings = serde_json::Map::new();
+        if !e.url.is_empty() {
+            settings.insert(SRAPS_PHONE_SERVER.into(), serde_json::json!({"value": e.url, "attrs": {"perm": "RW"}}));
+        }
+        serde_json::json!({"mac": mac, "autoprovisioning_enabled": true, "settings_manager": settings})
+    };
     let answer = if method == "GET" && path == format!("/api/v1/tokens/{HAWK_ID}") {
+        // [F] `devices.go`, [N]: `tokens/<id>` → `links.company`.
         json_reply(200, serde_json::json!({"id": HAWK_ID, "links": {"company": "/api/v1/companies/c1"}}))
     } else if method == "GET" && path == "/api/v1/companies/c1" {
+        // [F]: the company → `links.endpoints`.
         json_reply(200, serde_json::json!({"name": "ACME", "links": {"endpoints": ENDPOINTS}}))
-    } else if let Some(mac) = path.strip_prefix(ENDPOINTS).and_then(plain_mac) {
+    } else if method == "GET" && path == "/api/v1/settings/" {
+        sraps_page(&path, &query, &sraps_settings())
+    } else if method == "GET" && path == ENDPOINTS {
+        // [N] `Snom.pm` deregister: the company's endpoint list, each with its `mac`.
+        let s = state.lock().unwrap();
+        let list: Vec<serde_json::Value> =
+            s.registry.iter().filter(|(_, e)| e.account == OWN).map(|(mac, e)| endpoint_of(mac, e)).collect();
+        sraps_page(&path, &query, &list)
+    } else if let Some(raw) = path.strip_prefix(ENDPOINTS) {
+        let mac = plain_mac(raw).ok_or((400, format!("{raw:?} is not a MAC")))?;
         let mut s = state.lock().unwrap();
         match method.as_str() {
             "PUT" => {
                 let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| (400, e.to_string()))?;
-                if json["mac"] != mac.as_str() || json["autoprovisioning_enabled"] != true {
+                if !json["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&mac))
+                    || !(json["autoprovisioning_enabled"] == true || json["autoprovisioning_enabled"] == "true")
+                {
                     return Err((400, format!("PUT body does not match the endpoint: {json}")));
                 }
-                let url = json["provisioning_url"].as_str().ok_or((400, "no provisioning_url".to_string()))?;
-                match put_entry(&mut s, &mac, url, false) {
+                // [F] `devices.go` / `types.go`, [N] `Snom.pm`: the URL goes in
+                // settings_manager under a setting's UUID; no reference sends provisioning_url.
+                let Some(manager) = json["settings_manager"].as_object() else {
+                    return Err((
+                        400,
+                        format!("an endpoint's provisioning URL is set through settings_manager: {json}"),
+                    ));
+                };
+                let url = manager
+                    .get(SRAPS_PHONE_SERVER)
+                    .and_then(|setting| setting["value"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                match put_entry(&mut s, &mac, &url, false) {
                     Ok(()) => json_reply(200, json),
-                    Err(owner) => {
-                        json_reply(409, serde_json::json!({"message": format!("endpoint belongs to company {owner}")}))
-                    }
+                    // [F] `utils/utils.go` (b7bee26) reads this text; no reference gives the status.
+                    Err(_) => json_reply(403, serde_json::json!({"detail": "taken_mac_or_forbidden"})),
                 }
             }
+            // [N] `Snom.pm`: DELETE the endpoint. A 404 for an unknown one is assumed.
             "DELETE" => match s.registry.get(&mac) {
                 Some(e) if e.account == OWN => {
-                    s.registry.remove(&mac);
+                    if !s.ignore_removals {
+                        s.registry.remove(&mac);
+                    }
                     reply(204, "application/json", "")
                 }
-                _ => json_reply(404, serde_json::json!({"message": "not found"})),
-            },
-            "GET" => match s.registry.get(&mac) {
-                Some(e) if e.account == OWN => {
-                    json_reply(200, serde_json::json!({"mac": mac, "provisioning_url": e.url}))
-                }
-                _ => json_reply(404, serde_json::json!({"message": "not found"})),
+                _ => json_reply(404, serde_json::json!({"detail": "Not found."})),
             },
             _ => return Err((405, "method not allowed".into())),
         }
@@ -756,28 +945,47 @@ async fn sraps(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled
 }
 
 async fn snom_xmlrpc(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled {
+    // [W]: POST to `/xmlrpc/` (the trailing slash is mandatory), text/xml, Basic auth.
     let (method, params) = xmlrpc_request(request, USER, PASSWORD).await?;
     let mut s = state.lock().unwrap();
-    let mac = params.first().and_then(|m| plain_mac(m).filter(|_| m.chars().all(|c| !c.is_ascii_lowercase())));
+    // MAC case differs among clients ([N] and [F] upper, [P] lower): both are taken.
+    let mac = params.first().and_then(|m| plain_mac(m));
     let answer = match (method.as_str(), mac) {
         (_, None) => xml_pair(false, "Error:malformed_mac"),
+        // [W], [P]: registerPhone(mac, url) → `[true, "Ok"]` or `[false, "Error:..."]`.
         ("redirect.registerPhone", Some(mac)) if params.len() == 2 => {
-            match put_entry(&mut s, &mac, &params[1], false) {
-                Ok(()) => xml_pair(true, "OK"),
-                Err(_) => xml_pair(false, "Error:owned_by_other_user"),
+            if !params[1].starts_with("http://") && !params[1].starts_with("https://") {
+                xml_pair(false, "Error:malformed_url")
+            } else {
+                match put_entry(&mut s, &mac, &params[1], false) {
+                    Ok(()) => xml_pair(true, "Ok"),
+                    Err(_) => xml_pair(false, "Error:owned_by_other_user"),
+                }
             }
         }
+        // [W], [P]: deregisterPhone(mac); [P] handles `Error:no_such_mac`.
         ("redirect.deregisterPhone", Some(mac)) => match s.registry.get(&mac) {
             Some(e) if e.account == OWN => {
-                s.registry.remove(&mac);
-                xml_pair(true, "OK")
+                if !s.ignore_removals {
+                    s.registry.remove(&mac);
+                }
+                xml_pair(true, "Ok")
             }
-            _ => xml_pair(false, "Error:no_such_mac"),
+            Some(_) => xml_pair(false, "Error:owned_by_other_user"),
+            None => xml_pair(false, "Error:no_such_mac"),
         },
-        ("redirect.checkPhone", Some(mac)) => xml_pair(
-            s.registry.contains_key(&mac),
-            if s.registry.contains_key(&mac) { "registered" } else { "unknown" },
-        ),
+        // [P], [C]: checkPhone(mac) → `[bool, "Ok" | "Error:..."]`, no URL.
+        ("redirect.checkPhone", Some(mac)) => match s.registry.get(&mac) {
+            Some(e) if e.account == OWN => xml_pair(true, "Ok"),
+            Some(_) => xml_pair(false, "Error:owned_by_other_user"),
+            None => xml_pair(false, "Error:no_such_mac"),
+        },
+        // [W], [C]: getPhoneRedirection(mac) → `[true, company, url]` or `[false, text]`.
+        ("redirect.getPhoneRedirection", Some(mac)) => match s.registry.get(&mac) {
+            Some(e) if e.account == OWN => xml_triple("ACME", &e.url),
+            Some(_) => xml_pair(false, "Error:owned_by_other_user"),
+            None => xml_pair(false, "Error:no_such_mac"),
+        },
         _ => return Ok(xml_fault(-32601, "Method not found")),
     };
     drop(s);
@@ -785,18 +993,26 @@ async fn snom_xmlrpc(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> H
     Ok(answer)
 }
 
+/// FDPS MACs: 12 uppercase hex digits, no separators ([F] `utils.GetMacAddress`).
+fn fanvil_mac(text: &str) -> Option<String> {
+    plain_mac(text).filter(|_| text.chars().all(|c| !c.is_ascii_lowercase()))
+}
+
 async fn fanvil(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled {
+    // [F] `providers/fanvil.go`: Basic auth with hex(md5(hex(md5(password)))), text/xml.
     let sent_password = md5_hex(md5_hex(PASSWORD.as_bytes()).as_bytes());
     let (method, params) = xmlrpc_request(request, USER, &sent_password).await?;
     let mut s = state.lock().unwrap();
     let answer = match method.as_str() {
+        // deleteServer(name); `Error:server_not_exist` when there is none ([F] 1a9d759).
         "redirect.deleteServer" => {
             if s.servers.remove(&params[0]).is_some() {
                 xml_pair(true, "OK")
             } else {
-                xml_pair(false, "Error: server_not_exist")
+                xml_pair(false, "Error:server_not_exist")
             }
         }
+        // addMaterialServer([key=value, ...]) in [F]'s fields.
         "redirect.addMaterialServer" => {
             let field =
                 |name: &str| params.iter().find_map(|p| p.strip_prefix(&format!("{name}="))).map(str::to_string);
@@ -808,32 +1024,50 @@ async fn fanvil(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handle
             if field("cfgPfMode").as_deref() != Some("1") {
                 return Err((400, "cfgPfMode must be 1".into()));
             }
+            // [F] cb9798a: without these some phones (X3) wait for DHCP or PnP instead.
+            if field("cfgDhcpOpt").as_deref() != Some("false") || field("cfgPnpEnable").as_deref() != Some("false") {
+                return Err((400, format!("cfgDhcpOpt=false and cfgPnpEnable=false are required: {params:?}")));
+            }
             let scheme = match protocol.as_str() {
                 "4" => "http",
                 "5" => "https",
                 _ => return Ok(xml_pair(false, "Error: url_format_error")),
             };
-            if !path.starts_with('/') {
-                return Err((400, format!("cfgPfName {path:?} must be an absolute path")));
+            // FDPS rebuilds the URL as host + "/" + path ([F] 6848ed5): a leading slash doubles,
+            // and the phone then asks for `//e/...`.
+            if path.starts_with('/') || server.contains('/') {
+                return Err((
+                    400,
+                    format!("cfgPfSrv {server:?} and cfgPfName {path:?}: host, and path without its leading /"),
+                ));
             }
-            s.servers.insert(name, format!("{scheme}://{server}{path}"));
+            s.servers.insert(name, format!("{scheme}://{server}/{path}"));
             xml_pair(true, "OK")
         }
-        "redirect.deRegisterDevice" => match s.registry.get(&params[0]) {
-            Some(e) if e.account == OWN => {
-                s.registry.remove(&params[0]);
-                xml_pair(true, "OK")
+        // deRegisterDevice(mac): [F] checks only the HTTP status. The reply texts are assumed.
+        "redirect.deRegisterDevice" => {
+            let mac = fanvil_mac(&params[0]).ok_or((400, format!("{:?} is not an uppercase MAC", params[0])))?;
+            let ignore = s.ignore_removals;
+            match s.registry.get(&mac) {
+                Some(e) if e.account == OWN => {
+                    if !ignore {
+                        s.registry.remove(&mac);
+                    }
+                    xml_pair(true, "OK")
+                }
+                _ => xml_pair(false, "Error:device_not_exist"),
             }
-            _ => xml_pair(false, "Error: device_not_exist"),
-        },
+        }
+        // registerDevice(mac, server name) ([F]); `Error: device_had_existed` for another
+        // account's device, `Error: mac_format_error` ([F] 96ef971).
         "redirect.registerDevice" => {
+            let Some(mac) = fanvil_mac(&params[0]) else { return Ok(xml_pair(false, "Error: mac_format_error")) };
             let Some(url) = s.servers.get(&params[1]).cloned() else {
-                return Ok(xml_pair(false, "Error: server_not_exist"));
+                return Ok(xml_pair(false, "Error:server_not_exist"));
             };
-            match plain_mac(&params[0]).map(|mac| put_entry(&mut s, &mac, &url, false)) {
-                Some(Ok(())) => xml_pair(true, "OK"),
-                Some(Err(_)) => xml_pair(false, "Error: device_had_existed"),
-                None => xml_pair(false, "Error: mac_format_error"),
+            match put_entry(&mut s, &mac, &url, false) {
+                Ok(()) => xml_pair(true, "OK"),
+                Err(_) => xml_pair(false, "Error: device_had_existed"),
             }
         }
         _ => return Ok(xml_fault(-32601, "Method not found")),
@@ -847,13 +1081,19 @@ async fn ymcs(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled 
     let path = request.uri().path().to_string();
     let headers = request.headers().clone();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // Every call, the token call too, carries `timestamp` (ms), `nonce` (32 hex) and JSON both
+    // ways ([F] `libs/ymcs/client.go`, `auth.go`; [S] 24614c4 `requestHeaders`).
     if header("timestamp").parse::<u64>().is_err() || header("nonce").len() != 32 {
         return Err((400, "timestamp and nonce headers are required".into()));
+    }
+    if !header("content-type").starts_with("application/json") || header("accept") != "application/json" {
+        return Err((400, "Content-Type and Accept: application/json are required".into()));
     }
     let body = body_of(request).await?;
     let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| (400, e.to_string()))?;
     let mut s = state.lock().unwrap();
     if path == "/v2/token" {
+        // Basic client_id:client_secret and `{"grant_type":"client_credentials"}` ([F], [S]).
         let expected = format!("Basic {}", BASE64.encode(format!("{KEY}:{SECRET}")));
         if header("authorization") != expected || json["grant_type"] != "client_credentials" {
             return Err((401, "{\"error\":\"invalid_client\"}".into()));
@@ -872,6 +1112,9 @@ async fn ymcs(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled 
         return Err((401, "{\"message\":\"invalid token\"}".into()));
     }
     let answer = match path.as_str() {
+        // A top-level array of `{mac, uniqueServerUrl}`, at most 100; the reply counts, and
+        // names each refused MAC with its `errorInfo` ([F] `libs/ymcs/devices.go`, `types.go`;
+        // [S] 24614c4's fixtures).
         "/v2/rps/addDevicesByMac" => {
             let devices = json.as_array().ok_or((400, "body is not an array".to_string()))?;
             if devices.len() > 100 {
@@ -882,9 +1125,12 @@ async fn ymcs(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled 
                 let mac = device["mac"].as_str().and_then(plain_mac).ok_or((400, format!("bad device {device}")))?;
                 let url = device["uniqueServerUrl"].as_str().ok_or((400, "no uniqueServerUrl".to_string()))?;
                 match s.registry.get(&mac) {
-                    Some(_) => {
-                        errors.push(serde_json::json!({"mac": mac, "sn": "", "errorInfo": "device already exists"}))
+                    // [S]'s fixture text for a MAC already in the account.
+                    Some(e) if e.account == OWN => {
+                        errors.push(serde_json::json!({"mac": mac, "sn": "", "errorInfo": "Device already exists."}))
                     }
+                    // [F] `libs/ymcs/errors.go`: 800004, managed by another organization.
+                    Some(_) => errors.push(serde_json::json!({"mac": mac, "sn": "", "errorInfo": "800004"})),
                     None => {
                         let _ = put_entry(&mut s, &mac, url, false);
                     }
@@ -895,18 +1141,40 @@ async fn ymcs(state: &Arc<Mutex<State>>, request: Request<Incoming>) -> Handled 
                 serde_json::json!({"total": devices.len(), "successCount": devices.len() - errors.len(), "failureCount": errors.len(), "errors": errors}),
             )
         }
+        // `{deviceIdType: "mac", deviceIds}` → `{total, successCount, failureCount, errors}`
+        // ([F]); a MAC the account does not hold counts as a failure (assumed).
         "/v2/rps/delDevices" => {
             if json["deviceIdType"] != "mac" {
                 return Err((400, "deviceIdType must be mac".into()));
             }
-            for id in json["deviceIds"].as_array().into_iter().flatten() {
-                if let Some(mac) = id.as_str().and_then(plain_mac)
-                    && s.registry.get(&mac).is_some_and(|e| e.account == OWN)
-                {
-                    s.registry.remove(&mac);
+            let ids = json["deviceIds"].as_array().cloned().unwrap_or_default();
+            let mut errors = Vec::new();
+            for id in &ids {
+                match id.as_str().and_then(plain_mac) {
+                    Some(mac) if s.registry.get(&mac).is_some_and(|e| e.account == OWN) => {
+                        if !s.ignore_removals {
+                            s.registry.remove(&mac);
+                        }
+                    }
+                    _ => errors.push(serde_json::json!({"field": id, "msg": "device not found"})),
                 }
             }
-            json_reply(200, serde_json::json!({}))
+            json_reply(
+                200,
+                serde_json::json!({"total": ids.len(), "successCount": ids.len() - errors.len(), "failureCount": errors.len(), "errors": errors}),
+            )
+        }
+        // `listDevices {skip, limit, autoCount, filter: {mac}}` → `{skip, limit, total, data}`
+        // ([F] `libs/ymcs/devices.go`).
+        "/v2/rps/listDevices" => {
+            let wanted = json["filter"]["mac"].as_str().unwrap_or("").to_ascii_lowercase();
+            let found: Vec<serde_json::Value> = s
+                .registry
+                .iter()
+                .filter(|(mac, e)| e.account == OWN && mac.contains(&wanted))
+                .map(|(mac, e)| serde_json::json!({"id": e.id, "mac": mac, "uniqueServerUrl": e.url, "serverId": null}))
+                .collect();
+            json_reply(200, serde_json::json!({"skip": 0, "limit": json["limit"], "total": found.len(), "data": found}))
         }
         _ => return Err((404, format!("no such endpoint {path}"))),
     };

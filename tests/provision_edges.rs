@@ -116,7 +116,7 @@ fn assert_serves_the_ca(appliance: &Appliance) {
 #[test]
 fn a_slowloris_client_is_cut_off_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
     let appliance = Appliance::start_on(data, Some(dir), &["--header-timeout", "1", "--key-type", "ecdsa-p256"]);
     let mut slow = std::net::TcpStream::connect(appliance.http).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -133,7 +133,7 @@ fn a_slowloris_client_is_cut_off_and_others_are_served() {
 #[test]
 fn the_connection_cap_turns_away_extra_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
     let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "2", "--key-type", "ecdsa-p256"]);
     let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(appliance.http).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
@@ -151,7 +151,7 @@ fn the_connection_cap_turns_away_extra_connections() {
 #[test]
 fn the_cli_refuses_bad_input_with_reasons_and_keeps_what_was_there() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
     let add = |extra: &[&str]| {
         let mut args = vec!["device", "add", "--vendor", "yealink", "--model", "T54W", "--name", "Alice"];
         args.extend_from_slice(extra);
@@ -249,7 +249,7 @@ async fn serve_drops_to_an_unprivileged_user_after_binding() {
     }
     let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
     // A fresh data directory made by root: serve hands it to the user before dropping.
     cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
     // (The temporary parent must be passable for the user, as /var/lib is.)
@@ -270,4 +270,35 @@ async fn serve_drops_to_an_unprivileged_user_after_binding() {
         cli_ok(&appliance.data, &["device", "list"]).starts_with("MAC"),
         "the CLI reaches it over the control socket"
     );
+}
+
+#[test]
+fn commands_run_elsewhere_create_no_store_and_say_where_to_look() {
+    let home = tempfile::tempdir().unwrap();
+    // A new terminal in $HOME: no --data, no PROVBOX_DATA, no ./provbox-data.
+    for args in [
+        &["device", "list"][..],
+        &["device", "add", "--mac", MAC, "--vendor", "yealink", "--model", "T54W", "--ext", "100", "--name", "A"][..],
+        &["settings", "show"][..],
+    ] {
+        let output =
+            fleet::provbox_command().current_dir(home.path()).env_remove("PROVBOX_DATA").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("no provbox data directory") && err.contains("--data") && err.contains("PROVBOX_DATA"),
+            "{err}"
+        );
+        assert!(!home.path().join("provbox-data").exists(), "{args:?} created a stray store");
+    }
+    // PROVBOX_DATA names the data directory, as --data does.
+    let data = fleet::data_dir(home.path());
+    let set = fleet::provbox_command()
+        .current_dir(home.path())
+        .env("PROVBOX_DATA", &data)
+        .args(["settings", "set", "sip.server", "pbx.example.com"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(cli_ok(&data, &["settings", "show"]).contains("pbx.example.com"));
 }

@@ -354,7 +354,7 @@ async fn a_multicast_subscribe_reaches_the_responder_in_a_network_namespace() {
     // phone does; provbox, on the other end of the veth pair, has joined the group there.
     let netns = Netns::with_veth();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
     cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
     let appliance = Appliance::start_in(Some(&netns), "0.0.0.0:0", data, Some(dir), &["--key-type", "ecdsa-p256"]);
     let mac = "805ec0d57d72";

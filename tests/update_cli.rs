@@ -26,7 +26,7 @@ fn keygen_sign_install_and_status_work_end_to_end() {
     let mut image = b"hsqs".to_vec();
     image.extend(std::iter::repeat_n(0x5a, 20_000));
     std::fs::write(path("root.squashfs"), &image).unwrap();
-    let data = dir.path().join("data");
+    let data = fleet::data_dir(dir.path());
 
     let made = cli_ok(&data, &["update", "keygen", &path("signing.key")]);
     assert!(made.contains("signing.key.pub"), "{made}");

@@ -28,8 +28,9 @@ mod update_cmd;
 #[derive(Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Data directory: the store, certificates and template overrides live here.
-    #[arg(long, global = true, default_value = "./provbox-data")]
+    /// Data directory: the store, certificates and template overrides live here. Only `serve`
+    /// and `store format` create it; other commands need it to exist.
+    #[arg(long, global = true, env = "PROVBOX_DATA", default_value = "./provbox-data")]
     data: PathBuf,
     /// Store device: a file, a raw block partition or /dev/mtdN [default: <data>/store.bin].
     #[arg(long, global = true)]
@@ -99,6 +100,10 @@ enum CliError {
     Answer(serde_json::Error),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "no provbox data directory at {0}: run this where `provbox serve` keeps its data, or name it with --data DIR or PROVBOX_DATA=DIR (only `provbox serve` creates one)"
+    )]
+    NoDataDir(PathBuf),
     #[error("{message}")]
     Refused { message: String },
 }
@@ -163,6 +168,9 @@ impl Cli {
         let create = create && allow_create;
         if create {
             ensure_private_dir(&self.data)?;
+        } else if self.store.is_none() && !self.data.is_dir() {
+            // A command run from the wrong directory must not start a second, empty store.
+            return Err(CliError::NoDataDir(absolute(&self.data)));
         }
         let flash = backend::open(&path, create.then_some(DEFAULT_CAPACITY))?;
         Ok((flash, path))
@@ -175,15 +183,27 @@ impl Cli {
     }
 
     /// Runs `request` on the running server, or on the store directly when none runs, and
-    /// reads the answer as the view type `T` the request is answered with.
+    /// reads the answer as the view type `T` the request is answered with. A server that is
+    /// still starting (it holds the store but has no control socket yet: making its CA takes
+    /// a moment) is waited for, a few seconds at most.
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, CliError> {
-        let response = match control::call(&self.data, request)? {
-            Some(response) => response,
-            None => {
-                let (store, _) = self.mount(true)?;
-                let port = daemon::last_https_port(&self.data);
-                let app = App::new(Db::new(store), daemon::site(self.data.clone(), port, 8080))?;
-                control::handle(&app, request, "cli")
+        let mut waited = 0;
+        let response = loop {
+            if let Some(response) = control::call(&self.data, request)? {
+                break response;
+            }
+            // In an existing data directory a first command may start the store; nowhere else.
+            match self.mount(self.data.is_dir()) {
+                Ok((store, _)) => {
+                    let port = daemon::last_https_port(&self.data);
+                    let app = App::new(Db::new(store), daemon::site(self.data.clone(), port, 8080))?;
+                    break control::handle(&app, request, "cli");
+                }
+                Err(CliError::Open(backend::OpenError::Locked(_))) if waited < STARTING_SERVER_WAITS => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(error) => return Err(error),
             }
         };
         match response {
@@ -196,6 +216,14 @@ impl Cli {
             }
         }
     }
+}
+
+/// How many times (100 ms apart) a command waits for a starting server's control socket.
+const STARTING_SERVER_WAITS: u32 = 50;
+
+/// `path` made absolute against the current directory, for messages.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Creates `dir` readable by its owner only.

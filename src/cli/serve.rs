@@ -95,13 +95,13 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
         say(format_args!(
             "provbox {}: store {} mounted, {} devices\n  phones: {}  (HTTPS on {})\n  CA certificate: {}  (HTTP on {})\n  manage: provbox --data {} device add|list|show, settings show|set",
             env!("CARGO_PKG_VERSION"),
-            path.display(),
+            super::absolute(&path).display(),
             ready.devices,
             ready.base_url,
             ready.https,
             ready.ca_url,
             ready.http,
-            cli.data.display(),
+            super::absolute(&cli.data).display(),
         ));
         say(format_args!("  DHCP option 66 (and Yealink option 43): {}", ready.bootstrap_url));
         match &ready.setup_code {

@@ -55,6 +55,14 @@ pub fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A new data directory in `parent`, owner-only. Only `serve` makes one itself; commands run
+/// before its first start need it to exist.
+pub fn data_dir(parent: &Path) -> PathBuf {
+    let data = parent.join("data");
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&data).expect("data dir");
+    data
+}
+
 /// Like [`cli`], but fails the test on error and returns stdout.
 pub fn cli_ok(data: &Path, args: &[&str]) -> String {
     let (ok, out, err) = cli(data, args);
@@ -71,7 +79,7 @@ impl Appliance {
     /// Starts provbox on a fresh data directory with `sip.server` set and `serve` flags.
     pub fn start_with(flags: &[&str]) -> Appliance {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
+        let data = data_dir(dir.path());
         cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
         Appliance::start_on(data, Some(dir), flags)
     }

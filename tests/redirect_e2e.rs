@@ -253,7 +253,7 @@ async fn another_accounts_mac_is_never_taken_silently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snom_sraps_is_signed_with_hawk() {
+async fn snom_sraps_is_signed_with_hawk_and_sets_the_phone_settings_server() {
     let mock = Mock::start().await;
     let appliance = appliance_with(&[
         ("redirect.snom.url", format!("{}/api/v1/", mock.base())),
@@ -266,6 +266,16 @@ async fn snom_sraps_is_signed_with_hawk() {
     assert_eq!(mock.registry()[mac].url, device["enrollment_url"].as_str().unwrap());
     let put = mock.calls().into_iter().find(|c| c.method.starts_with("PUT")).unwrap();
     assert_eq!(put.method, format!("PUT /api/v1/companies/c1/endpoints/{mac}"));
+    let body: serde_json::Value = serde_json::from_str(&put.params[0]).unwrap();
+    let manager = body["settings_manager"].as_object().unwrap();
+    assert_eq!(manager.len(), 1, "{body}");
+    let (uuid, setting) = manager.iter().next().unwrap();
+    assert!(uuid.starts_with("50a40056"), "the phone-settings setting_server, found on the second page: {uuid}");
+    assert_eq!(setting["value"], device["enrollment_url"]);
+    assert_eq!(setting["attrs"]["perm"], "RW");
+    // The settings list was read page by page (Link: rel="next").
+    let pages = mock.calls().iter().filter(|c| c.method == "GET /api/v1/settings/").count();
+    assert!(pages >= 2, "{pages} settings pages");
 
     appliance.enroll(&Phone::snom(mac)).await;
     wait_redirect(&appliance, mac, "deregistered");
@@ -612,30 +622,6 @@ async fn the_mocks_refuse_the_request_forms_provbox_used_to_send() {
     ];
     let (status, text) = raw(&mock, "POST", "/v2/token", &headers, b"{\"grant_type\":\"client_credentials\"}").await;
     assert_eq!(status, 400, "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sraps_sets_the_phone_settings_server_not_the_global_one() {
-    let mock = Mock::start().await;
-    let appliance = appliance_with(&[
-        ("redirect.snom.url", format!("{}/api/v1/", mock.base())),
-        ("redirect.snom.key", redirect_mock::HAWK_ID.into()),
-        ("redirect.snom.secret", redirect_mock::HAWK_KEY.into()),
-    ]);
-    let mac = "000413922d24";
-    appliance.add(mac, "snom", "D785");
-    let device = wait_redirect(&appliance, mac, "registered");
-    let put = mock.calls().into_iter().find(|c| c.method.starts_with("PUT")).unwrap();
-    let body: serde_json::Value = serde_json::from_str(&put.params[0]).unwrap();
-    let manager = body["settings_manager"].as_object().unwrap();
-    assert_eq!(manager.len(), 1, "{body}");
-    let (uuid, setting) = manager.iter().next().unwrap();
-    assert!(uuid.starts_with("50a40056"), "the phone-settings setting_server, found on the second page: {uuid}");
-    assert_eq!(setting["value"], device["enrollment_url"]);
-    assert_eq!(setting["attrs"]["perm"], "RW");
-    // The settings list was read page by page (Link: rel="next").
-    let pages = mock.calls().iter().filter(|c| c.method == "GET /api/v1/settings/").count();
-    assert!(pages >= 2, "{pages} settings pages");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,6 +320,17 @@ impl JsonApi {
     }
 }
 
+/// What a device record of the JSON API or YMCS says: its `uniqueServerUrl`, or that the
+/// account does not hold the MAC (no record).
+fn lookup_of(record: Option<Json>) -> Lookup {
+    let holding = match record.as_ref().map(|record| record.get("uniqueServerUrl").and_then(Json::as_str)) {
+        None => Holding::Absent,
+        Some(Some(url)) if !url.is_empty() => Holding::Url(url.to_string()),
+        Some(_) => Holding::Held,
+    };
+    Lookup { holding, reply: record.unwrap_or(Json::Null) }
+}
+
 fn json_refusal(code: &str, mac: &Mac) -> Failure {
     if MACS_OF_OTHERS.contains(&code) {
         Failure::permanent(format!(
@@ -355,13 +366,7 @@ impl RedirectClient for JsonApi {
     }
 
     async fn lookup(&self, wan: &Wan, mac: &Mac) -> Result<Option<Lookup>, Failure> {
-        let record = self.record(wan, mac).await?;
-        let holding = match record.as_ref().map(|record| record.get("uniqueServerUrl").and_then(Json::as_str)) {
-            None => Holding::Absent,
-            Some(Some(url)) if !url.is_empty() => Holding::Url(url.to_string()),
-            Some(_) => Holding::Held,
-        };
-        Ok(Some(Lookup { holding, reply: record.unwrap_or(Json::Null) }))
+        Ok(Some(lookup_of(self.record(wan, mac).await?)))
     }
 }
 
@@ -585,13 +590,7 @@ impl RedirectClient for Ymcs {
     }
 
     async fn lookup(&self, wan: &Wan, mac: &Mac) -> Result<Option<Lookup>, Failure> {
-        let record = self.record(wan, mac).await?;
-        let holding = match record.as_ref().map(|record| record.get("uniqueServerUrl").and_then(Json::as_str)) {
-            None => Holding::Absent,
-            Some(Some(url)) if !url.is_empty() => Holding::Url(url.to_string()),
-            Some(_) => Holding::Held,
-        };
-        Ok(Some(Lookup { holding, reply: record.unwrap_or(Json::Null) }))
+        Ok(Some(lookup_of(self.record(wan, mac).await?)))
     }
 }
 

@@ -28,19 +28,23 @@ use crate::store::records::{Device, OutboxAction, OutboxItem, RedirectRecord, Re
 use crate::token::TokenKind;
 
 impl State {
-    /// Whether the service holds `mac` or is about to: the last queued intent is a
-    /// registration, or, with nothing queued, the device is registered or its
-    /// deregistration failed.
-    fn held_by_service(&self, mac: &Mac, record: &RedirectRecord) -> Result<bool, AppError> {
+    /// Whether the service holds `mac` or is about to, and whether that is settled: the last
+    /// queued intent is a registration (in hand: nothing more to queue), or, with nothing
+    /// queued, the device is registered or its deregistration failed. An unverified
+    /// registration counts as held, and as settled only when the service confirmed it holds
+    /// the MAC without being able to show the URL.
+    fn held_by_service(&self, mac: &Mac, record: &RedirectRecord) -> Result<(bool, bool), AppError> {
         let last = self.db.outbox()?.into_iter().rev().find(|(_, item)| item.mac == *mac);
         Ok(match last {
-            Some((_, item)) => matches!(item.action, OutboxAction::Register { .. }),
-            None => matches!(
-                record.state,
-                RedirectState::Registered { .. }
-                    | RedirectState::Unverified { .. }
-                    | RedirectState::Failed { deregistering: true, .. }
-            ),
+            Some((_, item)) => {
+                let registering = matches!(item.action, OutboxAction::Register { .. });
+                (registering, registering)
+            }
+            None => match record.state {
+                RedirectState::Registered { .. } | RedirectState::Failed { deregistering: true, .. } => (true, true),
+                RedirectState::Unverified { held, .. } => (true, held),
+                _ => (false, false),
+            },
         })
     }
 
@@ -65,13 +69,12 @@ impl State {
             return Ok(false);
         }
         let wanted = after.filter(|d| is_open(d) && record.enabled);
-        let held = self.held_by_service(&device.mac, record)?;
+        let (held, settled) = self.held_by_service(&device.mac, record)?;
         let new_url = before.map(|d| d.enrollment_token) != after.map(|d| d.enrollment_token);
-        // An unverified registration is registered again when asked to reconcile.
-        let confirmed = held && !matches!(record.state, RedirectState::Unverified { .. });
         let register = match plan {
             Plan::Change => new_url,
-            Plan::Reconcile => new_url || !confirmed,
+            // Registered again: what the service does not hold, or holds pointing elsewhere.
+            Plan::Reconcile => new_url || !settled,
             Plan::Reregister => true,
         };
         let action = match wanted {
@@ -113,9 +116,14 @@ enum ReadBack {
     Confirmed,
     /// The API has no lookup: taken on the service's word.
     OnItsWord,
+    /// The service confirms it holds the MAC but its API cannot show where it points.
+    HeldUnshown,
     /// The service accepted the registration but holds something else; why.
     Unverified(String),
 }
+
+/// Why a registration the service confirmed is still unverified.
+const UNSHOWN: &str = "the service confirms it holds the MAC, but its API cannot show where it points";
 
 /// Reads back what the service holds after it accepted `registration`.
 async fn read_back_registration(client: &Client, wan: &Wan, registration: &Registration) -> ReadBack {
@@ -125,9 +133,7 @@ async fn read_back_registration(client: &Client, wan: &Wan, registration: &Regis
         Ok(Some(Lookup { holding: Holding::Url(_), .. })) => {
             ReadBack::Unverified("the service accepted it but holds another URL for the MAC".into())
         }
-        Ok(Some(Lookup { holding: Holding::Held, .. })) => ReadBack::Unverified(
-            "the service confirms it holds the MAC, but its API cannot show where it points".into(),
-        ),
+        Ok(Some(Lookup { holding: Holding::Held, .. })) => ReadBack::HeldUnshown,
         Ok(Some(Lookup { holding: Holding::Elsewhere, .. })) => {
             ReadBack::Unverified("the service accepted it but says another account holds the MAC".into())
         }
@@ -485,7 +491,10 @@ impl App {
                 let at = now();
                 let settled = match result {
                     Ok(ReadBack::Unverified(reason)) => {
-                        Some(RedirectState::Unverified { at, reason: truncated(&redact(reason)) })
+                        Some(RedirectState::Unverified { at, reason: truncated(&redact(reason)), held: false })
+                    }
+                    Ok(ReadBack::HeldUnshown) if matches!(item.action, OutboxAction::Register { .. }) => {
+                        Some(RedirectState::Unverified { at, reason: truncated(UNSHOWN), held: true })
                     }
                     Ok(_) => Some(match item.action {
                         OutboxAction::Register { .. } => RedirectState::Registered { at },
@@ -599,7 +608,7 @@ pub(super) fn redirect_view_of(
         RedirectState::Registered { at } => RedirectView::Registered { at },
         RedirectState::Deregistered { at } => RedirectView::Deregistered { at },
         RedirectState::Failed { at, message, .. } => RedirectView::Failed { at, message: message.to_string() },
-        RedirectState::Unverified { at, reason } => RedirectView::Unverified { at, reason: reason.to_string() },
+        RedirectState::Unverified { at, reason, .. } => RedirectView::Unverified { at, reason: reason.to_string() },
         RedirectState::NotRegistered if !record.enabled => {
             RedirectView::Off { reason: "turned off for this device".into() }
         }

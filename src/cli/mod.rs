@@ -101,7 +101,7 @@ enum CliError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error(
-        "no provbox data directory at {0}: run this where `provbox serve` keeps its data, or name it with --data DIR or PROVBOX_DATA=DIR (only `provbox serve` creates one)"
+        "no provbox data directory at {0}: run this where `provbox serve` keeps its data, or name it with --data DIR or PROVBOX_DATA=DIR (only `provbox serve` and `provbox store format` create one)"
     )]
     NoDataDir(PathBuf),
     #[error("{message}")]

@@ -68,6 +68,11 @@ fn fdps_mac(mac: &Mac) -> Value {
     Value::str(mac.to_string().to_ascii_uppercase())
 }
 
+/// The lowercase server name earlier versions created, removed with the current one.
+fn legacy_name(mac: &Mac) -> Value {
+    Value::str(mac.to_string())
+}
+
 impl Fdps {
     /// A client for `settings`.
     pub fn new(settings: ServiceSettings) -> Fdps {
@@ -118,6 +123,8 @@ impl RedirectClient for Fdps {
         let mac = fdps_mac(&registration.mac);
         let name = registration.mac.to_string().to_ascii_uppercase();
         self.step(wan, "redirect.deleteServer", std::slice::from_ref(&mac), absent).await?;
+        // Versions before the references were followed named the server in lowercase.
+        self.step(wan, "redirect.deleteServer", &[legacy_name(&registration.mac)], absent).await?;
         // In falconieri's order; cfgDhcpOpt and cfgPnpEnable off keep models such as the X3
         // from waiting for DHCP or PnP instead (falconieri cb9798a).
         let material = Value::Array(
@@ -142,9 +149,10 @@ impl RedirectClient for Fdps {
     }
 
     async fn deregister(&self, wan: &Wan, mac: &Mac) -> Result<(), Failure> {
-        let mac = fdps_mac(mac);
-        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&mac), absent).await?;
-        self.step(wan, "redirect.deleteServer", &[mac], absent).await
+        let name = fdps_mac(mac);
+        self.step(wan, "redirect.deRegisterDevice", std::slice::from_ref(&name), absent).await?;
+        self.step(wan, "redirect.deleteServer", &[name], absent).await?;
+        self.step(wan, "redirect.deleteServer", &[legacy_name(mac)], absent).await
     }
 
     async fn lookup(&self, _wan: &Wan, _mac: &Mac) -> Result<Option<Lookup>, Failure> {

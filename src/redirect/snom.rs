@@ -72,6 +72,9 @@ pub struct Sraps {
 /// Settings per page of `settings/` (falconieri b77d513: 20 by default, 1,000 at most, some
 /// 1,200 in all); small enough for the WAN client's reply cap.
 const SETTINGS_PAGE: usize = 200;
+/// Endpoints per page of the endpoint list: 5,000 devices in 10 pages, each well under the
+/// WAN client's reply cap.
+const ENDPOINTS_PAGE: usize = 500;
 /// Pages of any SRAPS list read before giving up.
 const MAX_PAGES: usize = 50;
 
@@ -291,7 +294,7 @@ impl RedirectClient for Sraps {
         // ngcp-panel Snom.pm reads the endpoint list and matches `mac` ignoring case; the URL
         // is read from the entry's settings_manager where the list carries it.
         let (endpoints, setting) = self.targets(wan).await?;
-        let entries = self.list(wan, endpoints).await?;
+        let entries = self.list(wan, format!("{endpoints}?page_size={ENDPOINTS_PAGE}")).await?;
         let wanted = mac.to_string();
         let entry = entries.into_iter().find(|entry| {
             entry.get("mac").and_then(Json::as_str).is_some_and(|held| held.eq_ignore_ascii_case(&wanted))
@@ -363,7 +366,7 @@ impl RedirectClient for XmlRpc {
             Value::Array(items) if items.len() == 3 && items[0].truthy() => Holding::Url(items[2].text()),
             Value::Array(items) if items.len() == 2 && !items[0].truthy() => match items[1].text() {
                 text if text.contains("no_such_mac") => Holding::Absent,
-                text if text.contains("owned_by_other_user") => Holding::Held,
+                text if text.contains("owned_by_other_user") => Holding::Elsewhere,
                 text => return Err(Failure::permanent(format!("Snom getPhoneRedirection: {text}"))),
             },
             other => return Err(Failure::retry(format!("unexpected getPhoneRedirection reply {:?}", other.text()))),

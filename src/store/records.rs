@@ -128,14 +128,20 @@ pub trait Record: Serialize + DeserializeOwned {
     /// The schema version written today.
     const SCHEMA: u8;
 
-    /// Reads a body written under an older `schema`. No record has an older schema yet.
+    /// Reads a body written under an older `schema`.
     fn upgrade(schema: u8, _body: &[u8]) -> Result<Self, RecordError> {
         Err(RecordError::UnknownSchema { kind: Self::KIND, found: schema, supported: Self::SCHEMA })
     }
 
+    /// The schema this record is written as: [`Record::SCHEMA`], unless an older schema
+    /// still describes it exactly (so that an older version can read it).
+    fn schema_of(&self) -> u8 {
+        Self::SCHEMA
+    }
+
     /// Encodes the record with its schema byte.
     fn encode(&self) -> Vec<u8> {
-        let mut out = vec![Self::SCHEMA];
+        let mut out = vec![self.schema_of()];
         // Writing into a growable Vec cannot fail for these plain data types.
         out.extend(postcard::to_allocvec(self).expect("postcard encodes records into a Vec"));
         out
@@ -392,6 +398,8 @@ pub enum RedirectState {
         at: u64,
         /// What the read-back showed.
         reason: String<160>,
+        /// The service confirmed it holds the MAC; its API cannot show the URL.
+        held: bool,
     },
 }
 
@@ -413,9 +421,15 @@ impl Default for RedirectRecord {
 
 impl Record for RedirectRecord {
     const KIND: Kind = Kind::Redirect;
-    /// 2 added [`RedirectState::Unverified`]. A version that knows only schema 1 refuses the
-    /// record with a clear error instead of misreading the new variant.
+    /// 2 added [`RedirectState::Unverified`]. Only such a record is written as schema 2
+    /// (`schema_of`), so a version that knows only schema 1 (the slot an
+    /// update rolls back to) reads every other one, and refuses this one with a clear error
+    /// instead of misreading it.
     const SCHEMA: u8 = 2;
+
+    fn schema_of(&self) -> u8 {
+        if matches!(self.state, RedirectState::Unverified { .. }) { Self::SCHEMA } else { 1 }
+    }
 
     fn upgrade(schema: u8, body: &[u8]) -> Result<Self, RecordError> {
         match schema {
@@ -795,5 +809,27 @@ impl<F: NorFlash> Db<F> {
         let expired = (audit_keys.len() + txn.new_audit.len()).saturating_sub(AUDIT_CAPACITY);
         changes.extend(audit_keys[..expired.min(audit_keys.len())].iter().map(|key| (key.to_vec(), None)));
         changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_record_is_written_in_the_oldest_schema_that_describes_it() {
+        // Schema 1 for every state an older version knows: the slot an update rolls back to
+        // still reads it.
+        let registered = RedirectRecord { enabled: true, state: RedirectState::Registered { at: 7 } };
+        let bytes = registered.encode();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(RedirectRecord::decode(&bytes).unwrap(), registered);
+        let unverified = RedirectRecord {
+            enabled: true,
+            state: RedirectState::Unverified { at: 7, reason: bounded("reason", "another URL").unwrap(), held: false },
+        };
+        let bytes = unverified.encode();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(RedirectRecord::decode(&bytes).unwrap(), unverified);
     }
 }

@@ -47,7 +47,7 @@ impl App {
 
     /// The grace period after the first enrollment fetch, in seconds.
     pub fn grace_seconds(&self) -> Result<u64, AppError> {
-        Ok(self.effective_settings()?.number("provision.enroll_grace_minutes") * 60)
+        self.lock().grace_seconds()
     }
 
     /// Hash of the device file as it would be served now, rendered only when the device,
@@ -194,11 +194,6 @@ impl App {
             }
         };
         Ok(metrics::render(&gauges))
-    }
-
-    /// Every extension on the appliance, for phonebooks: (name, extension).
-    pub fn directory(&self) -> Result<Vec<(String, String)>, AppError> {
-        self.lock().directory()
     }
 
     /// The audit log, newest first.

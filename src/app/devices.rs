@@ -68,8 +68,7 @@ impl App {
 
     /// What every device's view is shown with.
     fn shown(&self, state: &State) -> Result<Shown, AppError> {
-        let grace = state.settings()?.number("provision.enroll_grace_minutes") * 60;
-        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace })
+        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace: state.grace_seconds()? })
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.

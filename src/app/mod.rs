@@ -199,4 +199,9 @@ impl State {
     fn settings(&self) -> Result<Settings, AppError> {
         Ok(config::settings_table().effective(&self.db.settings()?))
     }
+
+    /// The grace period after the first enrollment fetch, in seconds.
+    fn grace_seconds(&self) -> Result<u64, AppError> {
+        Ok(self.settings()?.number("provision.enroll_grace_minutes") * 60)
+    }
 }

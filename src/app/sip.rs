@@ -26,7 +26,7 @@ impl App {
         let (device, base, bootstrap) = {
             let state = self.lock();
             let base = state.base_url(&self.site.default_base_url)?;
-            let bootstrap = state.db.setting("provision.bootstrap")?.unwrap_or_else(|| "blank".into());
+            let bootstrap = state.settings()?.get("provision.bootstrap").to_string();
             (state.db.device(&phone.mac)?, base, bootstrap)
         };
         match &device {

@@ -91,28 +91,15 @@ pub enum DaemonError {
 /// Becomes `user` (its uid, gid and only its own group), for good, after giving it the data
 /// directory: called once the privileged ports are bound and the clock restored.
 fn drop_privileges(user: &str, data_dir: &Path) -> Result<(), DaemonError> {
-    use nix::unistd::{Gid, Uid, User, chown, setgid, setgroups, setuid};
+    use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
     let fail = |reason: String| DaemonError::User { user: user.to_string(), reason };
     let account = User::from_name(user).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("no such user".into()))?;
     if account.uid.is_root() {
         return Err(fail("refusing to \"drop\" to root".into()));
     }
     // The appliance's files become the user's: certificates, the control socket and the
-    // port note are written after the drop. A bounded walk: the data directory is small.
-    let mut pending = vec![data_dir.to_path_buf()];
-    let mut seen = 0;
-    while let Some(path) = pending.pop() {
-        seen += 1;
-        if seen > 100_000 {
-            return Err(fail(format!("{} holds too many files to hand over", data_dir.display())));
-        }
-        chown(&path, Some(account.uid), Some(account.gid))
-            .map_err(|e| fail(format!("chown {}: {e}", path.display())))?;
-        if path.is_dir() && !path.is_symlink() {
-            let entries = std::fs::read_dir(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-            pending.extend(entries.flatten().map(|entry| entry.path()));
-        }
-    }
+    // port note are written after the drop.
+    hand_over(data_dir, account.uid, account.gid).map_err(fail)?;
     setgroups(&[account.gid]).map_err(|e| fail(format!("setgroups: {e}")))?;
     setgid(account.gid).map_err(|e| fail(format!("setgid: {e}")))?;
     setuid(account.uid).map_err(|e| fail(format!("setuid: {e}")))?;
@@ -121,6 +108,64 @@ fn drop_privileges(user: &str, data_dir: &Path) -> Result<(), DaemonError> {
         return Err(fail("privileges were not dropped".into()));
     }
     tracing::info!(user, uid = account.uid.as_raw(), "running unprivileged");
+    Ok(())
+}
+
+/// Most entries [`hand_over`] changes: the data directory is small.
+const HAND_OVER_LIMIT: usize = 100_000;
+/// Deepest directory nesting [`hand_over`] descends into.
+const HAND_OVER_DEPTH: usize = 16;
+
+/// Gives `data_dir` and everything in it to `uid`:`gid`, as root, without following a
+/// symbolic link anywhere: the previous, unprivileged run could have planted one (to the SD
+/// card's block device, say). Directories are opened with `O_NOFOLLOW` relative to their
+/// parent's descriptor and entries changed with `fchownat(AT_SYMLINK_NOFOLLOW)`, so a
+/// directory swapped for a link between listing and opening is refused, not followed.
+pub(crate) fn hand_over(data_dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<(), String> {
+    use nix::fcntl::{AtFlags, OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let root = open(data_dir, flags, Mode::empty()).map_err(|e| format!("open {}: {e}", data_dir.display()))?;
+    nix::unistd::fchown(&root, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", data_dir.display()))?;
+    let mut changed = 1;
+    let mut pending = vec![(root, data_dir.to_path_buf(), 0)];
+    while let Some((directory, path, depth)) = pending.pop() {
+        let mut listing = nix::dir::Dir::from_fd(directory).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut entries = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                entries.push((name.to_owned(), entry.file_type()));
+            }
+            if changed + entries.len() > HAND_OVER_LIMIT {
+                return Err(format!("{} holds too many files to hand over", data_dir.display()));
+            }
+        }
+        changed += entries.len();
+        let mut subdirectories = Vec::new();
+        for (name, kind) in entries {
+            let shown = path.join(name.to_string_lossy().as_ref());
+            nix::unistd::fchownat(&listing, name.as_c_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| format!("chown {}: {e}", shown.display()))?;
+            // Without a type from the listing (a filesystem without d_type), ask lstat.
+            let is_directory = kind.map(|kind| kind == nix::dir::Type::Directory).unwrap_or_else(|| {
+                nix::sys::stat::fstatat(&listing, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|stat| stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)
+            });
+            if is_directory {
+                subdirectories.push((name, shown));
+            }
+        }
+        for (name, shown) in subdirectories {
+            if depth + 1 > HAND_OVER_DEPTH {
+                return Err(format!("{} is nested too deeply to hand over", shown.display()));
+            }
+            let child = openat(&listing, name.as_c_str(), flags, Mode::empty())
+                .map_err(|e| format!("open {}: {e}", shown.display()))?;
+            pending.push((child, shown, depth + 1));
+        }
+    }
     Ok(())
 }
 
@@ -446,6 +491,49 @@ async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         let flushed = tokio::task::spawn_blocking(move || app.flush_contacts().and_then(|_| app.note_time())).await;
         if let Ok(Err(error)) = flushed {
             tracing::error!("writing last-contact records failed: {error}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    use nix::unistd::{Gid, Uid};
+
+    use super::hand_over;
+
+    /// A link the unprivileged account planted in its data directory, to a file it must not
+    /// own (standing in for the SD card's block device), stays a link: the victim keeps its
+    /// owner, while the account's own files and the link itself are handed over.
+    #[test]
+    fn handing_over_the_data_directory_follows_no_planted_link() {
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: changing owners needs root");
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let victim_dir = scratch.path().join("dev");
+        std::fs::create_dir(&victim_dir).unwrap();
+        let victim = victim_dir.join("mmcblk0");
+        std::fs::write(&victim, b"the card").unwrap();
+        let data = scratch.path().join("data");
+        std::fs::create_dir_all(data.join("certs/nested")).unwrap();
+        std::fs::write(data.join("certs/nested/key.pem"), b"key").unwrap();
+        symlink(&victim, data.join("certs/store.bin")).unwrap();
+        symlink(&victim_dir, data.join("devices")).unwrap();
+
+        let (uid, gid) = (Uid::from_raw(4242), Gid::from_raw(4243));
+        hand_over(&data, uid, gid).unwrap();
+
+        for owned in [&data, &data.join("certs"), &data.join("certs/nested/key.pem")] {
+            let meta = std::fs::symlink_metadata(owned).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4242, 4243), "{}", owned.display());
+        }
+        let link = std::fs::symlink_metadata(data.join("certs/store.bin")).unwrap();
+        assert!(link.file_type().is_symlink() && link.uid() == 4242, "the link itself is handed over");
+        for untouched in [&victim, &victim_dir] {
+            assert_eq!(std::fs::metadata(untouched).unwrap().uid(), 0, "{} was followed", untouched.display());
         }
     }
 }

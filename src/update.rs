@@ -610,6 +610,20 @@ pub fn release() -> Option<String> {
     text.lines().find_map(|line| line.strip_prefix("VERSION=")).map(|v| v.trim_matches('"').to_string())
 }
 
+/// The version `provbox --version` prints: the binary's, and the image's release when running
+/// from the firmware image (ending in `-devkey` when signed with the development key).
+pub fn version_text() -> String {
+    match release() {
+        Some(image) => format!("{} (image {image})", env!("CARGO_PKG_VERSION")),
+        None => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Whether the image release names the development signing key (scripts/build-image).
+pub fn is_devkey_release(release: &str) -> bool {
+    release.ends_with("-devkey")
+}
+
 /// Updates as the running server offers them: the slots, the key, and the reboot request.
 #[derive(Debug)]
 pub struct Updates {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use provbox::app::App;
 use provbox::control::{self, Request, Response};
 use provbox::daemon;
@@ -117,7 +117,9 @@ impl CliError {
 
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    // Leaked once per process: clap takes the version as a &'static str.
+    let version: &'static str = Box::leak(provbox::update::version_text().into_boxed_str());
+    let cli = Cli::from_arg_matches(&Cli::command().version(version).get_matches()).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
         // A bare `provbox` serves with the flags' defaults.
         None => serve::run(&cli, &serve::ServeArgs::parse_from(["provbox"])),

@@ -23,9 +23,11 @@ pub fn status(web: &Web) -> serde_json::Value {
         None => serde_json::json!({ "available": false }),
         Some(updates) => {
             let boot = updates.current();
+            let version = crate::update::release();
+            let devkey = version.as_deref().is_some_and(crate::update::is_devkey_release);
             serde_json::json!({
                 "available": true, "board": boot.board, "slot": boot.slot, "trial": boot.trial,
-                "rolled_back": boot.rolled_back, "version": crate::update::release(),
+                "rolled_back": boot.rolled_back, "version": version, "devkey": devkey,
             })
         }
     }

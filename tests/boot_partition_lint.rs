@@ -1,0 +1,158 @@
+//! `scripts/lint-boot-partition` against the Raspberry Pi firmware's rules: the shipped
+//! config.txt passes for every model the board files name, and each rule catches the fault
+//! it exists for. Each case cites where the rule comes from:
+//! - raspberrypi/documentation, `documentation/asciidoc/computers/config_txt/boot.adoc`
+//!   ("start_file, fixup_file", "upstream_kernel", "arm_64bit", "initramfs") and
+//!   `.../config_txt/memory.adoc` ("gpu_mem");
+//! - raspberrypi/firmware#984 (a Pi 4 with gpu_mem=16 and no start4cd.elf does not boot);
+//! - Linux `Documentation/arch/arm64/booting.rst` (the "ARMd" magic at offset 0x38);
+//! - Linux `Documentation/admin-guide/serial-console.rst` (the last console= is /dev/console).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A boot partition as scripts/build-image stages it for a board: the shipped config.txt,
+/// the board's firmware, device trees and console, an arm64 kernel Image and the initramfs.
+fn staged(board: &str) -> tempfile::TempDir {
+    let conf = std::fs::read_to_string(Path::new(ROOT).join("board").join(format!("{board}.conf"))).unwrap();
+    let value = |key: &str| {
+        conf.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{board}.conf has no {key}"))
+            .trim_matches('"')
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(Path::new(ROOT).join("image/boot/config.txt"), dir.path().join("config.txt")).unwrap();
+    for file in value("FIRMWARE").split_whitespace() {
+        std::fs::write(dir.path().join(file), b"firmware").unwrap();
+    }
+    for dtb in value("DTBS").split_whitespace() {
+        std::fs::write(dir.path().join(Path::new(dtb).file_name().unwrap()), b"dtb").unwrap();
+    }
+    let consoles: Vec<String> = value("CONSOLE").split_whitespace().map(|c| format!("console={c}")).collect();
+    std::fs::write(dir.path().join("cmdline.txt"), format!("{} panic=5 quiet\n", consoles.join(" "))).unwrap();
+    // An arm64 Image header: "ARMd" at 0x38.
+    let mut kernel = vec![0u8; 64];
+    kernel[0x38..0x3c].copy_from_slice(b"ARMd");
+    std::fs::write(dir.path().join("kernel8.img"), kernel).unwrap();
+    std::fs::write(dir.path().join("initrd.img"), b"initramfs").unwrap();
+    dir
+}
+
+fn models(board: &str) -> Vec<String> {
+    let conf = std::fs::read_to_string(Path::new(ROOT).join("board").join(format!("{board}.conf"))).unwrap();
+    conf.lines()
+        .find_map(|line| line.strip_prefix("PI_MODELS="))
+        .unwrap()
+        .trim_matches('"')
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Runs the lint; (passed, what it printed).
+fn lint(boot: &Path, models: &[String]) -> (bool, String) {
+    let output = Command::new(PathBuf::from(ROOT).join("scripts/lint-boot-partition"))
+        .arg(boot)
+        .args(models)
+        .output()
+        .expect("python3 runs scripts/lint-boot-partition");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn edit_config(boot: &Path, edit: impl FnOnce(String) -> String) {
+    let path = boot.join("config.txt");
+    std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+}
+
+#[test]
+fn the_shipped_boot_partitions_pass_for_every_model() {
+    for board in ["rpi3", "rpi4"] {
+        let boot = staged(board);
+        let (passed, text) = lint(boot.path(), &models(board));
+        assert!(passed, "{board}: {text}");
+    }
+}
+
+#[test]
+fn gpu_mem_below_32_needs_the_cut_down_firmware() {
+    for (board, wanted) in [("rpi4", "start4cd.elf"), ("rpi3", "start_cd.elf")] {
+        let boot = staged(board);
+        edit_config(boot.path(), |config| config + "gpu_mem=16\n");
+        let (passed, text) = lint(boot.path(), &models(board));
+        assert!(!passed && text.contains(wanted), "{board}: {text}");
+        // With the cut-down pair present, the same setting is fine.
+        let fixup = wanted.replace("start", "fixup").replace(".elf", ".dat");
+        std::fs::write(boot.path().join(wanted), b"firmware").unwrap();
+        std::fs::write(boot.path().join(fixup), b"firmware").unwrap();
+        let (passed, text) = lint(boot.path(), &models(board));
+        assert!(passed, "{board}: {text}");
+    }
+}
+
+#[test]
+fn without_upstream_kernel_the_pi3_and_cm4_look_for_downstream_device_trees() {
+    for (board, model, downstream) in [
+        ("rpi3", "3b", "bcm2710-rpi-3-b.dtb"),
+        ("rpi3", "zero2w", "bcm2710-rpi-zero-2-w.dtb"),
+        ("rpi4", "cm4", "bcm2711-rpi-cm4.dtb"),
+    ] {
+        let boot = staged(board);
+        edit_config(boot.path(), |config| config.replace("upstream_kernel=1", ""));
+        let (passed, text) = lint(boot.path(), &[model.to_string()]);
+        assert!(!passed && text.contains(downstream), "{model}: {text}");
+    }
+    // The Pi 4B's device tree has the same name either way.
+    let boot = staged("rpi4");
+    edit_config(boot.path(), |config| config.replace("upstream_kernel=1", ""));
+    assert!(lint(boot.path(), &["4b".to_string()]).0);
+}
+
+#[test]
+fn an_arm64_kernel_needs_arm_64bit() {
+    let boot = staged("rpi4");
+    edit_config(boot.path(), |config| config.replace("arm_64bit=1", ""));
+    let (passed, text) = lint(boot.path(), &models("rpi4"));
+    assert!(!passed && text.contains("arm_64bit=1"), "{text}");
+}
+
+#[test]
+fn the_initramfs_and_overlays_must_be_on_the_partition() {
+    let boot = staged("rpi4");
+    std::fs::remove_file(boot.path().join("initrd.img")).unwrap();
+    let (passed, text) = lint(boot.path(), &models("rpi4"));
+    assert!(!passed && text.contains("initramfs initrd.img is missing"), "{text}");
+
+    let boot = staged("rpi3");
+    edit_config(boot.path(), |config| config + "dtoverlay=disable-bt\n");
+    let (passed, text) = lint(boot.path(), &models("rpi3"));
+    assert!(!passed && text.contains("overlays/disable-bt.dtbo"), "{text}");
+    std::fs::create_dir(boot.path().join("overlays")).unwrap();
+    std::fs::write(boot.path().join("overlays/disable-bt.dtbo"), b"overlay").unwrap();
+    assert!(lint(boot.path(), &models("rpi3")).0);
+}
+
+#[test]
+fn the_serial_console_is_enabled_and_last() {
+    let boot = staged("rpi4");
+    edit_config(boot.path(), |config| config.replace("enable_uart=1", ""));
+    let (passed, text) = lint(boot.path(), &models("rpi4"));
+    assert!(!passed && text.contains("enable_uart=1"), "{text}");
+
+    let boot = staged("rpi3");
+    std::fs::write(boot.path().join("cmdline.txt"), "console=ttyS1,115200 console=tty1 quiet\n").unwrap();
+    let (passed, text) = lint(boot.path(), &models("rpi3"));
+    assert!(!passed && text.contains("must be the serial one"), "{text}");
+}
+
+#[test]
+fn a_pi3_without_bootcode_does_not_boot() {
+    let boot = staged("rpi3");
+    std::fs::remove_file(boot.path().join("bootcode.bin")).unwrap();
+    let (passed, text) = lint(boot.path(), &models("rpi3"));
+    assert!(!passed && text.contains("bootcode.bin"), "{text}");
+}

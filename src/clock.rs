@@ -57,6 +57,64 @@ fn ntp_synchronised() -> bool {
     state != -1 && state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0
 }
 
+/// Steps the clock by `offset` seconds (positive: forward). Needs `CAP_SYS_TIME`.
+pub fn step(offset: f64) -> Result<(), String> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).map_err(|e| e.desc().to_string())?;
+    let target = now.tv_sec() as f64 + now.tv_nsec() as f64 / 1e9 + offset;
+    if !(0.0..1e11).contains(&target) {
+        return Err(format!("offset {offset:+.3} s gives no plausible time"));
+    }
+    // A time this system's time_t cannot hold is not set.
+    let whole = target.floor() as u64;
+    let seconds = whole.try_into().map_err(|_| format!("{} does not fit time_t", date(whole)))?;
+    // Below 10^9, so it fits every c_long.
+    let nanoseconds = ((target - target.floor()) * 1e9).min(999_999_999.0) as i32;
+    let time = nix::sys::time::TimeSpec::new(seconds, libc::c_long::from(nanoseconds));
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time).map_err(|e| e.desc().to_string())
+}
+
+/// Tells the kernel that the clock is synchronised, within `error` seconds, as an NTP
+/// daemon does: clears `STA_UNSYNC` and sets the maximum and estimated error. The kernel
+/// sets `STA_UNSYNC` again by itself once the error it accrues passes 16 s, so the caller
+/// repeats this at each successful poll. Needs `CAP_SYS_TIME`.
+// adjtimex is one of the crate's few FFI edges.
+#[allow(unsafe_code)]
+pub fn mark_synchronised(error: f64) -> Result<(), String> {
+    // SAFETY: timex is plain integers, for which all zeroes is a valid value.
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: modes = 0 only reads the clock state into `timex`, which outlives the call.
+    if unsafe { libc::adjtimex(&mut timex) } == -1 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let microseconds = (error.abs() * 1e6).clamp(1.0, 16e6) as libc::c_long;
+    timex.modes =
+        libc::ADJ_STATUS as libc::c_uint | libc::ADJ_MAXERROR as libc::c_uint | libc::ADJ_ESTERROR as libc::c_uint;
+    timex.status &= !libc::STA_UNSYNC;
+    timex.maxerror = microseconds;
+    timex.esterror = microseconds;
+    // SAFETY: `timex` is initialised and outlives the call; the kernel copies from it and
+    // keeps no pointer.
+    if unsafe { libc::adjtimex(&mut timex) } == -1 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+/// The clock's state for people (the System page, `redirect status`): why WAN calls wait,
+/// or whether NTP synchronised it, and from where when `provbox ntp` noted it.
+pub fn describe(now: u64) -> String {
+    if let Err(reason) = check(now) {
+        return reason;
+    }
+    let noted = crate::ntp::Status::read(std::path::Path::new(crate::ntp::STATUS_FILE)).map(|s| s.describe());
+    match (ntp_synchronised(), noted) {
+        (true, Some(noted)) => format!("synchronised by NTP: {noted}"),
+        (true, None) => "synchronised by NTP".to_string(),
+        (false, Some(noted)) => format!("not synchronised by NTP ({noted}); reads later than this build"),
+        (false, None) => "not synchronised by NTP; reads later than this build".to_string(),
+    }
+}
+
 /// `YYYY-MM-DD` of a Unix time (proleptic Gregorian, UTC).
 pub fn date(unix: u64) -> String {
     // Howard Hinnant's days-to-civil algorithm.

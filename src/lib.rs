@@ -50,6 +50,7 @@ pub mod hex;
 pub mod mac;
 pub mod mdns;
 pub mod metrics;
+pub mod ntp;
 pub mod pki;
 pub mod provision;
 pub mod random;

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 mod admin;
 mod device;
+mod ntp_cmd;
 mod redirect;
 mod serve;
 mod settings;
@@ -71,6 +72,8 @@ enum Command {
     /// Signed root-image updates of the firmware image (A/B slots).
     #[command(subcommand)]
     Update(update_cmd::UpdateCommand),
+    /// Keep the clock set from NTP servers (SNTP; needs root to set the clock).
+    Ntp(ntp_cmd::NtpArgs),
 }
 
 /// An error for the user: what went wrong and, where it helps, what to do.
@@ -130,6 +133,7 @@ pub fn run() -> ExitCode {
         Some(Command::Redirect(command)) => redirect::run(&cli, command).map(done),
         Some(Command::Admin(command)) => admin::run(&cli, command).map(done),
         Some(Command::Update(command)) => update_cmd::run(command).map(done),
+        Some(Command::Ntp(args)) => ntp_cmd::run(args),
         Some(Command::Render { mac, file, reveal }) => {
             let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
             cli.call::<String>(&request).map(|body| print!("{body}")).map(done)

@@ -52,6 +52,27 @@ pub enum UpdateError {
     /// The signature does not verify.
     #[error("the signature does not verify with this appliance's update key: refused")]
     BadSignature,
+    /// A slot's content does not match the signed header kept for it.
+    #[error("{device} does not match its signed header ({reason}): not booted")]
+    SlotMismatch {
+        /// The slot's device.
+        device: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// The bundle is older than the running image and not signed as a downgrade.
+    #[error(
+        "the bundle ({version}, release {bundle}) is older than the running image (release {running}): refused; \
+         sign it with --allow-downgrade to go back on purpose"
+    )]
+    Downgrade {
+        /// The bundle's version.
+        version: String,
+        /// The bundle's release sequence.
+        bundle: u64,
+        /// The running image's.
+        running: u64,
+    },
     /// The bundle was built for another board.
     #[error("the bundle is for board {bundle}, this is {running}: refused")]
     WrongBoard {
@@ -164,25 +185,46 @@ impl std::fmt::Display for Slot {
 /// What a bundle's signed header says about its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    /// The board the image is for.
-    pub board: String,
-    /// The image's version.
-    pub version: String,
+    /// The release: what the image is, and whether it may replace a newer one.
+    pub release: Release,
     /// Image size in bytes.
     pub size: u64,
     /// SHA-256 of the image.
     pub sha256: [u8; 32],
 }
 
+/// What a bundle's signer says of its image besides the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The board the image is for.
+    pub board: String,
+    /// The image's version, for people.
+    pub version: String,
+    /// The release sequence, which only grows from one release to the next (build-image uses
+    /// the commit's time); 0 in bundles made before it existed.
+    pub sequence: u64,
+    /// Signed as a deliberate downgrade: may replace an image with a higher sequence.
+    pub allow_downgrade: bool,
+}
+
 impl Manifest {
     fn encode(&self) -> String {
         let hash: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        format!("board={}\nversion={}\nsize={}\nsha256={hash}\n", self.board, self.version, self.size)
+        let release = &self.release;
+        let mut text = format!(
+            "board={}\nversion={}\nsize={}\nsha256={hash}\nsequence={}\n",
+            release.board, release.version, self.size, release.sequence
+        );
+        if release.allow_downgrade {
+            text.push_str("downgrade=allowed\n");
+        }
+        text
     }
 
     fn parse(text: &str) -> Result<Manifest, UpdateError> {
         let bad = |what: &str| UpdateError::Header(what.to_string());
         let (mut board, mut version, mut size, mut sha256) = (None, None, None, None);
+        let (mut sequence, mut allow_downgrade) = (0, false);
         for line in text.lines() {
             let (key, value) = line.split_once('=').ok_or_else(|| bad("a line without '='"))?;
             let valid = !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic());
@@ -194,12 +236,18 @@ impl Manifest {
                 "version" => version = Some(value.to_string()),
                 "size" => size = Some(value.parse::<u64>().map_err(|_| bad("size is not a number"))?),
                 "sha256" => sha256 = Some(parse_hex::<32>(value).ok_or_else(|| bad("sha256 is not 64 hex digits"))?),
+                "sequence" => sequence = value.parse::<u64>().map_err(|_| bad("sequence is not a number"))?,
+                "downgrade" => allow_downgrade = value == "allowed",
                 _ => {} // later fields are ignored by older appliances
             }
         }
         Ok(Manifest {
-            board: board.ok_or_else(|| bad("no board"))?,
-            version: version.ok_or_else(|| bad("no version"))?,
+            release: Release {
+                board: board.ok_or_else(|| bad("no board"))?,
+                version: version.ok_or_else(|| bad("no version"))?,
+                sequence,
+                allow_downgrade,
+            },
             size: size.ok_or_else(|| bad("no size"))?,
             sha256: sha256.ok_or_else(|| bad("no sha256"))?,
         })
@@ -253,9 +301,9 @@ pub fn generate_key(path: &Path) -> Result<PathBuf, UpdateError> {
     Ok(public_path)
 }
 
-/// Writes a bundle of the root image at `image` to `out`, signed with the PKCS#8 key at
-/// `key`.
-pub fn sign(key: &Path, board: &str, version: &str, image: &Path, out: &Path) -> Result<Manifest, UpdateError> {
+/// Writes a bundle of the root image at `image` to `out`, described by `release` and signed
+/// with the PKCS#8 key at `key`.
+pub fn sign(key: &Path, release: &Release, image: &Path, out: &Path) -> Result<Manifest, UpdateError> {
     let fail = |reason: String| UpdateError::Key { path: key.to_path_buf(), reason };
     let pkcs8 = std::fs::read(key).map_err(|e| fail(e.to_string()))?;
     let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| fail("not an ed25519 PKCS#8 key".into()))?;
@@ -273,7 +321,7 @@ pub fn sign(key: &Path, board: &str, version: &str, image: &Path, out: &Path) ->
     }
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(hash.finish().as_ref());
-    let manifest = Manifest { board: board.into(), version: version.into(), size, sha256 };
+    let manifest = Manifest { release: release.clone(), size, sha256 };
     let text = manifest.encode();
     Manifest::parse(&text)?; // what is signed must be what an appliance accepts
     let mut head = MAGIC.to_vec();
@@ -310,6 +358,9 @@ pub struct BootInfo {
     pub slot_b: PathBuf,
     /// The A/B state file.
     pub state: PathBuf,
+    /// The running image's release sequence (`SEQUENCE=` of its /etc/provbox-release, as
+    /// the initramfs read it), below which bundles are refused; 0 if it has none.
+    pub sequence: u64,
 }
 
 impl BootInfo {
@@ -335,6 +386,7 @@ impl BootInfo {
             slot_a: path_field("slot_a")?,
             slot_b: path_field("slot_b")?,
             state: path_field("state")?,
+            sequence: field("sequence").parse().unwrap_or(0),
         };
         // A provbox restarted after committing finds the trial already over.
         boot.trial &= boot.state_says_trial()?;
@@ -386,17 +438,68 @@ impl BootInfo {
 }
 
 /// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
-fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
+/// Where the signed header of `slot`'s image is kept: next to the A/B state.
+pub fn head_path(state: &Path, slot: Slot) -> PathBuf {
+    state.with_file_name(format!("slot-{slot}.head"))
+}
+
+/// The manifest of a bundle's complete head (magic, length, header, signature), once the
+/// signature verifies with `key`.
+fn verified_manifest(key: &PublicKey, head: &[u8]) -> Result<Manifest, UpdateError> {
+    if !head.starts_with(MAGIC) {
+        return Err(UpdateError::NotABundle);
+    }
+    let length = head.get(MAGIC.len()..MAGIC.len() + 2).map(|len| u16::from_le_bytes([len[0], len[1]]) as usize);
+    match length {
+        Some(length) if length <= MAX_HEADER_LEN && head.len() == head_len(length) => {}
+        _ => return Err(UpdateError::Header("the head's length does not match its header".into())),
+    }
+    let signed = head.len() - SIGNATURE_LEN;
+    key.verify(&head[..signed], &head[signed..])?;
+    let text =
+        std::str::from_utf8(&head[MAGIC.len() + 2..signed]).map_err(|_| UpdateError::Header("not UTF-8".into()))?;
+    Manifest::parse(text)
+}
+
+/// Checks the root image on `device` against the signed `head` kept for it (what the
+/// initramfs runs before booting a slot): the signature with `key`, the board, then the
+/// image's SHA-256, read from the device.
+pub fn verify_slot(head: &[u8], key: &PublicKey, board: &str, device: &Path) -> Result<Manifest, UpdateError> {
+    let manifest = verified_manifest(key, head)?;
+    if manifest.release.board != board {
+        return Err(UpdateError::WrongBoard { bundle: manifest.release.board, running: board.to_string() });
+    }
+    let mismatch = |reason: String| UpdateError::SlotMismatch { device: device.to_path_buf(), reason };
+    let mut file = File::open(device).map_err(io(format!("open {}", device.display())))?;
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut left = manifest.size;
+    while left > 0 {
+        let n = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        file.read_exact(&mut buffer[..n])
+            .map_err(|e| mismatch(format!("shorter than the {} signed bytes: {e}", manifest.size)))?;
+        hash.update(&buffer[..n]);
+        left -= n as u64;
+    }
+    if hash.finish().as_ref() != manifest.sha256 {
+        return Err(mismatch("SHA-256 differs".into()));
+    }
+    Ok(manifest)
+}
+
+/// Replaces `path` with `bytes`, durably: a fresh file (a temp file or link left there, by
+/// a power cut or planted, is removed first, never followed), synced, renamed over it, the
+/// directory synced.
+fn write_state_bytes(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
     let fresh = path.with_extension("new");
     let what = || format!("write {}", path.display());
     let write = || -> std::io::Result<()> {
-        // A temp file left by a power cut (perhaps root's, from the initramfs) goes first.
         match std::fs::remove_file(&fresh) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
             _ => {}
         }
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&fresh)?;
-        file.write_all(text.as_bytes())?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&fresh, path)?;
         if let Some(dir) = path.parent() {
@@ -404,7 +507,11 @@ fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
         }
         Ok(())
     };
-    write().map_err(io(what()))
+    write().map_err(|source| UpdateError::Io { what: what(), source })
+}
+
+fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
+    write_state_bytes(path, text.as_bytes())
 }
 
 /// What an install did.
@@ -509,18 +616,29 @@ impl Installer {
 
     /// Checks the complete head (signature first) and opens the inactive slot.
     fn open_body(&self) -> Result<Body, UpdateError> {
-        let signed = self.head.len() - SIGNATURE_LEN;
-        self.key.verify(&self.head[..signed], &self.head[signed..])?;
-        let text = std::str::from_utf8(&self.head[MAGIC.len() + 2..signed])
-            .map_err(|_| UpdateError::Header("not UTF-8".into()))?;
-        let manifest = Manifest::parse(text)?;
-        if manifest.board != self.boot.board {
-            return Err(UpdateError::WrongBoard { bundle: manifest.board, running: self.boot.board.clone() });
+        let manifest = verified_manifest(&self.key, &self.head)?;
+        let release = &manifest.release;
+        if release.board != self.boot.board {
+            return Err(UpdateError::WrongBoard { bundle: release.board.clone(), running: self.boot.board.clone() });
+        }
+        if release.sequence < self.boot.sequence && !release.allow_downgrade {
+            return Err(UpdateError::Downgrade {
+                version: release.version.clone(),
+                bundle: release.sequence,
+                running: self.boot.sequence,
+            });
         }
         let slot = self.boot.slot.other();
         // The slot is about to hold unverified bytes: it must not stay staged from an
-        // earlier install, or an upload cut short here would be booted.
+        // earlier install, or an upload cut short here would be booted; nor keep the signed
+        // header of what it held.
         write_state(&self.boot.state, &format!("active={}\n", self.boot.slot))?;
+        let head = head_path(&self.boot.state, slot);
+        if let Err(error) = std::fs::remove_file(&head)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(UpdateError::Io { what: format!("remove {}", head.display()), source: error });
+        }
         let path = self.boot.device(slot);
         let mut device = OpenOptions::new()
             .read(true)
@@ -532,7 +650,7 @@ impl Installer {
             return Err(UpdateError::TooBig { size: manifest.size, capacity });
         }
         device.seek(SeekFrom::Start(0)).map_err(io(format!("seek {}", path.display())))?;
-        tracing::info!(version = manifest.version, %slot, size = manifest.size, "update signature verified; writing");
+        tracing::info!(version = manifest.release.version, %slot, size = manifest.size, "update signature verified; writing");
         Ok(Body {
             manifest,
             slot,
@@ -584,9 +702,12 @@ impl Installer {
         if reread.finish().as_ref() != body.manifest.sha256 {
             return Err(UpdateError::ReadBack(slot));
         }
+        // The signed header goes next to the state, for the initramfs to check the slot
+        // against before it boots it.
+        write_state_bytes(&head_path(&self.boot.state, slot), &self.head)?;
         write_state(&self.boot.state, &format!("active={}\nnext={slot}\n", self.boot.slot))?;
-        tracing::info!(version = body.manifest.version, %slot, "update installed; it starts at the next boot");
-        Ok(Installed { slot, version: body.manifest.version, size: body.manifest.size })
+        tracing::info!(version = body.manifest.release.version, %slot, "update installed; it starts at the next boot");
+        Ok(Installed { slot, version: body.manifest.release.version, size: body.manifest.size })
     }
 }
 
@@ -706,7 +827,7 @@ mod tests {
             std::fs::write(
                 dir.path().join("boot"),
                 format!(
-                    "board=qemu-virt\nslot=a\ntrial=0\nrolled_back=\nslot_a={0}/a\nslot_b={0}/b\nstate={0}/state\n",
+                    "board=qemu-virt\nslot=a\ntrial=0\nrolled_back=\nslot_a={0}/a\nslot_b={0}/b\nstate={0}/state\nsequence=100\n",
                     dir.path().display()
                 ),
             )
@@ -718,9 +839,16 @@ mod tests {
             BootInfo::load(&self.dir.path().join("boot")).unwrap()
         }
 
+        /// A bundle of the same release as the running image (sequence 100).
         fn bundle(&self, board: &str) -> Vec<u8> {
+            self.release_bundle(board, 100, false)
+        }
+
+        fn release_bundle(&self, board: &str, sequence: u64, allow_downgrade: bool) -> Vec<u8> {
             let out = self.dir.path().join("bundle");
-            sign(&self.key, board, "2.0", &self.image, &out).unwrap();
+            let version = if sequence == 100 { "2.0".to_string() } else { format!("r{sequence}") };
+            let release = Release { board: board.into(), version, sequence, allow_downgrade };
+            sign(&self.key, &release, &self.image, &out).unwrap();
             std::fs::read(out).unwrap()
         }
 
@@ -739,6 +867,84 @@ mod tests {
         fn slot_b(&self) -> Vec<u8> {
             std::fs::read(self.dir.path().join("b")).unwrap()
         }
+    }
+
+    #[test]
+    fn an_installed_slot_verifies_against_its_kept_header_until_a_byte_changes() {
+        let bench = Bench::new();
+        let installed = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap();
+        let head = std::fs::read(head_path(&bench.dir.path().join("state"), installed.slot)).unwrap();
+        let slot_b = bench.dir.path().join("b");
+        let manifest = verify_slot(&head, &bench.public, "qemu-virt", &slot_b).unwrap();
+        assert_eq!(manifest.release.version, "2.0");
+
+        // One changed byte in the image: refused.
+        let mut bytes = std::fs::read(&slot_b).unwrap();
+        bytes[50_000] ^= 1;
+        std::fs::write(&slot_b, &bytes).unwrap();
+        let error = verify_slot(&head, &bench.public, "qemu-virt", &slot_b).unwrap_err();
+        assert!(matches!(error, UpdateError::SlotMismatch { .. }), "{error}");
+        bytes[50_000] ^= 1;
+        std::fs::write(&slot_b, &bytes).unwrap();
+        verify_slot(&head, &bench.public, "qemu-virt", &slot_b).unwrap();
+
+        // A header with a changed byte, another key's, another board, a device too short.
+        let mut forged = head.clone();
+        let at = forged.len() - SIGNATURE_LEN - 3;
+        forged[at] ^= 1;
+        assert!(verify_slot(&forged, &bench.public, "qemu-virt", &slot_b).is_err());
+        let other = Bench::new();
+        assert!(matches!(verify_slot(&head, &other.public, "qemu-virt", &slot_b), Err(UpdateError::BadSignature)));
+        assert!(matches!(verify_slot(&head, &bench.public, "rpi4", &slot_b), Err(UpdateError::WrongBoard { .. })));
+        std::fs::write(&slot_b, &bytes[..1000]).unwrap();
+        assert!(matches!(
+            verify_slot(&head, &bench.public, "qemu-virt", &slot_b),
+            Err(UpdateError::SlotMismatch { .. })
+        ));
+        assert!(matches!(verify_slot(b"PBXUPD01", &bench.public, "qemu-virt", &slot_b), Err(UpdateError::Header(_))));
+    }
+
+    #[test]
+    fn an_install_removes_the_header_of_what_the_slot_held() {
+        let bench = Bench::new();
+        let head = head_path(&bench.dir.path().join("state"), Slot::B);
+        bench.install(&bench.bundle("qemu-virt"), 4096).unwrap();
+        assert!(head.exists());
+        std::fs::write(bench.dir.path().join("state"), "active=a\n").unwrap();
+        // An install cut short after the signature: the old header is gone with the old image.
+        let bundle = bench.bundle("qemu-virt");
+        let mut installer = Installer::new(bench.public.clone(), bench.boot()).unwrap();
+        installer.feed(&bundle[..bundle.len() / 2]).unwrap();
+        drop(installer);
+        assert!(!head.exists(), "the slot's old header outlived its image");
+    }
+
+    #[test]
+    fn older_releases_are_refused_unless_signed_as_a_downgrade() {
+        let bench = Bench::new();
+        let untouched = bench.slot_b();
+        let error = bench.install(&bench.release_bundle("qemu-virt", 99, false), 4096).unwrap_err();
+        assert!(matches!(error, UpdateError::Downgrade { bundle: 99, running: 100, .. }), "{error}");
+        assert!(error.to_string().contains("--allow-downgrade"), "{error}");
+        assert_eq!(bench.state(), "active=a\n");
+        assert_eq!(bench.slot_b(), untouched, "an older release wrote to the slot");
+
+        let installed = bench.install(&bench.release_bundle("qemu-virt", 99, true), 4096).unwrap();
+        assert_eq!((installed.slot, installed.version.as_str()), (Slot::B, "r99"));
+        let installed = bench.install(&bench.release_bundle("qemu-virt", 101, false), 4096).unwrap();
+        assert_eq!(installed.version, "r101");
+    }
+
+    #[test]
+    fn the_release_survives_the_signed_header() {
+        let release =
+            Release { board: "rpi4".into(), version: "1.2-x".into(), sequence: 1_795_000_000, allow_downgrade: true };
+        let manifest = Manifest { release: release.clone(), size: 42, sha256: [7; 32] };
+        assert_eq!(Manifest::parse(&manifest.encode()).unwrap(), manifest);
+        // A header from before sequences: release 0, no downgrade.
+        let old = "board=rpi4\nversion=0.9\nsize=42\nsha256=0707070707070707070707070707070707070707070707070707070707070707\n";
+        let parsed = Manifest::parse(old).unwrap().release;
+        assert_eq!((parsed.sequence, parsed.allow_downgrade), (0, false));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `provbox update` from the command line, on file-backed root slots: keygen, sign,
-//! install (accepted, and refused with a foreign key), and status.
+//! install (accepted, refused with a foreign key, refused when older), and status.
 
 mod fleet;
 
@@ -16,7 +16,7 @@ fn keygen_sign_install_and_status_work_end_to_end() {
     std::fs::write(
         path("boot"),
         format!(
-            "board=rpi4\nslot=a\ntrial=0\nrolled_back=\nslot_a={}\nslot_b={}\nstate={}\n",
+            "board=rpi4\nslot=a\ntrial=0\nrolled_back=\nslot_a={}\nslot_b={}\nstate={}\nsequence=1000\n",
             path("a"),
             path("b"),
             path("state")
@@ -43,12 +43,39 @@ fn keygen_sign_install_and_status_work_end_to_end() {
             "rpi4",
             "--version",
             "2.0",
+            "--sequence",
+            "1001",
             "--out",
             &path("u.update"),
             &path("root.squashfs"),
         ],
     );
     assert!(signed.contains("20004 bytes of image"), "{signed}");
+    // An older release, signed the same way: refused, nothing staged.
+    cli_ok(
+        &data,
+        &[
+            "update",
+            "sign",
+            "--key",
+            &path("signing.key"),
+            "--board",
+            "rpi4",
+            "--version",
+            "1.9",
+            "--sequence",
+            "999",
+            "--out",
+            &path("old.update"),
+            &path("root.squashfs"),
+        ],
+    );
+    let (ok, _, err) = cli(
+        &data,
+        &["update", "install", &path("old.update"), "--boot-info", &path("boot"), "--key", &path("signing.key.pub")],
+    );
+    assert!(!ok && err.contains("older than the running image (release 1000)"), "{err}");
+    assert_eq!(std::fs::read_to_string(path("state")).unwrap(), "active=a\n");
 
     // A key the appliance does not trust: refused, nothing staged.
     cli_ok(&data, &["update", "keygen", &path("other.key")]);

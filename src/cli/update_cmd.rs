@@ -26,6 +26,22 @@ pub(super) enum UpdateCommand {
         #[arg(long, default_value = update::DEFAULT_KEY)]
         key: PathBuf,
     },
+    /// Check a root slot against the signed header kept for it (the initramfs runs this
+    /// before booting a slot): exit status 0 only if it verifies.
+    VerifySlot {
+        /// The signed header (`slot-a.head` or `slot-b.head` next to the A/B state).
+        #[arg(long)]
+        head: PathBuf,
+        /// The slot's device.
+        #[arg(long)]
+        device: PathBuf,
+        /// The board this is.
+        #[arg(long)]
+        board: String,
+        /// The ed25519 public key bundles must be signed with (64 hex digits).
+        #[arg(long, default_value = update::DEFAULT_KEY)]
+        key: PathBuf,
+    },
     /// Make a signing key: KEY (PKCS#8, mode 0600) and KEY.pub (for the image).
     Keygen {
         /// Where to write the private key.
@@ -42,6 +58,13 @@ pub(super) enum UpdateCommand {
         /// The image's version.
         #[arg(long)]
         version: String,
+        /// The release sequence: higher than every earlier release's (scripts/build-image
+        /// uses the commit's time). Appliances refuse a bundle below their own.
+        #[arg(long)]
+        sequence: u64,
+        /// Sign a deliberate downgrade: appliances running a later release accept it.
+        #[arg(long)]
+        allow_downgrade: bool,
         /// The root squashfs image.
         image: PathBuf,
         /// The bundle to write.
@@ -73,9 +96,31 @@ pub(super) fn run(command: &UpdateCommand) -> Result<(), CliError> {
             let public = update::generate_key(key)?;
             println!("private key {} (keep it secret), public key {}", key.display(), public.display());
         }
-        UpdateCommand::Sign { key, board, version, image, out } => {
-            let manifest = update::sign(key, board, version, image, out)?;
-            println!("{}: {board} {version}, {} bytes of image", out.display(), manifest.size);
+        UpdateCommand::VerifySlot { head, device, board, key } => {
+            let bytes = std::fs::read(head).map_err(|source| CliError::Read { path: head.clone(), source })?;
+            let manifest = update::verify_slot(&bytes, &update::PublicKey::load(key)?, board, device)?;
+            println!(
+                "{}: {} (release {}), {} bytes, verified",
+                device.display(),
+                manifest.release.version,
+                manifest.release.sequence,
+                manifest.size
+            );
+        }
+        UpdateCommand::Sign { key, board, version, sequence, allow_downgrade, image, out } => {
+            let release = update::Release {
+                board: board.clone(),
+                version: version.clone(),
+                sequence: *sequence,
+                allow_downgrade: *allow_downgrade,
+            };
+            let manifest = update::sign(key, &release, image, out)?;
+            println!(
+                "{}: {board} {version} (release {sequence}{}), {} bytes of image",
+                out.display(),
+                if *allow_downgrade { ", may downgrade" } else { "" },
+                manifest.size
+            );
         }
     }
     Ok(())

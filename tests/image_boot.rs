@@ -5,10 +5,16 @@
 //! `scripts/test-image` builds the images and runs this with `--ignored`; it needs
 //! `PROVBOX_IMAGE_DIR` (the qemu-virt build) and the bundles `PROVBOX_UPDATE_GOOD` (a newer
 //! version), `PROVBOX_UPDATE_BROKEN` (signed, but its provbox never starts) and
-//! `PROVBOX_UPDATE_FOREIGN` (signed with another key). The guest's network is QEMU's user
-//! mode with `restrict=on`: it reaches nothing but the host forwards on 127.0.0.1.
+//! `PROVBOX_UPDATE_FOREIGN` (signed with another key) and `PROVBOX_UPDATE_OLD` (the first
+//! image's bundle: an older release).
+//!
+//! The guest's network is QEMU's user mode, unrestricted so that the guest reaches the
+//! test's NTP server at 10.0.2.2 (QEMU maps it to the host's 127.0.0.1). That is safe only
+//! because scripts/test-image runs this in a network namespace of its own with nothing but
+//! loopback: the virt test refuses to start anywhere else.
 
 mod fleet;
+mod ntp_mock;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -76,6 +82,19 @@ impl Console {
     }
 }
 
+/// Panics unless this process is in a network namespace with only loopback (what
+/// scripts/test-image makes): there, an unrestricted QEMU user network reaches nothing else.
+fn assert_loopback_only() {
+    let devices = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let interfaces: Vec<&str> = devices.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(
+        interfaces,
+        ["lo"],
+        "the virt boot test lets its guest reach 10.0.2.2 (the host's loopback) for NTP, so it runs only in a \
+         network namespace with nothing but loopback: run scripts/test-image"
+    );
+}
+
 /// One QEMU process running the disk image, its console captured.
 struct Machine {
     child: Child,
@@ -87,14 +106,16 @@ struct Machine {
 
 impl Machine {
     /// Boots `disk` with the kernel, initramfs and command line that scripts/test-image
-    /// copied off the image's boot partition into `images/boot-partition`.
-    fn boot(images: &Path, disk: &Path, ports: (u16, u16)) -> Machine {
+    /// copied off the image's boot partition into `images/boot-partition`; its NTP server is
+    /// the test's, on the host's loopback port `ntp_port`.
+    fn boot(images: &Path, disk: &Path, ports: (u16, u16), ntp_port: u16) -> Machine {
+        assert_loopback_only();
         let boot = images.join("boot-partition");
         let monitor = disk.with_extension("monitor");
         let _ = std::fs::remove_file(&monitor);
         let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
-        // No NTP (nothing to reach), and a short trial so a broken update rolls back soon.
-        let append = format!("{} provbox.ntp=off provbox.trial=45", cmdline.trim());
+        // NTP from the test's server, and a short trial so a broken update rolls back soon.
+        let append = format!("{} provbox.ntp=10.0.2.2:{ntp_port} provbox.trial=45", cmdline.trim());
         let mut child = Command::new("qemu-system-aarch64")
             .args(["-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-smp", "2", "-display", "none"])
             .args(["-serial", "stdio"])
@@ -108,10 +129,7 @@ impl Machine {
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw,cache=writeback", disk.display()))
             .args(["-netdev"])
-            .arg(format!(
-                "user,id=lan,restrict=on,hostfwd=tcp:127.0.0.1:{}-:443,hostfwd=tcp:127.0.0.1:{}-:80",
-                ports.0, ports.1
-            ))
+            .arg(format!("user,id=lan,hostfwd=tcp:127.0.0.1:{}-:443,hostfwd=tcp:127.0.0.1:{}-:80", ports.0, ports.1))
             .args(["-device", "virtio-net-pci,netdev=lan"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -415,6 +433,25 @@ fn the_pi4_image_boots_under_raspi4b() {
     assert!(console.contains("Machine model: Raspberry Pi 4 Model B"), "{console}");
 }
 
+/// Flips the byte `offset` bytes into MBR primary partition `number` (1-4) of `disk`.
+fn flip_byte_in_partition(disk: &Path, number: usize, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(disk).unwrap();
+    let mut mbr = [0u8; 512];
+    file.read_exact(&mut mbr).unwrap();
+    // The partition entries start at 446, 16 bytes each; the first LBA is at +8 (LE).
+    let entry = 446 + 16 * (number - 1);
+    let first_lba = u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into().unwrap());
+    let at = u64::from(first_lba) * 512 + offset;
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    byte[0] ^= 0xff;
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&byte).unwrap();
+    file.sync_all().unwrap();
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -429,10 +466,13 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     std::fs::copy(images.join("provbox-qemu-virt.img"), &disk).unwrap();
     let ports = (free_port(), free_port());
     let mut later_boots = Vec::new();
+    // The site's time server runs an hour ahead of this host, so the guest's clock can only
+    // read that way if NTP set it. At most 200 requests, stopping after 15 idle minutes.
+    let ntp = ntp_mock::start(ntp_mock::Behaviour::Ahead(3600.0), 200, Duration::from_secs(900));
 
     // First boot: HTTPS comes up, the installer claims the appliance with the setup code.
     let started = Instant::now();
-    let machine = Machine::boot(&images, &disk, ports);
+    let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
     let ca = machine.wait_https(Duration::from_secs(240)).await;
     let first_boot = started.elapsed().as_secs_f64();
     assert!(machine.console().contains("booting slot a"), "{}", machine.console());
@@ -442,6 +482,30 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let site = claim(&machine, &ca).await;
     let mut browser = site.login().await;
     assert!(browser.get("/").await.text().contains("Devices"));
+
+    // The clock, set by NTP: the server saw the guest's requests, the guest's HTTP Date is
+    // an hour ahead of this host, and the System page and `redirect status` (its API) say
+    // where the time came from.
+    let synchronised = format!("synchronised by NTP: from 10.0.2.2:{}", ntp.address.port());
+    let waited = Instant::now();
+    let mut clock = String::new();
+    while waited.elapsed() < Duration::from_secs(120) {
+        let (_, status) = site.api("GET", "/api/v1/redirect", b"").await;
+        clock = status["clock"].as_str().unwrap_or_default().to_string();
+        if clock.starts_with(&synchronised) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(clock.starts_with(&synchronised), "{clock}\n{}", machine.console());
+    assert!(ntp.served() >= 1);
+    let page = browser.get("/system").await;
+    assert!(page.text().contains(&synchronised), "{}", page.text());
+    let guest_date = page.header("date").expect("a Date header");
+    let guest_time = httpdate::parse_http_date(guest_date).unwrap();
+    let ahead = guest_time.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs());
+    assert!((3540..=3660).contains(&ahead), "the guest's clock ({guest_date}) is not an hour ahead: {ahead} s");
+    assert!(machine.console().contains("clock synchronised by NTP"), "{}", machine.console());
 
     // Phones enroll over HTTPS through the forwarded port.
     let phones = [Phone::yealink("805ec0a00001"), Phone::yealink("805ec0a00002"), Phone::yealink("805ec0a00003")];
@@ -497,7 +561,7 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert!(acknowledged.len() >= 25, "only {} adds before the cut", acknowledged.len());
 
     let booted = Instant::now();
-    let machine = Machine::boot(&images, &disk, ports);
+    let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
     machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(booted.elapsed().as_secs_f64());
     let (_, devices) = site.api("GET", "/api/v1/devices", b"").await;
@@ -545,6 +609,15 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert_ne!(slots["version"].as_str().unwrap(), version_a, "{slots}");
     assert_eq!(site.device_count().await, present.len(), "devices survived the update");
 
+    // The first image's own bundle, correctly signed but an older release: refused with the
+    // reason, nothing staged.
+    let old = std::fs::read(env_path("PROVBOX_UPDATE_OLD")).unwrap();
+    let (status, answer) = site.api("POST", "/api/v1/update", &old).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or("").contains("older than the running image"), "{answer}");
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(false)), "{slots}");
+
     // A signed update whose provbox never comes up: the trial times out and the board
     // goes back to slot b by itself.
     let broken = std::fs::read(env_path("PROVBOX_UPDATE_BROKEN")).unwrap();
@@ -562,6 +635,21 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mut browser = site.login().await;
     assert!(browser.get("/system").await.text().contains("slot a did not come up healthy; rolled back"));
     assert_eq!(site.device_count().await, present.len());
+
+    // A root slot changed behind the updater's back (as code that got to write the device
+    // would): one byte of slot b's image flipped while the board is off. The initramfs
+    // checks slot b against its signed header, refuses it and falls back to slot a.
+    drop(machine);
+    flip_byte_in_partition(&disk, 3, 100_000);
+    let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
+    assert!(
+        machine.wait_console("root slot b does not verify or mount: trying slot a", 0, Duration::from_secs(120)),
+        "the changed slot b was not refused:\n{}",
+        machine.console()
+    );
+    assert!(machine.console().contains("does not match its signed header (SHA-256 differs)"), "{}", machine.console());
+    assert!(machine.wait_console("booting slot a (/dev/vda2)", 0, Duration::from_secs(60)), "{}", machine.console());
+    drop(machine);
 
     println!(
         "boot to HTTPS under TCG: first boot {first_boot:.1} s (makes the CA and certificate), later boots median {:.1} s over {}",

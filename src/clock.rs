@@ -45,10 +45,10 @@ pub fn check(now: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the kernel says an NTP daemon has synchronised the clock.
+/// Whether the kernel says an NTP client has synchronised the clock.
 // The read-only adjtimex call is one of the crate's few FFI edges.
 #[allow(unsafe_code)]
-fn ntp_synchronised() -> bool {
+pub fn ntp_synchronised() -> bool {
     // SAFETY: timex is plain integers, for which all zeroes is a valid value.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: with modes = 0 adjtimex only reads the kernel's clock state into `timex`,
@@ -98,21 +98,6 @@ pub fn mark_synchronised(error: f64) -> Result<(), String> {
         return Err(std::io::Error::last_os_error().to_string());
     }
     Ok(())
-}
-
-/// The clock's state for people (the System page, `redirect status`): why WAN calls wait,
-/// or whether NTP synchronised it, and from where when `provbox ntp` noted it.
-pub fn describe(now: u64) -> String {
-    if let Err(reason) = check(now) {
-        return reason;
-    }
-    let noted = crate::ntp::Status::read(std::path::Path::new(crate::ntp::STATUS_FILE)).map(|s| s.describe());
-    match (ntp_synchronised(), noted) {
-        (true, Some(noted)) => format!("synchronised by NTP: {noted}"),
-        (true, None) => "synchronised by NTP".to_string(),
-        (false, Some(noted)) => format!("not synchronised by NTP ({noted}); reads later than this build"),
-        (false, None) => "not synchronised by NTP; reads later than this build".to_string(),
-    }
 }
 
 /// `YYYY-MM-DD` of a Unix time (proleptic Gregorian, UTC).

@@ -217,6 +217,87 @@ pub fn lan_addresses() -> Vec<IpAddr> {
     addresses
 }
 
+/// How often the host name and LAN addresses are looked at again.
+const LAN_POLL: Duration = Duration::from_secs(5);
+
+/// The appliance as the LAN sees it: its host names and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LanView {
+    /// The system host name (set from the MAC on the image), for the certificate.
+    host: String,
+    /// The mDNS name, `provbox-<MAC digits>`.
+    mdns_host: String,
+    /// Non-loopback addresses, IPv4 first.
+    addresses: Vec<IpAddr>,
+}
+
+impl LanView {
+    fn now() -> LanView {
+        let host =
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
+        LanView { host, mdns_host: mdns::Identity::host_name(), addresses: lan_addresses() }
+    }
+
+    /// The names and addresses the server certificate must cover.
+    fn certificate_names(&self) -> (Vec<String>, Vec<IpAddr>) {
+        let mut names = vec![self.host.clone(), format!("{}.local", self.host), "localhost".to_string()];
+        names.dedup();
+        let mut ips = self.addresses.clone();
+        ips.extend([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        (names, ips)
+    }
+
+    /// What the mDNS responder answers, for the page on `https_port`.
+    fn mdns_identity(&self, https_port: u16) -> mdns::Identity {
+        let addresses =
+            if self.addresses.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { self.addresses.clone() };
+        mdns::Identity::new(&self.mdns_host, addresses, https_port)
+    }
+}
+
+/// Keeps what depends on the LAN address current when a DHCP lease arrives late or
+/// changes: the server certificate's names, the URLs phones are given, the mDNS answers.
+struct LanFollower {
+    app: Arc<App>,
+    pki: Arc<Pki>,
+    identity: Option<watch::Sender<mdns::Identity>>,
+    https: SocketAddr,
+    http: SocketAddr,
+}
+
+impl LanFollower {
+    /// Looks every [`LAN_POLL`] until `stopped`, starting from what `seen` describes.
+    async fn run(self, mut seen: LanView, mut stopped: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(LAN_POLL) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            let now = LanView::now();
+            if now != seen {
+                self.apply(&now);
+                seen = now;
+            }
+        }
+    }
+
+    fn apply(&self, view: &LanView) {
+        tracing::info!(host = view.host, addresses = ?view.addresses, "the LAN address or host name changed");
+        let (names, ips) = view.certificate_names();
+        if let Err(error) = self.pki.cover(&names, &ips) {
+            tracing::error!("cannot reissue the server certificate for the new address: {error}");
+        }
+        let site = site(self.app.data_dir.clone(), self.https.port(), self.http.port());
+        self.app.set_site_urls(crate::app::SiteUrls {
+            default_base_url: site.default_base_url,
+            bootstrap_url: site.bootstrap_url,
+        });
+        if let Some(identity) = &self.identity {
+            identity.send_replace(view.mdns_identity(self.https.port()));
+        }
+    }
+}
+
 /// The URL base for `ip` and `port`.
 pub fn base_url_for(ip: IpAddr, port: u16, scheme: &str) -> String {
     match ip {
@@ -310,12 +391,9 @@ pub async fn run(
     }
     let devices = db.device_count();
     let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port(), http.port()))?);
-    let lan = lan_addresses();
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
-    let mut names = vec![host.clone(), format!("{host}.local"), "localhost".to_string()];
-    names.dedup();
-    let mut ips = lan.clone();
-    ips.extend([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+    let view = LanView::now();
+    let lan = view.addresses.clone();
+    let (names, ips) = view.certificate_names();
     let pki = Arc::new(Pki::ensure(&config.data_dir, config.key_type, &names, &ips)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let shared = routes::Shared { app: app.clone(), pki: pki.clone(), updates: config.updates.clone() };
@@ -352,12 +430,14 @@ pub async fn run(
         },
         None => None,
     };
+    let mut identity_sender = None;
     let mdns = match config.mdns {
         Some(address) => match mdns::bind(address, &lan) {
             Ok(socket) => {
-                let addresses = if lan.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { lan.clone() };
-                let identity = mdns::Identity::new(&mdns::Identity::host_name(), addresses, https.port());
+                let identity = view.mdns_identity(https.port());
                 let announced = (identity.fqdn().to_string(), socket.local_addr().unwrap_or(address));
+                let (sender, identity) = watch::channel(identity);
+                identity_sender = Some(sender);
                 tokio::spawn(mdns::run(socket, identity, stopped.clone()));
                 Some(announced)
             }
@@ -368,6 +448,8 @@ pub async fn run(
         },
         None => None,
     };
+    let follower = LanFollower { app: app.clone(), pki: pki.clone(), identity: identity_sender, https, http };
+    tokio::spawn(follower.run(view, stopped.clone()));
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -381,7 +463,7 @@ pub async fn run(
         base_url: app.base_url()?,
         ca_url: format!("{}ca.crt", base_url_for(ca_host, http.port(), "http")),
         devices,
-        bootstrap_url: app.site.bootstrap_url.clone(),
+        bootstrap_url: app.bootstrap_url(),
         page_url: base_url_for(ca_host, https.port(), "https"),
         setup_code: app.setup_code()?,
         sip,

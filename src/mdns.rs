@@ -147,38 +147,71 @@ pub fn bind(address: SocketAddr, interfaces: &[IpAddr]) -> std::io::Result<UdpSo
     let socket = std::net::UdpSocket::from(fd);
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
-    if !address.ip().is_loopback() {
-        for interface in interfaces {
-            if let IpAddr::V4(v4) = interface
-                && let Err(error) = socket.join_multicast_v4(Ipv4Addr::new(224, 0, 0, 251), *v4)
-            {
-                tracing::warn!("mDNS: cannot join the group on {v4}: {error}");
-            }
-        }
-    }
+    join_group(&socket, interfaces);
     Ok(socket)
 }
 
-/// Answers queries until `stopped`; on a LAN socket announces the records first.
-pub async fn run(socket: UdpSocket, identity: Identity, mut stopped: watch::Receiver<bool>) {
+/// Joins the mDNS group on each IPv4 address in `interfaces` (a LAN socket only).
+fn join_group(socket: &UdpSocket, interfaces: &[IpAddr]) {
+    if socket.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+        return;
+    }
+    for interface in interfaces {
+        if let IpAddr::V4(v4) = interface
+            && let Err(error) = socket.join_multicast_v4(Ipv4Addr::new(224, 0, 0, 251), *v4)
+        {
+            tracing::warn!("mDNS: cannot join the group on {v4}: {error}");
+        }
+    }
+}
+
+/// Announces `identity` on a LAN socket: RFC 6762 §8.3, at least two announcements, one
+/// second apart.
+async fn announce(socket: &UdpSocket, identity: &Identity) {
     let on_lan = socket.local_addr().is_ok_and(|a| !a.ip().is_loopback());
     if on_lan && let Some(announcement) = identity.announcement() {
-        // RFC 6762 §8.3: at least two announcements, one second apart.
         for _ in 0..2 {
             let _ = socket.send_to(&announcement, GROUP).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Answers queries as the latest `identity` until `stopped`; on a LAN socket announces the
+/// records first and again whenever the identity changes (a new DHCP lease), joining the
+/// group on new addresses.
+pub async fn run(socket: UdpSocket, mut identity: watch::Receiver<Identity>, mut stopped: watch::Receiver<bool>) {
+    let on_lan = socket.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    let mut current = identity.borrow_and_update().clone();
+    let mut following = true;
+    announce(&socket, &current).await;
     let mut buffer = vec![0u8; 9000];
     loop {
         let received = tokio::select! {
-            received = socket.recv_from(&mut buffer) => received,
+            received = socket.recv_from(&mut buffer) => Some(received),
+            changed = identity.changed(), if following => {
+                // Once the sender is gone, answers stay as the last identity.
+                following = changed.is_ok();
+                None
+            }
             _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let Some(received) = received else {
+            if !following {
+                continue;
+            }
+            let next = identity.borrow_and_update().clone();
+            let added: Vec<IpAddr> =
+                next.addresses.iter().filter(|a| !current.addresses.contains(a)).copied().collect();
+            join_group(&socket, &added);
+            current = next;
+            announce(&socket, &current).await;
+            continue;
         };
         let Ok((length, source)) = received else { continue };
         // Queries from port 5353 get the multicast answer; others (legacy unicast) a direct one.
         let legacy = source.port() != 5353 || !on_lan;
-        let Some(reply) = identity.reply_to(&buffer[..length], legacy) else { continue };
+        let Some(reply) = current.reply_to(&buffer[..length], legacy) else { continue };
         let target = if legacy { source } else { GROUP };
         let _ = socket.send_to(&reply, target).await;
     }

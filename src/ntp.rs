@@ -258,6 +258,21 @@ impl Status {
     }
 }
 
+/// The clock's state for people (the System page, `redirect status`): why WAN calls wait,
+/// or whether NTP synchronised it, and from where when `provbox ntp` noted it.
+pub fn clock_state(now: u64) -> String {
+    if let Err(reason) = crate::clock::check(now) {
+        return reason;
+    }
+    let noted = Status::read(Path::new(STATUS_FILE)).map(|s| s.describe());
+    match (crate::clock::ntp_synchronised(), noted) {
+        (true, Some(noted)) => format!("synchronised by NTP: {noted}"),
+        (true, None) => "synchronised by NTP".to_string(),
+        (false, Some(noted)) => format!("not synchronised by NTP ({noted}); reads later than this build"),
+        (false, None) => "not synchronised by NTP; reads later than this build".to_string(),
+    }
+}
+
 /// Writes `status` to `path` whole (a temporary file renamed over it), readable by all.
 fn write_status(path: &Path, status: &Status) {
     let temporary = path.with_extension("new");

@@ -89,6 +89,7 @@ pub struct Pki {
     provider: Arc<CryptoProvider>,
     resolver: Arc<Resolver>,
     ca_pem: String,
+    key_type: KeyType,
 }
 
 impl Pki {
@@ -107,24 +108,21 @@ impl Pki {
             tracing::info!(path = %ca_cert_path.display(), "created the local CA");
         }
         let ca_pem = read_string(&ca_cert_path)?;
-        let wanted = ServerCoverage {
-            names: names.to_vec(),
-            ips: ips.to_vec(),
-            not_after: unix(SystemTime::now() + SERVER_DAYS as u32 * DAY),
-            key_type: format!("{key_type:?}"),
-        };
-        if needs_reissue(&dir, &wanted) {
-            let ca_key = read_string(&ca_key_path)?;
-            let (cert, key) = new_server_cert(&ca_pem, &ca_key, key_type, &wanted)?;
-            write_file(&dir.join("server.key"), key.as_bytes(), 0o600)?;
-            write_file(&dir.join("server.crt"), cert.as_bytes(), 0o644)?;
-            let coverage = serde_json::to_vec_pretty(&wanted).map_err(|e| PkiError::Generate(e.to_string()))?;
-            write_file(&dir.join("server.json"), &coverage, 0o644)?;
-            tracing::info!(names = ?wanted.names, ips = ?wanted.ips, "issued the server certificate");
-        }
+        issue_if_needed(&dir, &ca_pem, key_type, names, ips)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = load_certified_key(&dir, &provider)?;
-        Ok(Pki { dir, provider, resolver: Arc::new(Resolver(ArcSwap::new(current))), ca_pem })
+        Ok(Pki { dir, provider, resolver: Arc::new(Resolver(ArcSwap::new(current))), ca_pem, key_type })
+    }
+
+    /// Makes the generated server certificate cover `names` and `ips` (the LAN address
+    /// changed): reissued and served from the next handshake if it did not; true then. An
+    /// operator certificate in use stays in use.
+    pub fn cover(&self, names: &[String], ips: &[IpAddr]) -> Result<bool, PkiError> {
+        if !issue_if_needed(&self.dir, &self.ca_pem, self.key_type, names, ips)? {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
     }
 
     /// The local CA certificate, PEM.
@@ -190,6 +188,34 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.load_full())
     }
+}
+
+/// Issues the server certificate from the CA in `dir` unless the one there covers `names`
+/// and `ips`, is of `key_type` and is far from expiry; true if it issued one.
+fn issue_if_needed(
+    dir: &Path,
+    ca_pem: &str,
+    key_type: KeyType,
+    names: &[String],
+    ips: &[IpAddr],
+) -> Result<bool, PkiError> {
+    let wanted = ServerCoverage {
+        names: names.to_vec(),
+        ips: ips.to_vec(),
+        not_after: unix(SystemTime::now() + SERVER_DAYS as u32 * DAY),
+        key_type: format!("{key_type:?}"),
+    };
+    if !needs_reissue(dir, &wanted) {
+        return Ok(false);
+    }
+    let ca_key = read_string(&dir.join("ca.key"))?;
+    let (cert, key) = new_server_cert(ca_pem, &ca_key, key_type, &wanted)?;
+    write_file(&dir.join("server.key"), key.as_bytes(), 0o600)?;
+    write_file(&dir.join("server.crt"), cert.as_bytes(), 0o644)?;
+    let coverage = serde_json::to_vec_pretty(&wanted).map_err(|e| PkiError::Generate(e.to_string()))?;
+    write_file(&dir.join("server.json"), &coverage, 0o644)?;
+    tracing::info!(names = ?wanted.names, ips = ?wanted.ips, "issued the server certificate");
+    Ok(true)
 }
 
 fn operator_paths(dir: &Path) -> (PathBuf, PathBuf) {

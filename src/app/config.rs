@@ -37,7 +37,7 @@ pub(super) struct CurrentHash {
 impl App {
     /// The effective base URL phones use.
     pub fn base_url(&self) -> Result<String, AppError> {
-        self.lock().base_url(&self.site.default_base_url)
+        self.lock().base_url(&self.default_base_url())
     }
 
     /// Every setting's effective value (secrets included: for rendering only).
@@ -170,7 +170,7 @@ impl App {
         let facts = {
             let state = self.lock();
             SiteFacts {
-                base_url: state.base_url(&self.site.default_base_url)?,
+                base_url: state.base_url(&self.default_base_url())?,
                 settings: state.settings()?,
                 directory: if matched.file.directory { state.directory()? } else { Vec::new() },
             }
@@ -216,7 +216,7 @@ impl App {
 
     /// Files under `<data>/files/`, with SHA-256 sums.
     pub fn static_files(&self) -> Vec<StaticFile> {
-        let root = self.site.data_dir.join("files");
+        let root = self.data_dir.join("files");
         let mut files = Vec::new();
         let mut pending = vec![root.clone()];
         // Bounded walk: the files area is small by design.

@@ -68,7 +68,7 @@ impl App {
 
     /// What every device's view is shown with.
     fn shown(&self, state: &State) -> Result<Shown, AppError> {
-        Ok(Shown { base_url: state.base_url(&self.site.default_base_url)?, grace: state.grace_seconds()? })
+        Ok(Shown { base_url: state.base_url(&self.default_base_url())?, grace: state.grace_seconds()? })
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.

@@ -55,6 +55,15 @@ pub struct Site {
     pub bootstrap_url: String,
 }
 
+/// The URLs phones are given by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteUrls {
+    /// Default base URL when `provision.base_url` is empty.
+    pub default_base_url: String,
+    /// The credential-free bootstrap over plain HTTP.
+    pub bootstrap_url: String,
+}
+
 /// Mutable state under one lock; every critical section is short and never awaits.
 struct State {
     db: Db<AnyFlash>,
@@ -72,8 +81,10 @@ pub struct App {
     pub templates: Templates,
     /// Token-miss throttling.
     pub throttle: Throttle,
-    /// Paths and URLs.
-    pub site: Site,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The URLs phones are given by default: they follow the LAN address.
+    urls: std::sync::RwLock<SiteUrls>,
     /// The redirect outbox worker's shared parts.
     pub redirect: Redirector,
     /// The SIP endpoint and the phones' SIP addresses.
@@ -104,13 +115,45 @@ impl App {
             state: Mutex::new(state),
             templates,
             throttle: Throttle::default(),
-            site,
+            data_dir: site.data_dir,
+            urls: std::sync::RwLock::new(SiteUrls {
+                default_base_url: site.default_base_url,
+                bootstrap_url: site.bootstrap_url,
+            }),
             redirect: Redirector::default(),
             sip: SipState::default(),
             setup_code: SetupCode::default(),
             config_hashes: Mutex::new(HashMap::new()),
             site_changes: AtomicU64::new(0),
         })
+    }
+
+    /// The default base URL: where phones reach HTTPS when `provision.base_url` is empty.
+    pub fn default_base_url(&self) -> String {
+        self.site_urls().default_base_url
+    }
+
+    /// The credential-free bootstrap URL over plain HTTP (DHCP option 66, SIP PnP).
+    pub fn bootstrap_url(&self) -> String {
+        self.site_urls().bootstrap_url
+    }
+
+    fn site_urls(&self) -> SiteUrls {
+        // The URLs are replaced whole, so a poisoned lock still holds a consistent pair.
+        self.urls.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Points the default URLs at a new LAN address; true if they changed, and then every
+    /// phone's files count as changed too (they carry the URLs).
+    pub fn set_site_urls(&self, urls: SiteUrls) -> bool {
+        let mut current = self.urls.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *current == urls {
+            return false;
+        }
+        *current = urls;
+        drop(current);
+        self.site_changed();
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

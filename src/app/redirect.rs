@@ -283,7 +283,7 @@ impl App {
             })
             .collect();
         Ok(RedirectStatus {
-            clock: clock::describe(now()),
+            clock: crate::ntp::clock_state(now()),
             services,
             queue: queue
                 .iter()
@@ -310,7 +310,7 @@ impl App {
             let service = service_for_vendor(&device.vendor)
                 .ok_or_else(|| AppError::Refused(format!("no redirect service for {} phones", device.vendor)))?;
             let record = state.db.redirect(mac)?;
-            let base = state.base_url(&self.site.default_base_url)?;
+            let base = state.base_url(&self.default_base_url())?;
             let expected =
                 (is_open(&device) && record.enabled).then(|| device.enrollment_token.url(TokenKind::Enrollment, &base));
             (service, state.settings()?, expected)
@@ -402,7 +402,7 @@ impl App {
         }
         let (queue, settings, base) = {
             let state = self.lock();
-            (state.db.outbox()?, state.settings()?, state.base_url(&self.site.default_base_url)?)
+            (state.db.outbox()?, state.settings()?, state.base_url(&self.default_base_url())?)
         };
         let wan = wan_for(&settings);
         let mut clients: HashMap<String, Result<Client, String>> = HashMap::new();

@@ -25,7 +25,7 @@ impl App {
         }
         let (device, base, bootstrap) = {
             let state = self.lock();
-            let base = state.base_url(&self.site.default_base_url)?;
+            let base = state.base_url(&self.default_base_url())?;
             let bootstrap = state.settings()?.get("provision.bootstrap").to_string();
             (state.db.device(&phone.mac)?, base, bootstrap)
         };
@@ -48,7 +48,7 @@ impl App {
                 })?;
             }
         }
-        Ok((bootstrap != "off").then(|| self.site.bootstrap_url.clone()))
+        Ok((bootstrap != "off").then(|| self.bootstrap_url()))
     }
 
     /// Sends `mac`'s vendor check-sync NOTIFY to its last known SIP address and waits up to

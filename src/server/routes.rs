@@ -152,7 +152,7 @@ async fn static_file(
     let path = parts.uri.path().splitn(5, '/').nth(4).unwrap_or("").to_string();
     let Ok(uri) = format!("/{path}").parse() else { return StatusCode::NOT_FOUND.into_response() };
     parts.uri = uri;
-    let files = tower_http::services::ServeDir::new(shared.app.site.data_dir.join("files"));
+    let files = tower_http::services::ServeDir::new(shared.app.data_dir.join("files"));
     match files.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => {
             if response.status().is_success() {

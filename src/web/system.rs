@@ -35,7 +35,7 @@ pub(super) async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &s
             title => "System", csrf, version => env!("CARGO_PKG_VERSION"), started => date_time(web.started),
             clock => status.clock, services => status.services, audit, reachability,
             store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
-            erase => format!("{low} to {high}"), bootstrap => web.app.site.bootstrap_url.clone(),
+            erase => format!("{low} to {high}"), bootstrap => web.app.bootstrap_url(),
             firmware => update::status(web), flash, flash_kind,
         },
     )

@@ -32,44 +32,16 @@ fn keygen_sign_install_and_status_work_end_to_end() {
     assert!(made.contains("signing.key.pub"), "{made}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(path("signing.key")).unwrap().permissions().mode() & 0o777, 0o600);
-    let signed = cli_ok(
-        &data,
-        &[
-            "update",
-            "sign",
-            "--key",
-            &path("signing.key"),
-            "--board",
-            "rpi4",
-            "--version",
-            "2.0",
-            "--sequence",
-            "1001",
-            "--out",
-            &path("u.update"),
-            &path("root.squashfs"),
-        ],
-    );
+    // `update sign` of the root image as release `sequence`, into `out`.
+    let sign = |version: &str, sequence: &str, out: &str| {
+        let (key, out, image) = (path("signing.key"), path(out), path("root.squashfs"));
+        let args = ["update", "sign", "--key", &key, "--board", "rpi4", "--version", version, "--sequence", sequence];
+        cli_ok(&data, &[&args[..], &["--out", &out, &image]].concat())
+    };
+    let signed = sign("2.0", "1001", "u.update");
     assert!(signed.contains("20004 bytes of image"), "{signed}");
     // An older release, signed the same way: refused, nothing staged.
-    cli_ok(
-        &data,
-        &[
-            "update",
-            "sign",
-            "--key",
-            &path("signing.key"),
-            "--board",
-            "rpi4",
-            "--version",
-            "1.9",
-            "--sequence",
-            "999",
-            "--out",
-            &path("old.update"),
-            &path("root.squashfs"),
-        ],
-    );
+    sign("1.9", "999", "old.update");
     let (ok, _, err) = cli(
         &data,
         &["update", "install", &path("old.update"), "--boot-info", &path("boot"), "--key", &path("signing.key.pub")],

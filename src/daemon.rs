@@ -472,8 +472,10 @@ pub async fn run(
     if let Some(updates) = config.updates.clone() {
         let app = app.clone();
         tokio::spawn(async move {
-            if updates.current().trial && !reachable_on_lan(http.port()).await {
-                tracing::error!("not reachable on the LAN: this root slot stays on trial and will be rolled back");
+            if updates.current().trial
+                && let Err(why) = trial_health(&app, http.port()).await
+            {
+                tracing::error!("{why}: this root slot stays on trial and will be rolled back");
                 return;
             }
             commit_slot(&updates, &app);
@@ -538,7 +540,36 @@ async fn reachable_on_lan(http_port: u16) -> bool {
     false
 }
 
-/// A new root slot on its one trial boot is up and answering on the LAN: make it permanent.
+/// How long a trial slot's provbox must stay up, answering on the LAN, before the slot is
+/// committed: one answer right after start says little about a crash a few seconds later.
+const TRIAL_HEALTHY_FOR: Duration = Duration::from_secs(20);
+/// Where the image's run script counts provbox's starts in this boot.
+const STARTS_FILE: &str = "/run/provbox/starts";
+
+/// Whether a trial slot is healthy: provbox answers on its LAN address, stays up for
+/// [`TRIAL_HEALTHY_FOR`], still answers, reads its store, and was not restarted in this boot.
+async fn trial_health(app: &App, http_port: u16) -> Result<(), String> {
+    if !reachable_on_lan(http_port).await {
+        return Err("not reachable on the LAN".into());
+    }
+    tokio::time::sleep(TRIAL_HEALTHY_FOR).await;
+    if !reachable_on_lan(http_port).await {
+        return Err("no longer reachable on the LAN".into());
+    }
+    let starts = std::fs::read_to_string(STARTS_FILE).ok().and_then(|text| text.trim().parse().ok());
+    trial_verdict(starts, app.effective_settings().map(|_| ()).map_err(|e| e.to_string()))
+}
+
+/// The verdict on a trial from what was seen: provbox's starts in this boot (when the image
+/// counts them) and whether the store answered.
+fn trial_verdict(starts: Option<u32>, store: Result<(), String>) -> Result<(), String> {
+    if let Some(starts) = starts.filter(|starts| *starts > 1) {
+        return Err(format!("provbox started {starts} times in this boot"));
+    }
+    store.map_err(|error| format!("the store does not answer: {error}"))
+}
+
+/// A new root slot on its one trial boot is up and healthy: make it permanent.
 fn commit_slot(updates: &Updates, app: &App) {
     let boot = updates.current();
     match updates.commit() {
@@ -580,6 +611,16 @@ async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{MetadataExt, symlink};
+
+    #[test]
+    fn a_trial_that_restarted_or_lost_its_store_is_not_committed() {
+        use super::trial_verdict;
+        assert_eq!(trial_verdict(Some(1), Ok(())), Ok(()));
+        assert_eq!(trial_verdict(None, Ok(())), Ok(()), "outside the image nothing counts starts");
+        assert_eq!(trial_verdict(Some(3), Ok(())), Err("provbox started 3 times in this boot".into()));
+        let error = trial_verdict(Some(1), Err("flash unreadable".into())).unwrap_err();
+        assert!(error.contains("store does not answer"), "{error}");
+    }
 
     use nix::unistd::{Gid, Uid};
 

@@ -438,6 +438,26 @@ impl BootInfo {
 }
 
 /// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
+/// How long an install waits for the inactive slot to become writable: the image's rcS hands
+/// it to provbox's account only once a trial is committed, within a fraction of a second.
+const SLOT_HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens a slot device for reading and writing, waiting up to [`SLOT_HANDOVER_WAIT`] while
+/// it is not yet ours.
+fn open_slot(path: &Path) -> std::io::Result<File> {
+    let started = std::time::Instant::now();
+    loop {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::PermissionDenied && started.elapsed() < SLOT_HANDOVER_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Where the signed header of `slot`'s image is kept: next to the A/B state.
 pub fn head_path(state: &Path, slot: Slot) -> PathBuf {
     state.with_file_name(format!("slot-{slot}.head"))
@@ -640,11 +660,7 @@ impl Installer {
             return Err(UpdateError::Io { what: format!("remove {}", head.display()), source: error });
         }
         let path = self.boot.device(slot);
-        let mut device = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io(format!("open slot {slot} ({})", path.display())))?;
+        let mut device = open_slot(path).map_err(io(format!("open slot {slot} ({})", path.display())))?;
         let capacity = device.seek(SeekFrom::End(0)).map_err(io(format!("size of {}", path.display())))?;
         if manifest.size > capacity || manifest.size < SQUASHFS_MAGIC.len() as u64 {
             return Err(UpdateError::TooBig { size: manifest.size, capacity });

@@ -115,7 +115,7 @@ impl Machine {
         let _ = std::fs::remove_file(&monitor);
         let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
         // NTP from the test's server, and a short trial so a broken update rolls back soon.
-        let append = format!("{} provbox.ntp=10.0.2.2:{ntp_port} provbox.trial=45", cmdline.trim());
+        let append = format!("{} provbox.ntp=10.0.2.2:{ntp_port} provbox.trial=60", cmdline.trim());
         let mut child = Command::new("qemu-system-aarch64")
             .args(["-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-smp", "2", "-display", "none"])
             .args(["-serial", "stdio"])
@@ -604,6 +604,14 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let switched_at = Instant::now();
     machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(switched_at.elapsed().as_secs_f64());
+    // The trial commits only after provbox stayed up and answering for a while.
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(true)), "{slots}");
+    assert!(
+        machine.wait_console("this root slot came up healthy and is now the active one", mark, Duration::from_secs(90)),
+        "the trial was not committed:\n{}",
+        machine.console()
+    );
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(false)), "{slots}");
     assert_ne!(slots["version"].as_str().unwrap(), version_a, "{slots}");

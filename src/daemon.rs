@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::app::{App, AppError, Site};
+use crate::app::{App, AppError};
 use crate::clock;
 use crate::control::{self, ControlError};
 use crate::pki::{KeyType, Pki, PkiError};
@@ -18,7 +18,7 @@ use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
 use crate::store::records::Db;
 use crate::update::Updates;
-use crate::{mdns, sip};
+use crate::{lan, mdns, sip};
 
 /// How often buffered last-contact records are written to flash.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -194,118 +194,6 @@ pub struct Ready {
     pub mdns: Option<(String, SocketAddr)>,
 }
 
-/// The appliance's non-loopback addresses, IPv4 first.
-pub fn lan_addresses() -> Vec<IpAddr> {
-    let mut addresses: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-        .map(|interfaces| {
-            interfaces
-                .filter(|i| i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
-                .filter_map(|i| {
-                    let address = i.address?;
-                    let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
-                        (Some(v4), _) => IpAddr::V4(v4.ip()),
-                        (_, Some(v6)) if !v6.ip().is_unicast_link_local() => IpAddr::V6(v6.ip()),
-                        _ => return None,
-                    };
-                    (!ip.is_loopback()).then_some(ip)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    addresses.sort_by_key(|ip| (ip.is_ipv6(), *ip));
-    addresses.dedup();
-    addresses
-}
-
-/// How often the host name and LAN addresses are looked at again.
-const LAN_POLL: Duration = Duration::from_secs(5);
-
-/// The appliance as the LAN sees it: its host names and addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct LanView {
-    /// The system host name (set from the MAC on the image), for the certificate.
-    host: String,
-    /// The mDNS name, `provbox-<MAC digits>`.
-    mdns_host: String,
-    /// Non-loopback addresses, IPv4 first.
-    addresses: Vec<IpAddr>,
-}
-
-impl LanView {
-    fn now() -> LanView {
-        let host =
-            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "provbox".into());
-        LanView { host, mdns_host: mdns::Identity::host_name(), addresses: lan_addresses() }
-    }
-
-    /// The names and addresses the server certificate must cover.
-    fn certificate_names(&self) -> (Vec<String>, Vec<IpAddr>) {
-        let mut names = vec![self.host.clone(), format!("{}.local", self.host), "localhost".to_string()];
-        names.dedup();
-        let mut ips = self.addresses.clone();
-        ips.extend([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
-        (names, ips)
-    }
-
-    /// What the mDNS responder answers, for the page on `https_port`.
-    fn mdns_identity(&self, https_port: u16) -> mdns::Identity {
-        let addresses =
-            if self.addresses.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { self.addresses.clone() };
-        mdns::Identity::new(&self.mdns_host, addresses, https_port)
-    }
-}
-
-/// Keeps what depends on the LAN address current when a DHCP lease arrives late or
-/// changes: the server certificate's names, the URLs phones are given, the mDNS answers.
-struct LanFollower {
-    app: Arc<App>,
-    pki: Arc<Pki>,
-    identity: Option<watch::Sender<mdns::Identity>>,
-    https: SocketAddr,
-    http: SocketAddr,
-}
-
-impl LanFollower {
-    /// Looks every [`LAN_POLL`] until `stopped`, starting from what `seen` describes.
-    async fn run(self, mut seen: LanView, mut stopped: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(LAN_POLL) => {}
-                _ = stopped.wait_for(|stop| *stop) => return,
-            }
-            let now = LanView::now();
-            if now != seen {
-                self.apply(&now);
-                seen = now;
-            }
-        }
-    }
-
-    fn apply(&self, view: &LanView) {
-        tracing::info!(host = view.host, addresses = ?view.addresses, "the LAN address or host name changed");
-        let (names, ips) = view.certificate_names();
-        if let Err(error) = self.pki.cover(&names, &ips) {
-            tracing::error!("cannot reissue the server certificate for the new address: {error}");
-        }
-        let site = site(self.app.data_dir.clone(), self.https.port(), self.http.port());
-        self.app.set_site_urls(crate::app::SiteUrls {
-            default_base_url: site.default_base_url,
-            bootstrap_url: site.bootstrap_url,
-        });
-        if let Some(identity) = &self.identity {
-            identity.send_replace(view.mdns_identity(self.https.port()));
-        }
-    }
-}
-
-/// The URL base for `ip` and `port`.
-pub fn base_url_for(ip: IpAddr, port: u16, scheme: &str) -> String {
-    match ip {
-        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}/"),
-        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}/"),
-    }
-}
-
 /// The file where `serve` notes its HTTPS port, so the CLI without a server prints the
 /// URLs phones really use.
 fn port_file(data_dir: &Path) -> PathBuf {
@@ -315,17 +203,6 @@ fn port_file(data_dir: &Path) -> PathBuf {
 /// The HTTPS port of the last `serve` on `data_dir`, else the default 8443.
 pub fn last_https_port(data_dir: &Path) -> u16 {
     std::fs::read_to_string(port_file(data_dir)).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(8443)
-}
-
-/// The site description for `data_dir` when phones reach HTTPS on `https_port` and plain
-/// HTTP on `http_port`.
-pub fn site(data_dir: PathBuf, https_port: u16, http_port: u16) -> Site {
-    let ip = lan_addresses().first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    Site {
-        data_dir,
-        default_base_url: base_url_for(ip, https_port, "https"),
-        bootstrap_url: base_url_for(ip, http_port, "http"),
-    }
 }
 
 /// Pending connections the kernel queues for us: a whole office booting at once after a
@@ -390,8 +267,8 @@ pub async fn run(
         tracing::warn!("cannot note the HTTPS port for the CLI: {error}");
     }
     let devices = db.device_count();
-    let app = Arc::new(App::new(db, site(config.data_dir.clone(), https.port(), http.port()))?);
-    let view = LanView::now();
+    let app = Arc::new(App::new(db, lan::site(config.data_dir.clone(), https.port(), http.port()))?);
+    let view = lan::LanView::now();
     let lan = view.addresses.clone();
     let (names, ips) = view.certificate_names();
     let pki = Arc::new(Pki::ensure(&config.data_dir, config.key_type, &names, &ips)?);
@@ -448,7 +325,7 @@ pub async fn run(
         },
         None => None,
     };
-    let follower = LanFollower { app: app.clone(), pki: pki.clone(), identity: identity_sender, https, http };
+    let follower = lan::LanFollower { app: app.clone(), pki: pki.clone(), identity: identity_sender, https, http };
     tokio::spawn(follower.run(view, stopped.clone()));
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
@@ -461,10 +338,10 @@ pub async fn run(
         https,
         http,
         base_url: app.base_url()?,
-        ca_url: format!("{}ca.crt", base_url_for(ca_host, http.port(), "http")),
+        ca_url: format!("{}ca.crt", lan::base_url_for(ca_host, http.port(), "http")),
         devices,
         bootstrap_url: app.bootstrap_url(),
-        page_url: base_url_for(ca_host, https.port(), "https"),
+        page_url: lan::base_url_for(ca_host, https.port(), "https"),
         setup_code: app.setup_code()?,
         sip,
         mdns,
@@ -523,7 +400,7 @@ async fn reachable_on_lan(http_port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + REACHABLE_WITHIN;
     while tokio::time::Instant::now() < deadline {
-        if let Some(ip) = lan_addresses().first().copied() {
+        if let Some(ip) = lan::addresses().first().copied() {
             let probe = async {
                 let mut stream = tokio::net::TcpStream::connect(SocketAddr::new(ip, http_port)).await?;
                 stream.write_all(b"GET /ca.crt HTTP/1.0\r\nHost: provbox\r\n\r\n").await?;

@@ -7,12 +7,12 @@
 //! **Layers.** Modules import only downwards (`tests/module_graph.rs` refuses a cycle):
 //! - front ends: [`daemon`] (`provbox serve`), [`server`] (HTTPS and HTTP listeners, the
 //!   phones' routes), [`web`] (the technician's page and the JSON API), [`control`] (the CLI's
-//!   Unix socket), [`mdns`];
+//!   Unix socket), [`mdns`], [`lan`] (the LAN address, and what follows it when it changes);
 //! - [`app`]: every operation of the appliance;
 //! - mechanisms that never see [`app::App`]: [`provision`] (vendor profiles, templates, the
 //!   template context), [`redirect`] (vendor redirect clients and the outbox's rules),
 //!   [`sip`] (plug-and-play and check-sync), [`admin`] (password hashes, API token formats),
-//!   [`metrics`], [`pki`], [`update`], [`clock`];
+//!   [`metrics`], [`pki`], [`update`], [`ntp`] (the SNTP client), [`clock`];
 //! - domain types and the store: [`devices`], [`settings`], [`mac`], [`token`], [`hex`],
 //!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
 //!
@@ -47,6 +47,7 @@ pub mod control;
 pub mod daemon;
 pub mod devices;
 pub mod hex;
+pub mod lan;
 pub mod mac;
 pub mod mdns;
 pub mod metrics;

@@ -202,7 +202,7 @@ impl Cli {
             match self.mount(self.data.is_dir()) {
                 Ok((store, _)) => {
                     let port = daemon::last_https_port(&self.data);
-                    let app = App::new(Db::new(store), daemon::site(self.data.clone(), port, 8080))?;
+                    let app = App::new(Db::new(store), provbox::lan::site(self.data.clone(), port, 8080))?;
                     break control::handle(&app, request, "cli");
                 }
                 Err(CliError::Open(backend::OpenError::Locked(_))) if waited < STARTING_SERVER_WAITS => {

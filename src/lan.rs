@@ -100,7 +100,9 @@ impl LanFollower {
             }
             let now = LanView::now();
             if now != seen {
-                self.apply(&now);
+                // Reissuing the certificate generates a key (an RSA one takes seconds on a
+                // Pi): off the async workers. `serve`'s runtime is multi-threaded.
+                tokio::task::block_in_place(|| self.apply(&now));
                 seen = now;
             }
         }

@@ -491,20 +491,34 @@ pub fn verify_slot(head: &[u8], key: &PublicKey, board: &str, device: &Path) -> 
     }
     let mismatch = |reason: String| UpdateError::SlotMismatch { device: device.to_path_buf(), reason };
     let mut file = File::open(device).map_err(io(format!("open {}", device.display())))?;
-    let mut hash = digest::Context::new(&digest::SHA256);
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut left = manifest.size;
-    while left > 0 {
-        let n = buffer.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        file.read_exact(&mut buffer[..n])
-            .map_err(|e| mismatch(format!("shorter than the {} signed bytes: {e}", manifest.size)))?;
-        hash.update(&buffer[..n]);
-        left -= n as u64;
-    }
-    if hash.finish().as_ref() != manifest.sha256 {
+    let (sha256, _) = image_digest(&mut file, manifest.size)
+        .map_err(|e| mismatch(format!("shorter than the {} signed bytes: {e}", manifest.size)))?;
+    if sha256 != manifest.sha256 {
         return Err(mismatch("SHA-256 differs".into()));
     }
     Ok(manifest)
+}
+
+/// The SHA-256 of the first `size` bytes of `source`, and its first four bytes (a squashfs
+/// image starts with its magic); an error if `source` is shorter.
+fn image_digest(source: &mut impl Read, size: u64) -> std::io::Result<([u8; 32], [u8; 4])> {
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let mut start = [0u8; 4];
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut done = 0u64;
+    while done < size {
+        let n = buffer.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
+        source.read_exact(&mut buffer[..n])?;
+        if done == 0 {
+            let head = n.min(start.len());
+            start[..head].copy_from_slice(&buffer[..head]);
+        }
+        hash.update(&buffer[..n]);
+        done += n as u64;
+    }
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(hash.finish().as_ref());
+    Ok((sha256, start))
 }
 
 /// Replaces `path` with `bytes`, durably: a fresh file (a temp file or link left there, by
@@ -701,21 +715,12 @@ impl Installer {
             |errno| UpdateError::Io { what: format!("drop the cache of slot {slot}"), source: errno.into() },
         )?;
         body.device.seek(SeekFrom::Start(0)).map_err(io(format!("seek slot {slot}")))?;
-        let mut reread = digest::Context::new(&digest::SHA256);
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut left = body.manifest.size;
-        let mut first = true;
-        while left > 0 {
-            let n = buffer.len().min(left as usize);
-            body.device.read_exact(&mut buffer[..n]).map_err(io(format!("read back slot {slot}")))?;
-            if first && !buffer.starts_with(SQUASHFS_MAGIC) {
-                return Err(UpdateError::NotSquashfs(slot));
-            }
-            first = false;
-            reread.update(&buffer[..n]);
-            left -= n as u64;
+        let (sha256, start) =
+            image_digest(&mut body.device, body.manifest.size).map_err(io(format!("read back slot {slot}")))?;
+        if !start.starts_with(SQUASHFS_MAGIC) {
+            return Err(UpdateError::NotSquashfs(slot));
         }
-        if reread.finish().as_ref() != body.manifest.sha256 {
+        if sha256 != body.manifest.sha256 {
             return Err(UpdateError::ReadBack(slot));
         }
         // The signed header goes next to the state, for the initramfs to check the slot

@@ -109,6 +109,8 @@ enum CliError {
     NoDataDir(PathBuf),
     #[error("{message}")]
     Refused { message: String },
+    #[error("no user {0:?} on this system")]
+    UnknownUser(String),
 }
 
 impl CliError {

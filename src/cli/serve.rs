@@ -40,9 +40,9 @@ pub(super) struct ServeArgs {
     /// The firmware image's description of its A/B root slots; enables updates.
     #[arg(long)]
     boot_info: Option<PathBuf>,
-    /// The ed25519 public key update bundles must be signed with.
-    #[arg(long, default_value = update::DEFAULT_KEY)]
-    update_key: PathBuf,
+    /// The privileged install service (`provbox update installer`) that writes the slots.
+    #[arg(long, default_value = update::service::DEFAULT_SOCKET)]
+    installer: PathBuf,
 }
 
 /// Prints a status line; a closed stdout (a supervisor gone away) is not worth dying for.
@@ -124,11 +124,10 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Updates, when `--boot-info` names the firmware image's slots. A missing or broken file
-/// or key leaves updates off, loudly: serving phones matters more.
+/// leaves updates off, loudly: serving phones matters more.
 fn updates_of(args: &ServeArgs) -> Option<std::sync::Arc<update::Updates>> {
     let path = args.boot_info.as_ref()?;
-    let loaded = update::BootInfo::load(path)
-        .and_then(|boot| Ok(update::Updates::new(boot, update::PublicKey::load(&args.update_key)?)));
+    let loaded = update::BootInfo::load(path).map(|boot| update::Updates::new(boot, args.installer.clone()));
     match loaded {
         Ok(updates) => Some(std::sync::Arc::new(updates)),
         Err(error) => {

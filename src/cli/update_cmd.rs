@@ -15,10 +15,24 @@ pub(super) enum UpdateCommand {
         #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
         boot_info: PathBuf,
     },
-    /// Check a signed bundle and write it to the inactive slot; it starts at the next boot.
+    /// Have the install service check a signed bundle and write it to the inactive slot;
+    /// it starts at the next boot.
     Install {
         /// The bundle (`provbox-<board>-<version>.update`).
         bundle: PathBuf,
+        /// The install service's socket.
+        #[arg(long, default_value = update::service::DEFAULT_SOCKET)]
+        installer: PathBuf,
+    },
+    /// Run the install service (as root, started by the image's init): the only process
+    /// that writes the root slots and the A/B state, for provbox's account and root.
+    Installer {
+        /// The socket to listen on.
+        #[arg(long, default_value = update::service::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The unprivileged account that may send requests (provbox's); root always may.
+        #[arg(long)]
+        client: Option<String>,
         /// The initramfs's description of the slots.
         #[arg(long, default_value = update::DEFAULT_BOOT_INFO)]
         boot_info: PathBuf,
@@ -84,13 +98,33 @@ pub(super) fn run(command: &UpdateCommand) -> Result<(), CliError> {
                 println!("last update  slot {failed} did not come up healthy; rolled back");
             }
         }
-        UpdateCommand::Install { bundle, boot_info, key } => {
-            let boot = update::BootInfo::load(boot_info)?;
-            let installed = update::install_file(bundle, update::PublicKey::load(key)?, boot)?;
+        UpdateCommand::Install { bundle, installer } => {
+            let mut file =
+                std::fs::File::open(bundle).map_err(|source| CliError::Read { path: bundle.clone(), source })?;
+            let installed = update::service::install(installer, &mut file)?;
             println!(
                 "installed {} into root slot {}: reboot to start it (it stays only if it comes up healthy)",
                 installed.version, installed.slot
             );
+        }
+        UpdateCommand::Installer { socket, client, boot_info, key } => {
+            let client = match client {
+                None => None,
+                Some(name) => {
+                    let user = nix::unistd::User::from_name(name)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| CliError::UnknownUser(name.clone()))?;
+                    Some(update::service::Client { uid: user.uid, gid: user.gid })
+                }
+            };
+            let service = update::service::Service {
+                socket: socket.clone(),
+                boot_info: boot_info.clone(),
+                key: update::PublicKey::load(key)?,
+                client,
+            };
+            service.run()?;
         }
         UpdateCommand::Keygen { key } => {
             let public = update::generate_key(key)?;

@@ -1,6 +1,7 @@
 //! Root-image updates over HTTPS: the page's upload form (multipart, streamed) and the
 //! API's `POST /api/v1/update` (the raw bundle, streamed). Neither holds the image in
-//! memory: each chunk goes through the [`Installer`] to the inactive slot as it arrives.
+//! memory: each chunk goes on to the privileged install service ([`RemoteInstall`]), which
+//! verifies it and writes the inactive slot as it arrives.
 
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use axum::body::{Body, Bytes};
 use http_body_util::BodyExt;
 
 use super::Web;
-use crate::update::{Installed, Installer, UpdateError};
+use crate::update::service::RemoteInstall;
+use crate::update::{Installed, UpdateError};
 
 /// Largest multipart preamble (boundary, the CSRF field, the file part's headers).
 const MAX_PREAMBLE: usize = 16 * 1024;
@@ -75,9 +77,12 @@ async fn install_stream(
     if updates.is_staged() {
         return Err(UploadError::Restarting);
     }
-    let (key, boot) = (updates.key.clone(), updates.current());
+    let slot = updates.current().slot;
+    if updates.current().trial {
+        return Err(UploadError::Refused(UpdateError::OnTrial(slot)));
+    }
     let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
-    let mut installer = tokio::task::block_in_place(|| Installer::new(key, boot))?;
+    let mut installer = tokio::task::block_in_place(|| RemoteInstall::start(&updates.installer))?;
     // A multipart body ends in its closing delimiter: hold back that many bytes until the
     // end, then check and drop them.
     let hold = strip.map_or(0, <[u8]>::len) + 2;

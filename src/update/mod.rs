@@ -11,11 +11,16 @@
 //! partition: `active=a`, plus `next=b` once a slot is staged. It boots a staged slot once,
 //! as `trial=b`; [`BootInfo::commit`] makes it `active=b` when provbox is up. A trial still
 //! pending at the next boot failed, and the board goes back to the active slot.
+//!
+//! Only root writes slots and state, through the install [`service`]; the server, running
+//! unprivileged, sends it bundles and commits.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+pub mod service;
 
 use nix::fcntl::{Flock, FlockArg};
 use ring::digest;
@@ -130,6 +135,9 @@ pub enum UpdateError {
         /// What is wrong.
         reason: String,
     },
+    /// The install service refused a request, or could not be asked.
+    #[error("{0}")]
+    Service(String),
     /// Reading or writing failed.
     #[error("{what}: {source}")]
     Io {
@@ -146,7 +154,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError {
 }
 
 /// A root slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     /// Root A (partition 2).
@@ -437,27 +445,6 @@ impl BootInfo {
     }
 }
 
-/// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
-/// How long an install waits for the inactive slot to become writable: the image's rcS hands
-/// it to provbox's account only once a trial is committed, within a fraction of a second.
-const SLOT_HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Opens a slot device for reading and writing, waiting up to [`SLOT_HANDOVER_WAIT`] while
-/// it is not yet ours.
-fn open_slot(path: &Path) -> std::io::Result<File> {
-    let started = std::time::Instant::now();
-    loop {
-        match OpenOptions::new().read(true).write(true).open(path) {
-            Err(error)
-                if error.kind() == std::io::ErrorKind::PermissionDenied && started.elapsed() < SLOT_HANDOVER_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            result => return result,
-        }
-    }
-}
-
 /// Where the signed header of `slot`'s image is kept: next to the A/B state.
 pub fn head_path(state: &Path, slot: Slot) -> PathBuf {
     state.with_file_name(format!("slot-{slot}.head"))
@@ -544,12 +531,13 @@ fn write_state_bytes(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
     write().map_err(|source| UpdateError::Io { what: what(), source })
 }
 
+/// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
 fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
     write_state_bytes(path, text.as_bytes())
 }
 
 /// What an install did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Installed {
     /// The slot written and staged for the next boot.
     pub slot: Slot,
@@ -674,7 +662,11 @@ impl Installer {
             return Err(UpdateError::Io { what: format!("remove {}", head.display()), source: error });
         }
         let path = self.boot.device(slot);
-        let mut device = open_slot(path).map_err(io(format!("open slot {slot} ({})", path.display())))?;
+        let mut device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(format!("open slot {slot} ({})", path.display())))?;
         let capacity = device.seek(SeekFrom::End(0)).map_err(io(format!("size of {}", path.display())))?;
         if manifest.size > capacity || manifest.size < SQUASHFS_MAGIC.len() as u64 {
             return Err(UpdateError::TooBig { size: manifest.size, capacity });
@@ -732,20 +724,6 @@ impl Installer {
     }
 }
 
-/// Installs the bundle at `path` (the CLI's path).
-pub fn install_file(path: &Path, key: PublicKey, boot: BootInfo) -> Result<Installed, UpdateError> {
-    let mut installer = Installer::new(key, boot)?;
-    let mut file = File::open(path).map_err(io(format!("open {}", path.display())))?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buffer).map_err(io(format!("read {}", path.display())))?;
-        if n == 0 {
-            return installer.finish();
-        }
-        installer.feed(&buffer[..n])?;
-    }
-}
-
 /// The image's release (`VERSION=` of /etc/provbox-release), if running from the image.
 pub fn release() -> Option<String> {
     let text = std::fs::read_to_string(RELEASE_FILE).ok()?;
@@ -766,13 +744,14 @@ pub fn is_devkey_release(release: &str) -> bool {
     release.ends_with("-devkey")
 }
 
-/// Updates as the running server offers them: the slots, the key, and the reboot request.
+/// Updates as the running server offers them: the slots, the install service, and the
+/// reboot request.
 #[derive(Debug)]
 pub struct Updates {
     /// The slots as this boot found them.
     boot: BootInfo,
-    /// The key bundles must be signed with.
-    pub key: PublicKey,
+    /// The install service's socket ([`service`]): the server itself writes no slot.
+    pub installer: PathBuf,
     /// Notified when an installed update wants the reboot.
     pub reboot: tokio::sync::Notify,
     /// Set once a trial slot has been committed.
@@ -782,11 +761,11 @@ pub struct Updates {
 }
 
 impl Updates {
-    /// Updates for `boot`, accepting bundles signed for `key`.
-    pub fn new(boot: BootInfo, key: PublicKey) -> Updates {
+    /// Updates for `boot`, installed through the service at `installer`.
+    pub fn new(boot: BootInfo, installer: PathBuf) -> Updates {
         Updates {
             boot,
-            key,
+            installer,
             reboot: tokio::sync::Notify::new(),
             committed: Default::default(),
             staged: Default::default(),
@@ -810,9 +789,12 @@ impl Updates {
         self.staged.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Commits the running slot if it is on trial; true if it was.
+    /// Has the install service commit the running slot if it is on trial; true if it was.
     pub fn commit(&self) -> Result<bool, UpdateError> {
-        let committed = self.current().commit()?;
+        if !self.current().trial {
+            return Ok(false);
+        }
+        let committed = service::commit(&self.installer)?;
         if committed {
             self.committed.store(true, std::sync::atomic::Ordering::SeqCst);
         }

@@ -292,10 +292,12 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
     let worker = tokio::spawn(crate::app::redirect::run_worker(app.clone(), stopped.clone()));
+    let mut sip_endpoint = None;
     let sip = match config.sip {
         Some(address) => match sip::Endpoint::bind(address, &lan).await {
             Ok(endpoint) => {
                 app.sip.attach(endpoint.clone());
+                sip_endpoint = Some(endpoint.clone());
                 let bound = endpoint.local_addr().ok();
                 tokio::spawn(endpoint.run(Some(app.clone() as Arc<dyn sip::pnp::Offers>), stopped.clone()));
                 bound
@@ -325,7 +327,14 @@ pub async fn run(
         },
         None => None,
     };
-    let follower = lan::LanFollower { app: app.clone(), pki: pki.clone(), identity: identity_sender, https, http };
+    let follower = lan::LanFollower {
+        app: app.clone(),
+        pki: pki.clone(),
+        identity: identity_sender,
+        sip: sip_endpoint,
+        https,
+        http,
+    };
     tokio::spawn(follower.run(view, stopped.clone()));
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 

@@ -1,6 +1,6 @@
 //! The appliance on its LAN: its addresses and host names, the URLs phones are given, and
-//! the follower that keeps the server certificate, those URLs and the mDNS answers current
-//! when a DHCP lease arrives late or changes.
+//! the follower that keeps the server certificate, those URLs, the mDNS answers and the
+//! SIP plug-and-play group membership current when a DHCP lease arrives late or changes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::{App, Site, SiteUrls};
-use crate::mdns;
 use crate::pki::Pki;
+use crate::{mdns, sip};
 
 /// The appliance's non-loopback addresses, IPv4 first.
 pub fn addresses() -> Vec<IpAddr> {
@@ -84,6 +84,8 @@ pub(crate) struct LanFollower {
     pub(crate) pki: Arc<Pki>,
     /// Where the mDNS responder takes its identity from, if it runs.
     pub(crate) identity: Option<watch::Sender<mdns::Identity>>,
+    /// The SIP endpoint whose PnP group membership follows, if it runs.
+    pub(crate) sip: Option<Arc<sip::Endpoint>>,
     /// The bound HTTPS address.
     pub(crate) https: SocketAddr,
     /// The bound HTTP address.
@@ -102,13 +104,16 @@ impl LanFollower {
             if now != seen {
                 // Reissuing the certificate generates a key (an RSA one takes seconds on a
                 // Pi): off the async workers. `serve`'s runtime is multi-threaded.
-                tokio::task::block_in_place(|| self.apply(&now));
+                let added: Vec<IpAddr> =
+                    now.addresses.iter().filter(|address| !seen.addresses.contains(address)).copied().collect();
+                tokio::task::block_in_place(|| self.apply(&now, &added));
                 seen = now;
             }
         }
     }
 
-    fn apply(&self, view: &LanView) {
+    /// Follows `view`, in which `added` are the addresses that are new.
+    fn apply(&self, view: &LanView, added: &[IpAddr]) {
         tracing::info!(host = view.host, addresses = ?view.addresses, "the LAN address or host name changed");
         let (names, ips) = view.certificate_names();
         if let Err(error) = self.pki.cover(&names, &ips) {
@@ -118,6 +123,9 @@ impl LanFollower {
         self.app.set_site_urls(SiteUrls { default_base_url: site.default_base_url, bootstrap_url: site.bootstrap_url });
         if let Some(identity) = &self.identity {
             identity.send_replace(view.mdns_identity(self.https.port()));
+        }
+        if let Some(endpoint) = &self.sip {
+            endpoint.join_pnp_group(added);
         }
     }
 }

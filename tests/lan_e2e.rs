@@ -1,7 +1,8 @@
 //! The appliance follows its LAN address: when the address changes after start (a DHCP
 //! lease that arrives late or moves), the server certificate is reissued for it, phones'
-//! URLs point at it and the mDNS answers name it. In network namespaces of the test's own
-//! (needs root and iproute2, as the SIP multicast test does).
+//! URLs point at it, the mDNS answers name it, and SIP plug-and-play joins its multicast
+//! group on it. In network namespaces of the test's own (needs root and iproute2, as the
+//! SIP multicast test does).
 
 mod fleet;
 
@@ -9,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet::{Appliance, Netns, cli_ok};
+use fleet::{Appliance, Netns, cli_ok, yealink_subscribe};
 use rustls::pki_types::ServerName;
 
 /// How long the appliance may take to notice (it looks every 5 s).
@@ -118,4 +119,41 @@ fn a_new_lan_address_reaches_the_certificate_the_urls_and_mdns() {
     });
     let new_only = ["10.99.0.3".parse::<std::net::Ipv4Addr>().unwrap()];
     eventually("mDNS answers with the new address only", || mdns_addresses(&netns, responder, &name) == new_only);
+}
+
+/// A board whose lease comes only after provbox started (the image waits 20 s, then starts
+/// anyway): with no address at start there was nothing to join the SIP plug-and-play group
+/// on, and a booting phone's multicast SUBSCRIBE reaches provbox only once it has joined
+/// on the address that came.
+#[test]
+fn a_late_lease_gets_sip_plug_and_play_on_its_address() {
+    let netns = Netns::with_veth();
+    ip(&["-n", &netns.appliance, "addr", "flush", "dev", "v1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleet::data_dir(dir.path());
+    cli_ok(&data, &["settings", "set", "sip.server", "pbx.example.com"]);
+    let appliance = Appliance::start_in(Some(&netns), "0.0.0.0:0", data, Some(dir), &["--key-type", "ecdsa-p256"]);
+    let mac = "805ec0d57d72";
+    appliance.add(mac, "yealink", "T54W");
+    ip(&["-n", &netns.appliance, "addr", "add", "10.99.0.2/24", "dev", "v1"]);
+    eventually("provbox notices the lease", || appliance.log().contains("the LAN address or host name changed"));
+
+    let socket = netns.phone_socket("10.99.0.1:0".parse().unwrap());
+    socket.set_multicast_loop_v4(false).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let subscribe = yealink_subscribe(mac, port).replace("127.0.0.1", "10.99.0.1");
+    let group = SocketAddr::new(std::net::Ipv4Addr::new(224, 0, 1, 75).into(), appliance.sip.port());
+    // A booting phone repeats its SUBSCRIBE; the follower joins within its poll.
+    eventually("a multicast SUBSCRIBE is answered on the new address", || {
+        socket.send_to(subscribe.as_bytes(), group).unwrap();
+        let mut buffer = vec![0u8; 9000];
+        match socket.recv_from(&mut buffer) {
+            Ok((length, from)) => {
+                let answer = String::from_utf8_lossy(&buffer[..length]);
+                answer.starts_with("SIP/2.0 200 OK") && from.ip() == "10.99.0.2".parse::<IpAddr>().unwrap()
+            }
+            Err(_) => false,
+        }
+    });
 }

@@ -7,7 +7,7 @@ mod fleet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet::{Appliance, Connection, Netns, Phone, cli, cli_ok};
+use fleet::{Appliance, Connection, Netns, Phone, cli, cli_ok, yealink_subscribe};
 use tokio::net::UdpSocket;
 
 /// A SIP peer on loopback.
@@ -66,23 +66,6 @@ fn header(message: &str, name: &str) -> Option<String> {
 
 fn body(message: &str) -> &str {
     message.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
-
-/// A Yealink-style PnP SUBSCRIBE: MAC in the Request-URI, rport, full header names.
-fn yealink_subscribe(mac: &str, port: u16) -> String {
-    format!(
-        "SUBSCRIBE sip:MAC%3a{mac}@224.0.1.75 SIP/2.0\r\n\
-         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{mac};rport\r\n\
-         From: <sip:MAC%3a{mac}@224.0.1.75>;tag=y1\r\n\
-         To: <sip:MAC%3a{mac}@224.0.1.75>\r\n\
-         Call-ID: pnp-{mac}@127.0.0.1\r\n\
-         CSeq: 1 SUBSCRIBE\r\n\
-         Contact: <sip:127.0.0.1:{port}>\r\n\
-         Event: ua-profile;profile-type=\"device\";vendor=\"Yealink\";model=\"T54W\";version=\"96.86.0.1\"\r\n\
-         Accept: application/url\r\n\
-         Expires: 0\r\n\
-         Content-Length: 0\r\n\r\n"
-    )
 }
 
 /// A Snom-style one: uppercase MAC, compact header forms, no rport (the Via port counts).

@@ -112,20 +112,11 @@ pub enum Outcome {
 }
 
 impl Endpoint {
-    /// Binds `address`; on a non-loopback address joins the PnP group on every LAN interface
+    /// Binds `address`; on a non-loopback address joins the PnP group on every LAN address
     /// in `interfaces` (IPv4).
     pub async fn bind(address: SocketAddr, interfaces: &[IpAddr]) -> std::io::Result<Arc<Endpoint>> {
         let socket = UdpSocket::bind(address).await?;
-        if !address.ip().is_loopback() {
-            for interface in interfaces {
-                if let IpAddr::V4(v4) = interface
-                    && let Err(error) = socket.join_multicast_v4(PNP_GROUP, *v4)
-                {
-                    tracing::warn!("SIP PnP: cannot join {PNP_GROUP} on {v4}: {error}");
-                }
-            }
-        }
-        Ok(Arc::new(Endpoint {
+        let endpoint = Arc::new(Endpoint {
             socket,
             transactions: Mutex::default(),
             limiter: Mutex::default(),
@@ -133,7 +124,24 @@ impl Endpoint {
             answering: Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING)),
             notifying: Mutex::default(),
             answered: Mutex::default(),
-        }))
+        });
+        endpoint.join_pnp_group(interfaces);
+        Ok(endpoint)
+    }
+
+    /// Joins the PnP group on each IPv4 address in `interfaces` (a LAN socket only): at
+    /// start, and for each address a later DHCP lease brings.
+    pub fn join_pnp_group(&self, interfaces: &[IpAddr]) {
+        if self.local_addr().is_ok_and(|bound| bound.ip().is_loopback()) {
+            return;
+        }
+        for interface in interfaces {
+            if let IpAddr::V4(v4) = interface
+                && let Err(error) = self.socket.join_multicast_v4(PNP_GROUP, *v4)
+            {
+                tracing::warn!("SIP PnP: cannot join {PNP_GROUP} on {v4}: {error}");
+            }
+        }
     }
 
     /// The bound address.

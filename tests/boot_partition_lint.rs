@@ -5,7 +5,9 @@
 //!   ("start_file, fixup_file", "upstream_kernel", "arm_64bit", "initramfs") and
 //!   `.../config_txt/memory.adoc` ("gpu_mem");
 //! - raspberrypi/firmware#984 (a Pi 4 with gpu_mem=16 and no start4cd.elf does not boot);
-//! - Linux `Documentation/arch/arm64/booting.rst` (the "ARMd" magic at offset 0x38);
+//! - Linux `Documentation/arch/arm64/booting.rst` (the "ARMd" magic at offset 0x38), and
+//!   the Arm Architecture Reference Manual for A-profile, C6.2 "B" (the AArch64 branch that
+//!   U-Boot's arm64 builds start with);
 //! - Linux `Documentation/admin-guide/serial-console.rst` (the last console= is /dev/console).
 
 use std::path::{Path, PathBuf};
@@ -14,7 +16,9 @@ use std::process::Command;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A boot partition as scripts/build-image stages it for a board: the shipped config.txt,
-/// the board's firmware, device trees and console, an arm64 kernel Image and the initramfs.
+/// the board's firmware and device trees, an AArch64 U-Boot as the kernel; and next to it
+/// (`bootargs.env`, standing in for the root slot's /boot) the command line with the
+/// board's consoles.
 fn staged(board: &str) -> tempfile::TempDir {
     let conf = std::fs::read_to_string(Path::new(ROOT).join("board").join(format!("{board}.conf"))).unwrap();
     let value = |key: &str| {
@@ -33,13 +37,20 @@ fn staged(board: &str) -> tempfile::TempDir {
         std::fs::write(dir.path().join(Path::new(dtb).file_name().unwrap()), b"dtb").unwrap();
     }
     let consoles: Vec<String> = value("CONSOLE").split_whitespace().map(|c| format!("console={c}")).collect();
-    std::fs::write(dir.path().join("cmdline.txt"), format!("{} panic=5 quiet\n", consoles.join(" "))).unwrap();
-    // An arm64 Image header: "ARMd" at 0x38.
-    let mut kernel = vec![0u8; 64];
-    kernel[0x38..0x3c].copy_from_slice(b"ARMd");
-    std::fs::write(dir.path().join("kernel8.img"), kernel).unwrap();
-    std::fs::write(dir.path().join("initrd.img"), b"initramfs").unwrap();
+    std::fs::write(bootargs(dir.path()), format!("bootargs={} panic=5 quiet\n", consoles.join(" "))).unwrap();
+    // U-Boot's arm64 builds start with `b reset`: 0x1400000a, little-endian.
+    let mut u_boot = vec![0u8; 64];
+    u_boot[..4].copy_from_slice(&0x1400_000a_u32.to_le_bytes());
+    std::fs::write(dir.path().join("u-boot.bin"), u_boot).unwrap();
     dir
+}
+
+/// Where [`staged`] keeps the command line: in a directory of its own, standing in for the
+/// root slot's /boot (the lint reads only the files the firmware loads from the partition).
+fn bootargs(boot: &Path) -> PathBuf {
+    let slot = boot.join("slot-boot");
+    std::fs::create_dir_all(&slot).unwrap();
+    slot.join("bootargs.env")
 }
 
 fn models(board: &str) -> Vec<String> {
@@ -57,6 +68,7 @@ fn models(board: &str) -> Vec<String> {
 fn lint(boot: &Path, models: &[String]) -> (bool, String) {
     let output = Command::new(PathBuf::from(ROOT).join("scripts/lint-boot-partition"))
         .arg(boot)
+        .arg(bootargs(boot))
         .args(models)
         .output()
         .expect("python3 runs scripts/lint-boot-partition");
@@ -113,17 +125,26 @@ fn without_upstream_kernel_the_pi3_and_cm4_look_for_downstream_device_trees() {
 }
 
 #[test]
-fn an_arm64_kernel_needs_arm_64bit() {
+fn an_aarch64_kernel_needs_arm_64bit() {
     let boot = staged("rpi4");
     edit_config(boot.path(), |config| config.replace("arm_64bit=1", ""));
     let (passed, text) = lint(boot.path(), &models("rpi4"));
-    assert!(!passed && text.contains("arm_64bit=1"), "{text}");
+    assert!(!passed && text.contains("u-boot.bin is AArch64 code but arm_64bit=1 is not set"), "{text}");
+    // A Linux arm64 Image as the kernel: found by its header's magic.
+    let mut image = vec![0u8; 64];
+    image[0x38..0x3c].copy_from_slice(b"ARMd");
+    std::fs::write(boot.path().join("u-boot.bin"), image).unwrap();
+    let (passed, text) = lint(boot.path(), &models("rpi4"));
+    assert!(!passed && text.contains("is AArch64 code"), "{text}");
+    // 32-bit code (an A32 branch, 0xea000000) is not held to it.
+    std::fs::write(boot.path().join("u-boot.bin"), 0xea00_0000_u32.to_le_bytes()).unwrap();
+    assert!(lint(boot.path(), &models("rpi4")).0);
 }
 
 #[test]
 fn the_initramfs_and_overlays_must_be_on_the_partition() {
     let boot = staged("rpi4");
-    std::fs::remove_file(boot.path().join("initrd.img")).unwrap();
+    edit_config(boot.path(), |config| config + "initramfs initrd.img followkernel\n");
     let (passed, text) = lint(boot.path(), &models("rpi4"));
     assert!(!passed && text.contains("initramfs initrd.img is missing"), "{text}");
 
@@ -144,7 +165,7 @@ fn the_serial_console_is_enabled_and_last() {
     assert!(!passed && text.contains("enable_uart=1"), "{text}");
 
     let boot = staged("rpi3");
-    std::fs::write(boot.path().join("cmdline.txt"), "console=ttyS1,115200 console=tty1 quiet\n").unwrap();
+    std::fs::write(bootargs(boot.path()), "bootargs=console=ttyS1,115200 console=tty1 quiet\n").unwrap();
     let (passed, text) = lint(boot.path(), &models("rpi3"));
     assert!(!passed && text.contains("must be the serial one"), "{text}");
 }

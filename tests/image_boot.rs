@@ -4,9 +4,10 @@
 //!
 //! `scripts/test-image` builds the images and runs this with `--ignored`; it needs
 //! `PROVBOX_IMAGE_DIR` (the qemu-virt build) and the bundles `PROVBOX_UPDATE_GOOD` (a newer
-//! version), `PROVBOX_UPDATE_BROKEN` (signed, but its provbox never starts) and
-//! `PROVBOX_UPDATE_FOREIGN` (signed with another key) and `PROVBOX_UPDATE_OLD` (the first
-//! image's bundle: an older release).
+//! version, with `provbox.note=test-2` added to its kernel command line),
+//! `PROVBOX_UPDATE_BROKEN` (signed, but its provbox never starts), `PROVBOX_UPDATE_BAD_KERNEL`
+//! (signed, but its kernel is not one), `PROVBOX_UPDATE_FOREIGN` (signed with another key)
+//! and `PROVBOX_UPDATE_OLD` (the first image's bundle: an older release).
 //!
 //! The guest's network is QEMU's user mode, unrestricted so that the guest reaches the
 //! test's NTP server at 10.0.2.2 (QEMU maps it to the host's 127.0.0.1). That is safe only
@@ -29,8 +30,9 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncWriteExt, BufReader as AsyncBufReader};
 
 const PASSWORD: &str = "Install-Passw0rd-2026";
-/// Time an emulated board gets to take and check a 4 MB update bundle.
-const UPLOAD_TIME: Duration = Duration::from_secs(180);
+/// Time an emulated board gets to take and check an update bundle (a whole root slot with
+/// its kernel, about 50 MB).
+const UPLOAD_TIME: Duration = Duration::from_secs(420);
 
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set: run scripts/test-image")))
@@ -105,27 +107,24 @@ struct Machine {
 }
 
 impl Machine {
-    /// Boots `disk` with the kernel, initramfs and command line that scripts/test-image
-    /// copied off the image's boot partition into `images/boot-partition`; its NTP server is
-    /// the test's, on the host's loopback port `ntp_port`.
+    /// Boots `disk` from U-Boot, which scripts/test-image copied off the image's boot
+    /// partition into `images/boot-partition` (QEMU plays the firmware): its boot script
+    /// chooses the root slot and loads that slot's kernel, initramfs and command line. The
+    /// site's additions go to `local.env` on the boot partition: NTP from the test's server
+    /// on the host's loopback port `ntp_port`, and a short trial so that a broken update
+    /// rolls back soon.
     fn boot(images: &Path, disk: &Path, ports: (u16, u16), ntp_port: u16) -> Machine {
         assert_loopback_only();
-        let boot = images.join("boot-partition");
         let monitor = disk.with_extension("monitor");
         let _ = std::fs::remove_file(&monitor);
-        let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
-        // NTP from the test's server, and a short trial so a broken update rolls back soon.
-        let append = format!("{} provbox.ntp=10.0.2.2:{ntp_port} provbox.trial=60", cmdline.trim());
+        put_local_env(disk, &format!("provbox.ntp=10.0.2.2:{ntp_port} provbox.trial=60"));
         let mut child = Command::new("qemu-system-aarch64")
             .args(["-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-smp", "2", "-display", "none"])
             .args(["-serial", "stdio"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .arg("-kernel")
-            .arg(boot.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(boot.join("initrd.img"))
-            .args(["-append", &append])
+            .arg("-bios")
+            .arg(images.join("boot-partition/u-boot.bin"))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw,cache=writeback", disk.display()))
             .args(["-netdev"])
@@ -208,7 +207,7 @@ impl Site {
         let mut connection = Connection::open(self.config.clone(), self.https, None).await.unwrap();
         let auth = format!("Bearer {}", self.token);
         let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-        // Uploads of a 4 MB bundle to an emulated board take a while.
+        // Uploads of a bundle to an emulated board take a while.
         let response = connection.request_within(UPLOAD_TIME, method, path, &headers, body).await.unwrap();
         (response.status, serde_json::from_str(&response.text()).unwrap_or(serde_json::Value::Null))
     }
@@ -299,11 +298,21 @@ async fn upload_on_page(browser: &mut Browser, bundle: &[u8]) -> String {
         .text()
 }
 
-/// A Raspberry Pi image booted the way the Pi firmware would start it: the kernel, device
-/// tree, initramfs and command line off its boot partition (copied by scripts/test-image into
-/// `boot-partition/`), the disk as the SD card. `qemu` runs QEMU; `append` is the command
-/// line as the test runs it. Returns the serial console once `until` appeared on it or
-/// `limit` passed; the console goes to the test's output line by line, after `label`.
+/// How QEMU starts a Pi image, in the firmware's place.
+enum PiStart<'a> {
+    /// U-Boot off the boot partition (copied by scripts/test-image into `boot-partition/`),
+    /// as the firmware starts it; the boot script gets `local` as the site's command line
+    /// additions (`local.env` on the card's boot partition).
+    UBoot { local: &'a str },
+    /// Root slot A's kernel and initramfs (copied from the slot's /boot into `slot-boot/`)
+    /// with the command line `append`, as the boot script would start them.
+    Kernel { append: &'a str },
+}
+
+/// A Raspberry Pi image booted with `dtb` as the device tree the firmware hands on, the disk
+/// as the SD card. `qemu` runs QEMU. Returns the serial console once the setup code
+/// appeared on it or five minutes passed; the console goes to the test's output line by
+/// line, after `label`.
 #[allow(clippy::too_many_arguments)]
 fn boot_pi(
     qemu: &Path,
@@ -311,26 +320,29 @@ fn boot_pi(
     images: &Path,
     image: &str,
     dtb: &Path,
-    append: &str,
+    start: PiStart<'_>,
     serial: [&str; 4],
     label: &'static str,
 ) -> String {
-    let boot = images.join("boot-partition");
     let work = tempfile::tempdir().unwrap();
     let card = work.path().join("sd.img");
     std::fs::copy(images.join(image), &card).unwrap();
     // QEMU's SD card model wants a power-of-two size.
     std::fs::OpenOptions::new().write(true).open(&card).unwrap().set_len(512 << 20).unwrap();
-    let mut child = Command::new(qemu)
-        .args(["-M", machine, "-display", "none", "-no-reboot"])
-        .args(serial)
-        .arg("-kernel")
-        .arg(boot.join("kernel8.img"))
-        .arg("-dtb")
-        .arg(dtb)
-        .arg("-initrd")
-        .arg(boot.join("initrd.img"))
-        .args(["-append", append])
+    let mut command = Command::new(qemu);
+    command.args(["-M", machine, "-display", "none", "-no-reboot"]).args(serial).arg("-dtb").arg(dtb);
+    match start {
+        PiStart::UBoot { local } => {
+            put_local_env(&card, local);
+            command.arg("-kernel").arg(images.join("boot-partition/u-boot.bin"));
+        }
+        PiStart::Kernel { append } => {
+            let boot = images.join("slot-boot");
+            command.arg("-kernel").arg(boot.join("vmlinuz")).arg("-initrd").arg(boot.join("initrd.img"));
+            command.args(["-append", append]);
+        }
+    }
+    let mut child = command
         .arg("-drive")
         .arg(format!("file={},if=sd,format=raw", card.display()))
         .stdin(Stdio::null())
@@ -362,21 +374,26 @@ fn assert_pi_came_up(board: &str, console: &str) {
     assert!(!console.contains("did not load"), "a module did not load:\n{console}");
 }
 
-/// The Raspberry Pi 3 image under `qemu-system-aarch64 -M raspi3b`, with its own command
-/// line: the setup code must reach the serial console (the mini UART, ttyS1, QEMU's second
-/// serial port), which is the last `console=` and so `/dev/console`. QEMU's raspi3b has no
-/// network model for the Pi 3's USB Ethernet and its watchdog model stalls the machine, so
-/// this checks the board's boot, storage and start-up, not its LAN.
+/// The Raspberry Pi 3 image under `qemu-system-aarch64 -M raspi3b`, started as the firmware
+/// would: U-Boot from the boot partition with the board's device tree, then the boot script,
+/// which loads slot A's kernel, initramfs and command line from the SD card. The setup code
+/// must reach the serial console (the mini UART, ttyS1, QEMU's second serial port), which is
+/// the last `console=` and so `/dev/console`. QEMU's raspi3b has no network model for the
+/// Pi 3's USB Ethernet and its watchdog model stalls the machine, so this checks the board's
+/// boot, storage and start-up, not its LAN.
 #[test]
 #[ignore = "needs the rpi3 image: run scripts/test-image"]
 fn the_pi3_image_boots_from_its_sd_card() {
     let images = env_path("PROVBOX_RPI3_IMAGE_DIR");
-    let cmdline = std::fs::read_to_string(images.join("boot-partition/cmdline.txt")).unwrap();
-    let append = format!("{} provbox.ntp=off provbox.watchdog=off", cmdline.trim());
-    let dtb = images.join("boot-partition/bcm2837-rpi-3-b.dtb");
+    let dtb = images.join("slot-boot/bcm2837-rpi-3-b.dtb");
     let serial = ["-serial", "null", "-serial", "stdio"];
+    let start = PiStart::UBoot { local: "provbox.ntp=off provbox.watchdog=off" };
     let console =
-        boot_pi(Path::new("qemu-system-aarch64"), "raspi3b", &images, "provbox-rpi3.img", &dtb, &append, serial, "pi3");
+        boot_pi(Path::new("qemu-system-aarch64"), "raspi3b", &images, "provbox-rpi3.img", &dtb, start, serial, "pi3");
+    assert!(console.contains("Found U-Boot script /boot.scr"), "U-Boot did not run the boot script:\n{console}");
+    assert!(console.contains("provbox: loading root slot a (partition 2)"), "{console}");
+    let cmdline = kernel_command_line(&console, 0);
+    assert!(cmdline.starts_with(&slot_cmdline(&images)) && cmdline.contains("provbox.slot=a"), "{cmdline}");
     assert_pi_came_up("on Raspberry Pi 3", &console);
 }
 
@@ -402,7 +419,7 @@ fn the_pi4_image_boots_under_raspi4b() {
     let qemu = env_path("PROVBOX_QEMU_RASPI4B");
     let work = tempfile::tempdir().unwrap();
     let dtb = work.path().join("bcm2711-rpi-4-b.dtb");
-    std::fs::copy(images.join("boot-partition/bcm2711-rpi-4-b.dtb"), &dtb).unwrap();
+    std::fs::copy(images.join("slot-boot/bcm2711-rpi-4-b.dtb"), &dtb).unwrap();
     let fdtput = |args: &[&str]| {
         let status = Command::new("fdtput").args(args).status().expect("fdtput runs");
         assert!(status.success(), "fdtput {args:?}");
@@ -420,29 +437,65 @@ fn the_pi4_image_boots_under_raspi4b() {
     fdtput(&["-d", tree, "/sd_vcc_reg", "gpio"]);
     fdtput(&["-d", tree, "/sd_io_1v8_reg", "gpios"]);
     fdtput(&["-d", tree, "/soc/mmc@7e300000", "mmc-pwrseq"]);
-    let cmdline = std::fs::read_to_string(images.join("boot-partition/cmdline.txt")).unwrap();
+    let cmdline = slot_cmdline(&images);
     assert!(cmdline.contains("console=ttyS1,115200"), "the shipped serial console moved: {cmdline}");
     let append = format!(
         "{} provbox.ntp=off provbox.watchdog=off clk_ignore_unused",
         // Without `quiet`, the kernel's own log shows the device tree it runs on.
-        cmdline.trim().replace("console=ttyS1,115200", "console=ttyAMA0,115200").replace(" quiet", "")
+        cmdline.replace("console=ttyS1,115200", "console=ttyAMA0,115200").replace(" quiet", "")
     );
     let serial = ["-serial", "stdio", "-serial", "null"];
-    let console = boot_pi(&qemu, "raspi4b", &images, "provbox-rpi4.img", &dtb, &append, serial, "pi4");
+    let start = PiStart::Kernel { append: &append };
+    let console = boot_pi(&qemu, "raspi4b", &images, "provbox-rpi4.img", &dtb, start, serial, "pi4");
     assert_pi_came_up("on Raspberry Pi 4", &console);
     assert!(console.contains("Machine model: Raspberry Pi 4 Model B"), "{console}");
+}
+
+/// The kernel command line that root slot A's boot script passes (its `bootargs.env`).
+fn slot_cmdline(images: &Path) -> String {
+    let env = std::fs::read_to_string(images.join("slot-boot/bootargs.env")).unwrap();
+    env.trim().strip_prefix("bootargs=").expect("bootargs.env holds bootargs=").to_string()
+}
+
+/// Writes `local.env` with `bootargs_local=ARGS` to the boot partition of `disk`: a site's
+/// additions to the kernel command line, which the boot script appends.
+fn put_local_env(disk: &Path, args: &str) {
+    let env = disk.with_extension("local.env");
+    std::fs::write(&env, format!("bootargs_local={args}\n")).unwrap();
+    let boot_partition = format!("{}@@{}", disk.display(), partition_start(disk, 1) * 512);
+    let copied = Command::new("mcopy").args(["-o", "-i", &boot_partition]).arg(&env).arg("::/local.env").status();
+    assert!(copied.is_ok_and(|status| status.success()), "mcopy local.env to {}", disk.display());
+}
+
+/// The kernel command line the initramfs reported on `console` after byte `from`.
+fn kernel_command_line(console: &str, from: usize) -> String {
+    let tail = console.get(from..).unwrap_or("");
+    let line = tail.lines().find_map(|line| line.split("provbox-init: kernel command line: ").nth(1));
+    line.unwrap_or_else(|| panic!("no kernel command line on the console:\n{tail}")).to_string()
+}
+
+/// The size of the image in `bundle`, from its signed header (`size=`).
+fn signed_image_size(bundle: &[u8]) -> u64 {
+    let header_len = usize::from(u16::from_le_bytes([bundle[8], bundle[9]]));
+    let header = String::from_utf8_lossy(&bundle[10..10 + header_len]).into_owned();
+    header.lines().find_map(|line| line.strip_prefix("size=")?.parse().ok()).expect("the header has size=")
+}
+
+/// The first sector of MBR primary partition `number` (1-4) of `disk`.
+fn partition_start(disk: &Path, number: usize) -> u64 {
+    use std::io::Read;
+    let mut mbr = [0u8; 512];
+    std::fs::File::open(disk).unwrap().read_exact(&mut mbr).unwrap();
+    // The partition entries start at 446, 16 bytes each; the first LBA is at +8 (LE).
+    let entry = 446 + 16 * (number - 1);
+    u64::from(u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into().unwrap()))
 }
 
 /// Flips the byte `offset` bytes into MBR primary partition `number` (1-4) of `disk`.
 fn flip_byte_in_partition(disk: &Path, number: usize, offset: u64) {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::OpenOptions::new().read(true).write(true).open(disk).unwrap();
-    let mut mbr = [0u8; 512];
-    file.read_exact(&mut mbr).unwrap();
-    // The partition entries start at 446, 16 bytes each; the first LBA is at +8 (LE).
-    let entry = 446 + 16 * (number - 1);
-    let first_lba = u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into().unwrap());
-    let at = u64::from(first_lba) * 512 + offset;
+    let at = partition_start(disk, number) * 512 + offset;
     let mut byte = [0u8; 1];
     file.seek(SeekFrom::Start(at)).unwrap();
     file.read_exact(&mut byte).unwrap();
@@ -476,6 +529,10 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let ca = machine.wait_https(Duration::from_secs(240)).await;
     let first_boot = started.elapsed().as_secs_f64();
     assert!(machine.console().contains("booting slot a"), "{}", machine.console());
+    // U-Boot's boot script loaded slot a's own command line, with the site's additions.
+    let first_cmdline = kernel_command_line(&machine.console(), 0);
+    assert!(first_cmdline.contains("provbox.slot=a provbox.try=0"), "{first_cmdline}");
+    assert!(first_cmdline.contains("provbox.trial=60") && !first_cmdline.contains("provbox.note="), "{first_cmdline}");
     assert!(machine.console().contains("running unprivileged"), "provbox did not drop root");
     assert!(machine.console().contains("mDNS: provbox-123456.local"), "hostname from the MAC");
     assert!(machine.console().contains("watchdog: feeding /dev/watchdog"), "watchdog not fed");
@@ -601,6 +658,10 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let answer = upload_on_page(&mut browser, &good).await;
     assert!(answer.contains("written to root slot b"), "{answer}");
     assert!(machine.wait_console("booting slot b (/dev/vda3), on trial", mark, Duration::from_secs(120)));
+    // The update's own kernel command line: test-2 adds provbox.note=test-2 to it.
+    assert!(machine.wait_console("provbox-init: kernel command line: ", mark, Duration::from_secs(30)));
+    let new_cmdline = kernel_command_line(&machine.console(), mark);
+    assert!(new_cmdline.contains("provbox.note=test-2 provbox.slot=b provbox.try=1"), "{new_cmdline}");
     let switched_at = Instant::now();
     machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(switched_at.elapsed().as_secs_f64());
@@ -626,6 +687,22 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(false)), "{slots}");
 
+    // A signed update whose kernel is not one: U-Boot's booti refuses it, and the boot
+    // script goes back to slot b in the same boot, which says so.
+    let bad_kernel = std::fs::read(env_path("PROVBOX_UPDATE_BAD_KERNEL")).unwrap();
+    let mark = machine.console().len();
+    let (status, answer) = site.api("POST", "/api/v1/update", &bad_kernel).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        machine.wait_console("provbox: root slot a does not boot", mark, Duration::from_secs(180)),
+        "U-Boot did not refuse the kernel:\n{}",
+        machine.console()
+    );
+    assert!(machine.wait_console("did not come up healthy: back on slot b", mark, Duration::from_secs(120)));
+    machine.wait_https(Duration::from_secs(240)).await;
+    let slots = site.slots().await;
+    assert_eq!((slots["slot"].as_str(), slots["rolled_back"].as_str()), (Some("b"), Some("a")), "{slots}");
+
     // A signed update whose provbox never comes up: the trial times out and the board
     // goes back to slot b by itself.
     let broken = std::fs::read(env_path("PROVBOX_UPDATE_BROKEN")).unwrap();
@@ -645,13 +722,18 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert_eq!(site.device_count().await, present.len());
 
     // A root slot changed behind the updater's back (as code that got to write the device
-    // would): one byte of slot b's image flipped while the board is off. The initramfs
-    // checks slot b against its signed header, refuses it and falls back to slot a.
+    // would): the last byte of slot b's image flipped while the board is off, where U-Boot
+    // reads nothing. The initramfs checks slot b against its signed header, refuses it, and
+    // restarts the board into slot a.
     drop(machine);
-    flip_byte_in_partition(&disk, 3, 100_000);
+    flip_byte_in_partition(&disk, 3, signed_image_size(&good) - 1);
     let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
     assert!(
-        machine.wait_console("root slot b does not verify or mount: trying slot a", 0, Duration::from_secs(120)),
+        machine.wait_console(
+            "root slot b does not verify or mount: restarting into slot a",
+            0,
+            Duration::from_secs(120)
+        ),
         "the changed slot b was not refused:\n{}",
         machine.console()
     );

@@ -61,7 +61,7 @@ pub(super) enum UpdateCommand {
         /// Where to write the private key.
         key: PathBuf,
     },
-    /// Sign a root squashfs image into an update bundle.
+    /// Sign a root image (ext4, with the slot's boot files in /boot) into an update bundle.
     Sign {
         /// The private key (from `update keygen`).
         #[arg(long)]
@@ -79,7 +79,7 @@ pub(super) enum UpdateCommand {
         /// Sign a deliberate downgrade: appliances running a later release accept it.
         #[arg(long)]
         allow_downgrade: bool,
-        /// The root squashfs image.
+        /// The root image.
         image: PathBuf,
         /// The bundle to write.
         #[arg(long)]

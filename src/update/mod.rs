@@ -2,15 +2,19 @@
 //!
 //! A bundle is the magic `PBXUPD01`, a 2-byte little-endian header length, the header
 //! (`key=value` lines: board, version, size, sha256 of the image), a 64-byte ed25519
-//! signature over everything before it, then the root squashfs image. The signature over
-//! the header is checked before a byte reaches the slot, and any earlier staging is undone;
-//! the image is then written to the inactive slot, its SHA-256 checked and read back from
-//! the medium, and only then is the slot staged for the next boot.
+//! signature over everything before it, then the root image: ext4, holding the root
+//! filesystem and, in /boot, the slot's kernel, initramfs and kernel command line, so that
+//! an update carries all of them. The signature over the header is checked before a byte
+//! reaches the slot, and any earlier staging is undone; the image is then written to the
+//! inactive slot, its SHA-256 checked and read back from the medium, and only then is the
+//! slot staged for the next boot.
 //!
-//! The initramfs (`image/initramfs/init`) keeps the A/B state in a small file on the perm
-//! partition: `active=a`, plus `next=b` once a slot is staged. It boots a staged slot once,
-//! as `trial=b`; [`BootInfo::commit`] makes it `active=b` when provbox is up. A trial still
-//! pending at the next boot failed, and the board goes back to the active slot.
+//! The A/B state is a small file on the perm partition: `active=a`, plus `next=b` and an
+//! `attempt` number new with each install once a slot is staged. U-Boot's boot script
+//! (`image/boot/boot.cmd`) boots a staged slot once, recording the attempt first; while it
+//! runs, the slot is on trial, and [`BootInfo::commit`] makes it `active=b` when provbox is
+//! up and healthy. A staged slot still there when the script finds its attempt recorded has
+//! failed, and the board goes back to the active slot; the initramfs then drops `next`.
 //!
 //! Only root writes slots and state, through the install [`service`]; the server, running
 //! unprivileged, sends it bundles and commits.
@@ -38,7 +42,10 @@ pub const DEFAULT_KEY: &str = "/etc/provbox/update.pub";
 const RELEASE_FILE: &str = "/etc/provbox-release";
 const SIGNATURE_LEN: usize = 64;
 const MAX_HEADER_LEN: usize = 1024;
-const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+/// Where an ext4 image has its magic (the superblock at 1024, `s_magic` at 0x38 in it).
+const ROOT_MAGIC_AT: usize = 1024 + 0x38;
+/// The ext4 magic 0xEF53, little-endian.
+const ROOT_MAGIC: [u8; 2] = [0x53, 0xef];
 /// Bytes before the image: magic, length, header, signature.
 const fn head_len(header_len: usize) -> usize {
     MAGIC.len() + 2 + header_len + SIGNATURE_LEN
@@ -94,9 +101,9 @@ pub enum UpdateError {
         /// Slot size.
         capacity: u64,
     },
-    /// The image is not a squashfs root.
-    #[error("the image is not a squashfs root filesystem: refused, slot {0} not switched")]
-    NotSquashfs(Slot),
+    /// The image is not an ext4 root.
+    #[error("the image is not an ext4 root filesystem: refused, slot {0} not switched")]
+    NotARoot(Slot),
     /// The upload ended early.
     #[error("the bundle ends after {got} of {expected} image bytes: refused, slot {slot} not switched")]
     Truncated {
@@ -404,7 +411,7 @@ impl BootInfo {
     /// Whether the state file still records this slot's trial.
     fn state_says_trial(&self) -> Result<bool, UpdateError> {
         let text = std::fs::read_to_string(&self.state).map_err(io(format!("read {}", self.state.display())))?;
-        Ok(text.lines().any(|line| line == format!("trial={}", self.slot)))
+        Ok(text.lines().any(|line| line == format!("next={}", self.slot)))
     }
 
     /// The device holding `slot`.
@@ -486,26 +493,27 @@ pub fn verify_slot(head: &[u8], key: &PublicKey, board: &str, device: &Path) -> 
     Ok(manifest)
 }
 
-/// The SHA-256 of the first `size` bytes of `source`, and its first four bytes (a squashfs
-/// image starts with its magic); an error if `source` is shorter.
-fn image_digest(source: &mut impl Read, size: u64) -> std::io::Result<([u8; 32], [u8; 4])> {
+/// The SHA-256 of the first `size` bytes of `source`, and whether they carry the ext4 magic
+/// where a root image has it; an error if `source` is shorter.
+fn image_digest(source: &mut impl Read, size: u64) -> std::io::Result<([u8; 32], bool)> {
     let mut hash = digest::Context::new(&digest::SHA256);
-    let mut start = [0u8; 4];
+    let mut magic = [0u8; ROOT_MAGIC.len()];
     let mut buffer = vec![0u8; 64 * 1024];
     let mut done = 0u64;
     while done < size {
         let n = buffer.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
         source.read_exact(&mut buffer[..n])?;
-        if done == 0 {
-            let head = n.min(start.len());
-            start[..head].copy_from_slice(&buffer[..head]);
+        if done == 0
+            && let Some(found) = buffer[..n].get(ROOT_MAGIC_AT..ROOT_MAGIC_AT + ROOT_MAGIC.len())
+        {
+            magic.copy_from_slice(found);
         }
         hash.update(&buffer[..n]);
         done += n as u64;
     }
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(hash.finish().as_ref());
-    Ok((sha256, start))
+    Ok((sha256, magic == ROOT_MAGIC))
 }
 
 /// Replaces `path` with `bytes`, durably: a fresh file (a temp file or link left there, by
@@ -529,6 +537,15 @@ fn write_state_bytes(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
         Ok(())
     };
     write().map_err(|source| UpdateError::Io { what: what(), source })
+}
+
+/// A number for a new install's attempt, never 0 (what a blank boot record reads as): the
+/// boot script tries a staged slot only while its record holds another number.
+fn new_attempt() -> Result<u32, UpdateError> {
+    let mut bytes = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| UpdateError::Service("no randomness for the install's attempt number".into()))?;
+    Ok(u32::from_le_bytes(bytes).max(1))
 }
 
 /// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
@@ -668,7 +685,7 @@ impl Installer {
             .open(path)
             .map_err(io(format!("open slot {slot} ({})", path.display())))?;
         let capacity = device.seek(SeekFrom::End(0)).map_err(io(format!("size of {}", path.display())))?;
-        if manifest.size > capacity || manifest.size < SQUASHFS_MAGIC.len() as u64 {
+        if manifest.size > capacity || manifest.size < (ROOT_MAGIC_AT + ROOT_MAGIC.len()) as u64 {
             return Err(UpdateError::TooBig { size: manifest.size, capacity });
         }
         device.seek(SeekFrom::Start(0)).map_err(io(format!("seek {}", path.display())))?;
@@ -683,7 +700,7 @@ impl Installer {
         })
     }
 
-    /// Checks what was written (hash, read-back, squashfs magic) and stages the slot.
+    /// Checks what was written (hash, read-back, ext4 magic) and stages the slot.
     pub fn finish(self) -> Result<Installed, UpdateError> {
         let Some(mut body) = self.body else {
             return Err(if self.head.len() < MAGIC.len() {
@@ -707,10 +724,10 @@ impl Installer {
             |errno| UpdateError::Io { what: format!("drop the cache of slot {slot}"), source: errno.into() },
         )?;
         body.device.seek(SeekFrom::Start(0)).map_err(io(format!("seek slot {slot}")))?;
-        let (sha256, start) =
+        let (sha256, is_root) =
             image_digest(&mut body.device, body.manifest.size).map_err(io(format!("read back slot {slot}")))?;
-        if !start.starts_with(SQUASHFS_MAGIC) {
-            return Err(UpdateError::NotSquashfs(slot));
+        if !is_root {
+            return Err(UpdateError::NotARoot(slot));
         }
         if sha256 != body.manifest.sha256 {
             return Err(UpdateError::ReadBack(slot));
@@ -718,7 +735,8 @@ impl Installer {
         // The signed header goes next to the state, for the initramfs to check the slot
         // against before it boots it.
         write_state_bytes(&head_path(&self.boot.state, slot), &self.head)?;
-        write_state(&self.boot.state, &format!("active={}\nnext={slot}\n", self.boot.slot))?;
+        let attempt = new_attempt()?;
+        write_state(&self.boot.state, &format!("active={}\nnext={slot}\nattempt={attempt:08x}\n", self.boot.slot))?;
         tracing::info!(version = body.manifest.release.version, %slot, "update installed; it starts at the next boot");
         Ok(Installed { slot, version: body.manifest.release.version, size: body.manifest.size })
     }
@@ -823,9 +841,9 @@ mod tests {
                 std::fs::write(dir.path().join(slot), vec![0u8; 256 * 1024]).unwrap();
             }
             std::fs::write(dir.path().join("state"), "active=a\n").unwrap();
-            let mut image = SQUASHFS_MAGIC.to_vec();
-            image.extend((0..100_000u32).map(|i| (i * 7 % 251) as u8));
-            let image_path = dir.path().join("root.squashfs");
+            let mut image: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+            image[ROOT_MAGIC_AT..ROOT_MAGIC_AT + 2].copy_from_slice(&ROOT_MAGIC);
+            let image_path = dir.path().join("root.img");
             std::fs::write(&image_path, image).unwrap();
             std::fs::write(
                 dir.path().join("boot"),
@@ -865,6 +883,13 @@ mod tests {
 
         fn state(&self) -> String {
             std::fs::read_to_string(self.dir.path().join("state")).unwrap()
+        }
+
+        /// The state without its attempt number, and that number.
+        fn staged(&self) -> (String, String) {
+            let state = self.state();
+            let (attempt, rest): (Vec<&str>, Vec<&str>) = state.lines().partition(|l| l.starts_with("attempt="));
+            (rest.iter().map(|line| format!("{line}\n")).collect(), attempt.concat())
         }
 
         fn slot_b(&self) -> Vec<u8> {
@@ -954,11 +979,17 @@ mod tests {
     fn a_signed_bundle_is_written_to_the_inactive_slot_and_staged() {
         let bench = Bench::new();
         let bundle = bench.bundle("qemu-virt");
+        let mut attempts = std::collections::HashSet::new();
         for chunk in [1, 7, 4096, bundle.len()] {
             std::fs::write(bench.dir.path().join("state"), "active=a\n").unwrap();
             let installed = bench.install(&bundle, chunk).unwrap();
             assert_eq!((installed.slot, installed.version.as_str()), (Slot::B, "2.0"));
-            assert_eq!(bench.state(), "active=a\nnext=b\n");
+            let (state, attempt) = bench.staged();
+            assert_eq!(state, "active=a\nnext=b\n");
+            // Eight hex digits (the boot script reads them as one 32-bit word), new each time.
+            let digits = attempt.strip_prefix("attempt=").unwrap();
+            assert!(digits.len() == 8 && u32::from_str_radix(digits, 16).unwrap() != 0, "{attempt}");
+            assert!(attempts.insert(attempt), "the attempt number repeated");
             let image = std::fs::read(&bench.image).unwrap();
             assert_eq!(&bench.slot_b()[..image.len()], &image[..]);
         }
@@ -1012,7 +1043,7 @@ mod tests {
         let bench = Bench::new();
         let good = bench.bundle("qemu-virt");
         bench.install(&good, 4096).unwrap();
-        assert_eq!(bench.state(), "active=a\nnext=b\n");
+        assert_eq!(bench.staged().0, "active=a\nnext=b\n");
         // The same signed head, then other bytes, then the upload breaks off.
         let head = good.len() - std::fs::metadata(&bench.image).unwrap().len() as usize;
         let mut forged = good[..head].to_vec();
@@ -1028,7 +1059,7 @@ mod tests {
         let boot_path = bench.dir.path().join("boot");
         let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
         std::fs::write(&boot_path, text).unwrap();
-        std::fs::write(bench.dir.path().join("state"), "active=a\ntrial=b\n").unwrap();
+        std::fs::write(bench.dir.path().join("state"), "active=a\nnext=b\nattempt=0000abcd\n").unwrap();
         let boot = bench.boot();
         assert!(boot.trial);
         assert!(boot.commit().unwrap());
@@ -1040,11 +1071,12 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_image_that_is_not_squashfs_is_refused() {
+    fn a_signed_image_that_is_not_an_ext4_root_is_refused() {
         let bench = Bench::new();
-        std::fs::write(&bench.image, b"#!/bin/sh\necho not a root filesystem\n").unwrap();
+        std::fs::write(&bench.image, [b"#!/bin/sh\necho not a root filesystem\n".as_slice(), &[0u8; 2048]].concat())
+            .unwrap();
         let error = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap_err();
-        assert!(matches!(error, UpdateError::NotSquashfs(Slot::B)), "{error}");
+        assert!(matches!(error, UpdateError::NotARoot(Slot::B)), "{error}");
         assert_eq!(bench.state(), "active=a\n");
     }
 
@@ -1054,7 +1086,7 @@ mod tests {
         let boot_path = bench.dir.path().join("boot");
         let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
         std::fs::write(&boot_path, text).unwrap();
-        std::fs::write(bench.dir.path().join("state"), "active=a\ntrial=b\n").unwrap();
+        std::fs::write(bench.dir.path().join("state"), "active=a\nnext=b\nattempt=0000abcd\n").unwrap();
         let error = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap_err();
         assert!(matches!(error, UpdateError::OnTrial(Slot::B)), "{error}");
         assert!(bench.boot().commit().unwrap());

@@ -18,6 +18,11 @@ const MAX_PREAMBLE: usize = 16 * 1024;
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Longest an upload may take: it holds the install lock meanwhile.
 const MAX_UPLOAD_TIME: Duration = Duration::from_secs(15 * 60);
+/// Most bytes of a refused upload read and dropped before the answer. A client still
+/// sending a body should watch for an early answer (RFC 9112, 9.5), but a server that
+/// closes with unread data resets the connection, and a browser then shows the reset
+/// instead of the reason; a bundle is a root slot, well below this.
+const MAX_DRAIN: usize = 256 * 1024 * 1024;
 
 /// The root slots as the page and the API show them.
 pub fn status(web: &Web) -> serde_json::Value {
@@ -82,7 +87,13 @@ async fn install_stream(
         return Err(UploadError::Refused(UpdateError::OnTrial(slot)));
     }
     let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
-    let mut installer = tokio::task::block_in_place(|| RemoteInstall::start(&updates.installer))?;
+    let mut installer = match tokio::task::block_in_place(|| RemoteInstall::start(&updates.installer)) {
+        Ok(installer) => installer,
+        Err(refusal) => {
+            drain(body, deadline).await;
+            return Err(refusal.into());
+        }
+    };
     // A multipart body ends in its closing delimiter: hold back that many bytes until the
     // end, then check and drop them.
     let hold = strip.map_or(0, <[u8]>::len) + 2;
@@ -95,7 +106,10 @@ async fn install_stream(
         pending.extend_from_slice(&chunk);
         let ready = if strip.is_some() { pending.len().saturating_sub(hold) } else { pending.len() };
         if ready > 0 {
-            tokio::task::block_in_place(|| installer.feed(&pending[..ready]))?;
+            if let Err(refusal) = tokio::task::block_in_place(|| installer.feed(&pending[..ready])) {
+                drain(body, deadline).await;
+                return Err(refusal.into());
+            }
             pending.drain(..ready);
         }
     }
@@ -109,6 +123,19 @@ async fn install_stream(
         tokio::task::block_in_place(|| installer.feed(&pending))?;
     }
     Ok(tokio::task::block_in_place(|| installer.finish())?)
+}
+
+/// Reads and drops the rest of a refused upload (at most [`MAX_DRAIN`] bytes, until
+/// `deadline`), so that the client reads the refusal rather than a reset connection.
+async fn drain(body: &mut Body, deadline: tokio::time::Instant) {
+    let mut dropped = 0;
+    while dropped < MAX_DRAIN {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(IDLE_LIMIT);
+        match next_chunk(body, wait, "").await {
+            Ok(Some(chunk)) => dropped += chunk.len(),
+            _ => return,
+        }
+    }
 }
 
 /// Installs a raw bundle body (the API).

@@ -298,21 +298,12 @@ async fn upload_on_page(browser: &mut Browser, bundle: &[u8]) -> String {
         .text()
 }
 
-/// How QEMU starts a Pi image, in the firmware's place.
-enum PiStart<'a> {
-    /// U-Boot off the boot partition (copied by scripts/test-image into `boot-partition/`),
-    /// as the firmware starts it; the boot script gets `local` as the site's command line
-    /// additions (`local.env` on the card's boot partition).
-    UBoot { local: &'a str },
-    /// Root slot A's kernel and initramfs (copied from the slot's /boot into `slot-boot/`)
-    /// with the command line `append`, as the boot script would start them.
-    Kernel { append: &'a str },
-}
-
-/// A Raspberry Pi image booted with `dtb` as the device tree the firmware hands on, the disk
-/// as the SD card. `qemu` runs QEMU. Returns the serial console once the setup code
-/// appeared on it or five minutes passed; the console goes to the test's output line by
-/// line, after `label`.
+/// A Raspberry Pi image started as its firmware would start it: U-Boot off its boot
+/// partition (copied by scripts/test-image into `boot-partition/`) with `dtb` as the device
+/// tree the firmware hands on, the disk as the SD card. The boot script gets `local` as the
+/// site's command line additions (`local.env` on the card's boot partition). `qemu` runs
+/// QEMU. Returns the serial console once the setup code appeared on it or five minutes
+/// passed; the console goes to the test's output line by line, after `label`.
 #[allow(clippy::too_many_arguments)]
 fn boot_pi(
     qemu: &Path,
@@ -320,7 +311,7 @@ fn boot_pi(
     images: &Path,
     image: &str,
     dtb: &Path,
-    start: PiStart<'_>,
+    local: &str,
     serial: [&str; 4],
     label: &'static str,
 ) -> String {
@@ -329,19 +320,10 @@ fn boot_pi(
     std::fs::copy(images.join(image), &card).unwrap();
     // QEMU's SD card model wants a power-of-two size.
     std::fs::OpenOptions::new().write(true).open(&card).unwrap().set_len(512 << 20).unwrap();
+    put_local_env(&card, local);
     let mut command = Command::new(qemu);
     command.args(["-M", machine, "-display", "none", "-no-reboot"]).args(serial).arg("-dtb").arg(dtb);
-    match start {
-        PiStart::UBoot { local } => {
-            put_local_env(&card, local);
-            command.arg("-kernel").arg(images.join("boot-partition/u-boot.bin"));
-        }
-        PiStart::Kernel { append } => {
-            let boot = images.join("slot-boot");
-            command.arg("-kernel").arg(boot.join("vmlinuz")).arg("-initrd").arg(boot.join("initrd.img"));
-            command.args(["-append", append]);
-        }
-    }
+    command.arg("-kernel").arg(images.join("boot-partition/u-boot.bin"));
     let mut child = command
         .arg("-drive")
         .arg(format!("file={},if=sd,format=raw", card.display()))
@@ -385,11 +367,11 @@ fn assert_pi_came_up(board: &str, console: &str) {
 #[ignore = "needs the rpi3 image: run scripts/test-image"]
 fn the_pi3_image_boots_from_its_sd_card() {
     let images = env_path("PROVBOX_RPI3_IMAGE_DIR");
-    let dtb = images.join("slot-boot/bcm2837-rpi-3-b.dtb");
+    let dtb = images.join("boot-partition/bcm2837-rpi-3-b.dtb");
     let serial = ["-serial", "null", "-serial", "stdio"];
-    let start = PiStart::UBoot { local: "provbox.ntp=off provbox.watchdog=off" };
+    let local = "provbox.ntp=off provbox.watchdog=off";
     let console =
-        boot_pi(Path::new("qemu-system-aarch64"), "raspi3b", &images, "provbox-rpi3.img", &dtb, start, serial, "pi3");
+        boot_pi(Path::new("qemu-system-aarch64"), "raspi3b", &images, "provbox-rpi3.img", &dtb, local, serial, "pi3");
     assert!(console.contains("Found U-Boot script /boot.scr"), "U-Boot did not run the boot script:\n{console}");
     assert!(console.contains("provbox: loading root slot a (partition 2)"), "{console}");
     let cmdline = kernel_command_line(&console, 0);
@@ -398,15 +380,17 @@ fn the_pi3_image_boots_from_its_sd_card() {
 }
 
 /// The Raspberry Pi 4 image under QEMU 10's `-M raspi4b` (`PROVBOX_QEMU_RASPI4B`, from
-/// bookworm-backports), with the image's own kernel, initramfs and device tree. The
-/// emulation needs these edits, made here on a copy and never in the image:
+/// bookworm-backports), started through U-Boot and the boot script as on the board, with
+/// the image's own kernel, initramfs and device tree. The emulation needs these edits, made
+/// here on a copy and never in the image:
 /// - the device tree: the HDMI block's L2 interrupt controller, the HDMI encoders and their
 ///   I²C buses are disabled (their registers are not emulated: brcmstb_l2_intc_of_init
 ///   aborts); the SD regulators lose their GPIOs and the Wi-Fi SDIO controller its power
 ///   sequence, all on the firmware's GPIO expander, which QEMU does not model;
-/// - the command line: `clk_ignore_unused` (disabling unused clocks reads an unemulated
-///   gate and aborts), and the console on the PL011 (ttyAMA0, QEMU's first serial port),
-///   since opening the mini UART hangs in its interrupt setup under QEMU 10.
+/// - the command line, through the card's `local.env`: `clk_ignore_unused` (disabling
+///   unused clocks reads an unemulated gate and aborts), and the PL011 (ttyAMA0, QEMU's
+///   first serial port) as `/dev/console`, since opening the mini UART hangs in its
+///   interrupt setup under QEMU 10.
 ///
 /// QEMU wires the SD card to the Arasan controller (fe300000), not to emmc2 as the board
 /// does, so this proves the kernel, the initramfs, the slot choice, the perm and store
@@ -419,7 +403,7 @@ fn the_pi4_image_boots_under_raspi4b() {
     let qemu = env_path("PROVBOX_QEMU_RASPI4B");
     let work = tempfile::tempdir().unwrap();
     let dtb = work.path().join("bcm2711-rpi-4-b.dtb");
-    std::fs::copy(images.join("slot-boot/bcm2711-rpi-4-b.dtb"), &dtb).unwrap();
+    std::fs::copy(images.join("boot-partition/bcm2711-rpi-4-b.dtb"), &dtb).unwrap();
     let fdtput = |args: &[&str]| {
         let status = Command::new("fdtput").args(args).status().expect("fdtput runs");
         assert!(status.success(), "fdtput {args:?}");
@@ -439,16 +423,23 @@ fn the_pi4_image_boots_under_raspi4b() {
     fdtput(&["-d", tree, "/soc/mmc@7e300000", "mmc-pwrseq"]);
     let cmdline = slot_cmdline(&images);
     assert!(cmdline.contains("console=ttyS1,115200"), "the shipped serial console moved: {cmdline}");
-    let append = format!(
-        "{} provbox.ntp=off provbox.watchdog=off clk_ignore_unused",
-        // Without `quiet`, the kernel's own log shows the device tree it runs on.
-        cmdline.replace("console=ttyS1,115200", "console=ttyAMA0,115200").replace(" quiet", "")
-    );
+    // Appended by the boot script: the PL011 as the last console (so /dev/console; the mini
+    // UART is still a kernel console, but nothing opens it), and `loglevel=7` after the
+    // slot's `quiet`, so that the kernel's own log shows the device tree it runs on.
+    let local = "provbox.ntp=off provbox.watchdog=off clk_ignore_unused console=ttyAMA0,115200 loglevel=7";
+    // U-Boot writes to the mini UART (QEMU's second serial port); the kernel's console and
+    // the appliance's output come on the PL011 (the first).
     let serial = ["-serial", "stdio", "-serial", "null"];
-    let start = PiStart::Kernel { append: &append };
-    let console = boot_pi(&qemu, "raspi4b", &images, "provbox-rpi4.img", &dtb, start, serial, "pi4");
+    let console = boot_pi(&qemu, "raspi4b", &images, "provbox-rpi4.img", &dtb, local, serial, "pi4");
     assert_pi_came_up("on Raspberry Pi 4", &console);
     assert!(console.contains("Machine model: Raspberry Pi 4 Model B"), "{console}");
+    // The command line the boot script assembles: slot A's own, then the script's slot
+    // choice, then local.env's.
+    let booted = kernel_command_line(&console, 0);
+    assert!(
+        booted.starts_with(&format!("{cmdline} provbox.slot=a provbox.try=0 ")) && booted.ends_with(local),
+        "{booted}"
+    );
 }
 
 /// The kernel command line that root slot A's boot script passes (its `bootargs.env`).

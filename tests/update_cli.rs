@@ -48,9 +48,7 @@ impl Board {
             ),
         )
         .unwrap();
-        // A root image as far as the install checks it: the ext4 magic (0xEF53) at 1080.
-        let mut image = vec![0x5a; 20_004];
-        image[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        let image = root_image(20_004);
         std::fs::write(board.path("root.img"), &image).unwrap();
         let made = cli_ok(&board.data, &["update", "keygen", &board.path("signing.key")]);
         assert!(made.contains("signing.key.pub"), "{made}");
@@ -70,9 +68,9 @@ impl Board {
         self.state().lines().filter(|line| !line.starts_with("attempt=")).map(|line| format!("{line}\n")).collect()
     }
 
-    /// `update sign` of the root image as release `sequence` with `key`, into `out`.
-    fn sign(&self, key: &str, version: &str, sequence: &str, out: &str) -> String {
-        let (key, out, image) = (self.path(key), self.path(out), self.path("root.img"));
+    /// `update sign` of `image` as release `sequence` with `key`, into `out`.
+    fn sign(&self, key: &str, image: &str, version: &str, sequence: &str, out: &str) -> String {
+        let (key, out, image) = (self.path(key), self.path(out), self.path(image));
         let args = ["update", "sign", "--key", &key, "--board", "rpi4", "--version", version, "--sequence", sequence];
         cli_ok(&self.data, &[&args[..], &["--out", &out, &image]].concat())
     }
@@ -116,6 +114,14 @@ impl Drop for Service {
     }
 }
 
+/// A root image of `len` bytes as far as the install checks it: the ext4 magic (0xEF53)
+/// at 1080.
+fn root_image(len: usize) -> Vec<u8> {
+    let mut image = vec![0x5a; len];
+    image[1080..1082].copy_from_slice(&[0x53, 0xef]);
+    image
+}
+
 /// Runs `command` as `uid` (its group too); returns (success, stderr).
 fn run_as(uid: u32, mut command: Command) -> (bool, String) {
     let output = command.uid(uid).gid(uid).output().expect("the command runs");
@@ -135,19 +141,19 @@ fn keygen_sign_install_and_status_work_end_to_end() {
     let data = &board.data;
     let path = |name: &str| board.path(name);
     assert_eq!(std::fs::metadata(path("signing.key")).unwrap().permissions().mode() & 0o777, 0o600);
-    let signed = board.sign("signing.key", "2.0", "1001", "u.update");
+    let signed = board.sign("signing.key", "root.img", "2.0", "1001", "u.update");
     assert!(signed.contains("20004 bytes of image"), "{signed}");
     let service = board.service(None);
 
     // An older release, signed the same way: refused, nothing staged.
-    board.sign("signing.key", "1.9", "999", "old.update");
+    board.sign("signing.key", "root.img", "1.9", "999", "old.update");
     let (ok, _, err) = cli(data, &["update", "install", &path("old.update"), "--installer", &service.socket()]);
     assert!(!ok && err.contains("older than the running image (release 1000)"), "{err}");
     assert_eq!(board.state(), "active=a\n");
 
     // A key the appliance does not trust: refused, nothing staged.
     cli_ok(data, &["update", "keygen", &path("other.key")]);
-    board.sign("other.key", "2.0", "1001", "foreign.update");
+    board.sign("other.key", "root.img", "2.0", "1001", "foreign.update");
     let (ok, _, err) = cli(data, &["update", "install", &path("foreign.update"), "--installer", &service.socket()]);
     assert!(!ok);
     assert!(err.contains("signature does not verify"), "{err}");
@@ -178,9 +184,9 @@ fn an_unprivileged_account_cannot_stage_or_write_a_slot() {
     for slot in ["slot-a", "slot-b"] {
         std::fs::set_permissions(board.path(slot), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    board.sign("signing.key", "2.0", "1001", "u.update");
+    board.sign("signing.key", "root.img", "2.0", "1001", "u.update");
     cli_ok(&board.data, &["update", "keygen", &board.path("other.key")]);
-    board.sign("other.key", "6.6.6", "9999", "forged.update");
+    board.sign("other.key", "root.img", "6.6.6", "9999", "forged.update");
     let slot_b = std::fs::read(board.path("slot-b")).unwrap();
     let service = board.service(Some("nobody"));
     assert_eq!(std::fs::metadata(&service.socket).unwrap().permissions().mode() & 0o777, 0o660);
@@ -219,14 +225,10 @@ fn an_unprivileged_account_cannot_stage_or_write_a_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_a_refused_upload_and_installs_a_signed_one() {
     let board = Board::new();
-    board.sign("signing.key", "2.0", "1001", "u.update");
+    board.sign("signing.key", "root.img", "2.0", "1001", "u.update");
     cli_ok(&board.data, &["update", "keygen", &board.path("other.key")]);
-    let mut big = vec![0x5a; 24 << 20];
-    big[1080..1082].copy_from_slice(&[0x53, 0xef]);
-    std::fs::write(board.path("big.img"), &big).unwrap();
-    let (key, out, image) = (board.path("other.key"), board.path("big.update"), board.path("big.img"));
-    let args = ["update", "sign", "--key", &key, "--board", "rpi4", "--version", "9", "--sequence", "2000"];
-    cli_ok(&board.data, &[&args[..], &["--out", &out, &image]].concat());
+    std::fs::write(board.path("big.img"), root_image(24 << 20)).unwrap();
+    board.sign("other.key", "big.img", "9", "2000", "big.update");
     let service = board.service(None);
     let appliance = Appliance::start_with(&["--boot-info", &board.path("boot-info"), "--installer", &service.socket()]);
     let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "ci"]).trim().to_string();

@@ -541,11 +541,8 @@ fn write_state_bytes(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
 
 /// A number for a new install's attempt, never 0 (what a blank boot record reads as): the
 /// boot script tries a staged slot only while its record holds another number.
-fn new_attempt() -> Result<u32, UpdateError> {
-    let mut bytes = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| UpdateError::Service("no randomness for the install's attempt number".into()))?;
-    Ok(u32::from_le_bytes(bytes).max(1))
+fn new_attempt() -> u32 {
+    u32::from_le_bytes(crate::random::bytes()).max(1)
 }
 
 /// Replaces the state file with `text`, durably: a power cut leaves the old or the new one.
@@ -735,7 +732,7 @@ impl Installer {
         // The signed header goes next to the state, for the initramfs to check the slot
         // against before it boots it.
         write_state_bytes(&head_path(&self.boot.state, slot), &self.head)?;
-        let attempt = new_attempt()?;
+        let attempt = new_attempt();
         write_state(&self.boot.state, &format!("active={}\nnext={slot}\nattempt={attempt:08x}\n", self.boot.slot))?;
         tracing::info!(version = body.manifest.release.version, %slot, "update installed; it starts at the next boot");
         Ok(Installed { slot, version: body.manifest.release.version, size: body.manifest.size })
@@ -858,6 +855,14 @@ mod tests {
 
         fn boot(&self) -> BootInfo {
             BootInfo::load(&self.dir.path().join("boot")).unwrap()
+        }
+
+        /// As the initramfs leaves it when the boot script tries staged slot b.
+        fn boot_slot_b_on_trial(&self) {
+            let boot_path = self.dir.path().join("boot");
+            let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
+            std::fs::write(&boot_path, text).unwrap();
+            std::fs::write(self.dir.path().join("state"), "active=a\nnext=b\nattempt=0000abcd\n").unwrap();
         }
 
         /// A bundle of the same release as the running image (sequence 100).
@@ -1056,10 +1061,7 @@ mod tests {
     #[test]
     fn a_commit_happens_once_and_never_clobbers_a_later_staging() {
         let bench = Bench::new();
-        let boot_path = bench.dir.path().join("boot");
-        let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
-        std::fs::write(&boot_path, text).unwrap();
-        std::fs::write(bench.dir.path().join("state"), "active=a\nnext=b\nattempt=0000abcd\n").unwrap();
+        bench.boot_slot_b_on_trial();
         let boot = bench.boot();
         assert!(boot.trial);
         assert!(boot.commit().unwrap());
@@ -1083,10 +1085,7 @@ mod tests {
     #[test]
     fn trial_slots_commit_and_refuse_updates_until_then() {
         let bench = Bench::new();
-        let boot_path = bench.dir.path().join("boot");
-        let text = std::fs::read_to_string(&boot_path).unwrap().replace("slot=a\ntrial=0", "slot=b\ntrial=1");
-        std::fs::write(&boot_path, text).unwrap();
-        std::fs::write(bench.dir.path().join("state"), "active=a\nnext=b\nattempt=0000abcd\n").unwrap();
+        bench.boot_slot_b_on_trial();
         let error = bench.install(&bench.bundle("qemu-virt"), 4096).unwrap_err();
         assert!(matches!(error, UpdateError::OnTrial(Slot::B)), "{error}");
         assert!(bench.boot().commit().unwrap());

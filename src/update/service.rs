@@ -76,10 +76,7 @@ impl Service {
             let Ok(stream) = stream else { continue };
             let reply = match self.peer_allowed(&stream) {
                 Ok(()) => self.handle(&stream),
-                Err(reason) => {
-                    tracing::warn!("update installer: {reason}");
-                    Reply::Refused(reason)
-                }
+                Err(reason) => Reply::Refused(reason),
             };
             if let Reply::Refused(reason) = &reply {
                 tracing::warn!("update installer refused a request: {reason}");

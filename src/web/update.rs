@@ -82,9 +82,9 @@ async fn install_stream(
     if updates.is_staged() {
         return Err(UploadError::Restarting);
     }
-    let slot = updates.current().slot;
-    if updates.current().trial {
-        return Err(UploadError::Refused(UpdateError::OnTrial(slot)));
+    let boot = updates.current();
+    if boot.trial {
+        return Err(UploadError::Refused(UpdateError::OnTrial(boot.slot)));
     }
     let deadline = tokio::time::Instant::now() + MAX_UPLOAD_TIME;
     let mut installer = match tokio::task::block_in_place(|| RemoteInstall::start(&updates.installer)) {

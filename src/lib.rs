@@ -13,7 +13,8 @@
 //!   template context), [`redirect`] (vendor redirect clients and the outbox's rules),
 //!   [`sip`] (plug-and-play and check-sync), [`admin`] (password hashes, API token formats),
 //!   [`metrics`], [`pki`], [`update`], [`ntp`] (the SNTP client), [`clock`];
-//! - domain types and the store: [`devices`], [`settings`], [`mac`], [`token`], [`hex`],
+//! - domain types and the store: [`devices`], [`settings`], [`locale`] (time zones and
+//!   languages in each vendor's notation), [`mac`], [`token`], [`hex`],
 //!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
 //!
 //! **One lock.** [`app::App`] keeps all mutable state (the mounted store, the token index,
@@ -48,6 +49,7 @@ pub mod daemon;
 pub mod devices;
 pub mod hex;
 pub mod lan;
+pub mod locale;
 pub mod mac;
 pub mod mdns;
 pub mod metrics;

@@ -26,6 +26,10 @@ pub enum Rule {
     /// An `https://` URL ending in `/`, or empty for the default. Never `http://`: the steady
     /// URL it prefixes carries a token.
     BaseUrl,
+    /// An IANA time zone name (`Europe/Rome`).
+    Zone,
+    /// A BCP 47 language tag (`it`, `en-US`).
+    Language,
 }
 
 /// One known setting.
@@ -78,8 +82,8 @@ pub const SITE: &[SettingSpec] = &[
     secret("nat.turn.password", "TURN password"),
     spec("nat.ice", "off", Rule::Switch, "ICE for media"),
     spec("time.ntp", "pool.ntp.org", Rule::Host, "NTP server the phones use"),
-    spec("time.zone", "UTC", Rule::Text, "time zone, e.g. Europe/Berlin"),
-    spec("time.language", "English", Rule::Text, "phone menu language"),
+    spec("time.zone", "UTC", Rule::Zone, "IANA time zone, e.g. Europe/Rome"),
+    spec("time.language", "en", Rule::Language, "phone menu language as a language tag, e.g. it, de, en-US"),
     spec("provision.resync_minutes", "1440", Rule::Number(5, 10080), "how often phones re-fetch their config"),
     spec("provision.base_url", "", Rule::BaseUrl, "URL phones use to reach provbox (empty: from the LAN address)"),
     spec(
@@ -183,6 +187,16 @@ impl Table {
                     value.starts_with("https://") && value.ends_with('/') && !value.contains(char::is_whitespace);
                 if !value.is_empty() && !valid {
                     return invalid("must be an https:// URL ending in / (tokens never travel over plain HTTP)".into());
+                }
+            }
+            Rule::Zone => {
+                if !crate::locale::is_zone(value) {
+                    return invalid(format!("{value:?} is not an IANA time zone (e.g. Europe/Rome, America/New_York)"));
+                }
+            }
+            Rule::Language => {
+                if !crate::locale::is_language_tag(value) {
+                    return invalid(format!("{value:?} is not a language tag (e.g. it, de, en-US)"));
                 }
             }
         }

@@ -229,7 +229,7 @@ fn current_or_pending_follows_settings_templates_and_the_device_without_stale_an
     app.add_device(&one, "test").unwrap();
     app.add_device(&other, "test").unwrap();
     let hash_now = |app: &App| {
-        let body = app.render(&one.mac.parse().unwrap(), &format!("{}.cfg", one.mac), true).unwrap();
+        let body = app.render(&one.mac.parse().unwrap(), &format!("{}.cfg", one.mac), true).unwrap().body;
         provbox::provision::context::config_hash(&body)
     };
     let served = hash_now(&app);

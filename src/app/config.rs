@@ -6,13 +6,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
-use super::views::{SettingView, StaticFile};
+use super::views::{Rendered, SettingView, StaticFile};
 use super::{App, AppError, State};
 use crate::clock::now;
 use crate::mac::Mac;
 use crate::metrics::{self, Gauges};
 use crate::provision::context::{self, Secrets, SiteFacts};
-use crate::provision::vendor::FileMatch;
+use crate::provision::vendor::{FileMatch, Vendor};
 use crate::redirect::outbox::Plan;
 use crate::settings::{self, Settings, Table};
 use crate::store::records::{Device, Enrollment, Txn};
@@ -95,8 +95,8 @@ impl App {
         let file = vendor
             .device_file_name(&device.mac, &device.model)
             .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
-        let body = self.render_for(device, &file, context::Secrets::Real)?;
-        Ok(context::config_hash(&body))
+        let rendered = self.render_for(device, &file, context::Secrets::Real)?;
+        Ok(context::config_hash(&rendered.body))
     }
 
     /// Every known setting, secrets masked.
@@ -141,41 +141,45 @@ impl App {
         Ok(())
     }
 
-    /// Renders `file` exactly as the device would be served it now.
-    pub fn render(&self, mac: &Mac, file: &str, reveal: bool) -> Result<String, AppError> {
+    /// Renders `file` exactly as the device would be served it now, with what the vendor
+    /// cannot express of the site's settings.
+    pub fn render(&self, mac: &Mac, file: &str, reveal: bool) -> Result<Rendered, AppError> {
         let device = self.device(mac)?;
         let secrets = if reveal { context::Secrets::Real } else { context::Secrets::Masked };
         self.render_for(&device, file, secrets)
     }
 
     /// Renders `file` for `device` through its vendor's profile.
-    pub fn render_for(&self, device: &Device, file: &str, secrets: context::Secrets) -> Result<String, AppError> {
+    pub fn render_for(&self, device: &Device, file: &str, secrets: context::Secrets) -> Result<Rendered, AppError> {
         let catalog = self.templates.catalog();
         let vendor = catalog.vendor(&device.vendor)?;
         let matched = vendor
             .match_file(file)
             .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
         let shown_device = matched.file.secrets.then_some(device);
-        let context = self.template_context(shown_device, &matched, secrets)?;
-        Ok(self.templates.render(&vendor.id, &matched.file.template, &context)?)
+        let (context, warnings) = self.template_context(vendor, shown_device, &matched, secrets)?;
+        let body = self.templates.render(&vendor.id, &matched.file.template, &context)?;
+        Ok(Rendered { body, warnings })
     }
 
-    /// The template context for `matched`, showing `device` only if given (device files).
+    /// The template context for `matched`, showing `device` only if given (device files),
+    /// and a warning for each site setting that `vendor` cannot express exactly.
     pub fn template_context(
         &self,
+        vendor: &Vendor,
         device: Option<&Device>,
         matched: &FileMatch<'_>,
         secrets: Secrets,
-    ) -> Result<minijinja::Value, AppError> {
-        let facts = {
+    ) -> Result<(minijinja::Value, Vec<String>), AppError> {
+        let (base_url, settings, directory) = {
             let state = self.lock();
-            SiteFacts {
-                base_url: state.base_url(&self.default_base_url())?,
-                settings: state.settings()?,
-                directory: if matched.file.directory { state.directory()? } else { Vec::new() },
-            }
+            let directory = if matched.file.directory { state.directory()? } else { Vec::new() };
+            (state.base_url(&self.default_base_url())?, state.settings()?, directory)
         };
-        Ok(context::build(facts, device, matched, secrets))
+        let resolved = vendor.locale.resolve(&vendor.name, settings.get("time.zone"), settings.get("time.language"));
+        let facts =
+            SiteFacts { base_url, bootstrap_url: self.bootstrap_url(), settings, directory, time: resolved.time };
+        Ok((context::build(facts, device, matched, secrets), resolved.warnings))
     }
 
     /// The Prometheus text of `/metrics`: the process counters and the appliance's gauges,

@@ -185,11 +185,21 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
         Some(Err(error)) => return Err(error),
     };
     let owner = known.as_ref().map(|device| device.vendor.to_string());
-    let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| {
-        (vendor.identify(request.user_agent).is_none(), owner.as_deref() != Some(vendor.id.as_str()))
-    }) else {
+    let several = candidates.len() > 1;
+    let rank = |vendor: &Vendor| {
+        let owns = owner.as_deref() == Some(vendor.id.as_str());
+        (vendor.identify(request.user_agent).is_none(), !vendor.claims(request.user_agent), !owns)
+    };
+    let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| rank(vendor)) else {
         return Ok(Outcome::Deny);
     };
+    if several && rank(vendor) == (true, true, true) {
+        // A name several vendors serve, asked by a User-Agent none of them claims, for no
+        // known phone: attributing it to any vendor would be a guess.
+        tracing::info!(ip = %request.ip, file = request.file, user_agent = request.user_agent,
+            "refused: no vendor claims this User-Agent");
+        return Ok(Outcome::Deny);
+    }
     let claimed = user_agent_of(vendor, request.user_agent);
     if !matched.file.secrets {
         return serve(app, request, vendor, &matched, None, &claimed, None);
@@ -241,7 +251,8 @@ fn serve(
     claimed: &UserAgentInfo,
     contacted: Option<(&Device, FetchChange)>,
 ) -> Result<Outcome, AppError> {
-    let context = app.template_context(shown, matched, Secrets::Real)?;
+    // What the vendor cannot express shows in `provbox render`, not on every fetch.
+    let (context, _warnings) = app.template_context(vendor, shown, matched, Secrets::Real)?;
     let body = app.templates.render(&vendor.id, &matched.file.template, &context)?;
     if let Some((device, change)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);

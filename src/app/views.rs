@@ -36,6 +36,15 @@ pub enum ConfigState {
     Pending,
 }
 
+/// A file rendered for a person (`provbox render`, the device page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    /// The file as the phone gets it (secrets masked unless revealed).
+    pub body: String,
+    /// Each site setting the vendor cannot express exactly, and what it gets instead.
+    pub warnings: Vec<String>,
+}
+
 /// A static file offered under `/p/<steady>/files/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaticFile {

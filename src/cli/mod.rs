@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use provbox::app::App;
+use provbox::app::views::Rendered;
 use provbox::control::{self, Request, Response};
 use provbox::daemon;
 use provbox::store::backend::{self, AnyFlash, DEFAULT_CAPACITY};
@@ -138,7 +139,14 @@ pub fn run() -> ExitCode {
         Some(Command::Ntp(args)) => ntp_cmd::run(args),
         Some(Command::Render { mac, file, reveal }) => {
             let request = Request::Render { mac: mac.clone(), file: file.clone(), reveal: *reveal };
-            cli.call::<String>(&request).map(|body| print!("{body}")).map(done)
+            cli.call::<Rendered>(&request)
+                .map(|rendered| {
+                    for warning in &rendered.warnings {
+                        eprintln!("provbox: warning: {warning}");
+                    }
+                    print!("{}", rendered.body);
+                })
+                .map(done)
         }
     };
     match result {

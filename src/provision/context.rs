@@ -6,15 +6,21 @@
 //!   `.lines[i].{number, extension, display_name, sip_user, sip_password}`,
 //!   `.keys[i].{number, kind, value, label}`, `.overrides[i].{name, value}`
 //! - `urls.base`, `urls.ca`, `urls.steady`, `urls.files`, `urls.phonebook` (the last three
-//!   only in device files)
+//!   only in device files); `urls.bootstrap` and `urls.ca_http`, the plain-HTTP base and CA
+//!   for a phone that does not trust the appliance yet
 //! - `request.file` and the file name's placeholders (`request.n`, ...)
 //! - `directory[i].{name, extension}` in files marked `directory = true`
+//! - `time.*`: the site's zone and language in the vendor's notation
+//!   ([`crate::locale::TimeContext`]: `zone`, `posix`, `offset`, `offset_hours`,
+//!   `offset_seconds`, `dst.{saving_minutes, start, end}`, `vendor_zone`,
+//!   `vendor_zone_label`, `language`, `vendor_language`)
 //! - `provbox.version`
 
 use minijinja::Value;
 use serde::Serialize;
 
 use super::vendor::FileMatch;
+use crate::locale::TimeContext;
 use crate::settings::Settings;
 use crate::store::records::{Device, KeyKind};
 use crate::token::{MASK, TokenKind};
@@ -25,10 +31,14 @@ use crate::token::{MASK, TokenKind};
 pub struct SiteFacts {
     /// The phones' base URL, ending in `/`.
     pub base_url: String,
+    /// The plain-HTTP base URL (DHCP option 66, plug-and-play), ending in `/`.
+    pub bootstrap_url: String,
     /// Every effective setting, secrets included (masked or dropped here as fits).
     pub settings: Settings,
     /// (name, extension) of every line, sorted; only filled for files marked `directory`.
     pub directory: Vec<(String, String)>,
+    /// The site's zone and language in the vendor's notation.
+    pub time: TimeContext,
 }
 
 /// Whether secrets are rendered or masked.
@@ -85,6 +95,8 @@ struct DirectoryEntry {
 struct Urls {
     base: String,
     ca: String,
+    bootstrap: String,
+    ca_http: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     steady: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,7 +109,7 @@ struct Urls {
 pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Value {
     let mask =
         |value: &str| if secrets == Secrets::Masked && !value.is_empty() { MASK.to_string() } else { value.into() };
-    let SiteFacts { base_url: base, settings, directory } = facts;
+    let SiteFacts { base_url: base, bootstrap_url: bootstrap, settings, directory, time } = facts;
     let mut site = settings.values().clone();
     for (name, value) in site.iter_mut() {
         if settings.is_secret(name) {
@@ -110,6 +122,8 @@ pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>,
     });
     let urls = Urls {
         ca: format!("{base}ca.crt"),
+        ca_http: format!("{bootstrap}ca.crt"),
+        bootstrap,
         files: steady.as_ref().map(|steady| format!("{steady}files/")),
         phonebook: steady.as_ref().map(|steady| format!("{steady}phonebook.xml")),
         steady,
@@ -167,6 +181,7 @@ pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>,
         urls => urls,
         request => request,
         directory => directory,
+        time => time,
         provbox => minijinja::context! { version => env!("CARGO_PKG_VERSION") },
     }
 }

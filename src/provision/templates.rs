@@ -144,7 +144,8 @@ impl Templates {
         let mut catalog = Catalog::default();
         for id in self.vendor_ids() {
             let Some(text) = self.source(&format!("{id}/vendor.toml")) else { continue };
-            match Vendor::parse(&id, &text) {
+            let read = |file: &str| self.source(&format!("{id}/{file}"));
+            match Vendor::parse(&id, &text, &read) {
                 Ok(vendor) => {
                     catalog.vendors.insert(id, vendor);
                 }

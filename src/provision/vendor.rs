@@ -6,6 +6,7 @@
 //! ```toml
 //! name = "Yealink"
 //! user_agent = '^Yealink SIP[- ](?P<model>\S+) (?P<firmware>\S+) (?P<mac>[0-9a-fA-F:]{17})'
+//! user_agent_vendor = '(?i)\byealink\b'   # the vendor's, even when the above cannot read it
 //! check_sync_event = "check-sync;reboot=false"
 //!
 //! [[files]]
@@ -16,6 +17,12 @@
 //! name = "{mac}.cfg"
 //! template = "device.cfg"
 //! secrets = true               # only served to an identified, enrolled phone
+//!
+//! [time]                       # the vendor's own notation (see crate::locale)
+//! zones = "zones.tsv"          # value, POSIX rule, label
+//! zone_fallback = "+0"         # when no entry has the site's offset
+//! languages = "languages.tsv"  # language tag, value
+//! language_fallback = "English"
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,6 +30,7 @@ use std::collections::BTreeMap;
 use regex_lite::Regex;
 use serde::Deserialize;
 
+use crate::locale::VendorLocale;
 use crate::mac::Mac;
 
 /// Why a vendor profile is unusable.
@@ -42,8 +50,23 @@ struct ProfileFile {
     #[serde(default)]
     user_agent: Option<String>,
     #[serde(default)]
+    user_agent_vendor: Option<String>,
+    #[serde(default)]
     check_sync_event: Option<String>,
     files: Vec<FileEntry>,
+    #[serde(default)]
+    time: TimeSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TimeSection {
+    zones: Option<String>,
+    #[serde(default)]
+    zone_fallback: String,
+    languages: Option<String>,
+    #[serde(default)]
+    language_fallback: String,
 }
 
 #[derive(Deserialize)]
@@ -111,18 +134,23 @@ pub struct Vendor {
     pub check_sync_event: Option<String>,
     /// Files its phones request, in match order.
     pub files: Vec<VendorFile>,
+    /// Its notation for time zones and languages.
+    pub locale: VendorLocale,
     user_agent: Option<Regex>,
+    user_agent_vendor: Option<Regex>,
 }
 
 impl Vendor {
-    /// Parses `vendor.toml` of vendor directory `id`.
-    pub fn parse(id: &str, toml_text: &str) -> Result<Vendor, ProfileError> {
+    /// Parses `vendor.toml` of vendor directory `id`; `read` gives the text of another file
+    /// of that directory (the `[time]` tables).
+    pub fn parse(id: &str, toml_text: &str, read: &dyn Fn(&str) -> Option<String>) -> Result<Vendor, ProfileError> {
         let error = |reason: String| ProfileError { vendor: id.into(), reason };
         let profile: ProfileFile = toml::from_str(toml_text).map_err(|e| error(e.to_string()))?;
-        let user_agent = profile
-            .user_agent
-            .map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("user_agent: {e}"))))
-            .transpose()?;
+        let regex = |field: &str, pattern: Option<String>| {
+            pattern.map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("{field}: {e}")))).transpose()
+        };
+        let user_agent = regex("user_agent", profile.user_agent)?;
+        let user_agent_vendor = regex("user_agent_vendor", profile.user_agent_vendor)?;
         let files = profile
             .files
             .into_iter()
@@ -140,7 +168,27 @@ impl Vendor {
                 })
             })
             .collect::<Result<_, ProfileError>>()?;
-        Ok(Vendor { id: id.into(), name: profile.name, check_sync_event: profile.check_sync_event, files, user_agent })
+        let table = |name: &Option<String>| match name {
+            Some(name) => read(name).ok_or_else(|| error(format!("[time] names {name}, which is missing"))),
+            None => Ok(String::new()),
+        };
+        let time = &profile.time;
+        let locale = VendorLocale::parse(
+            &table(&time.zones)?,
+            &time.zone_fallback,
+            &table(&time.languages)?,
+            &time.language_fallback,
+        )
+        .map_err(|e| error(e.to_string()))?;
+        Ok(Vendor {
+            id: id.into(),
+            name: profile.name,
+            check_sync_event: profile.check_sync_event,
+            files,
+            locale,
+            user_agent,
+            user_agent_vendor,
+        })
     }
 
     /// Reads `user_agent` if it is this vendor's.
@@ -152,6 +200,12 @@ impl Vendor {
             firmware: group("firmware"),
             mac: group("mac").and_then(|text| text.parse().ok()),
         })
+    }
+
+    /// Whether `user_agent` is one of this vendor's, even in a form whose model or firmware
+    /// the full pattern cannot read (the profile's looser `user_agent_vendor`).
+    pub fn claims(&self, user_agent: &str) -> bool {
+        self.identify(user_agent).is_some() || self.user_agent_vendor.as_ref().is_some_and(|r| r.is_match(user_agent))
     }
 
     /// The entry matching file name `requested`.
@@ -243,7 +297,7 @@ mod tests {
 
     #[test]
     fn files_match_by_placeholder() {
-        let vendor = Vendor::parse("example", PROFILE).unwrap();
+        let vendor = Vendor::parse("example", PROFILE, &|_| None).unwrap();
         let common = vendor.match_file("x124.cfg").unwrap();
         assert!(!common.file.secrets && common.mac.is_none() && common.captures["n"] == "124");
         let device = vendor.match_file("805EC0D57D72.cfg").unwrap();
@@ -256,7 +310,7 @@ mod tests {
 
     #[test]
     fn user_agent_yields_model_firmware_and_mac() {
-        let vendor = Vendor::parse("example", PROFILE).unwrap();
+        let vendor = Vendor::parse("example", PROFILE, &|_| None).unwrap();
         let info = vendor.identify("Example T31G 124.85.257.55 80:5e:c0:d5:7d:72").unwrap();
         assert_eq!(info.model.as_deref(), Some("T31G"));
         assert_eq!(info.firmware.as_deref(), Some("124.85.257.55"));
@@ -267,9 +321,9 @@ mod tests {
     #[test]
     fn broken_profiles_are_refused_with_reasons() {
         let unknown = PROFILE.replace("x{n}", "x{nope}");
-        assert!(Vendor::parse("example", &unknown).unwrap_err().to_string().contains("{nope}"));
-        assert!(Vendor::parse("example", "name = 1").is_err());
+        assert!(Vendor::parse("example", &unknown, &|_| None).unwrap_err().to_string().contains("{nope}"));
+        assert!(Vendor::parse("example", "name = 1", &|_| None).is_err());
         let bad_regex = PROFILE.replace("(?P<model>", "(?P<model");
-        assert!(Vendor::parse("example", &bad_regex).unwrap_err().to_string().contains("user_agent"));
+        assert!(Vendor::parse("example", &bad_regex, &|_| None).unwrap_err().to_string().contains("user_agent"));
     }
 }

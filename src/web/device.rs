@@ -41,9 +41,9 @@ pub(super) async fn device_detail(
             .ok()
             .and_then(|v| v.device_file_name(mac, &device.model))
             .unwrap_or_default();
-        let config_text = match web.app.render(mac, &file, revealed) {
-            Ok(text) => text,
-            Err(error) => format!("(cannot render {file}: {error})"),
+        let (config_text, config_warnings) = match web.app.render(mac, &file, revealed) {
+            Ok(rendered) => (rendered.body, rendered.warnings),
+            Err(error) => (format!("(cannot render {file}: {error})"), Vec::new()),
         };
         let row = row(&device);
         let lan_window = device
@@ -55,7 +55,8 @@ pub(super) async fn device_detail(
             "device.html",
             minijinja::context! {
                 title => device.mac.clone(), csrf, d => device, contact => row.contact, config => row.config,
-                enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, revealed, result,
+                enrollment => row.enrollment, redirect => row.redirect, lan_window, file, config_text, config_warnings, revealed,
+                result,
             },
         )
     })

@@ -146,6 +146,13 @@ async fn every_vendor_enrolls_with_its_own_files_and_user_agent() {
         let steady = phone.steady_path_in(&config).unwrap_or_else(|| panic!("{}: steady URL in config", phone.vendor));
         let resync = phone.boot(&mut connection, &steady).await;
         assert_eq!(resync.last().unwrap().1.status, 200, "{}: steady fetch", phone.vendor);
+        if phone.vendor == "polycom" {
+            // The master a Poly asks for when it finds no <mac>.cfg, read as no one's MAC.
+            let ua = phone.user_agent();
+            let master = connection.get(&format!("{steady}000000000000.cfg"), &[("User-Agent", &ua)]).await.unwrap();
+            assert_eq!(master.status, 200, "polycom: 000000000000.cfg on the steady URL");
+            assert!(master.text().contains("-user.cfg"));
+        }
         let shown = appliance.device(&phone.mac);
         assert_eq!(shown["enrollment"]["state"], "locked", "{}", phone.vendor);
         assert_eq!(shown["config"], "current", "{}", phone.vendor);

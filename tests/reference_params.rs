@@ -217,6 +217,7 @@ macro_rules! vendor_tests {
 vendor_tests! {
     yealink_matches_its_references: "yealink",
     snom_matches_its_references: "snom",
+    polycom_matches_its_references: "polycom",
 }
 
 #[test]

@@ -177,8 +177,16 @@ impl App {
             (state.base_url(&self.default_base_url())?, state.settings()?, directory)
         };
         let resolved = vendor.locale.resolve(&vendor.name, settings.get("time.zone"), settings.get("time.language"));
-        let facts =
-            SiteFacts { base_url, bootstrap_url: self.bootstrap_url(), settings, directory, time: resolved.time };
+        // The CA certificate is public; a missing one (before the first start) renders empty.
+        let ca_pem = std::fs::read_to_string(self.data_dir.join("tls/ca.crt")).unwrap_or_default();
+        let facts = SiteFacts {
+            base_url,
+            bootstrap_url: self.bootstrap_url(),
+            settings,
+            directory,
+            time: resolved.time,
+            ca_pem,
+        };
         Ok((context::build(facts, device, matched, secrets), resolved.warnings))
     }
 

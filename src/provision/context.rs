@@ -10,6 +10,7 @@
 //!   for a phone that does not trust the appliance yet
 //! - `request.file` and the file name's placeholders (`request.n`, ...)
 //! - `directory[i].{name, extension}` in files marked `directory = true`
+//! - `ca.pem`: the appliance's CA certificate, for formats that carry it inline (Poly)
 //! - `time.*`: the site's zone and language in the vendor's notation
 //!   ([`crate::locale::TimeContext`]: `zone`, `posix`, `offset`, `offset_hours`,
 //!   `offset_seconds`, `dst.{saving_minutes, start, end}`, `vendor_zone`,
@@ -39,6 +40,8 @@ pub struct SiteFacts {
     pub directory: Vec<(String, String)>,
     /// The site's zone and language in the vendor's notation.
     pub time: TimeContext,
+    /// The appliance's CA certificate (PEM; empty if there is none yet).
+    pub ca_pem: String,
 }
 
 /// Whether secrets are rendered or masked.
@@ -109,7 +112,7 @@ struct Urls {
 pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>, secrets: Secrets) -> Value {
     let mask =
         |value: &str| if secrets == Secrets::Masked && !value.is_empty() { MASK.to_string() } else { value.into() };
-    let SiteFacts { base_url: base, bootstrap_url: bootstrap, settings, directory, time } = facts;
+    let SiteFacts { base_url: base, bootstrap_url: bootstrap, settings, directory, time, ca_pem } = facts;
     let mut site = settings.values().clone();
     for (name, value) in site.iter_mut() {
         if settings.is_secret(name) {
@@ -182,6 +185,7 @@ pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>,
         request => request,
         directory => directory,
         time => time,
+        ca => minijinja::context! { pem => ca_pem.trim_end() },
         provbox => minijinja::context! { version => env!("CARGO_PKG_VERSION") },
     }
 }

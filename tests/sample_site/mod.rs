@@ -88,6 +88,8 @@ pub fn device(mac: &str, vendor: &str, model: &str) -> Device {
 
 /// An appliance in `dir` with [`SITE`] plus `extra` settings and every phone of `phones`.
 pub fn app(dir: &std::path::Path, extra: &[(&str, &str)], phones: &[(&str, &str, &str)]) -> App {
+    // The CA some formats carry inline, created as the appliance creates it.
+    provbox::pki::Pki::ensure(dir, provbox::pki::KeyType::EcdsaP256, &["localhost".into()], &[]).unwrap();
     let flash = backend::open(&dir.join("store.bin"), Some(256 * 1024)).unwrap();
     let mut db = Db::new(Store::format(flash).unwrap());
     let mut txn = Txn::new();

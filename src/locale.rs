@@ -177,6 +177,7 @@ struct ZoneEntry {
 pub struct VendorLocale {
     zones: Vec<ZoneEntry>,
     zone_fallback: String,
+    exact_only: bool,
     languages: Vec<(String, String)>,
     language_fallback: String,
 }
@@ -184,10 +185,14 @@ pub struct VendorLocale {
 impl VendorLocale {
     /// A vendor's notation from its zone table (`value<TAB>POSIX rule<TAB>label[<TAB>zones]`
     /// lines, zones being IANA names a reference maps to the entry, comma-separated) and
-    /// language table (`tag<TAB>value` lines), with the values used when nothing fits.
+    /// language table (`tag<TAB>value` lines), with the values used when nothing fits. With
+    /// `exact_only`, a zone without an entry of its very rule gets `zone_fallback` without a
+    /// warning: the vendor's templates then express the rule itself (Grandstream's
+    /// self-defined zone).
     pub fn parse(
         zones: &str,
         zone_fallback: &str,
+        exact_only: bool,
         languages: &str,
         language_fallback: &str,
     ) -> Result<VendorLocale, LocaleError> {
@@ -216,6 +221,7 @@ impl VendorLocale {
         Ok(VendorLocale {
             zones: entries,
             zone_fallback: zone_fallback.into(),
+            exact_only,
             languages,
             language_fallback: language_fallback.into(),
         })
@@ -264,6 +270,9 @@ impl VendorLocale {
         let exact = prefer(self.zones.iter().filter(|entry| entry.rule == *rule), zone, &city);
         if let Some(entry) = exact {
             return (entry.value.clone(), entry.label.clone());
+        }
+        if self.exact_only {
+            return (self.zone_fallback.clone(), String::new());
         }
         let same_dst = |entry: &&ZoneEntry| entry.rule.dst.is_some() == rule.dst.is_some();
         let same_offset = |entry: &&ZoneEntry| entry.rule.offset_seconds == rule.offset_seconds;
@@ -448,8 +457,9 @@ mod tests {
         let zones = "X0\tCET-1CEST,M3.5.0,M10.5.0/3\tAlbania(Tirane)\n\
                      X1\tCET-1CEST,M3.5.0,M10.5.0/3\tGermany(Berlin)\tEurope/Berlin,Europe/Vienna\n\
                      X2\tCET-1CEST,M3.5.0,M10.5.0/3\tItaly(Rome)\n\
-                     X3\tCET-1\tCentral Africa\n";
-        let locale = VendorLocale::parse(zones, "GMT", "it\tItalian\nde-de\tGerman\n", "English").unwrap();
+                     X3\tCET-1\tCentral Africa\n\
+                     X4\tEET-2EEST,M3.5.0/3,M10.5.0/4\tGreece(Athens)\n";
+        let locale = VendorLocale::parse(zones, "GMT", false, "it\tItalian\nde-de\tGerman\n", "English").unwrap();
         let rome = locale.resolve("v", "Europe/Rome", "it");
         assert_eq!((rome.time.vendor_zone.as_str(), rome.time.vendor_language.as_str()), ("X2", "Italian"));
         assert!(rome.warnings.is_empty(), "{:?}", rome.warnings);
@@ -464,6 +474,13 @@ mod tests {
         let tokyo = locale.resolve("v", "Asia/Tokyo", "it");
         assert_eq!(tokyo.time.vendor_zone, "GMT");
         assert!(tokyo.warnings[0].contains("Asia/Tokyo"));
+        let exact = VendorLocale::parse(zones, "custom", true, "", "").unwrap();
+        // Chisinau's DST starts an hour earlier than Athens's.
+        assert_eq!(locale.resolve("v", "Europe/Chisinau", "it").time.vendor_zone, "X4", "near");
+        let chisinau = exact.resolve("v", "Europe/Chisinau", "it");
+        assert_eq!(chisinau.time.vendor_zone, "custom", "no near entry in exact mode");
+        assert!(chisinau.warnings.is_empty(), "the fallback is exact: {:?}", chisinau.warnings);
+        assert_eq!(exact.resolve("v", "Europe/Rome", "it").time.vendor_zone, "X2");
         let nowhere = locale.resolve("v", "Mars/Olympus", "it");
         assert_eq!((nowhere.time.zone.as_str(), nowhere.time.offset.as_str()), ("UTC", "+00:00"));
     }

@@ -11,7 +11,7 @@ const FILES: &[(&str, &[&str])] = &[
     ("805ec0d57d72", &["805ec0d57d72.cfg", "y000000000096.cfg", "phonebook.xml"]),
     ("000413922d24", &["snomD785-000413922D24.htm", "snomD785.htm", "phonebook.xml"]),
     ("0004f2a1b2c3", &["0004f2a1b2c3-user.cfg", "000000000000.cfg", "0004f2a1b2c3-directory.xml"]),
-    ("000b828aa872", &["cfg000b828aa872.xml"]),
+    ("000b828aa872", &["cfg000b828aa872.xml", "phonebook.xml"]),
     ("0c383e07e16c", &["0c383e07e16c.cfg"]),
     ("7c2f804df9a9", &["7C2F804DF9A9.xml"]),
 ];

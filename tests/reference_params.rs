@@ -218,6 +218,7 @@ vendor_tests! {
     yealink_matches_its_references: "yealink",
     snom_matches_its_references: "snom",
     polycom_matches_its_references: "polycom",
+    grandstream_matches_its_references: "grandstream",
 }
 
 #[test]

@@ -278,7 +278,7 @@ async fn check_sync_notifies_carry_the_vendor_event_and_answers_are_explained() 
     let ((ok, _, err), _) = reprovision(&appliance, &peer, mac, Some("403 Forbidden")).await;
     assert!(!ok && err.contains("trusts only its registrar") && err.contains("advice: "), "{err}");
     let ((ok, _, err), _) = reprovision(&appliance, &peer, mac, Some("481 Subscription does not exist")).await;
-    assert!(!ok && err.contains("481") && err.contains("unsolicited"), "{err}");
+    assert!(!ok && err.contains("481") && err.contains("through the phone's registration"), "{err}");
     let ((ok, _, err), _) = reprovision(&appliance, &peer, mac, None).await;
     assert!(!ok && err.contains("no answer within 2 s"), "{err}");
 }
@@ -287,7 +287,7 @@ async fn check_sync_notifies_carry_the_vendor_event_and_answers_are_explained() 
 async fn check_sync_events_follow_the_vendor() {
     let appliance = Appliance::start();
     for (mac, vendor, model, event) in [
-        ("000b828aa872", "grandstream", "GXP2135", "sys-control"),
+        ("000b828aa872", "grandstream", "GXP2135", "resync"),
         ("0004f2aabbcc", "polycom", "VVX400", "check-sync"),
         ("000413922d24", "snom", "D785", "check-sync;reboot=false"),
     ] {

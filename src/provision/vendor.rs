@@ -21,6 +21,7 @@
 //! [time]                       # the vendor's own notation (see crate::locale)
 //! zones = "zones.tsv"          # value, POSIX rule, label
 //! zone_fallback = "+0"         # when no entry has the site's offset
+//! zone_match = "nearest"       # or "exact": only an entry of the very rule
 //! languages = "languages.tsv"  # language tag, value
 //! language_fallback = "English"
 //! ```
@@ -58,12 +59,25 @@ struct ProfileFile {
     time: TimeSection,
 }
 
+/// How a site's zone finds its entry in a vendor's list.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ZoneMatch {
+    /// The entry of the same rule, else one of the same offset, else the fallback.
+    #[default]
+    Nearest,
+    /// Only the entry of the same rule, else the fallback (which the templates complete).
+    Exact,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TimeSection {
     zones: Option<String>,
     #[serde(default)]
     zone_fallback: String,
+    #[serde(default)]
+    zone_match: ZoneMatch,
     languages: Option<String>,
     #[serde(default)]
     language_fallback: String,
@@ -176,6 +190,7 @@ impl Vendor {
         let locale = VendorLocale::parse(
             &table(&time.zones)?,
             &time.zone_fallback,
+            time.zone_match == ZoneMatch::Exact,
             &table(&time.languages)?,
             &time.language_fallback,
         )

@@ -74,15 +74,14 @@ fn explain(code: u16, reason: &str, event: &str) -> (String, String) {
         200..=299 => (format!("{code} {reason}: the phone fetches its configuration now"), String::new()),
         401 | 403 | 407 => (
             format!("{code} {reason}: the phone refused because it trusts only its registrar"),
-            "let the phone accept NOTIFY from this appliance (Yealink: sip.trust_ctrl = 0; Snom: allow \
-             check-sync from any host), or have the PBX send the check-sync"
+            "let the phone accept NOTIFY from this appliance (Yealink: sip.trust_ctrl = 0; Snom: \
+             filter_registrar off; Grandstream challenges every NOTIFY unless P4428 = 1), or have the PBX \
+             send the check-sync"
                 .into(),
         ),
         481 => (
             format!("481 {reason}: the phone does not accept a NOTIFY outside a subscription"),
-            "enable unsolicited check-sync on the phone (Yealink: sip.notify_reboot_enable), or have the PBX \
-             send it through the phone's registration"
-                .into(),
+            "have the PBX send the check-sync through the phone's registration".into(),
         ),
         489 => (
             format!("489 {reason}: the phone does not know the event {event:?}"),
@@ -158,6 +157,6 @@ mod tests {
         assert!(explain(200, "OK", "check-sync").0.contains("fetches its configuration"));
         assert!(explain(403, "Forbidden", "check-sync").0.contains("trusts only its registrar"));
         assert!(explain(481, "Subscription does not exist", "x").1.contains("unsolicited"));
-        assert!(explain(489, "Bad Event", "sys-control").0.contains("\"sys-control\""));
+        assert!(explain(489, "Bad Event", "resync").0.contains("\"resync\""));
     }
 }

@@ -94,6 +94,20 @@ fn identifier<const N: usize>(name: &'static str, value: &str) -> Result<heaples
     bounded(name, value).map_err(|e| field(name, e.to_string()))
 }
 
+/// Checks a model name as vendors print it (`T54W`, `X6U Pro`, `N510 IP PRO`): letters,
+/// digits, `._-+` and single spaces between words.
+fn model_name<const N: usize>(value: &str) -> Result<heapless::String<N>, DeviceError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(field("model", "is required"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-+ ".contains(c);
+    if !value.chars().all(allowed) || value.contains("  ") {
+        return Err(field("model", format!("{value:?} may hold only letters, digits, ._-+ and single spaces")));
+    }
+    bounded("model", value).map_err(|e| field("model", e.to_string()))
+}
+
 /// Checks `password` against the policy: [`check_strength`], and not containing the
 /// extension or the MAC.
 pub fn check_password(password: &str, extension: &str, mac: &Mac) -> Result<(), &'static str> {
@@ -191,7 +205,7 @@ impl DeviceSpec {
         Ok(Device {
             mac,
             vendor: text("vendor", &vendor, true)?,
-            model: identifier("model", &self.model)?,
+            model: model_name(&self.model)?,
             lines,
             keys: HVec::new(),
             overrides: HVec::new(),
@@ -411,6 +425,17 @@ mod tests {
         assert!(specs.len() == 2 || !problems.is_empty());
         let (_, problems) = parse_csv("mac,vendor\n1,2\n");
         assert!(problems[0].reason.contains("model"));
+    }
+
+    #[test]
+    fn model_names_keep_their_words() {
+        for good in ["T54W", "N510 IP PRO", "X6U Pro", "CP-8841-3PCC", "VVX_400"] {
+            assert_eq!(model_name::<24>(good).unwrap().as_str(), good);
+        }
+        assert_eq!(model_name::<24>("  X6U Pro ").unwrap().as_str(), "X6U Pro");
+        for bad in ["", "X6U  Pro", "T5\n4W", "a/b", "<x>", "a;b"] {
+            assert!(model_name::<24>(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ const FILES: &[(&str, &[&str])] = &[
     ("0004f2a1b2c3", &["0004f2a1b2c3-user.cfg", "000000000000.cfg", "0004f2a1b2c3-directory.xml"]),
     ("000b828aa872", &["cfg000b828aa872.xml", "phonebook.xml"]),
     ("0c383e07e16c", &["0c383e07e16c.cfg"]),
+    ("0c383e07e16d", &["0c383e07e16d.cfg"]),
     ("7c2f804df9a9", &["7C2F804DF9A9.xml"]),
 ];
 

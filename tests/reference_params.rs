@@ -63,16 +63,30 @@ fn reference(vendor: &str) -> Vec<Line> {
         .collect()
 }
 
-/// Every value of `parameter` in text file `body`: `key = value` or `key :value` lines.
+/// Every value of `parameter` in text file `body`: `key = value` or `key :value` lines; a
+/// parameter `<MODULE> key` only within that section (Fanvil's `<SIP CONFIG MODULE>`).
 fn text_values(body: &str, parameter: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|line| {
-            ['=', ':'].iter().find_map(|separator| {
-                let (key, value) = line.split_once(*separator)?;
-                (key.trim() == parameter).then(|| value.trim().to_string())
-            })
-        })
-        .collect()
+    let (section, key) = match parameter.strip_prefix('<').and_then(|rest| rest.split_once("> ")) {
+        Some((section, key)) => (Some(format!("<{section}>")), key),
+        None => (None, parameter),
+    };
+    let mut current = String::new();
+    let mut values = Vec::new();
+    for line in body.lines() {
+        if line.starts_with('<') && !line.starts_with("<<") && line.trim_end().ends_with('>') {
+            current = line.trim_end().to_string();
+            continue;
+        }
+        if section.as_ref().is_some_and(|section| *section != current) {
+            continue;
+        }
+        let value = ['=', ':'].iter().find_map(|separator| {
+            let (name, value) = line.split_once(*separator)?;
+            (name.trim() == key).then(|| value.trim().to_string())
+        });
+        values.extend(value);
+    }
+    values
 }
 
 /// One step of an XML path: an element name with attribute conditions.
@@ -219,6 +233,7 @@ vendor_tests! {
     snom_matches_its_references: "snom",
     polycom_matches_its_references: "polycom",
     grandstream_matches_its_references: "grandstream",
+    fanvil_matches_its_references: "fanvil",
 }
 
 #[test]
@@ -231,4 +246,7 @@ fn the_xml_path_reader_finds_what_it_is_asked_for() {
     assert!(xml_values(body, "b[idx=3]").is_empty());
     assert_eq!(text_values("a.b = 1\nSIP1 Register Addr      :pbx\n", "SIP1 Register Addr"), ["pbx"]);
     assert_eq!(text_values("a.b = http://x:1/\n", "a.b"), ["http://x:1/"]);
+    let fanvil = "<A MODULE>\nKey  :1\n\n<B MODULE>\nKey  :2\n";
+    assert_eq!(text_values(fanvil, "<B MODULE> Key"), ["2"]);
+    assert_eq!(text_values(fanvil, "Key"), ["1", "2"]);
 }

@@ -154,7 +154,7 @@ impl App {
         let catalog = self.templates.catalog();
         let vendor = catalog.vendor(&device.vendor)?;
         let matched = vendor
-            .match_file(file)
+            .match_file(file, Some(&device.model))
             .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
         let shown_device = matched.file.secrets.then_some(device);
         let (context, warnings) = self.template_context(vendor, shown_device, &matched, secrets)?;

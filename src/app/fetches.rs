@@ -124,7 +124,7 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
     let vendor = catalog.vendor(&device.vendor)?;
     // A right token with a file the vendor does not serve (Yealink's `.boot` files) is no
     // guess: a plain 404, not counted against the address.
-    let Some(matched) = vendor.match_file(request.file) else { return Ok(Outcome::Deny) };
+    let Some(matched) = vendor.match_file(request.file, Some(&device.model)) else { return Ok(Outcome::Deny) };
     let claimed = user_agent_of(vendor, request.user_agent);
     if matched.mac.is_some_and(|mac| mac != device.mac) {
         tracing::warn!(ip = %request.ip, mac = %device.mac, file = request.file, "refused: file of another phone");
@@ -177,7 +177,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     // Several vendors may claim a name like `<mac>.cfg`: the vendor whose User-Agent this is
     // wins, then the vendor of the known device with that MAC, then the first by name.
     let candidates: Vec<(&Vendor, FileMatch<'_>)> =
-        catalog.vendors.values().filter_map(|vendor| Some((vendor, vendor.match_file(request.file)?))).collect();
+        catalog.vendors.values().filter_map(|vendor| Some((vendor, vendor.match_file(request.file, None)?))).collect();
     // Every candidate matched the same name, so they agree on the MAC; look it up once.
     let known = match candidates.iter().find_map(|(_, matched)| matched.mac).map(|mac| app.device(&mac)) {
         Some(Ok(device)) => Some(device),
@@ -201,6 +201,12 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
         return Ok(Outcome::Deny);
     }
     let claimed = user_agent_of(vendor, request.user_agent);
+    // The model family's own entry: the known phone's model, else the one its User-Agent says.
+    let model = known.as_ref().filter(|d| d.vendor.as_str() == vendor.id).map(|d| d.model.to_string());
+    let matched = match model.as_deref().or(claimed.model.as_deref()) {
+        Some(model) => vendor.match_file(request.file, Some(model)).unwrap_or(matched),
+        None => matched,
+    };
     if !matched.file.secrets {
         return serve(app, request, vendor, &matched, None, &claimed, None);
     }

@@ -94,6 +94,8 @@ struct FileEntry {
     directory: bool,
     #[serde(default)]
     content_type: Option<String>,
+    #[serde(default)]
+    models: Option<String>,
 }
 
 /// One file a vendor's phones request.
@@ -111,6 +113,8 @@ pub struct VendorFile {
     /// The Content-Type it is served with.
     pub content_type: String,
     pattern: Regex,
+    /// Only phones whose model matches get this entry (a model family's own template).
+    models: Option<Regex>,
 }
 
 /// A file request matched against a vendor's files.
@@ -172,6 +176,7 @@ impl Vendor {
                 let pattern =
                     file_pattern(&entry.name).map_err(|reason| error(format!("file {}: {reason}", entry.name)))?;
                 let content_type = entry.content_type.unwrap_or_else(|| content_type_for(&entry.name).into());
+                let models = regex(&format!("file {} models", entry.name), entry.models)?;
                 Ok(VendorFile {
                     name: entry.name,
                     template: entry.template,
@@ -179,6 +184,7 @@ impl Vendor {
                     directory: entry.directory,
                     content_type,
                     pattern,
+                    models,
                 })
             })
             .collect::<Result<_, ProfileError>>()?;
@@ -223,9 +229,15 @@ impl Vendor {
         self.identify(user_agent).is_some() || self.user_agent_vendor.as_ref().is_some_and(|r| r.is_match(user_agent))
     }
 
-    /// The entry matching file name `requested`.
-    pub fn match_file(&self, requested: &str) -> Option<FileMatch<'_>> {
-        self.files.iter().find_map(|file| {
+    /// The entry matching file name `requested` for a phone of `model` (when known): the
+    /// first entry of that name whose `models`, if it has any, match the model.
+    pub fn match_file(&self, requested: &str, model: Option<&str>) -> Option<FileMatch<'_>> {
+        let for_model = |file: &&VendorFile| match (&file.models, model) {
+            (None, _) => true,
+            (Some(models), Some(model)) => models.is_match(model),
+            (Some(_), None) => false,
+        };
+        self.files.iter().filter(for_model).find_map(|file| {
             let captures = file.pattern.captures(requested)?;
             let mut mac = None;
             let mut named = BTreeMap::new();
@@ -313,14 +325,27 @@ mod tests {
     #[test]
     fn files_match_by_placeholder() {
         let vendor = Vendor::parse("example", PROFILE, &|_| None).unwrap();
-        let common = vendor.match_file("x124.cfg").unwrap();
+        let common = vendor.match_file("x124.cfg", None).unwrap();
         assert!(!common.file.secrets && common.mac.is_none() && common.captures["n"] == "124");
-        let device = vendor.match_file("805EC0D57D72.cfg").unwrap();
+        let device = vendor.match_file("805EC0D57D72.cfg", None).unwrap();
         assert_eq!(device.mac.unwrap().to_string(), "805ec0d57d72");
-        assert!(vendor.match_file("805ec0d57d7.cfg").is_none());
-        assert!(vendor.match_file("../805ec0d57d72.cfg").is_none());
-        assert!(vendor.match_file("x1.cfg.bak").is_none());
+        assert!(vendor.match_file("805ec0d57d7.cfg", None).is_none());
+        assert!(vendor.match_file("../805ec0d57d72.cfg", None).is_none());
+        assert!(vendor.match_file("x1.cfg.bak", None).is_none());
         assert_eq!(vendor.device_file_name(&"805ec0d57d72".parse().unwrap(), "T31G").unwrap(), "805ec0d57d72.cfg");
+    }
+
+    #[test]
+    fn a_model_family_gets_its_own_template() {
+        let profile = format!(
+            "{PROFILE}\n[[files]]\nname = \"{{mac}}.xml\"\ntemplate = \"old.xml\"\nmodels = '^X3'\n\
+             [[files]]\nname = \"{{mac}}.xml\"\ntemplate = \"new.xml\"\n"
+        );
+        let vendor = Vendor::parse("example", &profile, &|_| None).unwrap();
+        let template = |model| vendor.match_file("805ec0d57d72.xml", model).unwrap().file.template.clone();
+        assert_eq!(template(Some("X3S")), "old.xml");
+        assert_eq!(template(Some("X4U")), "new.xml");
+        assert_eq!(template(None), "new.xml", "an unknown model gets the general entry");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub const PHONES: &[(&str, &str, &str)] = &[
 ];
 
 /// Further models whose files differ from their vendor's sample: (MAC, vendor, model).
-pub const FAMILIES: &[(&str, &str, &str)] = &[];
+pub const FAMILIES: &[(&str, &str, &str)] = &[("0c383e07e16d", "fanvil", "X3S")];
 
 /// The site every sample renders for: TLS to pbx.example.com:5061, SRTP, STUN, TURN, ICE.
 pub const SITE: &[(&str, &str)] = &[

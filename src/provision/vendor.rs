@@ -6,6 +6,7 @@
 //! ```toml
 //! name = "Yealink"
 //! user_agent = '^Yealink SIP[- ](?P<model>\S+) (?P<firmware>\S+) (?P<mac>[0-9a-fA-F:]{17})'
+//! # (or a list of patterns, tried in order: one per form the vendor's firmware sends)
 //! user_agent_vendor = '(?i)\byealink\b'   # the vendor's, even when the above cannot read it
 //! check_sync_event = "check-sync;reboot=false"
 //!
@@ -49,7 +50,7 @@ pub struct ProfileError {
 struct ProfileFile {
     name: String,
     #[serde(default)]
-    user_agent: Option<String>,
+    user_agent: Patterns,
     #[serde(default)]
     user_agent_vendor: Option<String>,
     #[serde(default)]
@@ -57,6 +58,26 @@ struct ProfileFile {
     files: Vec<FileEntry>,
     #[serde(default)]
     time: TimeSection,
+}
+
+/// One regular expression, or several tried in order (a vendor's User-Agent forms).
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Patterns {
+    #[default]
+    None,
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Patterns {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Patterns::None => Vec::new(),
+            Patterns::One(pattern) => vec![pattern],
+            Patterns::Several(patterns) => patterns,
+        }
+    }
 }
 
 /// How a site's zone finds its entry in a vendor's list.
@@ -154,7 +175,7 @@ pub struct Vendor {
     pub files: Vec<VendorFile>,
     /// Its notation for time zones and languages.
     pub locale: VendorLocale,
-    user_agent: Option<Regex>,
+    user_agent: Vec<Regex>,
     user_agent_vendor: Option<Regex>,
 }
 
@@ -167,7 +188,12 @@ impl Vendor {
         let regex = |field: &str, pattern: Option<String>| {
             pattern.map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("{field}: {e}")))).transpose()
         };
-        let user_agent = regex("user_agent", profile.user_agent)?;
+        let user_agent = profile
+            .user_agent
+            .into_vec()
+            .into_iter()
+            .map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("user_agent: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let user_agent_vendor = regex("user_agent_vendor", profile.user_agent_vendor)?;
         let files = profile
             .files
@@ -212,9 +238,10 @@ impl Vendor {
         })
     }
 
-    /// Reads `user_agent` if it is this vendor's.
+    /// Reads `user_agent` if it is this vendor's, through the first of its patterns that
+    /// matches.
     pub fn identify(&self, user_agent: &str) -> Option<UserAgentInfo> {
-        let captures = self.user_agent.as_ref()?.captures(user_agent)?;
+        let captures = self.user_agent.iter().find_map(|pattern| pattern.captures(user_agent))?;
         let group = |name| captures.name(name).map(|m| m.as_str().to_string());
         Some(UserAgentInfo {
             model: group("model"),
@@ -356,6 +383,20 @@ mod tests {
         assert_eq!(info.firmware.as_deref(), Some("124.85.257.55"));
         assert_eq!(info.mac.unwrap().to_string(), "805ec0d57d72");
         assert!(vendor.identify("curl/8.0").is_none());
+    }
+
+    #[test]
+    fn several_user_agent_forms_are_tried_in_order_and_the_vendor_may_claim_the_rest() {
+        let profile = PROFILE.replace(
+            "user_agent = '^Example (?P<model>\\S+) (?P<firmware>\\S+) (?P<mac>[0-9a-f:]{17})'",
+            "user_agent = ['^Example (?P<model>\\S+) (?P<firmware>\\S+)$', '^Old-(?P<model>\\S+)/(?P<firmware>\\S+)']\n\
+             user_agent_vendor = '^(Example|Old-)'",
+        );
+        let vendor = Vendor::parse("example", &profile, &|_| None).unwrap();
+        assert_eq!(vendor.identify("Example T1 1.0").unwrap().model.as_deref(), Some("T1"));
+        assert_eq!(vendor.identify("Old-T2/2.0").unwrap().firmware.as_deref(), Some("2.0"));
+        assert!(vendor.identify("Example one-word").is_none());
+        assert!(vendor.claims("Example one-word") && !vendor.claims("Other T1 1.0"));
     }
 
     #[test]

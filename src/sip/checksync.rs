@@ -156,7 +156,7 @@ mod tests {
     fn answers_are_explained() {
         assert!(explain(200, "OK", "check-sync").0.contains("fetches its configuration"));
         assert!(explain(403, "Forbidden", "check-sync").0.contains("trusts only its registrar"));
-        assert!(explain(481, "Subscription does not exist", "x").1.contains("unsolicited"));
+        assert!(explain(481, "Subscription does not exist", "x").1.contains("through the phone's registration"));
         assert!(explain(489, "Bad Event", "resync").0.contains("\"resync\""));
     }
 }

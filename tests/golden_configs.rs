@@ -14,13 +14,15 @@ const FILES: &[(&str, &[&str])] = &[
     ("000b828aa872", &["cfg000b828aa872.xml", "phonebook.xml"]),
     ("0c383e07e16c", &["0c383e07e16c.cfg"]),
     ("0c383e07e16d", &["0c383e07e16d.cfg"]),
+    ("00562b043615", &["00562b043615.xml", "8841-3PCC.xml", "phonebook.xml"]),
     ("7c2f804df9a9", &["7C2F804DF9A9.xml"]),
 ];
 
 #[test]
 fn rendered_configs_match_the_golden_files() {
     let dir = tempfile::tempdir().unwrap();
-    let phones: Vec<(&str, &str, &str)> = sample_site::PHONES.iter().chain(sample_site::FAMILIES).copied().collect();
+    let phones: Vec<(&str, &str, &str)> =
+        sample_site::PHONES.iter().chain(sample_site::FAMILIES).chain(sample_site::ADDED).copied().collect();
     let app = sample_site::app(dir.path(), &[("time.zone", "Europe/Berlin"), ("time.language", "de")], &phones);
 
     let ca_pem = std::fs::read_to_string(dir.path().join("tls/ca.crt")).unwrap().trim_end().to_string();

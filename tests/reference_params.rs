@@ -25,6 +25,7 @@ use regex_lite::Regex;
 fn phones() -> Vec<(&'static str, &'static str, &'static str)> {
     let mut phones = sample_site::PHONES.to_vec();
     phones.extend(sample_site::FAMILIES);
+    phones.extend(sample_site::ADDED);
     phones
 }
 
@@ -234,6 +235,7 @@ vendor_tests! {
     polycom_matches_its_references: "polycom",
     grandstream_matches_its_references: "grandstream",
     fanvil_matches_its_references: "fanvil",
+    cisco_matches_its_references: "cisco",
 }
 
 #[test]

@@ -290,6 +290,8 @@ async fn check_sync_events_follow_the_vendor() {
         ("000b828aa872", "grandstream", "GXP2135", "resync"),
         ("0004f2aabbcc", "polycom", "VVX400", "check-sync"),
         ("000413922d24", "snom", "D785", "check-sync;reboot=false"),
+        ("0c383e07e16c", "fanvil", "X4U", "check-sync"),
+        ("00562b043615", "cisco", "CP-8841-3PCC", "resync"),
     ] {
         let peer = Peer::new().await;
         known_phone(&appliance, &peer, mac, vendor, model).await;

@@ -21,6 +21,9 @@ pub const PHONES: &[(&str, &str, &str)] = &[
 /// Further models whose files differ from their vendor's sample: (MAC, vendor, model).
 pub const FAMILIES: &[(&str, &str, &str)] = &[("0c383e07e16d", "fanvil", "X3S")];
 
+/// The vendor added with files only (templates/cisco): (MAC, vendor, model).
+pub const ADDED: &[(&str, &str, &str)] = &[("00562b043615", "cisco", "CP-8841-3PCC")];
+
 /// The site every sample renders for: TLS to pbx.example.com:5061, SRTP, STUN, TURN, ICE.
 pub const SITE: &[(&str, &str)] = &[
     ("sip.server", "pbx.example.com"),

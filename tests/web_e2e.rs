@@ -184,9 +184,14 @@ async fn device_page_import_seen_settings_and_system() {
     assert_eq!(export.header("content-type"), Some("text/csv; charset=utf-8"));
     assert!(export.text().contains("805ec0000001,yealink,T54W,201,Ann"));
 
-    // The device page masks secrets until revealed.
+    // The device page masks secrets until revealed, and says what the vendor cannot express.
     let page = browser.get("/devices/805ec0000001").await.text();
     assert!(page.contains("account.1.password = ********"), "{page}");
+    assert!(!page.contains("config-warnings"), "nothing to warn about on the default site");
+    cli_ok(&appliance.data, &["settings", "set", "time.language", "ja"]);
+    let page = browser.get("/devices/805ec0000001").await.text();
+    assert!(page.contains("<ul id=\"config-warnings\"><li>Yealink: no language &quot;ja&quot;; using the default &quot;English&quot;</li>"), "{page}");
+    cli_ok(&appliance.data, &["settings", "set", "time.language", "en"]);
     let revealed = browser.post("/devices/805ec0000001/reveal", &[("csrf", &csrf)]).await.text();
     let password_line = revealed.lines().find(|l| l.starts_with("account.1.password = ")).unwrap();
     assert!(!password_line.contains("********"), "{password_line}");

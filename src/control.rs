@@ -64,6 +64,13 @@ pub enum Request {
         /// How long.
         minutes: u64,
     },
+    /// Give or withdraw the consent to serve the config over plain HTTP.
+    DevicePlainHttp {
+        /// Its MAC.
+        mac: String,
+        /// Give (true) or withdraw (false).
+        allow: bool,
+    },
     /// Set or clear a programmable key.
     DeviceKey {
         /// Its MAC.
@@ -209,6 +216,9 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::DeviceRekey { mac: m } => mac(m).and_then(|m| app.rekey(&m, actor)).and_then(ok),
         Request::DeviceLanWindow { mac: m, minutes } => {
             mac(m).and_then(|m| app.open_lan_window(&m, *minutes, actor)).and_then(ok)
+        }
+        Request::DevicePlainHttp { mac: m, allow } => {
+            mac(m).and_then(|m| app.set_plain_http(&m, *allow, actor)).and_then(ok)
         }
         Request::DeviceKey { mac: m, number, key } => {
             mac(m).and_then(|m| app.set_key(&m, *number, key.as_ref(), actor)).and_then(ok)

@@ -161,6 +161,21 @@ fn parse_transition(rest: &mut &str) -> Option<Transition> {
     Some(Transition { month, week, weekday, seconds })
 }
 
+/// How a zone finds its entry in a vendor's list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZoneMatching {
+    /// The entry of the same rule, else one of the same offset (with a warning), else the
+    /// fallback (with a warning).
+    #[default]
+    Nearest,
+    /// Only the entry of the same rule, else the fallback without a warning: the vendor's
+    /// templates then express the rule itself (Grandstream's self-defined zone).
+    Exact,
+    /// The entry of the same standard offset: the vendor's list holds offsets only and its
+    /// phones apply daylight saving by themselves (Gigaset).
+    Offset,
+}
+
 /// One entry of a vendor's own zone list.
 #[derive(Debug, Clone)]
 struct ZoneEntry {
@@ -177,7 +192,7 @@ struct ZoneEntry {
 pub struct VendorLocale {
     zones: Vec<ZoneEntry>,
     zone_fallback: String,
-    exact_only: bool,
+    matching: ZoneMatching,
     languages: Vec<(String, String)>,
     language_fallback: String,
 }
@@ -185,14 +200,12 @@ pub struct VendorLocale {
 impl VendorLocale {
     /// A vendor's notation from its zone table (`value<TAB>POSIX rule<TAB>label[<TAB>zones]`
     /// lines, zones being IANA names a reference maps to the entry, comma-separated) and
-    /// language table (`tag<TAB>value` lines), with the values used when nothing fits. With
-    /// `exact_only`, a zone without an entry of its very rule gets `zone_fallback` without a
-    /// warning: the vendor's templates then express the rule itself (Grandstream's
-    /// self-defined zone).
+    /// language table (`tag<TAB>value` lines), with the values used when nothing fits,
+    /// matching zones as `matching` says.
     pub fn parse(
         zones: &str,
         zone_fallback: &str,
-        exact_only: bool,
+        matching: ZoneMatching,
         languages: &str,
         language_fallback: &str,
     ) -> Result<VendorLocale, LocaleError> {
@@ -221,7 +234,7 @@ impl VendorLocale {
         Ok(VendorLocale {
             zones: entries,
             zone_fallback: zone_fallback.into(),
-            exact_only,
+            matching,
             languages,
             language_fallback: language_fallback.into(),
         })
@@ -267,15 +280,18 @@ impl VendorLocale {
             return (String::new(), String::new());
         }
         let city = zone.rsplit('/').next().unwrap_or(zone).replace('_', " ").to_lowercase();
-        let exact = prefer(self.zones.iter().filter(|entry| entry.rule == *rule), zone, &city);
+        let same_offset = |entry: &&ZoneEntry| entry.rule.offset_seconds == rule.offset_seconds;
+        let exact = match self.matching {
+            ZoneMatching::Offset => prefer(self.zones.iter().filter(same_offset), zone, &city),
+            _ => prefer(self.zones.iter().filter(|entry| entry.rule == *rule), zone, &city),
+        };
         if let Some(entry) = exact {
             return (entry.value.clone(), entry.label.clone());
         }
-        if self.exact_only {
+        if self.matching == ZoneMatching::Exact {
             return (self.zone_fallback.clone(), String::new());
         }
         let same_dst = |entry: &&ZoneEntry| entry.rule.dst.is_some() == rule.dst.is_some();
-        let same_offset = |entry: &&ZoneEntry| entry.rule.offset_seconds == rule.offset_seconds;
         let near = prefer(self.zones.iter().filter(same_offset).filter(same_dst), zone, &city)
             .or_else(|| prefer(self.zones.iter().filter(same_offset), zone, &city));
         if let Some(entry) = near {
@@ -459,7 +475,9 @@ mod tests {
                      X2\tCET-1CEST,M3.5.0,M10.5.0/3\tItaly(Rome)\n\
                      X3\tCET-1\tCentral Africa\n\
                      X4\tEET-2EEST,M3.5.0/3,M10.5.0/4\tGreece(Athens)\n";
-        let locale = VendorLocale::parse(zones, "GMT", false, "it\tItalian\nde-de\tGerman\n", "English").unwrap();
+        let locale =
+            VendorLocale::parse(zones, "GMT", ZoneMatching::Nearest, "it\tItalian\nde-de\tGerman\n", "English")
+                .unwrap();
         let rome = locale.resolve("v", "Europe/Rome", "it");
         assert_eq!((rome.time.vendor_zone.as_str(), rome.time.vendor_language.as_str()), ("X2", "Italian"));
         assert!(rome.warnings.is_empty(), "{:?}", rome.warnings);
@@ -474,13 +492,20 @@ mod tests {
         let tokyo = locale.resolve("v", "Asia/Tokyo", "it");
         assert_eq!(tokyo.time.vendor_zone, "GMT");
         assert!(tokyo.warnings[0].contains("Asia/Tokyo"));
-        let exact = VendorLocale::parse(zones, "custom", true, "", "").unwrap();
+        let exact = VendorLocale::parse(zones, "custom", ZoneMatching::Exact, "", "").unwrap();
         // Chisinau's DST starts an hour earlier than Athens's.
         assert_eq!(locale.resolve("v", "Europe/Chisinau", "it").time.vendor_zone, "X4", "near");
         let chisinau = exact.resolve("v", "Europe/Chisinau", "it");
         assert_eq!(chisinau.time.vendor_zone, "custom", "no near entry in exact mode");
         assert!(chisinau.warnings.is_empty(), "the fallback is exact: {:?}", chisinau.warnings);
         assert_eq!(exact.resolve("v", "Europe/Rome", "it").time.vendor_zone, "X2");
+        let offsets = VendorLocale::parse("0x1b\t<+01>-1\tGMT+1\n", "0x1a", ZoneMatching::Offset, "", "").unwrap();
+        let rome = offsets.resolve("v", "Europe/Rome", "it");
+        assert_eq!(rome.time.vendor_zone, "0x1b", "offset lists match by standard offset");
+        assert!(rome.warnings.is_empty(), "{:?}", rome.warnings);
+        let tokyo = offsets.resolve("v", "Asia/Tokyo", "it");
+        assert_eq!(tokyo.time.vendor_zone, "0x1a");
+        assert_eq!(tokyo.warnings.len(), 1, "no +09:00 entry: {:?}", tokyo.warnings);
         let nowhere = locale.resolve("v", "Mars/Olympus", "it");
         assert_eq!((nowhere.time.zone.as_str(), nowhere.time.offset.as_str()), ("UTC", "+00:00"));
     }

@@ -16,6 +16,7 @@ const FILES: &[(&str, &[&str])] = &[
     ("0c383e07e16d", &["0c383e07e16d.cfg"]),
     ("00562b043615", &["00562b043615.xml", "8841-3PCC.xml", "phonebook.xml"]),
     ("7c2f804df9a9", &["7C2F804DF9A9.xml"]),
+    ("7c2f80ca21e4", &["7C2F80CA21E4.xml"]),
 ];
 
 #[test]

@@ -11,7 +11,8 @@
 //! - text files: the line `parameter = value` (Yealink) or `parameter :value` (Fanvil);
 //! - XML: `element` (its text), `element[attr=value]` (the element with that attribute),
 //!   `@attribute` (that attribute on any element), and `...@attribute` after an element
-//!   (that element's attribute), e.g. `SYMB_ITEM[ID=BS_IP_Data1.aucS_SIP_SERVER]@value`.
+//!   (that element's attribute), e.g. `SYMB_ITEM(ID=BS_IP_Data1.aucS_DATA_SERVER[0])@value`
+//!   (round brackets for a value that holds square ones).
 
 mod sample_site;
 
@@ -105,15 +106,16 @@ fn xml_path(parameter: &str) -> (Option<Step>, Option<String>) {
     if element.is_empty() {
         return (None, attribute);
     }
-    let name_end = element.find('[').unwrap_or(element.len());
-    let conditions = element[name_end..]
-        .split(['[', ']'])
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            let (k, v) = c.split_once('=').expect("[attr=value]");
-            (k.to_string(), v.to_string())
-        })
-        .collect();
+    let name_end = element.find(['[', '(']).unwrap_or(element.len());
+    let condition = |c: &str| {
+        let (k, v) = c.split_once('=').expect("attr=value");
+        (k.to_string(), v.to_string())
+    };
+    // `(attr=value)` holds a value with brackets (Gigaset's `...[0]`); `[attr=value]` others.
+    let conditions = match element[name_end..].strip_prefix('(') {
+        Some(rest) => vec![condition(rest.strip_suffix(')').expect("(attr=value)"))],
+        None => element[name_end..].split(['[', ']']).filter(|c| !c.is_empty()).map(condition).collect(),
+    };
     (Some(Step { name: element[..name_end].to_string(), conditions }), attribute)
 }
 
@@ -235,6 +237,7 @@ vendor_tests! {
     polycom_matches_its_references: "polycom",
     grandstream_matches_its_references: "grandstream",
     fanvil_matches_its_references: "fanvil",
+    gigaset_matches_its_references: "gigaset",
     cisco_matches_its_references: "cisco",
 }
 
@@ -245,6 +248,9 @@ fn the_xml_path_reader_finds_what_it_is_asked_for() {
     assert_eq!(xml_values(body, "b[idx=1]"), ["x & y"]);
     assert_eq!(xml_values(body, "@k"), ["v"]);
     assert_eq!(xml_values(body, "S[ID=q]@value"), ["\"1\""]);
+    let gigaset = r#"<P><S ID="a.b[0]" value='"x"'/><S ID="a.b[%]" value="y"/></P>"#;
+    assert_eq!(xml_values(gigaset, "S(ID=a.b[0])@value"), ["\"x\""]);
+    assert_eq!(xml_values(gigaset, "S(ID=a.b[%])@value"), ["y"]);
     assert!(xml_values(body, "b[idx=3]").is_empty());
     assert_eq!(text_values("a.b = 1\nSIP1 Register Addr      :pbx\n", "SIP1 Register Addr"), ["pbx"]);
     assert_eq!(text_values("a.b = http://x:1/\n", "a.b"), ["http://x:1/"]);

@@ -195,6 +195,16 @@ async fn device_page_import_seen_settings_and_system() {
     let revealed = browser.post("/devices/805ec0000001/reveal", &[("csrf", &csrf)]).await.text();
     let password_line = revealed.lines().find(|l| l.starts_with("account.1.password = ")).unwrap();
     assert!(!password_line.contains("********"), "{password_line}");
+    let consent = browser.post("/devices/805ec0000001/plain-http", &[("csrf", &csrf), ("allow", "on")]).await.text();
+    assert!(
+        consent.contains("Plain HTTP allowed") && consent.contains("<strong class=\"danger\">allowed</strong>"),
+        "{consent}"
+    );
+    assert!(!appliance.device("805ec0000001")["plain_http"].is_null());
+    let forged = browser.post("/devices/805ec0000001/plain-http", &[("csrf", "0123"), ("allow", "off")]).await;
+    assert_eq!(forged.status, 403);
+    let refused = browser.post("/devices/805ec0000001/plain-http", &[("csrf", &csrf), ("allow", "off")]).await.text();
+    assert!(refused.contains("refused (HTTPS only)"), "{refused}");
     let window = browser.post("/devices/805ec0000001/lan-window", &[("csrf", &csrf), ("minutes", "15")]).await;
     assert!(window.text().contains("LAN window open until"));
     let reprovision = browser.post("/devices/805ec0000001/reprovision", &[("csrf", &csrf)]).await;

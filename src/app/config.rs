@@ -158,7 +158,7 @@ impl App {
             .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
         let shown_device = matched.file.secrets.then_some(device);
         let (context, warnings) = self.template_context(vendor, shown_device, &matched, secrets)?;
-        let body = self.templates.render(&vendor.id, &matched.file.template, &context)?;
+        let body = self.templates.render_entry(&vendor.id, matched.file, &context)?;
         Ok(Rendered { body, warnings })
     }
 

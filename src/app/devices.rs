@@ -1,18 +1,20 @@
 //! Device operations: add, edit, remove, unlock, rekey, keys and overrides, the LAN window,
-//! CSV import and export, and the phones-seen list.
+//! the plain-HTTP consent, CSV import and export, and the phones-seen list.
 
 use super::redirect::{RedirectLookup, redirect_view_of};
-use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, RedirectView};
+use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView};
 use super::{App, AppError, State};
 use crate::clock::now;
 use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec, KeySpec};
 use crate::mac::Mac;
-use crate::store::records::{Device, Enrollment, PhoneSeen, Txn};
+use crate::store::records::{Device, Enrollment, PhoneSeen, PlainHttpGrant, Txn};
 use crate::token::{Token, TokenKind};
 
 /// What every device's view is shown with, read once per listing.
 struct Shown {
     base_url: String,
+    /// The plain-HTTP base URL.
+    bootstrap_url: String,
     /// The enrollment grace period, in seconds.
     grace: u64,
 }
@@ -40,7 +42,7 @@ impl App {
 
     /// Every device, in MAC order.
     pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
-        let (devices, shown): (Vec<(Device, RedirectView)>, Shown) = {
+        let (devices, shown): (Vec<(Device, RedirectView, Option<PlainHttpGrant>)>, Shown) = {
             let state = self.lock();
             let settings = state.settings()?;
             let lookup = RedirectLookup::new(&state.db.outbox()?, &settings);
@@ -50,25 +52,36 @@ impl App {
                 .map(|device| {
                     let device = state.with_pending_contact(device?);
                     let redirect = redirect_view_of(&state, &device, &lookup)?;
-                    Ok((device, redirect))
+                    let plain_http = state.db.plain_http(&device.mac)?;
+                    Ok((device, redirect, plain_http))
                 })
                 .collect::<Result<_, AppError>>()?;
             (devices, self.shown(&state)?)
         };
-        devices.into_iter().map(|(device, redirect)| self.view_of(&device, false, redirect, &shown)).collect()
+        devices
+            .into_iter()
+            .map(|(device, redirect, plain_http)| self.view_of(&device, false, redirect, plain_http, &shown))
+            .collect()
     }
 
     /// One device, with its static files' checksums.
     pub fn device_view(&self, mac: &Mac, with_files: bool) -> Result<DeviceView, AppError> {
         let device = self.device(mac)?;
         let redirect = self.redirect_view(mac)?;
-        let shown = self.shown(&self.lock())?;
-        self.view_of(&device, with_files, redirect, &shown)
+        let (shown, plain_http) = {
+            let state = self.lock();
+            (self.shown(&state)?, state.db.plain_http(mac)?)
+        };
+        self.view_of(&device, with_files, redirect, plain_http, &shown)
     }
 
     /// What every device's view is shown with.
     fn shown(&self, state: &State) -> Result<Shown, AppError> {
-        Ok(Shown { base_url: state.base_url(&self.default_base_url())?, grace: state.grace_seconds()? })
+        Ok(Shown {
+            base_url: state.base_url(&self.default_base_url())?,
+            bootstrap_url: self.bootstrap_url(),
+            grace: state.grace_seconds()?,
+        })
     }
 
     /// The stored device with `mac`, with any contact not yet flushed.
@@ -84,6 +97,7 @@ impl App {
         device: &Device,
         with_files: bool,
         redirect: RedirectView,
+        plain_http: Option<PlainHttpGrant>,
         shown: &Shown,
     ) -> Result<DeviceView, AppError> {
         let (base, grace) = (&shown.base_url, shown.grace);
@@ -125,6 +139,11 @@ impl App {
             overrides: device.overrides.to_vec(),
             files: if with_files { self.static_files() } else { Vec::new() },
             redirect,
+            plain_http: plain_http.map(|grant| PlainHttpView {
+                since: grant.since,
+                enrollment_url: device.enrollment_token.url(TokenKind::Enrollment, &shown.bootstrap_url),
+                steady_url: device.steady_token.url(TokenKind::Steady, &shown.bootstrap_url),
+            }),
         })
     }
 
@@ -135,7 +154,7 @@ impl App {
         let mut txn = Txn::new();
         txn.remove_device(mac).audit(now(), actor, &format!("removed device {mac}"))?;
         state.plan_change(Some(&device), None, &mut txn)?;
-        txn.remove_redirect(mac);
+        txn.remove_redirect(mac).remove_plain_http(mac);
         state.commit_devices(&txn)?;
         state.pending_contacts.remove(mac);
         drop(state);
@@ -215,6 +234,33 @@ impl App {
         })?;
         crate::metrics::ENROLLMENT.inc("unlocked");
         Ok(view)
+    }
+
+    /// Gives (`allow`) or withdraws the consent to serve `mac`'s configuration over plain
+    /// HTTP, for phones that cannot use HTTPS. Audited; the page shows it on the device.
+    pub fn set_plain_http(&self, mac: &Mac, allow: bool, actor: &str) -> Result<DeviceView, AppError> {
+        {
+            let mut state = self.lock();
+            state.db.device(mac)?.ok_or(AppError::NoDevice(*mac))?;
+            let mut txn = Txn::new();
+            if allow {
+                txn.put_plain_http(mac, &PlainHttpGrant { since: now() }).audit(
+                    now(),
+                    actor,
+                    &format!("allowed {mac}'s configuration over plain HTTP"),
+                )?;
+            } else {
+                txn.remove_plain_http(mac).audit(now(), actor, &format!("withdrew plain HTTP for {mac}"))?;
+            }
+            state.db.commit(&txn)?;
+        }
+        tracing::warn!(%mac, actor, allow, "plain-HTTP consent changed");
+        self.device_view(mac, false)
+    }
+
+    /// Whether `mac`'s configuration may be served over plain HTTP.
+    pub fn plain_http_allowed(&self, mac: &Mac) -> Result<bool, AppError> {
+        Ok(self.lock().db.plain_http(mac)?.is_some())
     }
 
     /// Revokes both URLs of a device (a stolen phone): fresh enrollment and steady tokens,

@@ -6,6 +6,8 @@
 //! - `/p/<steady token>/FILE`: everything; the first fetch here closes enrollment.
 //! - `/FILE` (no token): secret-free files; a device file only inside a LAN enrollment
 //!   window, else a blank bootstrap config (or 404), and unknown phones are listed as seen.
+//! - Over plain HTTP, the first two and a LAN window serve only a device whose technician
+//!   consented to plain HTTP (a Gigaset base, which cannot fetch over HTTPS).
 //!
 //! What a fetch records lives here too: the contact it leaves (buffered, flushed to spare
 //! the flash), enrollment moving from open to grace to locked, and unknown phones.
@@ -27,11 +29,8 @@ pub enum Access<'a> {
     Enrollment(&'a str),
     /// `/p/<token>/`.
     Steady(&'a str),
-    /// No token. `secure` is false on plain HTTP, which never carries secrets.
-    Tokenless {
-        /// Whether the request came over TLS.
-        secure: bool,
-    },
+    /// No token.
+    Tokenless,
 }
 
 /// One config request.
@@ -45,6 +44,9 @@ pub struct FetchRequest<'a> {
     pub ip: IpAddr,
     /// Its User-Agent header.
     pub user_agent: &'a str,
+    /// Whether it came over TLS. Plain HTTP carries secrets only for a device whose
+    /// technician consented to it (`device plain-http`).
+    pub secure: bool,
 }
 
 /// What to answer.
@@ -71,9 +73,12 @@ pub fn fetch(app: &App, request: &FetchRequest<'_>) -> Fetched {
         return Fetched::Throttled;
     }
     let outcome = match request.access {
+        Access::Enrollment(token) | Access::Steady(token) if Token::parse(token).is_none() => {
+            escaped_link(app, request, token)
+        }
         Access::Enrollment(token) => by_token(app, request, token, TokenKind::Enrollment),
         Access::Steady(token) => by_token(app, request, token, TokenKind::Steady),
-        Access::Tokenless { secure } => tokenless(app, request, secure),
+        Access::Tokenless => tokenless(app, request),
     };
     match outcome {
         Ok(Outcome::Serve(fetched)) => fetched,
@@ -117,6 +122,21 @@ fn wrong_phone(request: &FetchRequest<'_>, claimed: &UserAgentInfo, mac: &Mac) -
     }
 }
 
+/// `/e/<word>/<file>` where `<word>` is no token: a relative link that climbed above a device
+/// URL (a Gigaset base resolves its redirect chain's `../../sifs/...` from the file it read).
+/// Only a secret-free file of some vendor, `<word>/<file>`, is served; anything else counts
+/// as a miss, like a wrong token.
+fn escaped_link(app: &App, request: &FetchRequest<'_>, word: &str) -> Result<Outcome, AppError> {
+    let file = format!("{word}/{}", request.file);
+    let catalog = app.templates.catalog();
+    let secret_free =
+        catalog.vendors.values().any(|vendor| vendor.match_file(&file, None).is_some_and(|m| !m.file.secrets));
+    if !secret_free {
+        return Ok(Outcome::Miss);
+    }
+    tokenless(app, &FetchRequest { access: Access::Tokenless, file: &file, ..*request })
+}
+
 fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind) -> Result<Outcome, AppError> {
     let Some(token) = Token::parse(token) else { return Ok(Outcome::Miss) };
     let Some(mut device) = app.device_by_token(&token, kind)? else { return Ok(Outcome::Miss) };
@@ -125,6 +145,12 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
     // A right token with a file the vendor does not serve (Yealink's `.boot` files) is no
     // guess: a plain 404, not counted against the address.
     let Some(matched) = vendor.match_file(request.file, Some(&device.model)) else { return Ok(Outcome::Deny) };
+    if !request.secure && matched.file.secrets && !app.plain_http_allowed(&device.mac)? {
+        // The token crossed the LAN in clear text: say so, so that it can be revoked.
+        tracing::warn!(ip = %request.ip, mac = %device.mac,
+            "refused: a device URL over plain HTTP without consent; `device rekey` replaces an exposed URL");
+        return Ok(Outcome::Deny);
+    }
     let claimed = user_agent_of(vendor, request.user_agent);
     if matched.mac.is_some_and(|mac| mac != device.mac) {
         tracing::warn!(ip = %request.ip, mac = %device.mac, file = request.file, "refused: file of another phone");
@@ -172,7 +198,7 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
     serve(app, request, vendor, &matched, shown, &claimed, Some((&device, change)))
 }
 
-fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outcome, AppError> {
+fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError> {
     let catalog = app.templates.catalog();
     // Several vendors may claim a name like `<mac>.cfg`: the vendor whose User-Agent this is
     // wins, then the vendor of the known device with that MAC, then the first by name.
@@ -216,7 +242,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>, secure: bool) -> Result<Outc
     }
     if let Some(device) = known.filter(|d| d.mac == mac && d.vendor.as_str() == vendor.id) {
         let window_open = device.lan_window_until.is_some_and(|until| now() < until);
-        if window_open && secure {
+        if window_open && (request.secure || app.plain_http_allowed(&mac)?) {
             // The window, not the enrollment URL, admits this fetch: enrollment is left as
             // it is, and the phone's first steady fetch closes the window.
             tracing::info!(mac = %mac, ip = %request.ip, "serving the full config through the LAN enrollment window");
@@ -259,7 +285,7 @@ fn serve(
 ) -> Result<Outcome, AppError> {
     // What the vendor cannot express shows in `provbox render`, not on every fetch.
     let (context, _warnings) = app.template_context(vendor, shown, matched, Secrets::Real)?;
-    let body = app.templates.render(&vendor.id, &matched.file.template, &context)?;
+    let body = app.templates.render_entry(&vendor.id, matched.file, &context)?;
     if let Some((device, change)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
         // Only the device file's hash tells whether the phone has its latest account config.

@@ -87,6 +87,19 @@ pub struct DeviceView {
     pub files: Vec<StaticFile>,
     /// Where the vendor's redirect service stands for it.
     pub redirect: RedirectView,
+    /// The technician's consent to serve its configuration over plain HTTP, if given.
+    pub plain_http: Option<PlainHttpView>,
+}
+
+/// A device whose configuration may travel over plain HTTP, and the URLs it then uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainHttpView {
+    /// Unix time the consent was given.
+    pub since: u64,
+    /// The enrollment URL on the plain-HTTP port.
+    pub enrollment_url: String,
+    /// The steady URL on the plain-HTTP port.
+    pub steady_url: String,
 }
 
 /// One line without its password.

@@ -111,6 +111,15 @@ pub(super) enum DeviceCommand {
         #[arg(long, default_value_t = 15)]
         minutes: u64,
     },
+    /// Allow (on) or forbid (off) serving this phone's config, SIP password included, over
+    /// plain HTTP: only for phones that cannot use HTTPS (Gigaset N510/N720 bases).
+    PlainHttp {
+        /// MAC address.
+        mac: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Import phones from CSV (columns mac,vendor,model,extension,name[,sip_user,sip_password]).
     Import {
         /// The CSV file.
@@ -206,6 +215,18 @@ pub(super) fn run(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
             let device: DeviceView = cli.call(&Request::DeviceLanWindow { mac: mac.clone(), minutes: *minutes })?;
             let until = or_dash(device.lan_window_until.map(clock::date_time));
             println!("LAN enrollment window open for {} until {until}", device.mac);
+        }
+        DeviceCommand::PlainHttp { mac, state } => {
+            let request = Request::DevicePlainHttp { mac: mac.clone(), allow: state == "on" };
+            let device: DeviceView = cli.call(&request)?;
+            match &device.plain_http {
+                Some(urls) => println!(
+                    "{}: its configuration may now travel over plain HTTP, SIP password included.\n\
+                     enrollment URL: {}\nsteady URL:     {}",
+                    device.mac, urls.enrollment_url, urls.steady_url
+                ),
+                None => println!("{}: plain HTTP refused again", device.mac),
+            }
         }
         DeviceCommand::Import { file, partial } => {
             let csv = std::fs::read_to_string(file).map_err(|source| CliError::Read { path: file.clone(), source })?;

@@ -7,7 +7,8 @@
 //!   `.keys[i].{number, kind, value, label}`, `.overrides[i].{name, value}`
 //! - `urls.base`, `urls.ca`, `urls.steady`, `urls.files`, `urls.phonebook` (the last three
 //!   only in device files); `urls.bootstrap` and `urls.ca_http`, the plain-HTTP base and CA
-//!   for a phone that does not trust the appliance yet
+//!   for a phone that does not trust the appliance yet; `urls.steady_http`, the steady URL
+//!   on plain HTTP, served only with the technician's consent (device files only)
 //! - `request.file` and the file name's placeholders (`request.n`, ...)
 //! - `directory[i].{name, extension}` in files marked `directory = true`
 //! - `ca.pem`: the appliance's CA certificate, for formats that carry it inline (Poly)
@@ -106,6 +107,8 @@ struct Urls {
     files: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     phonebook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steady_http: Option<String>,
 }
 
 /// Builds the template context for `matched`, showing `device` only if given (device files).
@@ -119,10 +122,14 @@ pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>,
             *value = if device.is_some() { mask(value) } else { String::new() };
         }
     }
-    let steady = device.map(|device| match secrets {
-        Secrets::Real => device.steady_token.url(TokenKind::Steady, &base),
-        Secrets::Masked => TokenKind::Steady.masked_url(&base),
-    });
+    let steady_at = |base: &str| {
+        device.map(|device| match secrets {
+            Secrets::Real => device.steady_token.url(TokenKind::Steady, base),
+            Secrets::Masked => TokenKind::Steady.masked_url(base),
+        })
+    };
+    let steady = steady_at(&base);
+    let steady_http = steady_at(&bootstrap);
     let urls = Urls {
         ca: format!("{base}ca.crt"),
         ca_http: format!("{bootstrap}ca.crt"),
@@ -130,6 +137,7 @@ pub fn build(facts: SiteFacts, device: Option<&Device>, matched: &FileMatch<'_>,
         files: steady.as_ref().map(|steady| format!("{steady}files/")),
         phonebook: steady.as_ref().map(|steady| format!("{steady}phonebook.xml")),
         steady,
+        steady_http,
         base,
     };
     let device_context = device.map(|device| {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
-use super::vendor::{ProfileError, Vendor};
+use super::vendor::{ProfileError, Vendor, VendorFile};
 
 include!(concat!(env!("OUT_DIR"), "/stock_templates.rs"));
 
@@ -173,6 +173,21 @@ impl Templates {
         let override_dir = self.override_dir.clone();
         env.set_loader(move |name| Ok(read_source(&override_dir, name)));
         env
+    }
+
+    /// Renders `file` of `vendor` with `context`, or serves it as it is when the profile
+    /// says it is `raw` (a binary redirect file).
+    pub fn render_entry(
+        &self,
+        vendor: &str,
+        file: &VendorFile,
+        context: &minijinja::Value,
+    ) -> Result<String, RenderError> {
+        if !file.raw {
+            return self.render(vendor, &file.template, context);
+        }
+        let name = format!("{vendor}/{}", file.template);
+        self.source(&name).ok_or_else(|| RenderError::Template { name, detail: "file not found".into() })
     }
 
     /// Renders template `vendor/file` with `context`. The whole file is rendered before

@@ -18,11 +18,14 @@
 //! name = "{mac}.cfg"
 //! template = "device.cfg"
 //! secrets = true               # only served to an identified, enrolled phone
+//! # models = '^X3'             # only for these models (a family's own template)
+//! # raw = true                 # served as it is, not rendered (a binary file)
 //!
 //! [time]                       # the vendor's own notation (see crate::locale)
 //! zones = "zones.tsv"          # value, POSIX rule, label
 //! zone_fallback = "+0"         # when no entry has the site's offset
-//! zone_match = "nearest"       # or "exact": only an entry of the very rule
+//! zone_match = "nearest"       # "exact": only an entry of the very rule; "offset": by
+//!                              # standard offset (the phone applies DST itself)
 //! languages = "languages.tsv"  # language tag, value
 //! language_fallback = "English"
 //! ```
@@ -32,7 +35,7 @@ use std::collections::BTreeMap;
 use regex_lite::Regex;
 use serde::Deserialize;
 
-use crate::locale::VendorLocale;
+use crate::locale::{VendorLocale, ZoneMatching};
 use crate::mac::Mac;
 
 /// Why a vendor profile is unusable.
@@ -80,15 +83,14 @@ impl Patterns {
     }
 }
 
-/// How a site's zone finds its entry in a vendor's list.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+/// `zone_match` in `vendor.toml`: see [`ZoneMatching`].
+#[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-enum ZoneMatch {
-    /// The entry of the same rule, else one of the same offset, else the fallback.
+enum ZoneMatchName {
     #[default]
     Nearest,
-    /// Only the entry of the same rule, else the fallback (which the templates complete).
     Exact,
+    Offset,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,7 +100,7 @@ struct TimeSection {
     #[serde(default)]
     zone_fallback: String,
     #[serde(default)]
-    zone_match: ZoneMatch,
+    zone_match: ZoneMatchName,
     languages: Option<String>,
     #[serde(default)]
     language_fallback: String,
@@ -117,6 +119,8 @@ struct FileEntry {
     content_type: Option<String>,
     #[serde(default)]
     models: Option<String>,
+    #[serde(default)]
+    raw: bool,
 }
 
 /// One file a vendor's phones request.
@@ -136,6 +140,8 @@ pub struct VendorFile {
     pattern: Regex,
     /// Only phones whose model matches get this entry (a model family's own template).
     models: Option<Regex>,
+    /// Served as it is, not rendered (binary files).
+    pub raw: bool,
 }
 
 /// A file request matched against a vendor's files.
@@ -211,6 +217,7 @@ impl Vendor {
                     content_type,
                     pattern,
                     models,
+                    raw: entry.raw,
                 })
             })
             .collect::<Result<_, ProfileError>>()?;
@@ -222,7 +229,11 @@ impl Vendor {
         let locale = VendorLocale::parse(
             &table(&time.zones)?,
             &time.zone_fallback,
-            time.zone_match == ZoneMatch::Exact,
+            match time.zone_match {
+                ZoneMatchName::Nearest => ZoneMatching::Nearest,
+                ZoneMatchName::Exact => ZoneMatching::Exact,
+                ZoneMatchName::Offset => ZoneMatching::Offset,
+            },
             &table(&time.languages)?,
             &time.language_fallback,
         )

@@ -42,11 +42,15 @@ pub fn https(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Routes of the plain-HTTP listener: the CA and secret-free files only.
+/// Routes of the plain-HTTP listener: the CA and secret-free files; device URLs and the LAN
+/// window only for devices whose technician consented to plain HTTP. File names may have
+/// folders here (a Gigaset base's redirect chain, `42/2/master.bin`).
 pub fn http(shared: Shared) -> Router {
     Router::new()
         .route("/ca.crt", get(ca_certificate))
-        .route("/{file}", get(tokenless_plain))
+        .route("/e/{token}/{*file}", get(enrollment_plain))
+        .route("/p/{token}/{*file}", get(steady_plain))
+        .route("/{*file}", get(tokenless_plain))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -69,8 +73,8 @@ fn user_agent(headers: &HeaderMap) -> &str {
 /// millisecond (the store lives in RAM); only a phone's first fetch writes to flash, once.
 /// Handing each request to a blocking thread cost more than it saved (measured in
 /// `benches/fleet.rs`).
-fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: &HeaderMap) -> Response {
-    let request = FetchRequest { access, file, ip: peer.ip(), user_agent: user_agent(headers) };
+fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: &HeaderMap, secure: bool) -> Response {
+    let request = FetchRequest { access, file, ip: peer.ip(), user_agent: user_agent(headers), secure };
     let fetched = fetches::fetch(&shared.app, &request);
     crate::metrics::FETCHES.inc(match &fetched {
         Fetched::File { .. } => "served",
@@ -100,7 +104,16 @@ async fn enrollment(
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Enrollment(&token), &file, peer, &headers)
+    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, true)
+}
+
+async fn enrollment_plain(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path((token, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, false)
 }
 
 async fn steady(
@@ -109,7 +122,16 @@ async fn steady(
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Steady(&token), &file, peer, &headers)
+    answer(&shared, Access::Steady(&token), &file, peer, &headers, true)
+}
+
+async fn steady_plain(
+    State(shared): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Path((token, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    answer(&shared, Access::Steady(&token), &file, peer, &headers, false)
 }
 
 async fn tokenless_secure(
@@ -118,7 +140,7 @@ async fn tokenless_secure(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Tokenless { secure: true }, &file, peer, &headers)
+    answer(&shared, Access::Tokenless, &file, peer, &headers, true)
 }
 
 async fn tokenless_plain(
@@ -127,7 +149,7 @@ async fn tokenless_plain(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Tokenless { secure: false }, &file, peer, &headers)
+    answer(&shared, Access::Tokenless, &file, peer, &headers, false)
 }
 
 /// `/p/<steady>/files/<path>`: firmware, logos and ringtones from `<data>/files/`, with

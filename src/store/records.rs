@@ -47,11 +47,14 @@ pub enum Kind {
     Clock = 8,
     /// A bearer token of the JSON API: [`ApiToken`].
     ApiToken = 9,
+    /// A technician's consent that a device's configuration may travel over plain HTTP:
+    /// [`PlainHttpGrant`].
+    PlainHttp = 10,
 }
 
 impl Kind {
     /// Every kind, in key order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Device,
         Kind::Setting,
         Kind::Admin,
@@ -61,6 +64,7 @@ impl Kind {
         Kind::Redirect,
         Kind::Clock,
         Kind::ApiToken,
+        Kind::PlainHttp,
     ];
 
     /// The kind whose keys start with `byte`.
@@ -80,6 +84,7 @@ impl Kind {
             Kind::Redirect => "redirect",
             Kind::Clock => "clock",
             Kind::ApiToken => "api-token",
+            Kind::PlainHttp => "plain-http",
         }
     }
 }
@@ -413,6 +418,20 @@ pub struct RedirectRecord {
     pub state: RedirectState,
 }
 
+/// Consent, given for one device by a technician, that its configuration (SIP password
+/// included) may be served over plain HTTP: for phones that cannot fetch over HTTPS (the
+/// Gigaset N510/N720 DECT bases). Its presence is the consent; removing it withdraws it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainHttpGrant {
+    /// Unix time it was given.
+    pub since: u64,
+}
+
+impl Record for PlainHttpGrant {
+    const KIND: Kind = Kind::PlainHttp;
+    const SCHEMA: u8 = 1;
+}
+
 impl Default for RedirectRecord {
     fn default() -> Self {
         RedirectRecord { enabled: true, state: RedirectState::NotRegistered }
@@ -499,6 +518,7 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
         Kind::Audit => json::<AuditEntry>(value),
         Kind::Seen => json::<PhoneSeen>(value),
         Kind::Redirect => json::<RedirectRecord>(value),
+        Kind::PlainHttp => json::<PlainHttpGrant>(value),
         Kind::Clock => json::<LastKnownTime>(value),
         Kind::ApiToken => json::<ApiToken>(value),
     }
@@ -630,6 +650,18 @@ impl Txn {
         self
     }
 
+    /// Records consent to serve `mac`'s configuration over plain HTTP.
+    pub fn put_plain_http(&mut self, mac: &Mac, grant: &PlainHttpGrant) -> &mut Self {
+        self.changes.push((key(Kind::PlainHttp, &mac.0), Some(grant.encode())));
+        self
+    }
+
+    /// Withdraws that consent.
+    pub fn remove_plain_http(&mut self, mac: &Mac) -> &mut Self {
+        self.changes.push((key(Kind::PlainHttp, &mac.0), None));
+        self
+    }
+
     /// Adds or replaces the API token with `id`.
     pub fn put_api_token(&mut self, id: &[u8; 8], token: &ApiToken) -> &mut Self {
         self.changes.push((key(Kind::ApiToken, id), Some(token.encode())));
@@ -716,6 +748,11 @@ impl<F: NorFlash> Db<F> {
     /// The phones-seen list, in MAC order.
     pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, RecordError> {
         self.store.iter_prefix(&[Kind::Seen as u8]).map(|(_, value)| PhoneSeen::decode(value)).collect()
+    }
+
+    /// The consent to serve `mac`'s configuration over plain HTTP, if given.
+    pub fn plain_http(&self, mac: &Mac) -> Result<Option<PlainHttpGrant>, RecordError> {
+        self.store.get(&key(Kind::PlainHttp, &mac.0)).map(PlainHttpGrant::decode).transpose()
     }
 
     /// A device's redirect record (the default when none is stored).

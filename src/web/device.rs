@@ -1,5 +1,6 @@
 //! One device's page: its URLs, state and rendered configuration (masked unless
-//! revealed), and its actions: unlock, remove, reveal, reprovision, edit, LAN window.
+//! revealed), and its actions: unlock, remove, reveal, reprovision, edit, LAN window, plain
+//! HTTP.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -140,6 +141,16 @@ pub(super) async fn device_action(
             blocking(move || app.open_lan_window(&mac, minutes, "page")).await.map(|device| {
                 let until = device.lan_window_until.map(date_time).unwrap_or_default();
                 Some(ActionResult { title: format!("LAN window open until {until}"), lines: Vec::new() })
+            })
+        }
+        "plain-http" => {
+            let allow = form.get("allow").is_some_and(|value| value == "on");
+            blocking(move || app.set_plain_http(&mac, allow, "page")).await.map(|device| {
+                let title = match &device.plain_http {
+                    Some(_) => "Plain HTTP allowed: this phone's SIP password now crosses the LAN unencrypted",
+                    None => "Plain HTTP refused again",
+                };
+                Some(ActionResult { title: title.into(), lines: Vec::new() })
             })
         }
         _ => return StatusCode::NOT_FOUND.into_response(),

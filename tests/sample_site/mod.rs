@@ -15,11 +15,12 @@ pub const PHONES: &[(&str, &str, &str)] = &[
     ("0004f2a1b2c3", "polycom", "VVX400"),
     ("000b828aa872", "grandstream", "GXP2135"),
     ("0c383e07e16c", "fanvil", "X4U"),
-    ("7c2f804df9a9", "gigaset", "N510"),
+    ("7c2f804df9a9", "gigaset", "N510 IP PRO"),
 ];
 
 /// Further models whose files differ from their vendor's sample: (MAC, vendor, model).
-pub const FAMILIES: &[(&str, &str, &str)] = &[("0c383e07e16d", "fanvil", "X3S")];
+pub const FAMILIES: &[(&str, &str, &str)] =
+    &[("0c383e07e16d", "fanvil", "X3S"), ("7c2f80ca21e4", "gigaset", "N720 DM PRO")];
 
 /// The vendor added with files only (templates/cisco): (MAC, vendor, model).
 pub const ADDED: &[(&str, &str, &str)] = &[("00562b043615", "cisco", "CP-8841-3PCC")];

@@ -12,7 +12,7 @@ const FILES: &[(&str, &[&str])] = &[
     ("000413922d24", &["snomD785-000413922D24.htm", "snomD785.htm", "phonebook.xml"]),
     ("0004f2a1b2c3", &["0004f2a1b2c3-user.cfg", "000000000000.cfg", "0004f2a1b2c3-directory.xml"]),
     ("000b828aa872", &["cfg000b828aa872.xml", "phonebook.xml"]),
-    ("0c383e07e16c", &["0c383e07e16c.cfg"]),
+    ("0c383e07e16c", &["0c383e07e16c.cfg", "phonebook.xml"]),
     ("0c383e07e16d", &["0c383e07e16d.cfg"]),
     ("00562b043615", &["00562b043615.xml", "8841-3PCC.xml", "phonebook.xml"]),
     ("7c2f804df9a9", &["7C2F804DF9A9.xml"]),

@@ -1,6 +1,7 @@
-//! Everything provisioning reads from people and phones: vendor profiles, User-Agents and
-//! requested file names against the stock profiles, device CSV, settings, URL tokens and
-//! MACs. None of it may panic; each must come back as a value or an error.
+//! Everything provisioning reads from people and phones: vendor profiles with their zone and
+//! language tables, User-Agents and requested file names against the stock profiles, device
+//! CSV, settings, POSIX time-zone rules, URL tokens and MACs. None of it may panic; each must
+//! come back as a value or an error.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -12,6 +13,7 @@ use provbox::token::Token;
 use provbox::provision::templates::{Catalog, Templates};
 use provbox::provision::vendor::Vendor;
 use provbox::app::config::settings_table;
+use provbox::locale::{PosixRule, VendorLocale, ZoneMatching};
 
 fn stock() -> &'static Catalog {
     static CATALOG: OnceLock<std::sync::Arc<Catalog>> = OnceLock::new();
@@ -21,18 +23,30 @@ fn stock() -> &'static Catalog {
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
     let text = String::from_utf8_lossy(rest);
-    match selector % 5 {
+    match selector % 6 {
         0 => {
-            if let Ok(vendor) = Vendor::parse("fuzz", &text) {
+            // The same text as the profile and as the tables it names.
+            if let Ok(vendor) = Vendor::parse("fuzz", &text, &|_| Some(text.to_string())) {
                 let _ = vendor.identify(&text);
-                let _ = vendor.match_file(&text);
+                let _ = vendor.claims(&text);
+                let _ = vendor.match_file(&text, Some(&text));
+                let _ = vendor.locale.resolve("fuzz", &text, &text);
             }
         }
         1 => {
             for vendor in stock().vendors.values() {
                 let _ = vendor.identify(&text);
-                if let Some(matched) = vendor.match_file(&text) {
+                if let Some(matched) = vendor.match_file(&text, Some(&text)) {
                     assert!(!matched.file.name.is_empty());
+                }
+                let _ = vendor.locale.resolve("fuzz", &text, &text);
+            }
+        }
+        5 => {
+            let _ = PosixRule::parse(&text);
+            for matching in [ZoneMatching::Nearest, ZoneMatching::Exact, ZoneMatching::Offset] {
+                if let Ok(locale) = VendorLocale::parse(&text, "x", matching, &text, "y") {
+                    let _ = locale.resolve("fuzz", "Europe/Rome", &text);
                 }
             }
         }

@@ -34,10 +34,10 @@ pub struct Shared {
 pub fn https(shared: Shared) -> Router {
     Router::new()
         .route("/ca.crt", get(ca_certificate))
-        .route("/e/{token}/{file}", get(enrollment))
-        .route("/p/{token}/{file}", get(steady))
+        .route("/e/{token}/{file}", get(enrollment::<true>))
+        .route("/p/{token}/{file}", get(steady::<true>))
         .route("/p/{token}/files/{*path}", get(static_file))
-        .route("/{file}", get(tokenless_secure))
+        .route("/{file}", get(tokenless::<true>))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -48,9 +48,9 @@ pub fn https(shared: Shared) -> Router {
 pub fn http(shared: Shared) -> Router {
     Router::new()
         .route("/ca.crt", get(ca_certificate))
-        .route("/e/{token}/{*file}", get(enrollment_plain))
-        .route("/p/{token}/{*file}", get(steady_plain))
-        .route("/{*file}", get(tokenless_plain))
+        .route("/e/{token}/{*file}", get(enrollment::<false>))
+        .route("/p/{token}/{*file}", get(steady::<false>))
+        .route("/{*file}", get(tokenless::<false>))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -98,58 +98,34 @@ fn answer(shared: &Shared, access: Access<'_>, file: &str, peer: Peer, headers: 
     }
 }
 
-async fn enrollment(
+/// `/e/<token>/FILE`, over TLS (`SECURE`) or plain HTTP.
+async fn enrollment<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, true)
+    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, SECURE)
 }
 
-async fn enrollment_plain(
+/// `/p/<token>/FILE`, over TLS (`SECURE`) or plain HTTP.
+async fn steady<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path((token, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, false)
+    answer(&shared, Access::Steady(&token), &file, peer, &headers, SECURE)
 }
 
-async fn steady(
-    State(shared): State<Shared>,
-    Extension(peer): Extension<Peer>,
-    Path((token, file)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    answer(&shared, Access::Steady(&token), &file, peer, &headers, true)
-}
-
-async fn steady_plain(
-    State(shared): State<Shared>,
-    Extension(peer): Extension<Peer>,
-    Path((token, file)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    answer(&shared, Access::Steady(&token), &file, peer, &headers, false)
-}
-
-async fn tokenless_secure(
+/// `/FILE`, over TLS (`SECURE`) or plain HTTP.
+async fn tokenless<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(&shared, Access::Tokenless, &file, peer, &headers, true)
-}
-
-async fn tokenless_plain(
-    State(shared): State<Shared>,
-    Extension(peer): Extension<Peer>,
-    Path(file): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    answer(&shared, Access::Tokenless, &file, peer, &headers, false)
+    answer(&shared, Access::Tokenless, &file, peer, &headers, SECURE)
 }
 
 /// `/p/<steady>/files/<path>`: firmware, logos and ringtones from `<data>/files/`, with

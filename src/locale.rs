@@ -15,7 +15,10 @@ const ZONES: &str = include_str!("../templates/zones.tsv");
 
 /// The POSIX rule of IANA zone `name` (e.g. `Europe/Rome` → `CET-1CEST,M3.5.0,M10.5.0/3`).
 pub fn posix_rule(name: &str) -> Option<&'static str> {
-    table_rows(ZONES).find(|(zone, _)| *zone == name).map(|(_, rule)| rule)
+    // Looked up on every rendered file: indexed once.
+    static INDEX: std::sync::LazyLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::LazyLock::new(|| table_rows(ZONES).collect());
+    INDEX.get(name).copied()
 }
 
 /// Rows of a tab-separated table: the first two columns, skipping comments and blank lines.

@@ -177,8 +177,7 @@ impl App {
             (state.base_url(&self.default_base_url())?, state.settings()?, directory)
         };
         let resolved = vendor.locale.resolve(&vendor.name, settings.get("time.zone"), settings.get("time.language"));
-        // The CA certificate is public; a missing one (before the first start) renders empty.
-        let ca_pem = std::fs::read_to_string(self.data_dir.join("tls/ca.crt")).unwrap_or_default();
+        let ca_pem = self.ca_pem();
         let facts = SiteFacts {
             base_url,
             bootstrap_url: self.bootstrap_url(),
@@ -188,6 +187,18 @@ impl App {
             ca_pem,
         };
         Ok((context::build(facts, device, matched, secrets), resolved.warnings))
+    }
+
+    /// The CA certificate (PEM), read from `<data>/tls/ca.crt` once it exists; empty before
+    /// (it is created at the first start, after the store is mounted). The CA is public.
+    fn ca_pem(&self) -> String {
+        if let Some(pem) = self.ca_pem.get() {
+            return pem.clone();
+        }
+        match std::fs::read_to_string(self.data_dir.join("tls/ca.crt")) {
+            Ok(pem) => self.ca_pem.get_or_init(|| pem).clone(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The Prometheus text of `/metrics`: the process counters and the appliance's gauges,

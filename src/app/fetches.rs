@@ -200,8 +200,9 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
 
 fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError> {
     let catalog = app.templates.catalog();
-    // Several vendors may claim a name like `<mac>.cfg`: the vendor whose User-Agent this is
-    // wins, then the vendor of the known device with that MAC, then the first by name.
+    // Several vendors may serve a name like `<mac>.cfg`: the vendor whose User-Agent pattern
+    // reads this one wins, then a vendor that claims it, then the vendor of the known device
+    // with that MAC; when none of these holds, nobody gets it (below).
     let candidates: Vec<(&Vendor, FileMatch<'_>)> =
         catalog.vendors.values().filter_map(|vendor| Some((vendor, vendor.match_file(request.file, None)?))).collect();
     // Every candidate matched the same name, so they agree on the MAC; look it up once.
@@ -222,7 +223,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
     if several && rank(vendor) == (true, true, true) {
         // A name several vendors serve, asked by a User-Agent none of them claims, for no
         // known phone: attributing it to any vendor would be a guess.
-        tracing::info!(ip = %request.ip, file = request.file, user_agent = request.user_agent,
+        tracing::info!(ip = %request.ip, file = request.file, user_agent = ?request.user_agent,
             "refused: no vendor claims this User-Agent");
         return Ok(Outcome::Deny);
     }

@@ -97,6 +97,8 @@ pub struct App {
     /// Bumped by every change that may alter files beyond one device's own: settings, and
     /// devices added, edited or removed (the phonebook directory).
     site_changes: AtomicU64,
+    /// The CA certificate that formats carrying it inline (Poly) get, read once it exists.
+    ca_pem: std::sync::OnceLock<String>,
 }
 
 impl App {
@@ -125,6 +127,7 @@ impl App {
             setup_code: SetupCode::default(),
             config_hashes: Mutex::new(HashMap::new()),
             site_changes: AtomicU64::new(0),
+            ca_pem: std::sync::OnceLock::new(),
         })
     }
 

@@ -1,6 +1,7 @@
-//! `scripts/lint-boot-partition` against the Raspberry Pi firmware's rules: the shipped
-//! config.txt passes for every model the board files name, and each rule catches the fault
-//! it exists for. Each case cites where the rule comes from:
+//! `scripts/lint-boot-partition` against the Raspberry Pi firmware's rules, and
+//! `scripts/check-boot-room` against where U-Boot loads the kernel: the shipped config.txt
+//! passes for every model the board files name, and each rule catches the fault it exists
+//! for. Each case cites where the rule comes from:
 //! - raspberrypi/documentation, `documentation/asciidoc/computers/config_txt/boot.adoc`
 //!   ("start_file, fixup_file", "upstream_kernel", "arm_64bit", "initramfs") and
 //!   `.../config_txt/memory.adoc` ("gpu_mem");
@@ -8,7 +9,9 @@
 //! - Linux `Documentation/arch/arm64/booting.rst` (the "ARMd" magic at offset 0x38), and
 //!   the Arm Architecture Reference Manual for A-profile, C6.2 "B" (the AArch64 branch that
 //!   U-Boot's arm64 builds start with);
-//! - Linux `Documentation/admin-guide/serial-console.rst` (the last console= is /dev/console).
+//! - Linux `Documentation/admin-guide/serial-console.rst` (the last console= is /dev/console);
+//! - U-Boot `arch/arm/lib/image.c` (booti_setup: where booti moves an arm64 Image) and
+//!   `include/configs/rpi.h` (where the Pi builds load the kernel, script and initramfs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -176,4 +179,57 @@ fn a_pi3_without_bootcode_does_not_boot() {
     std::fs::remove_file(boot.path().join("bootcode.bin")).unwrap();
     let (passed, text) = lint(boot.path(), &models("rpi3"));
     assert!(!passed && text.contains("bootcode.bin"), "{text}");
+}
+
+/// A U-Boot binary as far as `scripts/check-boot-room` reads it: the built-in environment of
+/// Debian's u-boot-rpi 2023.01 `rpi_arm64` (U-Boot `include/configs/rpi.h`, ENV_MEM_LAYOUT_SETTINGS).
+fn rpi_uboot(dir: &Path) -> PathBuf {
+    let path = dir.join("u-boot.bin");
+    let env = "\0kernel_addr_r=0x00080000\0scriptaddr=0x02400000\0pxefile_addr_r=0x02500000\0\
+               fdt_addr_r=0x02600000\0ramdisk_addr_r=0x02700000\0";
+    std::fs::write(&path, [&[0x14u8, 0, 0, 0x14][..], env.as_bytes()].concat()).unwrap();
+    path
+}
+
+/// An arm64 Image of `file_size` bytes whose header (Linux `booting.rst`) claims `image_size`
+/// and may be placed anywhere (flags bit 3), as Debian's 6.1 kernels are.
+fn arm64_image(dir: &Path, file_size: usize, image_size: u64) -> PathBuf {
+    let path = dir.join("vmlinuz");
+    let mut image = vec![0u8; file_size];
+    image[16..24].copy_from_slice(&image_size.to_le_bytes());
+    image[24..32].copy_from_slice(&10u64.to_le_bytes());
+    image[56..60].copy_from_slice(b"ARMd");
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+fn check_room(dir: &Path, uboot: &Path, kernel: &Path) -> (bool, String) {
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, vec![0u8; 6 << 20]).unwrap();
+    let out = Command::new(Path::new(ROOT).join("scripts/check-boot-room"))
+        .arg(uboot)
+        .arg(kernel)
+        .arg(&initrd)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_kernel_fits_where_u_boot_loads_and_moves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let uboot = rpi_uboot(dir.path());
+    // Debian's 6.1.0-57 arm64 kernel: 32,956,352 bytes, image_size 0x2010000.
+    let (passed, text) = check_room(dir.path(), &uboot, &arm64_image(dir.path(), 32_956_352, 0x2010000));
+    assert!(passed && text.contains("4.1 MiB before scriptaddr"), "{text}");
+    // A kernel file that would load over the running boot script.
+    let (passed, text) = check_room(dir.path(), &uboot, &arm64_image(dir.path(), 37_500_000, 0x2400000));
+    assert!(!passed && text.contains("into scriptaddr"), "{text}");
+    // A file that loads, but whose image_size, moved to 0x200000, runs into the initramfs.
+    let (passed, text) = check_room(dir.path(), &uboot, &arm64_image(dir.path(), 32_956_352, 0x2600000));
+    assert!(!passed && text.contains("into the initramfs"), "{text}");
+    // Not an arm64 Image at all.
+    std::fs::write(dir.path().join("vmlinuz"), vec![0u8; 4096]).unwrap();
+    let (passed, text) = check_room(dir.path(), &uboot, &dir.path().join("vmlinuz"));
+    assert!(!passed && text.contains("ARMd"), "{text}");
 }

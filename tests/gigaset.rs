@@ -126,6 +126,8 @@ async fn a_base_enrolls_over_plain_http_only_with_consent() {
     assert!(said.contains("SIP password included") && said.contains("/e/"), "{said}");
     let shown = appliance.device(N510_MAC);
     assert!(shown["plain_http"]["enrollment_url"].as_str().unwrap().starts_with("http://"));
+    let text = cli_ok(&appliance.data, &["device", "show", N510_MAC]);
+    assert!(text.contains("plain HTTP      allowed since"), "{text}");
     let config = follow_chain(&appliance, &data_server, "42/2/master.bin", N510_MAC, N510_UA).await;
     assert_eq!(config.status, 200);
     let text = config.text();

@@ -286,6 +286,14 @@ fn print_device(device: &DeviceView) {
     println!("enrollment      {}", device.enrollment);
     println!("enrollment URL  {}", device.enrollment_url);
     println!("steady URL      {}", device.steady_url);
+    if let Some(plain) = &device.plain_http {
+        println!(
+            "plain HTTP      allowed since {}: the SIP password crosses the LAN unencrypted",
+            clock::date_time(plain.since)
+        );
+        println!("  enrollment    {}", plain.enrollment_url);
+        println!("  steady        {}", plain.steady_url);
+    }
     println!("config          {}", device.config.name());
     let contact = device
         .last_contact

@@ -156,15 +156,30 @@ impl App {
         let matched = vendor
             .match_file(file, Some(&device.model))
             .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.to_string() })?;
-        let shown_device = matched.file.secrets.then_some(device);
-        let (context, warnings) = self.template_context(vendor, shown_device, &matched, secrets)?;
-        let body = self.templates.render_entry(&vendor.id, matched.file, &context)?;
+        self.render_matched(vendor, matched.file.secrets.then_some(device), &matched, secrets)
+    }
+
+    /// Renders `matched` of `vendor`, showing `device` only if given (device files), with a
+    /// warning for each site setting the vendor cannot express exactly. A `raw` file is
+    /// served as it is, without a context.
+    pub fn render_matched(
+        &self,
+        vendor: &Vendor,
+        device: Option<&Device>,
+        matched: &FileMatch<'_>,
+        secrets: Secrets,
+    ) -> Result<Rendered, AppError> {
+        if matched.file.raw {
+            return Ok(Rendered { body: self.templates.raw(&vendor.id, matched.file)?, warnings: Vec::new() });
+        }
+        let (context, warnings) = self.template_context(vendor, device, matched, secrets)?;
+        let body = self.templates.render(&vendor.id, &matched.file.template, &context)?;
         Ok(Rendered { body, warnings })
     }
 
     /// The template context for `matched`, showing `device` only if given (device files),
     /// and a warning for each site setting that `vendor` cannot express exactly.
-    pub fn template_context(
+    fn template_context(
         &self,
         vendor: &Vendor,
         device: Option<&Device>,

@@ -285,8 +285,7 @@ fn serve(
     contacted: Option<(&Device, FetchChange)>,
 ) -> Result<Outcome, AppError> {
     // What the vendor cannot express shows in `provbox render`, not on every fetch.
-    let (context, _warnings) = app.template_context(vendor, shown, matched, Secrets::Real)?;
-    let body = app.templates.render_entry(&vendor.id, matched.file, &context)?;
+    let body = app.render_matched(vendor, shown, matched, Secrets::Real)?.body;
     if let Some((device, change)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
         // Only the device file's hash tells whether the phone has its latest account config.

@@ -175,17 +175,9 @@ impl Templates {
         env
     }
 
-    /// Renders `file` of `vendor` with `context`, or serves it as it is when the profile
-    /// says it is `raw` (a binary redirect file).
-    pub fn render_entry(
-        &self,
-        vendor: &str,
-        file: &VendorFile,
-        context: &minijinja::Value,
-    ) -> Result<String, RenderError> {
-        if !file.raw {
-            return self.render(vendor, &file.template, context);
-        }
+    /// The text of `file` of `vendor` as it is, for a file the profile marks `raw` (a binary
+    /// redirect file), not rendered.
+    pub fn raw(&self, vendor: &str, file: &VendorFile) -> Result<String, RenderError> {
         let name = format!("{vendor}/{}", file.template);
         self.source(&name).ok_or_else(|| RenderError::Template { name, detail: "file not found".into() })
     }

@@ -15,10 +15,17 @@ const ZONES: &str = include_str!("../templates/zones.tsv");
 
 /// The POSIX rule of IANA zone `name` (e.g. `Europe/Rome` → `CET-1CEST,M3.5.0,M10.5.0/3`).
 pub fn posix_rule(name: &str) -> Option<&'static str> {
-    // Looked up on every rendered file: indexed once.
-    static INDEX: std::sync::LazyLock<std::collections::HashMap<&'static str, &'static str>> =
-        std::sync::LazyLock::new(|| table_rows(ZONES).collect());
-    INDEX.get(name).copied()
+    zone_rule(name).map(|(text, _)| text)
+}
+
+/// Zone `name`'s rule, as text and parsed. Looked up for every rendered file, so the table
+/// is indexed and its rules parsed once; every row parses (tests/zones.rs).
+fn zone_rule(name: &str) -> Option<(&'static str, &'static PosixRule)> {
+    type Index = std::collections::HashMap<&'static str, (&'static str, PosixRule)>;
+    static INDEX: std::sync::LazyLock<Index> = std::sync::LazyLock::new(|| {
+        table_rows(ZONES).filter_map(|(zone, text)| Some((zone, (text, PosixRule::parse(text).ok()?)))).collect()
+    });
+    INDEX.get(name).map(|(text, rule)| (*text, rule))
 }
 
 /// Rows of a tab-separated table: the first two columns, skipping comments and blank lines.
@@ -131,7 +138,6 @@ fn parse_offset(rest: &mut &str) -> Option<i32> {
         _ => (1, *rest),
     };
     let end = unsigned.find(|c: char| !c.is_ascii_digit() && c != ':').unwrap_or(unsigned.len());
-    let mut seconds = 0;
     let mut parts = unsigned[..end].split(':');
     let hours: i32 = parts.next()?.parse().ok()?;
     let minutes: i32 = parts.next().map_or(Some(0), |m| m.parse().ok())?;
@@ -139,9 +145,8 @@ fn parse_offset(rest: &mut &str) -> Option<i32> {
     if hours > 167 || minutes > 59 || secs > 59 || parts.next().is_some() {
         return None;
     }
-    seconds += hours * 3600 + minutes * 60 + secs;
     *rest = &unsigned[end..];
-    Some(sign * seconds)
+    Some(sign * (hours * 3600 + minutes * 60 + secs))
 }
 
 /// `Mm.w.d[/time]`.
@@ -164,8 +169,9 @@ fn parse_transition(rest: &mut &str) -> Option<Transition> {
     Some(Transition { month, week, weekday, seconds })
 }
 
-/// How a zone finds its entry in a vendor's list.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a zone finds its entry in a vendor's list (`zone_match` in `vendor.toml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ZoneMatching {
     /// The entry of the same rule, else one of the same offset (with a warning), else the
     /// fallback (with a warning).
@@ -247,16 +253,15 @@ impl VendorLocale {
     /// that the vendor cannot express exactly.
     pub fn resolve(&self, vendor: &str, zone: &str, language: &str) -> Resolved {
         let mut warnings = Vec::new();
-        let (zone, posix) = match posix_rule(zone) {
-            Some(posix) => (zone, posix),
+        const UTC: PosixRule = PosixRule { offset_seconds: 0, dst: None };
+        let (zone, posix, rule) = match zone_rule(zone) {
+            Some((posix, rule)) => (zone, posix, rule),
             None => {
                 warnings.push(format!("time.zone {zone:?} is not an IANA zone; using UTC"));
-                ("UTC", "UTC0")
+                ("UTC", "UTC0", &UTC)
             }
         };
-        // Every row of the generated table parses (tests/zones.rs); UTC is the fallback.
-        let rule = PosixRule::parse(posix).unwrap_or(PosixRule { offset_seconds: 0, dst: None });
-        let (vendor_zone, vendor_zone_label) = self.nearest_zone(vendor, zone, &rule, &mut warnings);
+        let (vendor_zone, vendor_zone_label) = self.nearest_zone(vendor, zone, rule, &mut warnings);
         let vendor_language = self.language(vendor, language, &mut warnings);
         let time = TimeContext {
             zone: zone.into(),

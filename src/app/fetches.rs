@@ -215,7 +215,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
     let several = candidates.len() > 1;
     let rank = |vendor: &Vendor| {
         let owns = owner.as_deref() == Some(vendor.id.as_str());
-        (vendor.identify(request.user_agent).is_none(), !vendor.claims(request.user_agent), !owns)
+        (!vendor.reads(request.user_agent), !vendor.claims(request.user_agent), !owns)
     };
     let Some((vendor, matched)) = candidates.into_iter().min_by_key(|(vendor, _)| rank(vendor)) else {
         return Ok(Outcome::Deny);

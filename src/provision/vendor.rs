@@ -83,16 +83,6 @@ impl Patterns {
     }
 }
 
-/// `zone_match` in `vendor.toml`: see [`ZoneMatching`].
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum ZoneMatchName {
-    #[default]
-    Nearest,
-    Exact,
-    Offset,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TimeSection {
@@ -100,7 +90,7 @@ struct TimeSection {
     #[serde(default)]
     zone_fallback: String,
     #[serde(default)]
-    zone_match: ZoneMatchName,
+    zone_match: ZoneMatching,
     languages: Option<String>,
     #[serde(default)]
     language_fallback: String,
@@ -191,16 +181,15 @@ impl Vendor {
     pub fn parse(id: &str, toml_text: &str, read: &dyn Fn(&str) -> Option<String>) -> Result<Vendor, ProfileError> {
         let error = |reason: String| ProfileError { vendor: id.into(), reason };
         let profile: ProfileFile = toml::from_str(toml_text).map_err(|e| error(e.to_string()))?;
-        let regex = |field: &str, pattern: Option<String>| {
-            pattern.map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("{field}: {e}")))).transpose()
-        };
+        let regex = |field: &str, pattern: &str| Regex::new(pattern).map_err(|e| error(format!("{field}: {e}")));
         let user_agent = profile
             .user_agent
             .into_vec()
-            .into_iter()
-            .map(|pattern| Regex::new(&pattern).map_err(|e| error(format!("user_agent: {e}"))))
+            .iter()
+            .map(|pattern| regex("user_agent", pattern))
             .collect::<Result<Vec<_>, _>>()?;
-        let user_agent_vendor = regex("user_agent_vendor", profile.user_agent_vendor)?;
+        let user_agent_vendor =
+            profile.user_agent_vendor.as_deref().map(|pattern| regex("user_agent_vendor", pattern)).transpose()?;
         let files = profile
             .files
             .into_iter()
@@ -208,7 +197,11 @@ impl Vendor {
                 let pattern =
                     file_pattern(&entry.name).map_err(|reason| error(format!("file {}: {reason}", entry.name)))?;
                 let content_type = entry.content_type.unwrap_or_else(|| content_type_for(&entry.name).into());
-                let models = regex(&format!("file {} models", entry.name), entry.models)?;
+                let models = entry
+                    .models
+                    .as_deref()
+                    .map(|pattern| regex(&format!("file {} models", entry.name), pattern))
+                    .transpose()?;
                 Ok(VendorFile {
                     name: entry.name,
                     template: entry.template,
@@ -229,11 +222,7 @@ impl Vendor {
         let locale = VendorLocale::parse(
             &table(&time.zones)?,
             &time.zone_fallback,
-            match time.zone_match {
-                ZoneMatchName::Nearest => ZoneMatching::Nearest,
-                ZoneMatchName::Exact => ZoneMatching::Exact,
-                ZoneMatchName::Offset => ZoneMatching::Offset,
-            },
+            time.zone_match,
             &table(&time.languages)?,
             &time.language_fallback,
         )
@@ -264,7 +253,13 @@ impl Vendor {
     /// Whether `user_agent` is one of this vendor's, even in a form whose model or firmware
     /// the full pattern cannot read (the profile's looser `user_agent_vendor`).
     pub fn claims(&self, user_agent: &str) -> bool {
-        self.identify(user_agent).is_some() || self.user_agent_vendor.as_ref().is_some_and(|r| r.is_match(user_agent))
+        self.reads(user_agent) || self.user_agent_vendor.as_ref().is_some_and(|r| r.is_match(user_agent))
+    }
+
+    /// Whether one of its User-Agent patterns reads `user_agent` (what [`Vendor::identify`]
+    /// would find something in, without collecting it).
+    pub fn reads(&self, user_agent: &str) -> bool {
+        self.user_agent.iter().any(|pattern| pattern.is_match(user_agent))
     }
 
     /// The entry matching file name `requested` for a phone of `model` (when known): the

@@ -33,6 +33,11 @@ const PASSWORD: &str = "Install-Passw0rd-2026";
 /// Time an emulated board gets to take and check an update bundle (a whole root slot with
 /// its kernel, about 50 MB).
 const UPLOAD_TIME: Duration = Duration::from_secs(420);
+/// Time an emulated board gets from an accepted update or a reset to the boot script's or
+/// the initramfs' first line: shutdown, U-Boot reading the kernel, and the kernel's start.
+/// CI runs this machine next to the rpi3 and rpi4 boots on two cores, where one reboot took
+/// over 120 s.
+const REBOOT_TIME: Duration = Duration::from_secs(300);
 
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} is not set: run scripts/test-image")))
@@ -565,7 +570,7 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     // A hard reset: everything acknowledged is still there, the CA and token too.
     let mark = machine.console().len();
     machine.reset();
-    assert!(machine.wait_console("booting slot a", mark, Duration::from_secs(120)), "no reboot");
+    assert!(machine.wait_console("booting slot a", mark, REBOOT_TIME), "no reboot");
     let reset_at = Instant::now();
     let ca_again = machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(reset_at.elapsed().as_secs_f64());
@@ -648,7 +653,7 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mark = machine.console().len();
     let answer = upload_on_page(&mut browser, &good).await;
     assert!(answer.contains("written to root slot b"), "{answer}");
-    assert!(machine.wait_console("booting slot b (/dev/vda3), on trial", mark, Duration::from_secs(120)));
+    assert!(machine.wait_console("booting slot b (/dev/vda3), on trial", mark, REBOOT_TIME));
     // The update's own kernel command line: test-2 adds provbox.note=test-2 to it.
     assert!(machine.wait_console("provbox-init: kernel command line: ", mark, Duration::from_secs(30)));
     let new_cmdline = kernel_command_line(&machine.console(), mark);
@@ -685,11 +690,11 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let (status, answer) = site.api("POST", "/api/v1/update", &bad_kernel).await;
     assert_eq!(status, 200, "{answer}");
     assert!(
-        machine.wait_console("provbox: root slot a does not boot", mark, Duration::from_secs(180)),
+        machine.wait_console("provbox: root slot a does not boot", mark, REBOOT_TIME),
         "U-Boot did not refuse the kernel:\n{}",
         machine.console()
     );
-    assert!(machine.wait_console("did not come up healthy: back on slot b", mark, Duration::from_secs(120)));
+    assert!(machine.wait_console("did not come up healthy: back on slot b", mark, REBOOT_TIME));
     machine.wait_https(Duration::from_secs(240)).await;
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["rolled_back"].as_str()), (Some("b"), Some("a")), "{slots}");
@@ -700,7 +705,11 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mark = machine.console().len();
     let (status, answer) = site.api("POST", "/api/v1/update", &broken).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(machine.wait_console("booting slot a (/dev/vda2), on trial", mark, Duration::from_secs(120)));
+    assert!(
+        machine.wait_console("booting slot a (/dev/vda2), on trial", mark, REBOOT_TIME),
+        "no reboot into the broken update:\n{}",
+        machine.console()
+    );
     assert!(
         machine.wait_console("did not come up healthy: back on slot b", mark, Duration::from_secs(240)),
         "no rollback"

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -168,6 +169,22 @@ pub enum Request {
         /// On or off.
         enabled: bool,
     },
+    /// Make an encrypted backup; answered with the file, base64.
+    BackupCreate {
+        /// What it is encrypted with.
+        passphrase: String,
+        /// Whether `<data>/files` goes in.
+        include_files: bool,
+    },
+    /// Restore a backup file (base64).
+    BackupRestore {
+        /// The backup file, base64.
+        file: String,
+        /// What it was encrypted with.
+        passphrase: String,
+        /// Replace an appliance that is in use.
+        replace: bool,
+    },
 }
 
 /// The answer.
@@ -198,6 +215,9 @@ impl From<AppError> for Response {
         Response::Error { message: error.to_string(), problems }
     }
 }
+
+/// How backup files travel over the socket's JSON lines.
+pub const BASE64: base64::engine::general_purpose::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn ok(value: impl Serialize) -> Result<serde_json::Value, AppError> {
     // The views are plain data; serde_json cannot fail on them.
@@ -250,6 +270,15 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::RedirectEnable { mac: m, enabled } => {
             mac(m).and_then(|m| app.redirect_enable(&m, *enabled, actor)).and_then(ok)
         }
+        Request::BackupCreate { passphrase, include_files } => {
+            app.create_backup(passphrase, *include_files, actor).map(|file| BASE64.encode(file)).and_then(ok)
+        }
+        Request::BackupRestore { file, passphrase, replace } => BASE64
+            .decode(file)
+            .map_err(|e| AppError::Refused(format!("the backup did not travel intact: {e}")))
+            .and_then(|file| Ok(crate::backup::open(&file, passphrase)?))
+            .and_then(|snapshot| app.restore(snapshot, *replace, actor))
+            .and_then(ok),
     };
     match result {
         Ok(result) => Response::Ok { result },

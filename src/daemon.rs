@@ -272,6 +272,7 @@ pub async fn run(
     let lan = view.addresses.clone();
     let (names, ips) = view.certificate_names();
     let pki = Arc::new(Pki::ensure(&config.data_dir, config.key_type, &names, &ips)?);
+    app.attach_tls(pki.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
     let shared = routes::Shared { app: app.clone(), pki: pki.clone(), updates: config.updates.clone() };
     let listeners = vec![

@@ -12,7 +12,8 @@
 //! - mechanisms that never see [`app::App`]: [`provision`] (vendor profiles, templates, the
 //!   template context), [`redirect`] (vendor redirect clients and the outbox's rules),
 //!   [`sip`] (plug-and-play and check-sync), [`admin`] (password hashes, API token formats),
-//!   [`metrics`], [`pki`], [`update`], [`ntp`] (the SNTP client), [`clock`];
+//!   [`metrics`], [`pki`], [`update`], [`backup`] (the encrypted backup file), [`ntp`] (the
+//!   SNTP client), [`clock`];
 //! - domain types and the store: [`devices`], [`settings`], [`locale`] (time zones and
 //!   languages in each vendor's notation), [`mac`], [`token`], [`hex`],
 //!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
@@ -43,6 +44,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backup;
 pub mod clock;
 pub mod control;
 pub mod daemon;

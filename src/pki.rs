@@ -88,8 +88,11 @@ pub struct Pki {
     dir: PathBuf,
     provider: Arc<CryptoProvider>,
     resolver: Arc<Resolver>,
-    ca_pem: String,
+    /// The CA certificate, PEM; replaced when a backup is restored.
+    ca_pem: ArcSwap<String>,
     key_type: KeyType,
+    /// The names and addresses the server certificate was last made to cover.
+    coverage: std::sync::Mutex<(Vec<String>, Vec<IpAddr>)>,
 }
 
 impl Pki {
@@ -111,23 +114,44 @@ impl Pki {
         issue_if_needed(&dir, &ca_pem, key_type, names, ips)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = load_certified_key(&dir, &provider)?;
-        Ok(Pki { dir, provider, resolver: Arc::new(Resolver(ArcSwap::new(current))), ca_pem, key_type })
+        Ok(Pki {
+            dir,
+            provider,
+            resolver: Arc::new(Resolver(ArcSwap::new(current))),
+            ca_pem: ArcSwap::from_pointee(ca_pem),
+            key_type,
+            coverage: std::sync::Mutex::new((names.to_vec(), ips.to_vec())),
+        })
     }
 
     /// Makes the generated server certificate cover `names` and `ips` (the LAN address
     /// changed): reissued and served from the next handshake if it did not; true then. An
     /// operator certificate in use stays in use.
     pub fn cover(&self, names: &[String], ips: &[IpAddr]) -> Result<bool, PkiError> {
-        if !issue_if_needed(&self.dir, &self.ca_pem, self.key_type, names, ips)? {
+        *self.coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = (names.to_vec(), ips.to_vec());
+        if !issue_if_needed(&self.dir, &self.ca_pem(), self.key_type, names, ips)? {
             return Ok(false);
         }
         self.reload()?;
         Ok(true)
     }
 
+    /// Takes up the CA a restored backup wrote to `<data>/tls`: serves it, and a server
+    /// certificate from it that covers this board's names and addresses (reissued unless
+    /// the restored one already does).
+    pub fn adopt_restored(&self) -> Result<(), PkiError> {
+        let ca_pem = read_string(&self.dir.join("ca.crt"))?;
+        let (names, ips) = self.coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        // The restored server certificate may come from the same CA but not from this
+        // board's last issue: judge it by its own coverage file, which was restored with it.
+        issue_if_needed(&self.dir, &ca_pem, self.key_type, &names, &ips)?;
+        self.ca_pem.store(Arc::new(ca_pem));
+        self.reload()
+    }
+
     /// The local CA certificate, PEM.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.load().as_ref().clone()
     }
 
     /// Whether an operator certificate is in use.

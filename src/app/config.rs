@@ -207,13 +207,22 @@ impl App {
     /// The CA certificate (PEM), read from `<data>/tls/ca.crt` once it exists; empty before
     /// (it is created at the first start, after the store is mounted). The CA is public.
     fn ca_pem(&self) -> String {
-        if let Some(pem) = self.ca_pem.get() {
+        let mut cached = self.ca_pem.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pem) = cached.as_ref() {
             return pem.clone();
         }
         match std::fs::read_to_string(self.data_dir.join("tls/ca.crt")) {
-            Ok(pem) => self.ca_pem.get_or_init(|| pem).clone(),
+            Ok(pem) => cached.insert(pem).clone(),
             Err(_) => String::new(),
         }
+    }
+
+    /// Forgets what was rendered from the old state (a restore replaced it): the CA read
+    /// for templates, and every file's "current" hash.
+    pub(super) fn forget_rendered(&self) {
+        *self.ca_pem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.site_changed();
     }
 
     /// The Prometheus text of `/metrics`: the process counters and the appliance's gauges,

@@ -60,6 +60,9 @@ pub enum AppError {
     /// Something broke inside provbox (a task panicked, a socket could not open); logged.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A backup file was refused.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// A CSV import with problems, imported all-or-nothing.
     #[error("import refused, nothing imported: {} problem(s)", .0.len())]
     Import(Vec<CsvProblem>),
@@ -93,6 +96,7 @@ impl AppError {
             | AppError::Mac(_)
             | AppError::Admin(_)
             | AppError::NoSuchFile { .. }
+            | AppError::Backup(_)
             | AppError::Import(_) => ErrorKind::Invalid,
             AppError::Upstream(_) => ErrorKind::Upstream,
             AppError::Unavailable(_) => ErrorKind::Unavailable,

@@ -8,6 +8,7 @@
 //! - [`config`]: settings, rendering, the store's usage, the audit log and `/metrics`.
 //! - [`redirect`]: planning redirect work in the device's own transaction, and delivering it.
 //! - [`admin`]: the page's password, setup code and API tokens.
+//! - [`backup`]: encrypted backups of the identity and state, and restoring them.
 //! - [`sip`]: what SIP plug-and-play offers a phone, and check-sync.
 //! - [`views`]: what operations answer with, the same for the socket, the CLI and the API.
 //! - [`error`]: why an operation failed, and whose fault it is.
@@ -33,6 +34,7 @@ use crate::store::records::{Contact, Db, Device, Enrollment, Txn};
 use crate::token::{Token, TokenKind};
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod devices;
 pub mod error;
@@ -97,8 +99,11 @@ pub struct App {
     /// Bumped by every change that may alter files beyond one device's own: settings, and
     /// devices added, edited or removed (the phonebook directory).
     site_changes: AtomicU64,
-    /// The CA certificate that formats carrying it inline (Poly) get, read once it exists.
-    ca_pem: std::sync::OnceLock<String>,
+    /// The CA certificate that formats carrying it inline (Poly) get, read once it exists
+    /// and again after a restore.
+    ca_pem: Mutex<Option<String>>,
+    /// The server's TLS identity, once the server runs: a restore hands it the restored CA.
+    tls: std::sync::OnceLock<std::sync::Arc<crate::pki::Pki>>,
 }
 
 impl App {
@@ -127,8 +132,16 @@ impl App {
             setup_code: SetupCode::default(),
             config_hashes: Mutex::new(HashMap::new()),
             site_changes: AtomicU64::new(0),
-            ca_pem: std::sync::OnceLock::new(),
+            ca_pem: Mutex::new(None),
+            tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands the app the server's TLS identity, so that a restore can replace the CA it
+    /// serves. Called once by the server at start.
+    pub fn attach_tls(&self, pki: std::sync::Arc<crate::pki::Pki>) {
+        // A second call would come from a second server on the same App: keep the first.
+        let _ = self.tls.set(pki);
     }
 
     /// The default base URL: where phones reach HTTPS when `provision.base_url` is empty.

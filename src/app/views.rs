@@ -352,3 +352,18 @@ impl std::fmt::Display for RedirectView {
         }
     }
 }
+
+/// What a restore put back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestoreSummary {
+    /// The provbox version that made the backup.
+    pub version: String,
+    /// When it was made, Unix seconds.
+    pub created_at: u64,
+    /// Devices restored.
+    pub devices: usize,
+    /// Data-directory files restored (certificates, overrides, static files).
+    pub files: usize,
+    /// Whether the backup brought an admin password (else the page asks for one).
+    pub admin_restored: bool,
+}

@@ -18,6 +18,7 @@ use provbox::update;
 use serde::de::DeserializeOwned;
 
 mod admin;
+mod backup;
 mod device;
 mod ntp_cmd;
 mod redirect;
@@ -70,6 +71,9 @@ enum Command {
     /// The page's administrator.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Encrypted backups: the CA, phone URLs, devices, settings and credentials.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Signed root-image updates of the firmware image (A/B slots).
     #[command(subcommand)]
     Update(update_cmd::UpdateCommand),
@@ -104,6 +108,8 @@ enum CliError {
     Answer(serde_json::Error),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error(
         "no provbox data directory at {0}: run this where `provbox serve` keeps its data, or name it with --data DIR or PROVBOX_DATA=DIR (only `provbox serve` and `provbox store format` create one)"
     )]
@@ -135,6 +141,7 @@ pub fn run() -> ExitCode {
         Some(Command::Settings(command)) => settings::run(&cli, command).map(done),
         Some(Command::Redirect(command)) => redirect::run(&cli, command).map(done),
         Some(Command::Admin(command)) => admin::run(&cli, command).map(done),
+        Some(Command::Backup(command)) => backup::run(&cli, command).map(done),
         Some(Command::Update(command)) => update_cmd::run(command).map(done),
         Some(Command::Ntp(args)) => ntp_cmd::run(args),
         Some(Command::Render { mac, file, reveal }) => {

@@ -524,6 +524,22 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
     }
 }
 
+/// The schema version this build writes for `kind`.
+pub fn current_schema(kind: Kind) -> u8 {
+    match kind {
+        Kind::Device => Device::SCHEMA,
+        Kind::Setting => Setting::SCHEMA,
+        Kind::Admin => AdminCredentials::SCHEMA,
+        Kind::Outbox => OutboxItem::SCHEMA,
+        Kind::Audit => AuditEntry::SCHEMA,
+        Kind::Seen => PhoneSeen::SCHEMA,
+        Kind::Redirect => RedirectRecord::SCHEMA,
+        Kind::PlainHttp => PlainHttpGrant::SCHEMA,
+        Kind::Clock => LastKnownTime::SCHEMA,
+        Kind::ApiToken => ApiToken::SCHEMA,
+    }
+}
+
 fn key(kind: Kind, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + id.len());
     key.push(kind as u8);
@@ -605,6 +621,12 @@ impl Txn {
     /// Replaces the admin credentials.
     pub fn set_admin(&mut self, credentials: &AdminCredentials) -> &mut Self {
         self.changes.push((key(Kind::Admin, b""), Some(credentials.encode())));
+        self
+    }
+
+    /// Removes the administrator's credentials: the appliance is unclaimed again.
+    pub fn remove_admin(&mut self) -> &mut Self {
+        self.changes.push((key(Kind::Admin, b""), None));
         self
     }
 
@@ -823,6 +845,50 @@ impl<F: NorFlash> Db<F> {
         let changes = self.prepare(txn);
         let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
         Ok(self.store.commit(&ops)?)
+    }
+
+    /// Replaces every record but the clock's with `records` (a restored backup). The
+    /// administrator's credentials go first and come back last, so a restore cut short by
+    /// power leaves an unclaimed appliance, whose first-start page offers the restore again,
+    /// never a mix that looks complete. Commits as many store transactions as needed.
+    pub fn replace_all(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DbError> {
+        let admin_key = key(Kind::Admin, b"");
+        let clock = Kind::Clock as u8;
+        if self.store.get(&admin_key).is_some() {
+            self.store.commit(&[Op::set(&admin_key, None)])?;
+        }
+        let incoming: std::collections::BTreeSet<&[u8]> = records.iter().map(|(key, _)| key.as_slice()).collect();
+        let stale: Vec<Vec<u8>> = self
+            .store
+            .iter_prefix(&[])
+            .map(|(key, _)| key)
+            .filter(|key| key[0] != clock && !incoming.contains(key))
+            .map(<[u8]>::to_vec)
+            .collect();
+        let mut ops: Vec<Op<'_>> = stale.iter().map(|key| Op::set(key, None)).collect();
+        ops.extend(
+            records
+                .iter()
+                .filter(|(key, _)| *key != admin_key && key[0] != clock)
+                .map(|(key, value)| Op::set(key, Some(value))),
+        );
+        let limit = self.store.max_commit_len();
+        let mut batch: Vec<Op<'_>> = Vec::new();
+        for op in ops {
+            batch.push(op);
+            if batch.len() > 1 && super::format::encode_ops(&batch).len() > limit {
+                let overflow = batch.pop().into_iter();
+                self.store.commit(&batch)?;
+                batch = overflow.collect();
+            }
+        }
+        if !batch.is_empty() {
+            self.store.commit(&batch)?;
+        }
+        if let Some((_, admin)) = records.iter().find(|(key, _)| *key == admin_key) {
+            self.store.commit(&[Op::set(&admin_key, Some(admin))])?;
+        }
+        Ok(())
     }
 
     /// Whether `txn` fits one store transaction (one flash sector).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<Web> {
         .route("/api/v1/phones-seen", get(phones_seen))
         .route("/api/v1/redirect", get(redirect_status))
         .route("/api/v1/update", get(update_status).post(install_update))
+        .route("/api/v1/backup", get(backup))
 }
 
 /// A JSON error with `status`.
@@ -270,9 +271,38 @@ fn openapi_document() -> serde_json::Value {
                     "responses": ok("installed; the appliance reboots into it and falls back if it does not come up")
                 }
             },
+            "/api/v1/backup": { "get": {
+                "summary": "An encrypted backup (age format) of the CA, devices with their URL tokens, settings, credentials and template overrides",
+                "parameters": [
+                    { "name": "Backup-Passphrase", "in": "header", "required": true, "schema": { "type": "string", "minLength": 12 } },
+                    { "name": "files", "in": "query", "required": false, "schema": { "type": "boolean" }, "description": "also the static files (firmware)" }
+                ],
+                "responses": ok("the backup file, application/octet-stream")
+            } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": ok("text exposition format") } }
         }
     })
+}
+
+/// The header that carries a backup's passphrase (never a query parameter: URLs get logged).
+const PASSPHRASE_HEADER: &str = "backup-passphrase";
+
+/// `GET /api/v1/backup[?files=true]`: an encrypted backup, with the passphrase in the
+/// `Backup-Passphrase` header.
+async fn backup(
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(passphrase) = headers.get(PASSPHRASE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "give the backup's passphrase in the Backup-Passphrase header");
+    };
+    let include_files = query.get("files").is_some_and(|v| v == "true");
+    let Caller { web, actor } = caller;
+    match blocking(move || web.app.create_backup(&passphrase, include_files, &actor)).await {
+        Ok(file) => super::backup::attachment(file),
+        Err(e) => app_error(e),
+    }
 }
 
 async fn update_status(caller: Caller) -> Response {

@@ -9,7 +9,8 @@
 //!   a double-submit token in its own cookie.
 //!
 //! One file per page: `devices` (the list), `device` (one phone and its actions),
-//! `seen`, `import`, `settings`, `system`, `login` (setup, login, logout); [`api`]
+//! `seen`, `import`, `settings`, `system`, `login` (setup, login, logout), `backup`
+//! (download on the system page, restore on the first-start page); [`api`]
 //! is the JSON API and `/metrics`. The plumbing they share is in `page` (templates,
 //! cookies, the session and CSRF checks), [`session`] (sessions and the login throttle) and
 //! `update` (streamed firmware uploads).
@@ -26,6 +27,7 @@ use crate::update::Updates;
 use session::{LoginThrottle, Sessions};
 
 pub mod api;
+mod backup;
 mod device;
 mod devices;
 mod import;
@@ -70,6 +72,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         .route("/", get(devices::devices_page))
         .route("/static/style.css", get(page::stylesheet))
         .route("/setup", get(login::setup_page).post(login::setup))
+        .route("/setup/restore", post(backup::restore))
         .route("/login", get(login::login_page).post(login::login))
         .route("/logout", post(login::logout))
         .route("/devices", post(devices::add_device))
@@ -84,6 +87,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         .route("/settings/password", post(settings::change_password))
         .route("/system", get(system::system_page))
         .route("/system/update", post(system::update_upload))
+        .route("/system/backup", post(backup::download))
         .route("/settings/api-tokens", post(settings::create_api_token))
         .route("/settings/api-tokens/{id}/revoke", post(settings::revoke_api_token))
         .merge(api::routes())

@@ -1,0 +1,331 @@
+//! Backups: what the appliance's identity and state are ([`App::backup_snapshot`]), and
+//! putting them back on this or another appliance ([`App::restore`]). The file format is
+//! [`crate::backup`]'s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::views::RestoreSummary;
+use super::{App, AppError};
+use crate::admin::AdminError;
+use crate::backup::{self, BackupError, DataFile, Manifest, Snapshot, StoreRecord};
+use crate::clock::now;
+use crate::store::records::{Kind, MAX_DEVICES, Txn, current_schema, decode_json};
+
+/// The files of `<data>/tls` a backup carries: the CA, the generated server certificate and
+/// an operator's. The server certificate is reissued on restore where it does not cover the
+/// new board's addresses.
+const TLS_FILES: [&str; 7] =
+    ["ca.crt", "ca.key", "server.crt", "server.key", "server.json", "operator.crt", "operator.key"];
+/// Files that hold private keys: written readable by the owner only.
+const PRIVATE_FILES: [&str; 3] = ["tls/ca.key", "tls/server.key", "tls/operator.key"];
+
+impl App {
+    /// Everything a backup holds: every store record but the clock (a board's own), the TLS
+    /// files, the template overrides, and the static files when `include_files`.
+    pub fn backup_snapshot(&self, include_files: bool) -> Result<Snapshot, AppError> {
+        let (records, devices) = {
+            let state = self.lock();
+            let store = state.db.store();
+            let records: Vec<StoreRecord> = store
+                .iter_prefix(&[])
+                .filter(|(key, _)| key[0] != Kind::Clock as u8)
+                .map(|(key, value)| StoreRecord { key: key.to_vec(), value: value.to_vec() })
+                .collect();
+            (records, state.db.device_count())
+        };
+        let mut files = Vec::new();
+        for name in TLS_FILES {
+            match std::fs::read(self.data_dir.join("tls").join(name)) {
+                Ok(content) => files.push(DataFile { path: format!("tls/{name}"), content }),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(unreadable(&self.data_dir.join("tls").join(name), error)),
+            }
+        }
+        collect_tree(&self.data_dir, "templates", &mut files)?;
+        if include_files {
+            collect_tree(&self.data_dir, "files", &mut files)?;
+        }
+        let size: usize = records.iter().map(|r| r.key.len() + r.value.len() + 6).sum::<usize>()
+            + files.iter().map(|f| f.content.len() + 512).sum::<usize>();
+        if size > backup::MAX_BACKUP_BYTES {
+            return Err(AppError::Refused(format!(
+                "the backup would be {size} bytes, more than the {} a restore takes; leave out the static files",
+                backup::MAX_BACKUP_BYTES
+            )));
+        }
+        let schemas = Kind::ALL.iter().map(|kind| (kind.name().to_string(), current_schema(*kind))).collect();
+        let manifest = Manifest {
+            product: backup::PRODUCT.into(),
+            format: backup::FORMAT,
+            version: crate::update::version_text(),
+            created_at: now(),
+            schemas,
+            devices,
+            includes_files: include_files,
+        };
+        Ok(Snapshot { manifest, records, files })
+    }
+
+    /// Makes a backup file: the snapshot encrypted with `passphrase`, and an audit entry.
+    pub fn create_backup(&self, passphrase: &str, include_files: bool, actor: &str) -> Result<Vec<u8>, AppError> {
+        check_passphrase(passphrase)?;
+        let snapshot = self.backup_snapshot(include_files)?;
+        let file = backup::seal(&snapshot, passphrase);
+        let mut txn = Txn::new();
+        let files = if include_files { ", with static files" } else { "" };
+        txn.audit(now(), actor, &format!("made a backup ({} devices{files})", snapshot.manifest.devices))?;
+        self.lock().db.commit(&txn)?;
+        tracing::info!(actor, devices = snapshot.manifest.devices, bytes = file.len(), "backup made");
+        Ok(file)
+    }
+
+    /// Puts `snapshot` back: the store's records, the CA and certificates, the template
+    /// overrides and static files. Everything is checked before anything is written, so a
+    /// refused backup changes nothing. An appliance already in use (an admin password or
+    /// devices) is only replaced when `replace` says so. A restore that fails while writing
+    /// leaves the appliance unclaimed (no admin password), to be restored again.
+    pub fn restore(&self, snapshot: Snapshot, replace: bool, actor: &str) -> Result<RestoreSummary, AppError> {
+        check_records(&snapshot)?;
+        check_files(&snapshot.files)?;
+        let records: Vec<(Vec<u8>, Vec<u8>)> =
+            snapshot.records.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+        {
+            let state = self.lock();
+            let in_use = state.db.admin()?.is_some() || state.db.device_count() > 0;
+            if in_use && !replace {
+                return Err(AppError::Refused(
+                    "this appliance is already in use (it has an admin password or devices); restoring replaces all of it: confirm with --replace (CLI) or restore from the first-start page of a new appliance".into(),
+                ));
+            }
+        }
+        // Unclaimed first: from here until the restored admin lands, a restore cut short
+        // (power, a full disk) leaves an appliance whose first-start page offers it again.
+        self.lock().db.commit(Txn::new().remove_admin())?;
+        self.write_data_files(&snapshot)?;
+        {
+            let mut state = self.lock();
+            state.db.replace_all(&records)?;
+            state.pending_contacts.clear();
+            state.rebuild_tokens()?;
+            let mut txn = Txn::new();
+            let made = &snapshot.manifest;
+            txn.audit(
+                now(),
+                actor,
+                &format!("restored a backup made at {} by provbox {}", made.created_at, made.version),
+            )?;
+            state.db.commit(&txn)?;
+        }
+        self.forget_rendered();
+        if let Some(tls) = self.tls.get() {
+            tls.adopt_restored().map_err(|e| AppError::Internal(format!("the restored certificates: {e}")))?;
+        }
+        let summary = RestoreSummary {
+            version: snapshot.manifest.version.clone(),
+            created_at: snapshot.manifest.created_at,
+            devices: snapshot.manifest.devices,
+            files: snapshot.files.len(),
+            admin_restored: self.admin_configured()?,
+        };
+        tracing::info!(actor, devices = summary.devices, files = summary.files, "backup restored");
+        Ok(summary)
+    }
+
+    /// The first-start page's restore: needs the setup code (checked before the file is
+    /// decrypted), and only while no admin password is set; replaces whatever the new
+    /// appliance holds.
+    pub fn restore_on_first_start(
+        &self,
+        file: &[u8],
+        passphrase: &str,
+        setup_code: &str,
+        actor: &str,
+    ) -> Result<RestoreSummary, AppError> {
+        if self.admin_configured()? || !self.setup_code.matches(setup_code) {
+            return Err(AdminError::SetupCode.into());
+        }
+        let summary = self.restore(backup::open(file, passphrase)?, true, actor)?;
+        if summary.admin_restored {
+            self.setup_code.clear();
+        }
+        Ok(summary)
+    }
+
+    /// Writes the snapshot's files: each folder it carries is built beside the live one and
+    /// swapped in whole, so a folder is never half old, half new. `tls` is merged file by
+    /// file (atomic renames), since the running server reads it.
+    fn write_data_files(&self, snapshot: &Snapshot) -> Result<(), AppError> {
+        let mut by_folder: BTreeMap<&str, Vec<&DataFile>> = BTreeMap::new();
+        for file in &snapshot.files {
+            // check_files accepted only paths under one of the backed-up folders.
+            let folder = file.path.split('/').next().unwrap_or_default();
+            by_folder.entry(folder).or_default().push(file);
+        }
+        let tls = by_folder.remove("tls").unwrap_or_default();
+        for file in &tls {
+            let mode = if PRIVATE_FILES.contains(&file.path.as_str()) { 0o600 } else { 0o644 };
+            write_atomically(&self.data_dir.join(&file.path), &file.content, mode)?;
+        }
+        // With the CA come exactly the certificates of the backup: a server or operator
+        // certificate this board had of its own would not chain to it.
+        if tls.iter().any(|file| file.path == "tls/ca.crt") {
+            for name in TLS_FILES {
+                let path = format!("tls/{name}");
+                if !tls.iter().any(|file| file.path == path) {
+                    remove_file(&self.data_dir.join(path))?;
+                }
+            }
+        }
+        let mut folders = vec!["templates"];
+        if snapshot.manifest.includes_files {
+            folders.push("files");
+        }
+        for folder in folders {
+            let staged = self.data_dir.join(format!(".{folder}.restoring"));
+            let live = self.data_dir.join(folder);
+            remove_tree(&staged)?;
+            for file in by_folder.get(folder).into_iter().flatten() {
+                let relative = Path::new(&file.path).strip_prefix(folder).unwrap_or(Path::new(&file.path));
+                write_atomically(&staged.join(relative), &file.content, 0o644)?;
+            }
+            let old = self.data_dir.join(format!(".{folder}.old"));
+            remove_tree(&old)?;
+            if live.exists() {
+                std::fs::rename(&live, &old).map_err(|e| unwritable(&live, e))?;
+            }
+            if staged.exists() {
+                std::fs::rename(&staged, &live).map_err(|e| unwritable(&live, e))?;
+            }
+            remove_tree(&old)?;
+        }
+        Ok(())
+    }
+}
+
+/// A passphrase long enough that scrypt makes guessing it slow but not hopeless to say:
+/// backups leave the appliance.
+fn check_passphrase(passphrase: &str) -> Result<(), AppError> {
+    const MIN_CHARS: usize = 12;
+    if passphrase.chars().count() < MIN_CHARS {
+        return Err(AppError::Refused(format!(
+            "the backup passphrase must have at least {MIN_CHARS} characters: the file leaves the appliance"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that this version reads every one of the snapshot's records (older schemas
+/// upgrade; newer ones and unknown kinds are refused), and that they fit an appliance.
+fn check_records(snapshot: &Snapshot) -> Result<(), AppError> {
+    let mut seen: HashMap<&[u8], ()> = HashMap::new();
+    let mut devices = 0;
+    for record in &snapshot.records {
+        let Some(kind) = record.key.first().and_then(|byte| Kind::from_byte(*byte)) else {
+            return Err(BackupError::NewerFormat(snapshot.manifest.format, snapshot.manifest.version.clone()).into());
+        };
+        decode_json(kind, &record.value)
+            .map_err(|e| BackupError::Malformed(format!("a {} record: {e}", kind.name())))?;
+        if seen.insert(&record.key, ()).is_some() {
+            return Err(BackupError::Malformed(format!("a {} record appears twice", kind.name())).into());
+        }
+        devices += usize::from(kind == Kind::Device);
+    }
+    if devices > MAX_DEVICES {
+        return Err(BackupError::Malformed(format!(
+            "{devices} devices, more than the {MAX_DEVICES} an appliance manages"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks the snapshot's files: paths inside the backed-up folders, only known TLS files,
+/// and a CA whose key is there too.
+fn check_files(files: &[DataFile]) -> Result<(), AppError> {
+    for file in files {
+        backup::check_data_path(&file.path).map_err(BackupError::Malformed)?;
+        if let Some(name) = file.path.strip_prefix("tls/")
+            && !TLS_FILES.contains(&name)
+        {
+            return Err(BackupError::Malformed(format!("unexpected TLS file {name:?}")).into());
+        }
+    }
+    let has = |path: &str| files.iter().any(|file| file.path == path);
+    if has("tls/ca.crt") != has("tls/ca.key") {
+        return Err(BackupError::Malformed("the CA certificate and its key must come together".into()).into());
+    }
+    Ok(())
+}
+
+/// Adds every regular file under `<data>/<folder>` to `files`; symbolic links are not
+/// followed (the data directory may be written by others' hands).
+fn collect_tree(data_dir: &Path, folder: &str, files: &mut Vec<DataFile>) -> Result<(), AppError> {
+    let root = data_dir.join(folder);
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(unreadable(&dir, error)),
+        };
+        let mut entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(|e| unreadable(&dir, e))?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| unreadable(&path, e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                let relative = path.strip_prefix(data_dir).unwrap_or(&path);
+                let Some(relative) = relative.to_str() else { continue };
+                let content = std::fs::read(&path).map_err(|e| unreadable(&path, e))?;
+                files.push(DataFile { path: relative.to_string(), content });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `content` to `path` through a temporary file and a rename, with `mode`.
+fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), AppError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| unwritable(parent, e))?;
+    }
+    let mut temporary_name = path.file_name().unwrap_or_default().to_os_string();
+    temporary_name.push(".restoring");
+    let temporary: PathBuf = path.with_file_name(temporary_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(|e| unwritable(&temporary, e))?;
+    file.write_all(content).and_then(|()| file.sync_all()).map_err(|e| unwritable(&temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| unwritable(path, e))
+}
+
+fn remove_file(path: &Path) -> Result<(), AppError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(unwritable(path, error)),
+        _ => Ok(()),
+    }
+}
+
+fn remove_tree(path: &Path) -> Result<(), AppError> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(unwritable(path, error)),
+        _ => Ok(()),
+    }
+}
+
+fn unreadable(path: &Path, error: std::io::Error) -> AppError {
+    AppError::Internal(format!("cannot read {}: {error}", path.display()))
+}
+
+fn unwritable(path: &Path, error: std::io::Error) -> AppError {
+    AppError::Internal(format!("cannot write {}: {error}", path.display()))
+}

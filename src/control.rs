@@ -176,12 +176,16 @@ pub enum Request {
         /// Whether `<data>/files` goes in.
         include_files: bool,
     },
+    /// Make the next scheduled backup copy due now.
+    BackupCopyNow,
+    /// The scheduled backup copies: target and last outcome.
+    BackupCopyStatus,
     /// Restore a backup file (base64).
     BackupRestore {
         /// The backup file, base64.
         file: String,
-        /// What it was encrypted with.
-        passphrase: String,
+        /// What opens it.
+        key: crate::backup::BackupKey,
         /// Replace an appliance that is in use.
         replace: bool,
     },
@@ -273,10 +277,12 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::BackupCreate { passphrase, include_files } => {
             app.create_backup(passphrase, *include_files, actor).map(|file| BASE64.encode(file)).and_then(ok)
         }
-        Request::BackupRestore { file, passphrase, replace } => BASE64
+        Request::BackupCopyNow => app.copy_backup_now().and_then(ok),
+        Request::BackupCopyStatus => app.backup_copy_status().and_then(ok),
+        Request::BackupRestore { file, key, replace } => BASE64
             .decode(file)
             .map_err(|e| AppError::Refused(format!("the backup did not travel intact: {e}")))
-            .and_then(|file| Ok(crate::backup::open(&file, passphrase)?))
+            .and_then(|file| Ok(crate::backup::open(&file, key)?))
             .and_then(|snapshot| app.restore(snapshot, *replace, actor))
             .and_then(ok),
     };

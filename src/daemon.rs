@@ -293,6 +293,7 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
     let worker = tokio::spawn(crate::app::redirect::run_worker(app.clone(), stopped.clone()));
+    let copier = tokio::spawn(crate::app::backup_copy::run_copy_worker(app.clone(), stopped.clone()));
     let mut sip_endpoint = None;
     let sip = match config.sip {
         Some(address) => match sip::Endpoint::bind(address, &lan).await {
@@ -392,9 +393,11 @@ pub async fn run(
     let _ = control.await;
     let _ = flusher.await;
     // A send cut short stays queued and goes again at the next start; every client makes a
-    // repeat harmless.
+    // repeat harmless. So does a backup copy cut short: it is still due.
     worker.abort();
     let _ = worker.await;
+    copier.abort();
+    let _ = copier.await;
     let _ = std::fs::remove_file(control::socket_path(&config.data_dir));
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.flush_contacts()).await.ok().transpose()?;

@@ -30,6 +30,11 @@ pub enum Rule {
     Zone,
     /// A BCP 47 language tag (`it`, `en-US`).
     Language,
+    /// An `https://` URL without credentials in it, or empty: where a file and its
+    /// credentials go over the WAN.
+    SecureUrl,
+    /// An age public key (`age1...`), or empty.
+    AgeRecipient,
 }
 
 /// One known setting.
@@ -102,6 +107,24 @@ pub const SITE: &[SettingSpec] = &[
     spec("redirect.enabled", "on", Rule::Switch, "register phones with their vendors' redirect services"),
     spec("redirect.timeout_seconds", "20", Rule::Number(1, 120), "give up on a redirect-service call after this long"),
     spec("redirect.ca_file", "", Rule::Text, "extra CA certificates (PEM file) trusted for redirect services"),
+    spec(
+        "backup.copy_url",
+        "",
+        Rule::SecureUrl,
+        "WebDAV or HTTPS PUT URL for scheduled backup copies; ending in / adds a dated file name (empty: no copies)",
+    ),
+    spec(
+        "backup.copy_recipient",
+        "",
+        Rule::AgeRecipient,
+        "age public key (age1..., from age-keygen) the copies are encrypted to; keep its identity off the appliance",
+    ),
+    spec("backup.copy_schedule", "daily", Rule::OneOf(&["daily", "weekly"]), "how often a backup copy is sent"),
+    spec("backup.copy_files", "off", Rule::Switch, "include the static files (firmware) in the copies"),
+    spec("backup.copy_username", "", Rule::Text, "user for HTTP Basic authentication at the copy URL"),
+    secret("backup.copy_password", "password for HTTP Basic authentication at the copy URL"),
+    secret("backup.copy_token", "bearer token for the copy URL, instead of a user and password"),
+    spec("backup.copy_ca_file", "", Rule::Text, "extra CA certificates (PEM file) trusted for the copy URL"),
 ];
 
 /// Why a setting was refused.
@@ -187,6 +210,24 @@ impl Table {
                     value.starts_with("https://") && value.ends_with('/') && !value.contains(char::is_whitespace);
                 if !value.is_empty() && !valid {
                     return invalid("must be an https:// URL ending in / (tokens never travel over plain HTTP)".into());
+                }
+            }
+            Rule::SecureUrl => {
+                let uri = value.parse::<hyper::Uri>().ok();
+                let host = uri.as_ref().and_then(|uri| uri.host()).is_some();
+                let credentials =
+                    uri.as_ref().and_then(|uri| uri.authority()).is_some_and(|a| a.as_str().contains('@'));
+                if !value.is_empty() && (!value.starts_with("https://") || !host || credentials) {
+                    return invalid(
+                        "must be an https:// URL with no user or password in it (they have their own settings)".into(),
+                    );
+                }
+            }
+            Rule::AgeRecipient => {
+                if let Err(reason) = value.parse::<crate::backup::age::Recipient>()
+                    && !value.is_empty()
+                {
+                    return invalid(reason);
                 }
             }
             Rule::Zone => {

@@ -1,6 +1,7 @@
 //! Encrypted backups, end to end: a phone provisioned before the card was lost fetches from
 //! the restored appliance with no change on the phone; bad backups are refused and change
-//! nothing; and the files open with the reference `age` tool (C2SP age v1), both ways.
+//! nothing; the files open with the reference `age` tool (C2SP age v1), both ways; and
+//! scheduled copies reach a real WebDAV server (Debian's nginx) through an outage.
 
 mod fleet;
 
@@ -204,7 +205,7 @@ fn age_on_terminal(args: &str, lines: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Debian's age CLI: .ci/run installs it and runs this"]
+#[ignore = "needs Debian's age CLI: scripts/test-backup-tools (a CI step) installs it and runs this"]
 async fn the_reference_age_tool_opens_a_backup_and_makes_one_provbox_restores() {
     let (old, phone, steady) = provisioned_site().await;
     let old_ca = old.ca();
@@ -300,7 +301,7 @@ async fn the_page_downloads_a_backup_and_a_new_appliance_restores_it_from_its_fi
     );
     assert_eq!(download.header("cache-control"), Some("no-store"));
     let file = download.body.clone();
-    let snapshot = provbox::backup::open(&file, PASSPHRASE).unwrap();
+    let snapshot = provbox::backup::open(&file, &provbox::backup::BackupKey::Passphrase(PASSPHRASE.into())).unwrap();
     assert_eq!(snapshot.manifest.devices, 2);
 
     // The API gives the same with a token and the passphrase header, nothing without them.
@@ -312,7 +313,13 @@ async fn the_page_downloads_a_backup_and_a_new_appliance_restores_it_from_its_fi
     let by_api =
         api.get("/api/v1/backup", &[("Authorization", &bearer), ("Backup-Passphrase", PASSPHRASE)]).await.unwrap();
     assert_eq!(by_api.status, 200);
-    assert_eq!(provbox::backup::open(&by_api.body, PASSPHRASE).unwrap().manifest.devices, 2);
+    assert_eq!(
+        provbox::backup::open(&by_api.body, &provbox::backup::BackupKey::Passphrase(PASSPHRASE.into()))
+            .unwrap()
+            .manifest
+            .devices,
+        2
+    );
     drop(old);
 
     // A new appliance's first-start page: a wrong setup code restores nothing.
@@ -346,4 +353,169 @@ async fn the_page_downloads_a_backup_and_a_new_appliance_restores_it_from_its_fi
     let mut again = fleet::Browser::open_at(fleet::client_config_trusting(&old_ca, None), new.https).await;
     assert_eq!(again.get("/setup").await.header("location"), Some("/login"));
     assert!(!new.log().contains(PASSPHRASE));
+}
+
+/// A WebDAV server from Debian's nginx (http_dav_module), on loopback with TLS from a
+/// private CA and HTTP Basic authentication; started and stopped by the test.
+struct Nginx {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+const DAV_USER: &str = "provbox";
+const DAV_PASSWORD: &str = "dav-secret-2026";
+
+impl Nginx {
+    /// Writes the configuration, certificates and password file; does not start nginx.
+    fn prepare() -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Test NAS CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+        // nginx reads {PLAIN} passwords (ngx_http_auth_basic_module).
+        std::fs::write(path("htpasswd"), format!("{DAV_USER}:{{PLAIN}}{DAV_PASSWORD}\n")).unwrap();
+        std::fs::create_dir_all(path("www/dav")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.path().display();
+        let config = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n\
+             access_log {d}/access.log;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+             server {{\nlisten 127.0.0.1:{port} ssl;\nssl_certificate {d}/server.pem;\nssl_certificate_key {d}/server.key;\n\
+             root {d}/www;\nclient_max_body_size 100m;\nlocation /dav/ {{\ndav_methods PUT DELETE MKCOL;\n\
+             auth_basic \"backups\";\nauth_basic_user_file {d}/htpasswd;\n}}\n}}\n}}\n"
+        );
+        std::fs::write(path("nginx.conf"), config).unwrap();
+        Nginx { dir, port, child: None }
+    }
+
+    fn start(&mut self) {
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nginx from Debian runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {}",
+                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The files the server holds under /dav/.
+    fn stored(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("www/dav")).unwrap().map(|entry| entry.unwrap().path()).collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `backup status --json`.
+fn copy_status(data: &Path) -> serde_json::Value {
+    serde_json::from_str(&cli_ok(data, &["backup", "status", "--json"])).unwrap()
+}
+
+/// Waits (at most `limit`) until `done` holds for the copy status; returns it.
+fn wait_for_copy(data: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = copy_status(data);
+        if done(&status) || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's nginx and age: scripts/test-backup-tools (a CI step) installs them and runs this"]
+async fn scheduled_copies_reach_a_real_webdav_server_through_an_outage_and_restore_with_the_identity() {
+    let (appliance, phone, steady) = provisioned_site().await;
+    let old_ca = appliance.ca();
+    let mut nginx = Nginx::prepare();
+    // The operator's key pair, made by the reference tool; only the public key goes on the box.
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("key.txt");
+    assert!(Command::new("age-keygen").arg("-o").arg(&identity).output().unwrap().status.success());
+    let identity_text = std::fs::read_to_string(&identity).unwrap();
+    let recipient = identity_text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_string();
+    let url = format!("https://127.0.0.1:{}/dav/", nginx.port);
+    let ca = nginx.dir.path().join("ca.pem");
+    for (name, value) in [
+        ("backup.copy_recipient", recipient.as_str()),
+        ("backup.copy_username", DAV_USER),
+        ("backup.copy_password", DAV_PASSWORD),
+        ("backup.copy_ca_file", ca.to_str().unwrap()),
+        ("backup.copy_url", url.as_str()),
+    ] {
+        cli_ok(&appliance.data, &["settings", "set", name, value]);
+    }
+
+    // The WAN is down: the first copy fails, says why, and is due again soon.
+    let status = wait_for_copy(&appliance.data, Duration::from_secs(30), |s| s["last_error"].is_string());
+    assert!(status["last_error"].as_str().unwrap().contains("cannot connect to 127.0.0.1"), "{status}");
+    assert!(status["last_success"].is_null());
+    let due = status["next_due"].as_u64().unwrap();
+    // A restart loses nothing: the failed copy is still due, at the same time.
+    let (_, data, dir) = appliance.stop();
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
+    assert_eq!(copy_status(&appliance.data)["next_due"].as_u64(), Some(due));
+
+    // The server comes back: the retry (the outbox's backoff, 15 to 30 s) delivers it.
+    nginx.start();
+    let status = wait_for_copy(&appliance.data, Duration::from_secs(90), |s| s["last_success"].is_u64());
+    assert!(status["last_success"].is_u64() && status["last_error"].is_null(), "{status}");
+    assert!(status["next_due"].as_u64().unwrap() > status["last_success"].as_u64().unwrap() + 86_000, "a day later");
+    let stored = nginx.stored();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let name = stored[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("provbox-backup-") && name.ends_with(".age"), "{name}");
+    let access = std::fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
+    assert!(access.contains(&format!("{DAV_USER} [")) && access.contains("\"PUT /dav/provbox-backup-"), "{access}");
+
+    // The reference tool opens the copy with the identity; provbox restores it with the same.
+    let output = Command::new("age").arg("-d").arg("-i").arg(&identity).arg(&stored[0]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout.windows(12).any(|w| w == b"manifest.jso"), "a tar with the manifest");
+    let new = Appliance::start();
+    let args = ["backup", "restore", "--identity", identity.to_str().unwrap(), stored[0].to_str().unwrap()];
+    cli_ok(&new.data, &args);
+    assert_eq!(fetch_steady(new.https, &old_ca, &phone, &steady).await.status, 200);
+    drop(new);
+
+    // Wrong credentials: refused with the reason, and retried.
+    cli_ok(&appliance.data, &["settings", "set", "backup.copy_password", "not-the-password"]);
+    cli_ok(&appliance.data, &["backup", "copy-now"]);
+    let status = wait_for_copy(&appliance.data, Duration::from_secs(30), |s| s["last_error"].is_string());
+    assert!(status["last_error"].as_str().unwrap().contains("refused the credentials (401)"), "{status}");
+    assert!(!appliance.log().contains(DAV_PASSWORD) && !appliance.log().contains("AGE-SECRET-KEY"));
 }

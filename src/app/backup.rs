@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::views::RestoreSummary;
 use super::{App, AppError};
 use crate::admin::AdminError;
-use crate::backup::{self, BackupError, DataFile, Manifest, Snapshot, StoreRecord};
+use crate::backup::{self, BackupError, BackupKey, DataFile, Manifest, Snapshot, StoreRecord};
 use crate::clock::now;
 use crate::store::records::{Kind, MAX_DEVICES, Txn, current_schema, decode_json};
 
@@ -17,11 +17,14 @@ use crate::store::records::{Kind, MAX_DEVICES, Txn, current_schema, decode_json}
 /// new board's addresses.
 const TLS_FILES: [&str; 7] =
     ["ca.crt", "ca.key", "server.crt", "server.key", "server.json", "operator.crt", "operator.key"];
+/// Record kinds that describe this board, not the site: its clock and its copy schedule.
+const BOARD_OWN: [u8; 2] = [Kind::Clock as u8, Kind::BackupCopy as u8];
 /// Files that hold private keys: written readable by the owner only.
 const PRIVATE_FILES: [&str; 3] = ["tls/ca.key", "tls/server.key", "tls/operator.key"];
 
 impl App {
-    /// Everything a backup holds: every store record but the clock (a board's own), the TLS
+    /// Everything a backup holds: every store record but the board's own (clock, copy
+    /// schedule), the TLS
     /// files, the template overrides, and the static files when `include_files`.
     pub fn backup_snapshot(&self, include_files: bool) -> Result<Snapshot, AppError> {
         let (records, devices) = {
@@ -29,7 +32,7 @@ impl App {
             let store = state.db.store();
             let records: Vec<StoreRecord> = store
                 .iter_prefix(&[])
-                .filter(|(key, _)| key[0] != Kind::Clock as u8)
+                .filter(|(key, _)| !BOARD_OWN.contains(&key[0]))
                 .map(|(key, value)| StoreRecord { key: key.to_vec(), value: value.to_vec() })
                 .collect();
             (records, state.db.device_count())
@@ -138,14 +141,14 @@ impl App {
     pub fn restore_on_first_start(
         &self,
         file: &[u8],
-        passphrase: &str,
+        key: &BackupKey,
         setup_code: &str,
         actor: &str,
     ) -> Result<RestoreSummary, AppError> {
         if self.admin_configured()? || !self.setup_code.matches(setup_code) {
             return Err(AdminError::SetupCode.into());
         }
-        let summary = self.restore(backup::open(file, passphrase)?, true, actor)?;
+        let summary = self.restore(backup::open(file, key)?, true, actor)?;
         if summary.admin_restored {
             self.setup_code.clear();
         }

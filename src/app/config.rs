@@ -137,6 +137,9 @@ impl App {
         } else if name == "provision.base_url" {
             // The registered enrollment URLs point at the old address.
             self.reconcile_redirects(Plan::Reregister)?;
+        } else if name.starts_with("backup.") {
+            // A new target or key: the copy worker looks again.
+            self.backup_copy_wake.notify_one();
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! - [`redirect`]: planning redirect work in the device's own transaction, and delivering it.
 //! - [`admin`]: the page's password, setup code and API tokens.
 //! - [`backup`]: encrypted backups of the identity and state, and restoring them.
+//! - [`backup_copy`]: scheduled copies of them, sent off the box.
 //! - [`sip`]: what SIP plug-and-play offers a phone, and check-sync.
 //! - [`views`]: what operations answer with, the same for the socket, the CLI and the API.
 //! - [`error`]: why an operation failed, and whose fault it is.
@@ -35,6 +36,7 @@ use crate::token::{Token, TokenKind};
 
 pub mod admin;
 pub mod backup;
+pub mod backup_copy;
 pub mod config;
 pub mod devices;
 pub mod error;
@@ -104,6 +106,8 @@ pub struct App {
     ca_pem: Mutex<Option<String>>,
     /// The server's TLS identity, once the server runs: a restore hands it the restored CA.
     tls: std::sync::OnceLock<std::sync::Arc<crate::pki::Pki>>,
+    /// Wakes the backup copy worker: a backup setting changed, or "copy now".
+    backup_copy_wake: tokio::sync::Notify,
 }
 
 impl App {
@@ -134,6 +138,7 @@ impl App {
             site_changes: AtomicU64::new(0),
             ca_pem: Mutex::new(None),
             tls: std::sync::OnceLock::new(),
+            backup_copy_wake: tokio::sync::Notify::new(),
         })
     }
 

@@ -625,7 +625,7 @@ pub(super) fn redirect_view_of(
 /// The WAN client the settings describe.
 fn wan_for(settings: &Settings) -> Result<Wan, Failure> {
     let ca_file = Some(settings.get("redirect.ca_file")).filter(|path| !path.is_empty()).map(std::path::Path::new);
-    Wan::new(ca_file, Duration::from_secs(settings.number("redirect.timeout_seconds")))
+    Wan::new("redirect.ca_file", ca_file, Duration::from_secs(settings.number("redirect.timeout_seconds")))
 }
 
 /// Drains the outbox until `stopped`: a pass, then sleep until the next item is due or new

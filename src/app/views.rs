@@ -367,3 +367,22 @@ pub struct RestoreSummary {
     /// Whether the backup brought an admin password (else the page asks for one).
     pub admin_restored: bool,
 }
+
+/// The scheduled backup copies: where they go and how the last went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupCopyView {
+    /// `backup.copy_url`; empty when copies are off.
+    pub target: String,
+    /// `daily` or `weekly`.
+    pub schedule: String,
+    /// The age public key copies are encrypted to, once set.
+    pub recipient: Option<String>,
+    /// When a copy last arrived.
+    pub last_success: Option<u64>,
+    /// When a copy was last tried.
+    pub last_attempt: Option<u64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the next copy is due (Unix time; 0: now), while copies are on.
+    pub next_due: Option<u64>,
+}

@@ -87,6 +87,9 @@ pub enum BackupError {
     /// Decryption refused it.
     #[error("{0}")]
     Age(#[from] age::AgeError),
+    /// The identity file given does not read.
+    #[error("the identity file: {0}")]
+    Identity(String),
     /// Too large to take.
     #[error("the backup is {0} bytes; at most {MAX_BACKUP_BYTES} are taken (make it without --files)")]
     TooLarge(usize),
@@ -118,12 +121,35 @@ pub fn seal(snapshot: &Snapshot, passphrase: &str) -> Vec<u8> {
     age::encrypt(&archive(snapshot), passphrase)
 }
 
+/// Encrypts `snapshot` to an age public key: what scheduled copies are.
+pub fn seal_to(snapshot: &Snapshot, recipient: &age::Recipient) -> Vec<u8> {
+    age::encrypt_to(&archive(snapshot), recipient)
+}
+
+/// What opens a backup, as it travels from a person to the appliance: its passphrase, or
+/// the text of the age identity file its copy was encrypted to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKey {
+    /// The passphrase it was made with.
+    Passphrase(String),
+    /// An identity file (`AGE-SECRET-KEY-1...`), for scheduled copies.
+    Identity(String),
+}
+
 /// Decrypts and reads a backup file. Checks its layout, not its records (see `app::backup`).
-pub fn open(file: &[u8], passphrase: &str) -> Result<Snapshot, BackupError> {
+pub fn open(file: &[u8], key: &BackupKey) -> Result<Snapshot, BackupError> {
     if file.len() > MAX_BACKUP_BYTES {
         return Err(BackupError::TooLarge(file.len()));
     }
-    unarchive(&age::decrypt(file, passphrase)?)
+    let plaintext = match key {
+        BackupKey::Passphrase(passphrase) => age::decrypt(file, age::Key::Passphrase(passphrase))?,
+        BackupKey::Identity(text) => {
+            let identity = age::Identity::from_file_text(text).map_err(BackupError::Identity)?;
+            age::decrypt(file, age::Key::Identity(&identity))?
+        }
+    };
+    unarchive(&plaintext)
 }
 
 /// The tar archive of `snapshot`.
@@ -250,21 +276,25 @@ mod tests {
     #[test]
     fn a_sealed_snapshot_opens_the_same() {
         let file = seal(&snapshot(), "a long passphrase");
-        assert_eq!(open(&file, "a long passphrase").unwrap(), snapshot());
-        assert!(matches!(open(&file, "another"), Err(BackupError::Age(age::AgeError::WrongPassphrase))));
+        assert_eq!(open(&file, &BackupKey::Passphrase("a long passphrase".into())).unwrap(), snapshot());
+        let wrong = open(&file, &BackupKey::Passphrase("another".into()));
+        assert!(matches!(wrong, Err(BackupError::Age(age::AgeError::WrongPassphrase))));
     }
 
     #[test]
     fn archives_from_elsewhere_are_refused_by_what_they_are() {
         let mut other = snapshot();
         other.manifest.product = "tancredi".into();
-        let refused = open(&seal(&other, "p"), "p").unwrap_err().to_string();
+        let refused = open(&seal(&other, "p"), &BackupKey::Passphrase("p".into())).unwrap_err().to_string();
         assert!(refused.contains("not a provbox backup") && refused.contains("tancredi"), "{refused}");
         let mut newer = snapshot();
         newer.manifest.format = FORMAT + 1;
-        assert!(matches!(open(&seal(&newer, "p"), "p"), Err(BackupError::NewerFormat(..))));
+        assert!(matches!(
+            open(&seal(&newer, "p"), &BackupKey::Passphrase("p".into())),
+            Err(BackupError::NewerFormat(..))
+        ));
         let plain = age::encrypt(b"just some text", "p");
-        assert!(matches!(open(&plain, "p"), Err(BackupError::NotProvbox(_))));
+        assert!(matches!(open(&plain, &BackupKey::Passphrase("p".into())), Err(BackupError::NotProvbox(_))));
     }
 
     #[test]

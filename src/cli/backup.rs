@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use clap::{Args, Subcommand};
-use provbox::app::views::RestoreSummary;
+use provbox::app::views::{BackupCopyView, RestoreSummary};
+use provbox::backup::BackupKey;
 use provbox::control::{BASE64, Request};
 
-use super::{Cli, CliError};
+use provbox::clock;
+
+use super::{Cli, CliError, or_dash, print_json};
 
 #[derive(Subcommand)]
 pub(super) enum BackupCommand {
@@ -29,9 +32,21 @@ pub(super) enum BackupCommand {
         /// Replace an appliance that is already in use.
         #[arg(long)]
         replace: bool,
+        /// A scheduled copy: the age identity file (age-keygen) it was encrypted to, instead
+        /// of a passphrase.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// The scheduled copies (settings backup.copy_*): where they go and how the last went.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a scheduled copy now (the running server does, and retries if it fails).
+    CopyNow,
 }
 
 /// Where the passphrase comes from; asked for on the terminal when neither is given.
@@ -53,10 +68,15 @@ pub(super) fn run(cli: &Cli, command: &BackupCommand) -> Result<(), CliError> {
             println!("wrote {} ({} bytes), encrypted with your passphrase", file.display(), bytes.len());
             Ok(())
         }
-        BackupCommand::Restore { file, replace, passphrase } => {
+        BackupCommand::Restore { file, replace, identity, passphrase } => {
             let bytes = std::fs::read(file).map_err(|source| CliError::Read { path: file.clone(), source })?;
-            let passphrase = passphrase.read(false)?;
-            let request = Request::BackupRestore { file: BASE64.encode(bytes), passphrase, replace: *replace };
+            let key = match identity {
+                Some(path) => BackupKey::Identity(
+                    std::fs::read_to_string(path).map_err(|source| CliError::Read { path: path.clone(), source })?,
+                ),
+                None => BackupKey::Passphrase(passphrase.read(false)?),
+            };
+            let request = Request::BackupRestore { file: BASE64.encode(bytes), key, replace: *replace };
             let summary: RestoreSummary = cli.call(&request)?;
             println!(
                 "restored {} devices and {} files from a backup made by provbox {}",
@@ -65,6 +85,33 @@ pub(super) fn run(cli: &Cli, command: &BackupCommand) -> Result<(), CliError> {
             if !summary.admin_restored {
                 println!("the backup had no admin password: the page asks for the setup code");
             }
+            Ok(())
+        }
+        BackupCommand::Status { json } => {
+            let status: BackupCopyView = cli.call(&Request::BackupCopyStatus)?;
+            if *json {
+                print_json(&status);
+                return Ok(());
+            }
+            if status.target.is_empty() {
+                println!("scheduled copies: off (set backup.copy_url and backup.copy_recipient)");
+                return Ok(());
+            }
+            let when = |at: Option<u64>| at.map_or_else(|| "never".to_string(), clock::date_time);
+            println!("copies:        {} to {}", status.schedule, status.target);
+            println!("encrypted to:  {}", or_dash(status.recipient));
+            println!("last copy:     {}", when(status.last_success));
+            println!("last attempt:  {}", when(status.last_attempt));
+            println!("last error:    {}", or_dash(status.last_error));
+            println!(
+                "next:          {}",
+                or_dash(status.next_due.map(|due| if due == 0 { "now".into() } else { clock::date_time(due) }))
+            );
+            Ok(())
+        }
+        BackupCommand::CopyNow => {
+            cli.call::<()>(&Request::BackupCopyNow)?;
+            println!("a backup copy is due now; `provbox backup status` shows how it went");
             Ok(())
         }
     }

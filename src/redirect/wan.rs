@@ -1,6 +1,7 @@
 //! The WAN side of the redirect clients: one bounded HTTP/1.1 exchange per connection, over
 //! rustls with the webpki roots compiled in (the image has no system CA store), plus an
-//! optional private CA (`redirect.ca_file`). Every failure becomes a [`Failure`] that says
+//! optional private CA (`redirect.ca_file`, `backup.copy_ca_file`). Scheduled backup copies
+//! use it too. Every failure becomes a [`Failure`] that says
 //! what happened in words a technician can act on.
 
 use std::path::Path;
@@ -23,6 +24,8 @@ pub const MAX_REPLY_BYTES: usize = 256 * 1024;
 pub struct Wan {
     tls: tokio_rustls::TlsConnector,
     timeout: Duration,
+    /// The setting that names the extra CA file, for advice in messages.
+    ca_setting: &'static str,
 }
 
 /// One request.
@@ -61,21 +64,19 @@ impl WanReply {
 }
 
 impl Wan {
-    /// A client trusting the webpki roots and the PEM certificates in `ca_file`, giving up on
-    /// each exchange after `timeout`.
-    pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Wan, Failure> {
+    /// A client trusting the webpki roots and the PEM certificates in `ca_file` (named by
+    /// setting `ca_setting`), giving up on each exchange after `timeout`.
+    pub fn new(ca_setting: &'static str, ca_file: Option<&Path>, timeout: Duration) -> Result<Wan, Failure> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         if let Some(path) = ca_file {
             let certificates = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| Failure::retry(format!("redirect.ca_file {}: {e}", path.display())))?;
+                .map_err(|e| Failure::retry(format!("{ca_setting} {}: {e}", path.display())))?;
             if certificates.is_empty() {
-                return Err(Failure::retry(format!("redirect.ca_file {}: no certificate in it", path.display())));
+                return Err(Failure::retry(format!("{ca_setting} {}: no certificate in it", path.display())));
             }
             for certificate in certificates {
-                roots
-                    .add(certificate)
-                    .map_err(|e| Failure::retry(format!("redirect.ca_file {}: {e}", path.display())))?;
+                roots.add(certificate).map_err(|e| Failure::retry(format!("{ca_setting} {}: {e}", path.display())))?;
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -83,7 +84,7 @@ impl Wan {
             .map_err(|e| Failure::retry(format!("TLS setup: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Wan { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), timeout })
+        Ok(Wan { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), timeout, ca_setting })
     }
 
     /// Sends `request` and reads the whole reply, within the timeout.
@@ -127,7 +128,7 @@ impl Wan {
         if https {
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| Failure::permanent(format!("endpoint host {host}: {e}")))?;
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| tls_failure(&host, &e))?;
+            let tls = self.tls.connect(name, tcp).await.map_err(|e| tls_failure(&host, &e, self.ca_setting))?;
             exchange_on(tls, http_request).await
         } else {
             exchange_on(tcp, http_request).await
@@ -164,10 +165,10 @@ where
     result
 }
 
-fn tls_failure(host: &str, error: &std::io::Error) -> Failure {
+fn tls_failure(host: &str, error: &std::io::Error, ca_setting: &str) -> Failure {
     let text = error.to_string();
     let advice = if text.contains("UnknownIssuer") {
-        " (a private CA? set redirect.ca_file)"
+        &format!(" (a private CA? set {ca_setting})")
     } else if text.contains("Expired") || text.contains("NotValidYet") {
         " (is the appliance's clock right?)"
     } else {

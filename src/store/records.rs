@@ -50,11 +50,13 @@ pub enum Kind {
     /// A technician's consent that a device's configuration may travel over plain HTTP:
     /// [`PlainHttpGrant`].
     PlainHttp = 10,
+    /// The scheduled off-box backup copy: [`BackupCopyState`].
+    BackupCopy = 11,
 }
 
 impl Kind {
     /// Every kind, in key order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Device,
         Kind::Setting,
         Kind::Admin,
@@ -65,6 +67,7 @@ impl Kind {
         Kind::Clock,
         Kind::ApiToken,
         Kind::PlainHttp,
+        Kind::BackupCopy,
     ];
 
     /// The kind whose keys start with `byte`.
@@ -85,6 +88,7 @@ impl Kind {
             Kind::Clock => "clock",
             Kind::ApiToken => "api-token",
             Kind::PlainHttp => "plain-http",
+            Kind::BackupCopy => "backup-copy",
         }
     }
 }
@@ -432,6 +436,27 @@ impl Record for PlainHttpGrant {
     const SCHEMA: u8 = 1;
 }
 
+/// The scheduled off-box backup copy: when the next one is due and how the last went. A
+/// board's own bookkeeping: backups do not carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupCopyState {
+    /// Unix time the next copy is due (0: as soon as one is configured).
+    pub due: u64,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// When a copy last reached the target.
+    pub last_success: Option<u64>,
+    /// When a copy was last tried.
+    pub last_attempt: Option<u64>,
+    /// Why the last attempt failed; empty after a success.
+    pub last_error: String<160>,
+}
+
+impl Record for BackupCopyState {
+    const KIND: Kind = Kind::BackupCopy;
+    const SCHEMA: u8 = 1;
+}
+
 impl Default for RedirectRecord {
     fn default() -> Self {
         RedirectRecord { enabled: true, state: RedirectState::NotRegistered }
@@ -519,6 +544,7 @@ pub fn decode_json(kind: Kind, value: &[u8]) -> Result<serde_json::Value, Record
         Kind::Seen => json::<PhoneSeen>(value),
         Kind::Redirect => json::<RedirectRecord>(value),
         Kind::PlainHttp => json::<PlainHttpGrant>(value),
+        Kind::BackupCopy => json::<BackupCopyState>(value),
         Kind::Clock => json::<LastKnownTime>(value),
         Kind::ApiToken => json::<ApiToken>(value),
     }
@@ -535,6 +561,7 @@ pub fn current_schema(kind: Kind) -> u8 {
         Kind::Seen => PhoneSeen::SCHEMA,
         Kind::Redirect => RedirectRecord::SCHEMA,
         Kind::PlainHttp => PlainHttpGrant::SCHEMA,
+        Kind::BackupCopy => BackupCopyState::SCHEMA,
         Kind::Clock => LastKnownTime::SCHEMA,
         Kind::ApiToken => ApiToken::SCHEMA,
     }
@@ -678,6 +705,12 @@ impl Txn {
         self
     }
 
+    /// Records the scheduled backup copy's state.
+    pub fn set_backup_copy(&mut self, state: &BackupCopyState) -> &mut Self {
+        self.changes.push((key(Kind::BackupCopy, b""), Some(state.encode())));
+        self
+    }
+
     /// Withdraws that consent.
     pub fn remove_plain_http(&mut self, mac: &Mac) -> &mut Self {
         self.changes.push((key(Kind::PlainHttp, &mac.0), None));
@@ -775,6 +808,11 @@ impl<F: NorFlash> Db<F> {
     /// The consent to serve `mac`'s configuration over plain HTTP, if given.
     pub fn plain_http(&self, mac: &Mac) -> Result<Option<PlainHttpGrant>, RecordError> {
         self.store.get(&key(Kind::PlainHttp, &mac.0)).map(PlainHttpGrant::decode).transpose()
+    }
+
+    /// The scheduled backup copy's state (the default before the first).
+    pub fn backup_copy(&self) -> Result<BackupCopyState, RecordError> {
+        Ok(self.store.get(&key(Kind::BackupCopy, b"")).map(BackupCopyState::decode).transpose()?.unwrap_or_default())
     }
 
     /// A device's redirect record (the default when none is stored).

@@ -14,11 +14,11 @@ use subtle::ConstantTimeEq;
 use super::Web;
 use super::page::{FORM_COOKIE, SessionForm, blocking, cookie, form_page, page_error};
 use super::system::system_view;
-use crate::backup::MAX_BACKUP_BYTES;
+use crate::backup::{BackupKey, MAX_BACKUP_BYTES};
 
 /// Largest restore upload: the backup and the form's few other fields.
 const MAX_RESTORE_BODY: usize = MAX_BACKUP_BYTES + 64 * 1024;
-/// Most parts a restore form has (form token, code, passphrase, file).
+/// Most parts a restore form has (form token, code, file, passphrase, identity).
 const MAX_PARTS: usize = 8;
 
 /// One restore at a time: each holds the backup in memory two or three times over.
@@ -39,6 +39,16 @@ pub(super) async fn download(State(web): State<Web>, SessionForm { csrf, fields 
     }
 }
 
+/// The system page's "Copy now": the next scheduled copy is due at once.
+pub(super) async fn copy_now(State(web): State<Web>, SessionForm { csrf, .. }: SessionForm) -> Response {
+    let app = web.app.clone();
+    let flash = match blocking(move || app.copy_backup_now()).await {
+        Ok(()) => ("A backup copy is being sent; reload to see how it went.".to_string(), "ok"),
+        Err(error) => page_error(&error),
+    };
+    system_view(&web, &csrf, Some(flash)).await
+}
+
 /// A backup file as a download named for the day it was made.
 pub(super) fn attachment(file: Vec<u8>) -> Response {
     let name = format!("provbox-backup-{}.age", crate::clock::date_time(crate::clock::now()).replace([' ', ':'], "-"));
@@ -53,7 +63,8 @@ pub(super) fn attachment(file: Vec<u8>) -> Response {
 }
 
 /// The first-start page's "Restore from a backup": a multipart form with the double-submit
-/// token, the setup code, the passphrase and the file. Only while no admin password is set;
+/// token, the setup code, the file, and its passphrase or (for a scheduled copy) the
+/// identity file it was encrypted to. Only while no admin password is set;
 /// wrong codes count against the address like failed logins.
 pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request: Request) -> Response {
     if !matches!(web.app.admin_configured(), Ok(false)) {
@@ -97,11 +108,14 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
         return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
     }
     let file = fields.remove("backup").unwrap_or_default();
+    let identity = String::from_utf8_lossy(&fields.remove("identity").unwrap_or_default()).into_owned();
+    let key =
+        if identity.trim().is_empty() { BackupKey::Passphrase(passphrase) } else { BackupKey::Identity(identity) };
     // Counted as failed before the check, like a login; a success clears it.
     web.throttle.failed(ip, Instant::now());
     let app = web.app.clone();
     let actor = format!("page {ip}");
-    let restored = blocking(move || app.restore_on_first_start(&file, &passphrase, &code, &actor)).await;
+    let restored = blocking(move || app.restore_on_first_start(&file, &key, &code, &actor)).await;
     match restored {
         Ok(summary) => {
             web.throttle.succeeded(ip);

@@ -88,6 +88,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         .route("/system", get(system::system_page))
         .route("/system/update", post(system::update_upload))
         .route("/system/backup", post(backup::download))
+        .route("/system/backup/copy", post(backup::copy_now))
         .route("/settings/api-tokens", post(settings::create_api_token))
         .route("/settings/api-tokens/{id}/revoke", post(settings::revoke_api_token))
         .merge(api::routes())

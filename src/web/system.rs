@@ -17,8 +17,10 @@ pub(super) async fn system_page(State(web): State<Web>, headers: HeaderMap) -> R
 /// The system page, with `flash` after an update upload.
 pub(super) async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &str)>) -> Response {
     let app = web.app.clone();
-    let read = blocking(move || Ok((app.store_usage(), app.redirect_status()?, app.audit_log().unwrap_or_default())));
-    let ((live, capacity, low, high), status, audit) = match read.await {
+    let read = blocking(move || {
+        Ok((app.store_usage(), app.redirect_status()?, app.audit_log().unwrap_or_default(), app.backup_copy_status()?))
+    });
+    let ((live, capacity, low, high), status, audit, copies) = match read.await {
         Ok(read) => read,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
@@ -37,6 +39,11 @@ pub(super) async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &s
             store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
             erase => format!("{low} to {high}"), bootstrap => web.app.bootstrap_url(),
             firmware => update::status(web), flash, flash_kind,
+            copies => minijinja::context! {
+                target => copies.target, schedule => copies.schedule, recipient => copies.recipient,
+                last_success => copies.last_success.map(date_time), last_error => copies.last_error,
+                next_due => copies.next_due.map(|due| if due == 0 { "now".to_string() } else { date_time(due) }),
+            },
         },
     )
 }

@@ -27,6 +27,17 @@ impl SetupCode {
         given.trim().as_bytes().ct_eq(expected.as_bytes()).into()
     }
 
+    /// Uses `code` (12 hex digits, made by the image's start script, which also writes it to
+    /// the boot partition) instead of making one.
+    pub fn preset(&self, code: &str) -> Result<(), AdminError> {
+        let code = code.trim();
+        if code.len() != 12 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AdminError::SetupCodeFormat);
+        }
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(code.to_ascii_lowercase());
+        Ok(())
+    }
+
     /// Forgets the code once a password is set.
     pub fn clear(&self) {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
@@ -39,6 +50,9 @@ pub enum AdminError {
     /// The setup code is missing or wrong.
     #[error("wrong setup code; `provbox admin setup-code` on the appliance shows it")]
     SetupCode,
+    /// A preset setup code that is not 12 hex digits.
+    #[error("a setup code is 12 hex digits")]
+    SetupCodeFormat,
     /// The password breaks the policy.
     #[error("weak password: {0}")]
     Weak(&'static str),

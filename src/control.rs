@@ -133,6 +133,8 @@ pub enum Request {
     RedirectStatus,
     /// The first-start setup code of the running server.
     AdminSetupCode,
+    /// Whether an admin password is set.
+    AdminClaimed,
     /// Set the admin password.
     AdminSetPassword {
         /// The new password.
@@ -261,6 +263,7 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
             .and_then(ok),
         Request::RedirectStatus => app.redirect_status().and_then(ok),
         Request::AdminSetupCode => app.setup_code().and_then(ok),
+        Request::AdminClaimed => app.admin_configured().and_then(ok),
         Request::AdminSetPassword { password } => app.set_admin_password(password, None, actor).and_then(ok),
         Request::ApiTokenCreate { name } => app.create_api_token(name, actor).and_then(ok),
         Request::ApiTokenList => app.api_tokens().and_then(ok),

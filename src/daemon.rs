@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     pub user: Option<String>,
     /// Root-image updates, when running from the firmware image's A/B slots.
     pub updates: Option<Arc<Updates>>,
+    /// A file holding the setup code to use (the image's start script makes it and writes it
+    /// to the boot partition too); read before privileges are dropped.
+    pub setup_code_file: Option<PathBuf>,
 }
 
 /// How the server ended.
@@ -259,6 +262,13 @@ pub async fn run(
             tracing::warn!("clock is behind the last known time or build date but cannot be set: {why}")
         }
     }
+    let preset_code = config.setup_code_file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
+        Ok(code) => Some(code),
+        Err(error) => {
+            tracing::warn!("setup code file {}: {error}; making one", path.display());
+            None
+        }
+    });
     if let Some(user) = &config.user {
         drop_privileges(user, &config.data_dir)?;
     }
@@ -341,6 +351,11 @@ pub async fn run(
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if let Some(code) = preset_code
+        && let Err(error) = app.preset_setup_code(&code)
+    {
+        tracing::warn!("the setup code file: {error}; making one");
+    }
     if let Some(code) = app.setup_code()? {
         // Shown on purpose: whoever reads the console or log of the appliance may claim it.
         tracing::info!("no admin password yet: the page asks for setup code {code}");

@@ -153,12 +153,21 @@ async fn bad_backups_are_refused_with_their_reason_and_change_nothing() {
         tar.append_data(&mut header, "tancredi/config.json", &b"{}\n\n\n"[..]).unwrap();
         provbox::backup::age::encrypt(&tar.into_inner().unwrap(), PASSPHRASE)
     };
-    let cases: [(&str, PathBuf, &str); 5] = [
+    // A backup whose device record a newer provbox wrote (schema 200): this one cannot read it.
+    let newer_record = {
+        let key = provbox::backup::BackupKey::Passphrase(PASSPHRASE.into());
+        let mut snapshot = provbox::backup::open(&good_bytes, &key).unwrap();
+        let device = snapshot.records.iter_mut().find(|record| record.key[0] == 1).expect("a device record");
+        device.value[0] = 200;
+        provbox::backup::seal(&snapshot, PASSPHRASE)
+    };
+    let cases: [(&str, PathBuf, &str); 6] = [
         ("wrong passphrase", good.clone(), "wrong passphrase"),
         ("truncated", write("truncated.age", &good_bytes[..good_bytes.len() / 2]), "truncated"),
         ("tampered", write("tampered.age", &tampered), "was changed"),
         ("another product", write("other.age", &other_product), "not a provbox backup"),
         ("not age", write("export.csv", b"mac,vendor,model\n805ec0000009,yealink,T46U\n"), "not an age-encrypted file"),
+        ("a newer record", write("newer.age", &newer_record), "upgrade provbox"),
     ];
     for (what, path, reason) in cases {
         let mut command = provbox_command();
@@ -499,6 +508,12 @@ async fn scheduled_copies_reach_a_real_webdav_server_through_an_outage_and_resto
     assert_eq!(stored.len(), 1, "{stored:?}");
     let name = stored[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("provbox-backup-") && name.ends_with(".age"), "{name}");
+    // The System page says where copies go and when the last arrived.
+    let mut browser = logged_in(&appliance).await;
+    let system = browser.get("/system").await.text();
+    // (The page escapes the URL's slashes.)
+    assert!(system.contains(&format!("127.0.0.1:{}", nginx.port)) && system.contains(&recipient), "{system}");
+    assert!(!system.contains("<th>Last copy</th><td>never"), "{system}");
     let access = std::fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
     assert!(access.contains(&format!("{DAV_USER} [")) && access.contains("\"PUT /dav/provbox-backup-"), "{access}");
 

@@ -247,15 +247,13 @@ impl Site {
     }
 }
 
-/// First start: the setup code from the console, the admin password, an API token.
+/// First start: the latest setup code from the console, the admin password, an API token.
 async fn claim(machine: &Machine, ca: &[CertificateDer<'static>]) -> Site {
     let console = machine.console();
-    let code = console
-        .split("first start: setup code ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no setup code on the console:\n{console}"))
-        .to_string();
+    // The latest: a reset trigger makes a new one.
+    let latest =
+        console.rfind("first start: setup code ").unwrap_or_else(|| panic!("no setup code on the console:\n{console}"));
+    let code = setup_code_on(&console, latest).expect("a setup code after its label");
     let config = fleet::client_config_trusting(ca, None);
     let mut browser = Browser::open_at(config.clone(), machine.https).await;
     let form = hidden(&browser.get("/setup").await.text(), "form");
@@ -456,11 +454,33 @@ fn slot_cmdline(images: &Path) -> String {
 /// Writes `local.env` with `bootargs_local=ARGS` to the boot partition of `disk`: a site's
 /// additions to the kernel command line, which the boot script appends.
 fn put_local_env(disk: &Path, args: &str) {
-    let env = disk.with_extension("local.env");
-    std::fs::write(&env, format!("bootargs_local={args}\n")).unwrap();
-    let boot_partition = format!("{}@@{}", disk.display(), partition_start(disk, 1) * 512);
-    let copied = Command::new("mcopy").args(["-o", "-i", &boot_partition]).arg(&env).arg("::/local.env").status();
-    assert!(copied.is_ok_and(|status| status.success()), "mcopy local.env to {}", disk.display());
+    put_boot_file(disk, "local.env", &format!("bootargs_local={args}\n"));
+}
+
+/// `disk`'s boot partition, as mtools names it.
+fn boot_partition(disk: &Path) -> String {
+    format!("{}@@{}", disk.display(), partition_start(disk, 1) * 512)
+}
+
+/// Puts file `name` with `content` on the boot partition of `disk`, as a laptop would.
+fn put_boot_file(disk: &Path, name: &str, content: &str) {
+    let local = disk.with_extension(name);
+    std::fs::write(&local, content).unwrap();
+    let copied =
+        Command::new("mcopy").args(["-o", "-i", &boot_partition(disk)]).arg(&local).arg(format!("::/{name}")).status();
+    assert!(copied.is_ok_and(|status| status.success()), "mcopy {name} to {}", disk.display());
+}
+
+/// File `name` from the boot partition of `disk`, if it is there.
+fn boot_file(disk: &Path, name: &str) -> Option<String> {
+    let output = Command::new("mtype").args(["-i", &boot_partition(disk)]).arg(format!("::/{name}")).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The setup code provbox printed on `console` after byte `from`.
+fn setup_code_on(console: &str, from: usize) -> Option<String> {
+    let tail = console.get(from..).unwrap_or("");
+    tail.split("first start: setup code ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
 }
 
 /// The kernel command line the initramfs reported on `console` after byte `from`.
@@ -532,9 +552,20 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert!(machine.console().contains("running unprivileged"), "provbox did not drop root");
     assert!(machine.console().contains("mDNS: provbox-123456.local"), "hostname from the MAC");
     assert!(machine.console().contains("watchdog: feeding /dev/watchdog"), "watchdog not fed");
+    // Unclaimed, the setup code is on the boot partition too (for a board with no console);
+    // claiming spends it, and the file goes.
+    assert!(machine.wait_console("first start: setup code ", 0, Duration::from_secs(30)), "{}", machine.console());
+    let code = setup_code_on(&machine.console(), 0).expect("a setup code on the console");
+    let on_card = boot_file(&disk, "provbox-setup-code.txt").unwrap_or_default();
+    assert!(on_card.contains(&code), "the card says {on_card:?}, the console {code}");
     let site = claim(&machine, &ca).await;
     let mut browser = site.login().await;
     assert!(browser.get("/").await.text().contains("Devices"));
+    let waited = Instant::now();
+    while boot_file(&disk, "provbox-setup-code.txt").is_some() && waited.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(boot_file(&disk, "provbox-setup-code.txt"), None, "the spent setup code stayed on the card");
 
     // The clock, set by NTP: the server saw the guest's requests, the guest's HTTP Date is
     // an hour ahead of this host, and the System page and `redirect status` (its API) say
@@ -567,17 +598,29 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
         enroll(&site, phone, device["enrollment_url"].as_str().unwrap()).await;
     }
 
-    // A hard reset: everything acknowledged is still there, the CA and token too.
+    // A hard reset, with `provbox-reset` put on the boot partition (the installer forgot
+    // the admin password): everything acknowledged is still there, the CA and token too, and
+    // only the admin password is gone, with a new setup code on the console and the card.
+    put_boot_file(&disk, "provbox-reset", "");
     let mark = machine.console().len();
     machine.reset();
     assert!(machine.wait_console("booting slot a", mark, REBOOT_TIME), "no reboot");
     let reset_at = Instant::now();
     let ca_again = machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(reset_at.elapsed().as_secs_f64());
+    assert!(machine.console()[mark..].contains("provbox-reset found: clearing the admin password"));
     assert_eq!(ca_again, ca, "the CA was not kept");
     assert_eq!(site.device_count().await, 3);
     let (_, device) = site.api("GET", "/api/v1/devices/805ec0a00002", b"").await;
     assert_eq!(device["enrollment"]["state"], "locked", "{device}");
+    assert!(machine.wait_console("first start: setup code ", mark, Duration::from_secs(30)), "{}", machine.console());
+    let new_code = setup_code_on(&machine.console(), mark).expect("a new setup code after provbox-reset");
+    assert_ne!(new_code, code);
+    assert!(boot_file(&disk, "provbox-setup-code.txt").unwrap_or_default().contains(&new_code));
+    assert_eq!(boot_file(&disk, "provbox-reset"), None, "the trigger stays after it worked");
+    let mut stale = Browser::open_at(site.config.clone(), site.https).await;
+    assert_eq!(stale.get("/login").await.header("location"), Some("/setup"), "the old password still counts");
+    let site = claim(&machine, &ca).await;
 
     // A power cut while devices are being added: every acknowledged add survives.
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -721,11 +764,28 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert!(browser.get("/system").await.text().contains("slot a did not come up healthy; rolled back"));
     assert_eq!(site.device_count().await, present.len());
 
+    // A factory reset from a laptop, on the healthy slot b: `provbox-factory-reset` on the
+    // boot partition wipes the store, the CA and every setting; the appliance comes up as
+    // new, asking for a setup code. The root slots and their A/B state stay.
+    drop(machine);
+    put_boot_file(&disk, "provbox-factory-reset", "");
+    let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
+    let fresh_ca = machine.wait_https(Duration::from_secs(240)).await;
+    // The banner with the code follows the listeners by a moment.
+    assert!(machine.wait_console("first start: setup code ", 0, Duration::from_secs(30)), "{}", machine.console());
+    let console = machine.console();
+    assert!(console.contains("provbox-factory-reset found: erasing the store"), "{console}");
+    assert!(console.contains("mounted, 0 devices"), "{console}");
+    assert_ne!(fresh_ca, ca, "the CA survived a factory reset");
+    let code = setup_code_on(&console, 0).expect("a setup code after a factory reset");
+    assert!(boot_file(&disk, "provbox-setup-code.txt").unwrap_or_default().contains(&code));
+    assert_eq!(boot_file(&disk, "provbox-factory-reset"), None, "the trigger stays after it worked");
+    drop(machine);
+
     // A root slot changed behind the updater's back (as code that got to write the device
     // would): the last byte of slot b's image flipped while the board is off, where U-Boot
     // reads nothing. The initramfs checks slot b against its signed header, refuses it, and
     // restarts the board into slot a.
-    drop(machine);
     flip_byte_in_partition(&disk, 3, signed_image_size(&good) - 1);
     let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
     assert!(

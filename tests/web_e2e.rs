@@ -448,3 +448,42 @@ async fn editing_keeps_other_lines_and_a_password_change_ends_other_sessions() {
     assert_eq!(browser.get("/").await.status, 200, "the changing session continues");
     assert_eq!(second.get("/").await.header("location"), Some("/login"), "the other session ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_setup_code_claims_and_admin_reset_reopens_first_start() {
+    // The image's start script makes the code and hands it over in a root-only file.
+    let scratch = tempfile::tempdir().unwrap();
+    let code_file = scratch.path().join("setup-code");
+    std::fs::write(&code_file, "a1b2c3d4e5f6\n").unwrap();
+    let appliance =
+        Appliance::start_with(&["--key-type", "ecdsa-p256", "--setup-code-file", code_file.to_str().unwrap()]);
+    assert_eq!(cli_ok(&appliance.data, &["admin", "setup-code"]).trim(), "a1b2c3d4e5f6");
+    let (claimed, _, _) = cli(&appliance.data, &["admin", "claimed"]);
+    assert!(!claimed, "a new appliance is not claimed");
+    appliance.add("805ec0000042", "yealink", "T54W");
+    let mut browser = Browser::open(&appliance).await;
+    let form = hidden(&browser.get("/setup").await.text(), "form");
+    let done = browser
+        .post("/setup", &[("form", &form), ("code", "a1b2c3d4e5f6"), ("password", PASSWORD), ("confirm", PASSWORD)])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    // The image's run script removes the code from the boot partition on this line.
+    assert!(appliance.wait_for_log("appliance claimed: the setup code is spent"));
+    assert!(cli_ok(&appliance.data, &["admin", "claimed"]).contains("claimed"));
+
+    // `admin reset` needs the server stopped (sessions live in its memory), then clears the
+    // password only.
+    let (ok, _, err) = cli(&appliance.data, &["admin", "reset"]);
+    assert!(!ok && err.contains("in use by another provbox process"), "{err}");
+    let (_, data, dir) = appliance.stop();
+    assert!(cli_ok(&data, &["admin", "reset"]).contains("admin password cleared"));
+    let (claimed, _, err) = cli(&data, &["admin", "claimed"]);
+    assert!(!claimed && err.contains("not claimed"), "{err}");
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
+    let code = cli_ok(&appliance.data, &["admin", "setup-code"]).trim().to_string();
+    assert_eq!(code.len(), 12);
+    assert_ne!(code, "a1b2c3d4e5f6", "without the file the code is new");
+    assert!(cli_ok(&appliance.data, &["device", "list"]).contains("805ec0000042"), "devices stay");
+    let mut browser = Browser::open(&appliance).await;
+    assert_eq!(browser.get("/login").await.header("location"), Some("/setup"));
+}

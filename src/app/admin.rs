@@ -7,6 +7,12 @@ use crate::admin::{self, AdminError};
 use crate::clock::now;
 use crate::store::records::{AdminCredentials, ApiToken, Txn, bounded};
 
+/// Says that the first-start setup code is spent. The image's run script watches for this
+/// line to remove the code from the boot partition (image/rootfs/usr/libexec/provbox/run).
+pub(super) fn claimed() {
+    tracing::info!("appliance claimed: the setup code is spent");
+}
+
 impl App {
     /// Whether an admin password is set.
     pub fn admin_configured(&self) -> Result<bool, AppError> {
@@ -31,9 +37,29 @@ impl App {
         let mut txn = Txn::new();
         txn.set_admin(&credentials).audit(now(), actor, "set the admin password")?;
         self.lock().db.commit(&txn)?;
+        let first = setup_code.is_some();
         self.setup_code.clear();
         tracing::info!(actor, "admin password set");
+        if first {
+            claimed();
+        }
         Ok(())
+    }
+
+    /// Clears the admin password (the image's `provbox-reset` trigger file, with no server
+    /// running): the next start asks for a new setup code. Devices and settings stay.
+    pub fn clear_admin(&self, actor: &str) -> Result<(), AppError> {
+        let mut txn = Txn::new();
+        txn.remove_admin().audit(now(), actor, "cleared the admin password")?;
+        self.lock().db.commit(&txn)?;
+        self.setup_code.clear();
+        tracing::info!(actor, "admin password cleared");
+        Ok(())
+    }
+
+    /// Uses `code` as the setup code while no admin password is set.
+    pub fn preset_setup_code(&self, code: &str) -> Result<(), AppError> {
+        Ok(self.setup_code.preset(code)?)
     }
 
     /// When the admin password last changed (Unix time), once set.

@@ -116,7 +116,11 @@ impl App {
             txn.audit(
                 now(),
                 actor,
-                &format!("restored a backup made at {} by provbox {}", made.created_at, made.version),
+                &format!(
+                    "restored a backup made {} by provbox {}",
+                    crate::clock::date_time(made.created_at),
+                    made.version
+                ),
             )?;
             state.db.commit(&txn)?;
         }
@@ -127,11 +131,15 @@ impl App {
         let summary = RestoreSummary {
             version: snapshot.manifest.version.clone(),
             created_at: snapshot.manifest.created_at,
-            devices: snapshot.manifest.devices,
+            devices: records.iter().filter(|(key, _)| key[0] == Kind::Device as u8).count(),
             files: snapshot.files.len(),
             admin_restored: self.admin_configured()?,
         };
         tracing::info!(actor, devices = summary.devices, files = summary.files, "backup restored");
+        if summary.admin_restored {
+            self.setup_code.clear();
+            super::admin::claimed();
+        }
         Ok(summary)
     }
 
@@ -148,11 +156,7 @@ impl App {
         if self.admin_configured()? || !self.setup_code.matches(setup_code) {
             return Err(AdminError::SetupCode.into());
         }
-        let summary = self.restore(backup::open(file, key)?, true, actor)?;
-        if summary.admin_restored {
-            self.setup_code.clear();
-        }
-        Ok(summary)
+        self.restore(backup::open(file, key)?, true, actor)
     }
 
     /// Writes the snapshot's files: each folder it carries is built beside the live one and

@@ -13,6 +13,11 @@ pub(super) enum AdminCommand {
     SetupCode,
     /// Set the admin password, read from stdin (first line).
     SetPassword,
+    /// Exit 0 if an admin password is set (the appliance is claimed), 1 if not.
+    Claimed,
+    /// Clear the admin password, with no server running: its next start asks for a new
+    /// setup code. Devices and settings stay.
+    Reset,
     /// Bearer tokens of the JSON API and /metrics.
     #[command(subcommand)]
     ApiToken(ApiTokenCommand),
@@ -58,6 +63,23 @@ pub(super) fn run(cli: &Cli, command: &AdminCommand) -> Result<(), CliError> {
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             cli.call::<()>(&Request::AdminSetPassword { password })?;
             println!("admin password set");
+        }
+        AdminCommand::Claimed => {
+            if !cli.call::<bool>(&Request::AdminClaimed)? {
+                return Err(CliError::Refused { message: "not claimed: no admin password is set".into() });
+            }
+            println!("claimed: an admin password is set");
+        }
+        AdminCommand::Reset => {
+            // Offline only: a running server's sessions live in its memory.
+            let (store, _) = cli.mount(false)?;
+            let port = provbox::daemon::last_https_port(&cli.data);
+            let app = provbox::app::App::new(
+                provbox::store::records::Db::new(store),
+                provbox::lan::site(cli.data.clone(), port, 8080),
+            )?;
+            app.clear_admin("reset")?;
+            println!("admin password cleared: the next start shows a new setup code");
         }
         AdminCommand::ApiToken(ApiTokenCommand::Create { name }) => {
             println!("{}", cli.call::<String>(&Request::ApiTokenCreate { name: name.clone() })?);

@@ -40,6 +40,10 @@ pub(super) struct ServeArgs {
     /// The firmware image's description of its A/B root slots; enables updates.
     #[arg(long)]
     boot_info: Option<PathBuf>,
+    /// Use the setup code in this file (12 hex digits) while no admin password is set; the
+    /// firmware image writes it to the boot partition too.
+    #[arg(long, value_name = "FILE")]
+    setup_code_file: Option<PathBuf>,
     /// The privileged install service (`provbox update installer`) that writes the slots.
     #[arg(long, default_value = update::service::DEFAULT_SOCKET)]
     installer: PathBuf,
@@ -73,6 +77,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
         mdns: optional_address(&args.mdns)?,
         user: args.user.clone(),
         updates: None,
+        setup_code_file: args.setup_code_file.clone(),
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -374,6 +374,7 @@ struct Nginx {
 
 const DAV_USER: &str = "provbox";
 const DAV_PASSWORD: &str = "dav-secret-2026";
+const DAV_TOKEN: &str = "bearer-token-for-backups-2026";
 
 impl Nginx {
     /// Writes the configuration, certificates and password file; does not start nginx.
@@ -395,6 +396,7 @@ impl Nginx {
         // nginx reads {PLAIN} passwords (ngx_http_auth_basic_module).
         std::fs::write(path("htpasswd"), format!("{DAV_USER}:{{PLAIN}}{DAV_PASSWORD}\n")).unwrap();
         std::fs::create_dir_all(path("www/dav")).unwrap();
+        std::fs::create_dir_all(path("www/tokens")).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = dir.path().display();
         let config = format!(
@@ -403,7 +405,9 @@ impl Nginx {
              fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
              server {{\nlisten 127.0.0.1:{port} ssl;\nssl_certificate {d}/server.pem;\nssl_certificate_key {d}/server.key;\n\
              root {d}/www;\nclient_max_body_size 100m;\nlocation /dav/ {{\ndav_methods PUT DELETE MKCOL;\n\
-             auth_basic \"backups\";\nauth_basic_user_file {d}/htpasswd;\n}}\n}}\n}}\n"
+             auth_basic \"backups\";\nauth_basic_user_file {d}/htpasswd;\n}}\n\
+             location /tokens/ {{\nif ($http_authorization != \"Bearer {DAV_TOKEN}\") {{ return 401; }}\n\
+             dav_methods PUT;\n}}\n}}\n}}\n"
         );
         std::fs::write(path("nginx.conf"), config).unwrap();
         Nginx { dir, port, child: None }
@@ -532,5 +536,15 @@ async fn scheduled_copies_reach_a_real_webdav_server_through_an_outage_and_resto
     cli_ok(&appliance.data, &["backup", "copy-now"]);
     let status = wait_for_copy(&appliance.data, Duration::from_secs(30), |s| s["last_error"].is_string());
     assert!(status["last_error"].as_str().unwrap().contains("refused the credentials (401)"), "{status}");
-    assert!(!appliance.log().contains(DAV_PASSWORD) && !appliance.log().contains("AGE-SECRET-KEY"));
+
+    // A bearer token instead, to a file URL (not a folder): the copy lands under that name.
+    let file_url = format!("https://127.0.0.1:{}/tokens/site.age", nginx.port);
+    cli_ok(&appliance.data, &["settings", "set", "backup.copy_token", DAV_TOKEN]);
+    cli_ok(&appliance.data, &["settings", "set", "backup.copy_url", &file_url]);
+    cli_ok(&appliance.data, &["backup", "copy-now"]);
+    let status = wait_for_copy(&appliance.data, Duration::from_secs(60), |s| s["last_error"].is_null());
+    assert!(status["last_error"].is_null(), "{status}");
+    assert!(nginx.dir.path().join("www/tokens/site.age").is_file());
+    let log = appliance.log();
+    assert!(!log.contains(DAV_PASSWORD) && !log.contains(DAV_TOKEN) && !log.contains("AGE-SECRET-KEY"));
 }

@@ -109,10 +109,14 @@ async fn a_phone_fetches_from_the_restored_appliance_through_its_old_steady_url(
     let guessed = format!("/p/{}/", "A".repeat(26));
     let miss = fetch_steady(new.https, &old_ca, &phone, &guessed).await;
     assert_eq!(miss.status, 404);
-    // Restoring over an appliance in use needs saying so.
+    // Restoring over an appliance in use needs saying so; it ends the sessions of the
+    // password it replaced (this backup has none: the page asks for setup again).
+    let mut browser = logged_in(&new).await;
+    assert_eq!(browser.get("/").await.status, 200);
     let (ok, _, err) = backup_cli(&new.data, &["backup", "restore", file.to_str().unwrap()]);
     assert!(!ok && err.contains("--replace"), "{err}");
     backup_ok(&new.data, &["backup", "restore", "--replace", file.to_str().unwrap()]);
+    assert_eq!(browser.get("/").await.header("location"), Some("/setup"), "a session outlived the restore");
     let log = new.log();
     assert!(!log.contains(PASSPHRASE), "the passphrase reached the log");
 }

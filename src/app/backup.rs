@@ -112,6 +112,12 @@ impl App {
             state.pending_contacts.clear();
             state.rebuild_tokens()?;
             let mut txn = Txn::new();
+            // Sessions on this appliance started before the restore end: the restored
+            // password counts as changed now.
+            if let Some(mut admin) = state.db.admin()? {
+                admin.changed_at = now();
+                txn.set_admin(&admin);
+            }
             let made = &snapshot.manifest;
             txn.audit(
                 now(),

@@ -204,6 +204,20 @@ impl Pki {
     }
 }
 
+/// Checks that `key_pem` is the private key of the first certificate in `cert_pem` (a
+/// restored backup's pair); `Err` says why not.
+pub fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    if chain.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map(|_| ())
+        .map_err(|e| format!("the key does not match the certificate: {e}"))
+}
+
 /// Hands rustls whichever certificate is current; swapped on reload.
 #[derive(Debug)]
 struct Resolver(ArcSwap<CertifiedKey>);

@@ -165,13 +165,25 @@ async fn bad_backups_are_refused_with_their_reason_and_change_nothing() {
         device.value[0] = 200;
         provbox::backup::seal(&snapshot, PASSPHRASE)
     };
-    let cases: [(&str, PathBuf, &str); 6] = [
+    // A setting that breaks its rule (credentials would go over plain HTTP).
+    let bad_setting = {
+        use provbox::store::records::{Record, Setting, bounded};
+        let key = provbox::backup::BackupKey::Passphrase(PASSPHRASE.into());
+        let mut snapshot = provbox::backup::open(&good_bytes, &key).unwrap();
+        let value = Setting { value: bounded("value", "http://nas.example/dav/").unwrap() }.encode();
+        let mut name = vec![2u8];
+        name.extend_from_slice(b"backup.copy_url");
+        snapshot.records.push(provbox::backup::StoreRecord { key: name, value });
+        provbox::backup::seal(&snapshot, PASSPHRASE)
+    };
+    let cases: [(&str, PathBuf, &str); 7] = [
         ("wrong passphrase", good.clone(), "wrong passphrase"),
         ("truncated", write("truncated.age", &good_bytes[..good_bytes.len() / 2]), "truncated"),
         ("tampered", write("tampered.age", &tampered), "was changed"),
         ("another product", write("other.age", &other_product), "not a provbox backup"),
         ("not age", write("export.csv", b"mac,vendor,model\n805ec0000009,yealink,T46U\n"), "not an age-encrypted file"),
         ("a newer record", write("newer.age", &newer_record), "upgrade provbox"),
+        ("a setting against its rule", write("setting.age", &bad_setting), "backup.copy_url: must be an https://"),
     ];
     for (what, path, reason) in cases {
         let mut command = provbox_command();

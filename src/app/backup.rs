@@ -12,15 +12,17 @@ use crate::backup::{self, BackupError, BackupKey, DataFile, Manifest, Snapshot, 
 use crate::clock::now;
 use crate::store::records::{Kind, MAX_DEVICES, Txn, current_schema, decode_json};
 
-/// The files of `<data>/tls` a backup carries: the CA, the generated server certificate and
-/// an operator's. The server certificate is reissued on restore where it does not cover the
-/// new board's addresses.
-const TLS_FILES: [&str; 7] =
-    ["ca.crt", "ca.key", "server.crt", "server.key", "server.json", "operator.crt", "operator.key"];
+/// The files of `<data>/tls` a backup carries, in pairs that come together: the CA and an
+/// operator's certificate. The server certificate is the board's own: reissued from the
+/// restored CA for the new board's addresses.
+const TLS_PAIRS: [(&str, &str); 2] = [("ca.crt", "ca.key"), ("operator.crt", "operator.key")];
+/// The generated server certificate's files, removed on restore so that it is reissued.
+const SERVER_FILES: [&str; 3] = ["server.crt", "server.key", "server.json"];
+/// Deepest path a backup may hold under a folder (the data directory is handed over to the
+/// unprivileged user by a bounded walk).
+const MAX_PATH_DEPTH: usize = 8;
 /// Record kinds that describe this board, not the site: its clock and its copy schedule.
 const BOARD_OWN: [u8; 2] = [Kind::Clock as u8, Kind::BackupCopy as u8];
-/// Files that hold private keys: written readable by the owner only.
-const PRIVATE_FILES: [&str; 3] = ["tls/ca.key", "tls/server.key", "tls/operator.key"];
 
 impl App {
     /// Everything a backup holds: every store record but the board's own (clock, copy
@@ -38,7 +40,7 @@ impl App {
             (records, state.db.device_count())
         };
         let mut files = Vec::new();
-        for name in TLS_FILES {
+        for name in TLS_PAIRS.iter().flat_map(|(cert, key)| [*cert, *key]) {
             match std::fs::read(self.data_dir.join("tls").join(name)) {
                 Ok(content) => files.push(DataFile { path: format!("tls/{name}"), content }),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -91,8 +93,13 @@ impl App {
     pub fn restore(&self, snapshot: Snapshot, replace: bool, actor: &str) -> Result<RestoreSummary, AppError> {
         check_records(&snapshot)?;
         check_files(&snapshot.files)?;
-        let records: Vec<(Vec<u8>, Vec<u8>)> =
-            snapshot.records.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+        // The board's own records (clock, copy schedule) stay this board's.
+        let records: Vec<(Vec<u8>, Vec<u8>)> = snapshot
+            .records
+            .iter()
+            .filter(|r| !BOARD_OWN.contains(&r.key[0]))
+            .map(|r| (r.key.clone(), r.value.clone()))
+            .collect();
         {
             let state = self.lock();
             let in_use = state.db.admin()?.is_some() || state.db.device_count() > 0;
@@ -175,19 +182,28 @@ impl App {
             let folder = file.path.split('/').next().unwrap_or_default();
             by_folder.entry(folder).or_default().push(file);
         }
-        let tls = by_folder.remove("tls").unwrap_or_default();
-        for file in &tls {
-            let mode = if PRIVATE_FILES.contains(&file.path.as_str()) { 0o600 } else { 0o644 };
-            write_atomically(&self.data_dir.join(&file.path), &file.content, mode)?;
+        // The server certificate goes first, so that whatever happens next it is reissued
+        // from the CA in place at the next start; then the pairs, key before certificate.
+        if by_folder.get("tls").is_some_and(|tls| !tls.is_empty()) {
+            for name in SERVER_FILES {
+                remove_file(&self.data_dir.join("tls").join(name))?;
+            }
         }
-        // With the CA come exactly the certificates of the backup: a server or operator
-        // certificate this board had of its own would not chain to it.
-        if tls.iter().any(|file| file.path == "tls/ca.crt") {
-            for name in TLS_FILES {
-                let path = format!("tls/{name}");
-                if !tls.iter().any(|file| file.path == path) {
-                    remove_file(&self.data_dir.join(path))?;
+        let tls = by_folder.remove("tls").unwrap_or_default();
+        for (cert, key) in TLS_PAIRS {
+            let find = |name: &str| tls.iter().find(|file| file.path == format!("tls/{name}"));
+            match (find(cert), find(key)) {
+                (Some(cert_file), Some(key_file)) => {
+                    write_atomically(&self.data_dir.join(&key_file.path), &key_file.content, 0o600)?;
+                    write_atomically(&self.data_dir.join(&cert_file.path), &cert_file.content, 0o644)?;
                 }
+                // With the CA, a pair the backup does not carry is not this site's: an operator
+                // certificate of this board goes.
+                _ if !tls.is_empty() => {
+                    remove_file(&self.data_dir.join("tls").join(cert))?;
+                    remove_file(&self.data_dir.join("tls").join(key))?;
+                }
+                _ => {}
             }
         }
         let mut folders = vec!["templates"];
@@ -231,42 +247,81 @@ fn check_passphrase(passphrase: &str) -> Result<(), AppError> {
 /// Checks that this version reads every one of the snapshot's records (older schemas
 /// upgrade; newer ones and unknown kinds are refused), and that they fit an appliance.
 fn check_records(snapshot: &Snapshot) -> Result<(), AppError> {
+    let malformed = |reason: String| AppError::from(BackupError::Malformed(reason));
     let mut seen: HashMap<&[u8], ()> = HashMap::new();
     let mut devices = 0;
     for record in &snapshot.records {
         let Some(kind) = record.key.first().and_then(|byte| Kind::from_byte(*byte)) else {
             return Err(BackupError::NewerFormat(snapshot.manifest.format, snapshot.manifest.version.clone()).into());
         };
-        decode_json(kind, &record.value)
-            .map_err(|e| BackupError::Malformed(format!("a {} record: {e}", kind.name())))?;
+        let decoded =
+            decode_json(kind, &record.value).map_err(|e| malformed(format!("a {} record: {e}", kind.name())))?;
         if seen.insert(&record.key, ()).is_some() {
-            return Err(BackupError::Malformed(format!("a {} record appears twice", kind.name())).into());
+            return Err(malformed(format!("a {} record appears twice", kind.name())));
         }
-        devices += usize::from(kind == Kind::Device);
+        match kind {
+            Kind::Device => {
+                devices += 1;
+                let mac: Option<Vec<u8>> = decoded["mac"]
+                    .as_str()
+                    .and_then(|mac| mac.parse::<crate::mac::Mac>().ok())
+                    .map(|mac| mac.0.to_vec());
+                if mac.as_deref() != Some(&record.key[1..]) {
+                    return Err(malformed("a device record is filed under another MAC".into()));
+                }
+            }
+            // A setting this version knows must pass its rule, as if it were set now.
+            Kind::Setting => {
+                let name = std::str::from_utf8(&record.key[1..]).unwrap_or_default();
+                let value = decoded["value"].as_str().unwrap_or_default();
+                let table = super::config::settings_table();
+                if table.spec_of(name).is_ok() {
+                    table.validate(name, value).map_err(|e| malformed(format!("setting {e}")))?;
+                }
+            }
+            _ => {}
+        }
     }
     if devices > MAX_DEVICES {
-        return Err(BackupError::Malformed(format!(
-            "{devices} devices, more than the {MAX_DEVICES} an appliance manages"
-        ))
-        .into());
+        return Err(malformed(format!("{devices} devices, more than the {MAX_DEVICES} an appliance manages")));
     }
     Ok(())
 }
 
-/// Checks the snapshot's files: paths inside the backed-up folders, only known TLS files,
-/// and a CA whose key is there too.
+/// Checks the snapshot's files before anything is written: paths inside the backed-up
+/// folders and not too deep, no path both a file and a folder, only the known TLS pairs, each
+/// whole and each key matching its certificate. (A backup of an appliance that never served
+/// has no CA; this board's stays.)
 fn check_files(files: &[DataFile]) -> Result<(), AppError> {
+    let malformed = |reason: String| AppError::from(BackupError::Malformed(reason));
+    let paths: std::collections::BTreeSet<&str> = files.iter().map(|file| file.path.as_str()).collect();
     for file in files {
         backup::check_data_path(&file.path).map_err(BackupError::Malformed)?;
-        if let Some(name) = file.path.strip_prefix("tls/")
-            && !TLS_FILES.contains(&name)
+        if file.path.split('/').count() > MAX_PATH_DEPTH + 1 {
+            return Err(malformed(format!("{:?} is nested too deeply", file.path)));
+        }
+        if paths
+            .range(format!("{}/", file.path).as_str()..)
+            .next()
+            .is_some_and(|next| next.starts_with(&format!("{}/", file.path)))
         {
-            return Err(BackupError::Malformed(format!("unexpected TLS file {name:?}")).into());
+            return Err(malformed(format!("{:?} is both a file and a folder", file.path)));
+        }
+        if let Some(name) = file.path.strip_prefix("tls/")
+            && !TLS_PAIRS.iter().any(|(cert, key)| name == *cert || name == *key)
+        {
+            return Err(malformed(format!("unexpected TLS file {name:?}")));
         }
     }
-    let has = |path: &str| files.iter().any(|file| file.path == path);
-    if has("tls/ca.crt") != has("tls/ca.key") {
-        return Err(BackupError::Malformed("the CA certificate and its key must come together".into()).into());
+    let content =
+        |name: &str| files.iter().find(|file| file.path == format!("tls/{name}")).map(|file| &file.content[..]);
+    for (cert, key) in TLS_PAIRS {
+        match (content(cert), content(key)) {
+            (Some(cert_pem), Some(key_pem)) => crate::pki::check_pair(cert_pem, key_pem)
+                .map_err(|reason| malformed(format!("tls/{cert} and tls/{key}: {reason}")))?,
+            (None, None) => {}
+            _ => return Err(malformed(format!("tls/{cert} and tls/{key} must come together"))),
+        }
     }
     Ok(())
 }
@@ -341,4 +396,44 @@ fn unreadable(path: &Path, error: std::io::Error) -> AppError {
 
 fn unwritable(path: &Path, error: std::io::Error) -> AppError {
     AppError::Internal(format!("cannot write {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &[u8]) -> DataFile {
+        DataFile { path: path.into(), content: content.to_vec() }
+    }
+
+    /// A self-signed certificate and its key, PEM, and another key.
+    fn pair() -> (String, String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["provbox".into()]).unwrap().self_signed(&key).unwrap();
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        (cert.pem(), key.serialize_pem(), other.serialize_pem())
+    }
+
+    #[test]
+    fn files_that_could_not_all_be_written_or_served_are_refused_before_anything_is_written() {
+        let (cert, key, other) = pair();
+        let ca = [file("tls/ca.crt", cert.as_bytes()), file("tls/ca.key", key.as_bytes())];
+        assert!(check_files(&ca).is_ok());
+        let refused = |extra: Vec<DataFile>| {
+            let mut files = ca.to_vec();
+            files.extend(extra);
+            check_files(&files).unwrap_err().to_string()
+        };
+        assert!(
+            refused(vec![file("templates/a", b"x"), file("templates/a/b", b"y")]).contains("both a file and a folder")
+        );
+        let deep = format!("templates/{}f", "d/".repeat(MAX_PATH_DEPTH));
+        assert!(refused(vec![file(&deep, b"x")]).contains("nested too deeply"));
+        assert!(refused(vec![file("tls/operator.crt", cert.as_bytes())]).contains("must come together"));
+        let mismatched = vec![file("tls/operator.crt", cert.as_bytes()), file("tls/operator.key", other.as_bytes())];
+        assert!(refused(mismatched).contains("does not match"));
+        assert!(refused(vec![file("tls/server.key", key.as_bytes())]).contains("unexpected TLS file"));
+        let lone_ca = check_files(&[file("tls/ca.key", key.as_bytes())]).unwrap_err().to_string();
+        assert!(lone_ca.contains("tls/ca.crt and tls/ca.key must come together"), "{lone_ca}");
+    }
 }

@@ -112,8 +112,11 @@ impl App {
 
     /// Makes one copy and PUTs it; `Err` says why it did not arrive.
     async fn send_copy(&self, target: &CopyTarget, at: u64) -> Result<(), String> {
-        let snapshot = self.backup_snapshot(target.include_files).map_err(|e| e.to_string())?;
-        let body = backup::seal_to(&snapshot, &target.recipient);
+        // Reading the files and encrypting them blocks: off the async workers.
+        let body = tokio::task::block_in_place(|| {
+            self.backup_snapshot(target.include_files).map(|snapshot| backup::seal_to(&snapshot, &target.recipient))
+        })
+        .map_err(|e| e.to_string())?;
         let ca_file = Some(target.ca_file.as_str()).filter(|path| !path.is_empty()).map(std::path::Path::new);
         let wan = Wan::new("backup.copy_ca_file", ca_file, UPLOAD_TIMEOUT).map_err(|failure| failure.message)?;
         let mut headers = vec![("content-type", "application/octet-stream".to_string())];
@@ -177,7 +180,13 @@ impl App {
             Ok(()) => tracing::info!("backup copy sent"),
             Err(reason) => tracing::warn!(attempt = after.attempts, "backup copy failed: {reason}"),
         }
-        self.lock().db.commit(Txn::new().set_backup_copy(&after))?;
+        let mut state = self.lock();
+        // A "Copy now" that came during the upload still stands.
+        let mut after = after;
+        if state.db.backup_copy()?.due == 0 && before.due != 0 {
+            after.due = 0;
+        }
+        state.db.commit(Txn::new().set_backup_copy(&after))?;
         Ok(after.due)
     }
 

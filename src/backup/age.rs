@@ -29,9 +29,9 @@ const TAG: usize = 16;
 /// The work factor provbox encrypts with: scrypt N = 2^16 (64 MiB, well under a second on a
 /// Raspberry Pi 3).
 pub const WORK_FACTOR: u8 = 16;
-/// The highest work factor accepted when decrypting: `age -p` uses 18 (256 MiB); 20 needs
-/// 1 GiB, as much as a Pi 3 has.
-const MAX_WORK_FACTOR: u8 = 19;
+/// The highest work factor accepted when decrypting: `age -p`'s 18, which takes 256 MiB;
+/// 19 would take 512 MiB, half of a Pi 3.
+const MAX_WORK_FACTOR: u8 = 18;
 
 /// Why a file does not decrypt.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

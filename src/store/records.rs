@@ -885,13 +885,15 @@ impl<F: NorFlash> Db<F> {
         Ok(self.store.commit(&ops)?)
     }
 
-    /// Replaces every record but the clock's with `records` (a restored backup). The
+    /// Replaces every record but the board's own (clock, backup-copy schedule) with
+    /// `records` (a restored backup). The
     /// administrator's credentials go first and come back last, so a restore cut short by
     /// power leaves an unclaimed appliance, whose first-start page offers the restore again,
     /// never a mix that looks complete. Commits as many store transactions as needed.
     pub fn replace_all(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DbError> {
         let admin_key = key(Kind::Admin, b"");
-        let clock = Kind::Clock as u8;
+        // The board's own records: its clock and its backup-copy schedule.
+        let own = |key: &[u8]| key[0] == Kind::Clock as u8 || key[0] == Kind::BackupCopy as u8;
         if self.store.get(&admin_key).is_some() {
             self.store.commit(&[Op::set(&admin_key, None)])?;
         }
@@ -900,14 +902,14 @@ impl<F: NorFlash> Db<F> {
             .store
             .iter_prefix(&[])
             .map(|(key, _)| key)
-            .filter(|key| key[0] != clock && !incoming.contains(key))
+            .filter(|key| !own(key) && !incoming.contains(key))
             .map(<[u8]>::to_vec)
             .collect();
         let mut ops: Vec<Op<'_>> = stale.iter().map(|key| Op::set(key, None)).collect();
         ops.extend(
             records
                 .iter()
-                .filter(|(key, _)| *key != admin_key && key[0] != clock)
+                .filter(|(key, _)| *key != admin_key && !own(key))
                 .map(|(key, value)| Op::set(key, Some(value))),
         );
         let limit = self.store.max_commit_len();

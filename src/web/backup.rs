@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use super::Web;
 use super::page::{FORM_COOKIE, SessionForm, blocking, cookie, form_page, page_error};
 use super::system::system_view;
+use crate::app::AppError;
 use crate::backup::{BackupKey, MAX_BACKUP_BYTES};
 
 /// Largest restore upload: the backup and the form's few other fields.
@@ -21,6 +22,8 @@ const MAX_RESTORE_BODY: usize = MAX_BACKUP_BYTES + 64 * 1024;
 /// Most parts a restore form has (form token, code, file, passphrase, identity).
 const MAX_PARTS: usize = 8;
 
+/// Longest a restore upload may take: 64 MiB crosses a LAN in seconds.
+const UPLOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// One restore at a time: each holds the backup in memory two or three times over.
 static RESTORING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
@@ -88,13 +91,16 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
         return refuse(StatusCode::CONFLICT, "another restore is running".into());
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let body: Bytes = match axum::body::to_bytes(request.into_body(), MAX_RESTORE_BODY).await {
-        Ok(body) => body,
-        Err(_) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the upload broke off or is over {MAX_BACKUP_BYTES} bytes"),
+    // Bounded in time too: the one restore slot is not held by a client that trickles.
+    let read = tokio::time::timeout(UPLOAD_LIMIT, axum::body::to_bytes(request.into_body(), MAX_RESTORE_BODY));
+    let body: Bytes = match read.await {
+        Ok(Ok(body)) => body,
+        _ => {
+            let reason = format!(
+                "the upload broke off, took over {} s or is over {MAX_BACKUP_BYTES} bytes",
+                UPLOAD_LIMIT.as_secs()
             );
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, reason);
         }
     };
     let mut fields = match form_data(&content_type, &body) {
@@ -122,9 +128,16 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
             tracing::info!(%ip, devices = summary.devices, "page: restored a backup");
             Redirect::to(if summary.admin_restored { "/login" } else { "/setup" }).into_response()
         }
-        Err(error) => {
+        // Refusals come before anything is written; a failure while writing leaves the
+        // appliance unclaimed, and this page offers the restore again.
+        Err(error @ (AppError::Backup(_) | AppError::Admin(_) | AppError::Refused(_))) => {
             tracing::warn!(%ip, "page restore refused: {error}");
             refuse(StatusCode::BAD_REQUEST, error.to_string())
+        }
+        Err(error) => {
+            tracing::error!(%ip, "page restore failed while writing: {error}");
+            let message = format!("{error}; the restore stopped part way: restore again");
+            form_page("setup.html", StatusCode::INTERNAL_SERVER_ERROR, Some(message), minijinja::context! {})
         }
     }
 }

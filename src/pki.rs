@@ -137,13 +137,11 @@ impl Pki {
     }
 
     /// Takes up the CA a restored backup wrote to `<data>/tls`: serves it, and a server
-    /// certificate from it that covers this board's names and addresses (reissued unless
-    /// the restored one already does).
+    /// certificate from it that covers this board's names and addresses (the restore
+    /// removed the old server certificate, so one is issued).
     pub fn adopt_restored(&self) -> Result<(), PkiError> {
         let ca_pem = read_string(&self.dir.join("ca.crt"))?;
         let (names, ips) = self.coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        // The restored server certificate may come from the same CA but not from this
-        // board's last issue: judge it by its own coverage file, which was restored with it.
         issue_if_needed(&self.dir, &ca_pem, self.key_type, &names, &ips)?;
         self.ca_pem.store(Arc::new(ca_pem));
         self.reload()

@@ -396,15 +396,7 @@ impl Nginx {
     /// Writes the configuration, certificates and password file; does not start nginx.
     fn prepare() -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Test NAS CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
-        let cert =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let fleet::LoopbackTls { ca, cert, key } = fleet::LoopbackTls::new("Test NAS CA");
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("ca.pem"), ca.pem()).unwrap();
         std::fs::write(path("server.pem"), cert.pem()).unwrap();

@@ -2,7 +2,7 @@
 //! putting them back on this or another appliance ([`App::restore`]). The file format is
 //! [`crate::backup`]'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::views::RestoreSummary;
@@ -10,7 +10,9 @@ use super::{App, AppError};
 use crate::admin::AdminError;
 use crate::backup::{self, BackupError, BackupKey, DataFile, Manifest, Snapshot, StoreRecord};
 use crate::clock::now;
-use crate::store::records::{Kind, MAX_DEVICES, Txn, current_schema, decode_json};
+use crate::store::records::{
+    Device, Kind, MAX_DEVICES, Record, RecordError, Setting, Txn, current_schema, decode_json,
+};
 
 /// The files of `<data>/tls` a backup carries, in pairs that come together: the CA and an
 /// operator's certificate. The server certificate is the board's own: reissued from the
@@ -21,20 +23,18 @@ const SERVER_FILES: [&str; 3] = ["server.crt", "server.key", "server.json"];
 /// Deepest path a backup may hold under a folder (the data directory is handed over to the
 /// unprivileged user by a bounded walk).
 const MAX_PATH_DEPTH: usize = 8;
-/// Record kinds that describe this board, not the site: its clock and its copy schedule.
-const BOARD_OWN: [u8; 2] = [Kind::Clock as u8, Kind::BackupCopy as u8];
 
 impl App {
     /// Everything a backup holds: every store record but the board's own (clock, copy
-    /// schedule), the TLS
-    /// files, the template overrides, and the static files when `include_files`.
+    /// schedule), the TLS files, the template overrides, and the static files when
+    /// `include_files`.
     pub fn backup_snapshot(&self, include_files: bool) -> Result<Snapshot, AppError> {
         let (records, devices) = {
             let state = self.lock();
             let store = state.db.store();
             let records: Vec<StoreRecord> = store
                 .iter_prefix(&[])
-                .filter(|(key, _)| !BOARD_OWN.contains(&key[0]))
+                .filter(|(key, _)| !Kind::from_byte(key[0]).is_some_and(Kind::is_board_own))
                 .map(|(key, value)| StoreRecord { key: key.to_vec(), value: value.to_vec() })
                 .collect();
             (records, state.db.device_count())
@@ -93,13 +93,8 @@ impl App {
     pub fn restore(&self, snapshot: Snapshot, replace: bool, actor: &str) -> Result<RestoreSummary, AppError> {
         check_records(&snapshot)?;
         check_files(&snapshot.files)?;
-        // The board's own records (clock, copy schedule) stay this board's.
-        let records: Vec<(Vec<u8>, Vec<u8>)> = snapshot
-            .records
-            .iter()
-            .filter(|r| !BOARD_OWN.contains(&r.key[0]))
-            .map(|r| (r.key.clone(), r.value.clone()))
-            .collect();
+        let records: Vec<(Vec<u8>, Vec<u8>)> =
+            snapshot.records.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
         {
             let state = self.lock();
             let in_use = state.db.admin()?.is_some() || state.db.device_count() > 0;
@@ -184,12 +179,12 @@ impl App {
         }
         // The server certificate goes first, so that whatever happens next it is reissued
         // from the CA in place at the next start; then the pairs, key before certificate.
-        if by_folder.get("tls").is_some_and(|tls| !tls.is_empty()) {
+        let tls = by_folder.remove("tls").unwrap_or_default();
+        if !tls.is_empty() {
             for name in SERVER_FILES {
                 remove_file(&self.data_dir.join("tls").join(name))?;
             }
         }
-        let tls = by_folder.remove("tls").unwrap_or_default();
         for (cert, key) in TLS_PAIRS {
             let find = |name: &str| tls.iter().find(|file| file.path == format!("tls/{name}"));
             match (find(cert), find(key)) {
@@ -248,38 +243,35 @@ fn check_passphrase(passphrase: &str) -> Result<(), AppError> {
 /// upgrade; newer ones and unknown kinds are refused), and that they fit an appliance.
 fn check_records(snapshot: &Snapshot) -> Result<(), AppError> {
     let malformed = |reason: String| AppError::from(BackupError::Malformed(reason));
-    let mut seen: HashMap<&[u8], ()> = HashMap::new();
+    let mut seen: HashSet<&[u8]> = HashSet::new();
     let mut devices = 0;
     for record in &snapshot.records {
         let Some(kind) = record.key.first().and_then(|byte| Kind::from_byte(*byte)) else {
             return Err(BackupError::NewerFormat(snapshot.manifest.format, snapshot.manifest.version.clone()).into());
         };
-        let decoded =
-            decode_json(kind, &record.value).map_err(|e| malformed(format!("a {} record: {e}", kind.name())))?;
-        if seen.insert(&record.key, ()).is_some() {
+        let unreadable = |e: RecordError| malformed(format!("a {} record: {e}", kind.name()));
+        if !seen.insert(&record.key) {
             return Err(malformed(format!("a {} record appears twice", kind.name())));
         }
         match kind {
             Kind::Device => {
                 devices += 1;
-                let mac: Option<Vec<u8>> = decoded["mac"]
-                    .as_str()
-                    .and_then(|mac| mac.parse::<crate::mac::Mac>().ok())
-                    .map(|mac| mac.0.to_vec());
-                if mac.as_deref() != Some(&record.key[1..]) {
+                if Device::decode(&record.value).map_err(unreadable)?.mac.0[..] != record.key[1..] {
                     return Err(malformed("a device record is filed under another MAC".into()));
                 }
             }
             // A setting this version knows must pass its rule, as if it were set now.
             Kind::Setting => {
+                let value = Setting::decode(&record.value).map_err(unreadable)?.value;
                 let name = std::str::from_utf8(&record.key[1..]).unwrap_or_default();
-                let value = decoded["value"].as_str().unwrap_or_default();
                 let table = super::config::settings_table();
                 if table.spec_of(name).is_ok() {
-                    table.validate(name, value).map_err(|e| malformed(format!("setting {e}")))?;
+                    table.validate(name, &value).map_err(|e| malformed(format!("setting {e}")))?;
                 }
             }
-            _ => {}
+            _ => {
+                decode_json(kind, &record.value).map_err(unreadable)?;
+            }
         }
     }
     if devices > MAX_DEVICES {

@@ -157,7 +157,7 @@ impl App {
         period: u64,
     ) -> Result<u64, AppError> {
         let at = now();
-        let after = match &outcome {
+        let mut after = match &outcome {
             Ok(()) => BackupCopyState {
                 due: at + period,
                 attempts: 0,
@@ -182,7 +182,6 @@ impl App {
         }
         let mut state = self.lock();
         // A "Copy now" that came during the upload still stands.
-        let mut after = after;
         if state.db.backup_copy()?.due == 0 && before.due != 0 {
             after.due = 0;
         }

@@ -75,6 +75,12 @@ impl Kind {
         Kind::ALL.into_iter().find(|kind| *kind as u8 == byte)
     }
 
+    /// Whether its records describe this board rather than the site (its clock, its
+    /// backup-copy schedule): backups leave them out and restores leave them as they are.
+    pub fn is_board_own(self) -> bool {
+        matches!(self, Kind::Clock | Kind::BackupCopy)
+    }
+
     /// A short lowercase name.
     pub fn name(self) -> &'static str {
         match self {
@@ -885,15 +891,14 @@ impl<F: NorFlash> Db<F> {
         Ok(self.store.commit(&ops)?)
     }
 
-    /// Replaces every record but the board's own (clock, backup-copy schedule) with
-    /// `records` (a restored backup). The
-    /// administrator's credentials go first and come back last, so a restore cut short by
-    /// power leaves an unclaimed appliance, whose first-start page offers the restore again,
-    /// never a mix that looks complete. Commits as many store transactions as needed.
+    /// Replaces every record but the board's own ([`Kind::is_board_own`]) with `records` (a
+    /// restored backup), whose board's own records are left out. The administrator's
+    /// credentials go first and come back last, so a restore cut short by power leaves an
+    /// unclaimed appliance, whose first-start page offers the restore again, never a mix
+    /// that looks complete. Commits as many store transactions as needed.
     pub fn replace_all(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DbError> {
         let admin_key = key(Kind::Admin, b"");
-        // The board's own records: its clock and its backup-copy schedule.
-        let own = |key: &[u8]| key[0] == Kind::Clock as u8 || key[0] == Kind::BackupCopy as u8;
+        let own = |key: &[u8]| Kind::from_byte(key[0]).is_some_and(Kind::is_board_own);
         if self.store.get(&admin_key).is_some() {
             self.store.commit(&[Op::set(&admin_key, None)])?;
         }

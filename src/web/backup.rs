@@ -9,10 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use subtle::ConstantTimeEq;
 
 use super::Web;
-use super::page::{FORM_COOKIE, SessionForm, blocking, cookie, form_page, page_error};
+use super::page::{SessionForm, blocking, form_page, form_token_ok, page_error};
 use super::system::system_view;
 use crate::app::AppError;
 use crate::backup::{BackupKey, MAX_BACKUP_BYTES};
@@ -109,8 +108,7 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
     };
     let mut text = |name: &str| String::from_utf8(fields.remove(name).unwrap_or_default()).unwrap_or_default();
     let (form_token, code, passphrase) = (text("form"), text("code"), text("passphrase"));
-    let expected = cookie(&headers, FORM_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form_token.as_bytes())) {
+    if !form_token_ok(&headers, &form_token) {
         return (StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response();
     }
     let file = fields.remove("backup").unwrap_or_default();

@@ -181,14 +181,18 @@ impl FromRequest<Web> for PreLoginForm {
         let peer = request.extensions().get::<crate::server::Peer>().copied();
         let Form(fields) =
             Form::<HashMap<String, String>>::from_request(request, web).await.map_err(IntoResponse::into_response)?;
-        let cookie = cookie(&headers, FORM_COOKIE).unwrap_or_default();
-        let field = fields.get("form").map(String::as_str).unwrap_or("");
-        let matches = !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(field.as_bytes()));
+        let matches = form_token_ok(&headers, fields.get("form").map(String::as_str).unwrap_or(""));
         match (matches, peer) {
             (true, Some(peer)) => Ok(PreLoginForm { peer, fields }),
             _ => Err((StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response()),
         }
     }
+}
+
+/// Whether a pre-login form's `form` field equals its double-submit cookie (constant-time).
+pub(super) fn form_token_ok(headers: &HeaderMap, field: &str) -> bool {
+    let cookie = cookie(headers, FORM_COOKIE).unwrap_or_default();
+    !cookie.is_empty() && bool::from(cookie.as_bytes().ct_eq(field.as_bytes()))
 }
 
 /// A pre-login form page with a fresh double-submit token.

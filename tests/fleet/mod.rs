@@ -17,6 +17,30 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+/// A private CA and a certificate for 127.0.0.1 it issued, with the certificate's key: for
+/// the TLS servers tests run on loopback (mock vendor services, a WebDAV server).
+pub struct LoopbackTls {
+    pub ca: rcgen::Certificate,
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+impl LoopbackTls {
+    /// A new CA named `ca_name` (ECDSA P-256) and its certificate for 127.0.0.1.
+    pub fn new(ca_name: &str) -> LoopbackTls {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        LoopbackTls { ca, cert, key }
+    }
+}
+
 /// A running `provbox serve` on loopback with its own data directory.
 pub struct Appliance {
     pub data: PathBuf,

@@ -137,15 +137,7 @@ impl Mock {
     /// An HTTPS mock whose certificate (for 127.0.0.1) is issued by a private CA, written to
     /// `ca_file`.
     pub async fn start_tls() -> Mock {
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Mock vendor CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
+        let crate::fleet::LoopbackTls { ca, cert, key } = crate::fleet::LoopbackTls::new("Mock vendor CA");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -64,9 +64,9 @@ pub enum AdminError {
     Hash(String),
 }
 
-/// The argon2id hash of `password` in PHC string form, after checking its strength.
-pub fn hash_password(password: &str) -> Result<String, AdminError> {
-    crate::devices::check_strength(password).map_err(AdminError::Weak)?;
+/// The argon2id hash of `password` in PHC string form, after checking it against `level`.
+pub fn hash_password(password: &str, level: crate::policy::Level) -> Result<String, AdminError> {
+    crate::policy::check(level, password).map_err(AdminError::Weak)?;
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

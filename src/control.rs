@@ -191,6 +191,51 @@ pub enum Request {
         /// Replace an appliance that is in use.
         replace: bool,
     },
+    /// The audit log, newest first.
+    AuditLog,
+    /// The site's password levels and the devices below them.
+    PasswordPolicy,
+    /// New generated SIP passwords for a device's lines below the policy.
+    DeviceRotatePasswords {
+        /// Its MAC.
+        mac: String,
+    },
+    /// Every vendor's editable templates.
+    TemplateList,
+    /// One template, stock and override.
+    TemplateShow {
+        /// Vendor id.
+        vendor: String,
+        /// Template file name.
+        file: String,
+    },
+    /// Render an unsaved edit for a device.
+    TemplatePreview {
+        /// Vendor id.
+        vendor: String,
+        /// Template file name.
+        file: String,
+        /// The edited text.
+        source: String,
+        /// The device to render for.
+        mac: String,
+    },
+    /// Check and save an override.
+    TemplateSave {
+        /// Vendor id.
+        vendor: String,
+        /// Template file name.
+        file: String,
+        /// The new text.
+        source: String,
+    },
+    /// Remove an override: back to stock.
+    TemplateRevert {
+        /// Vendor id.
+        vendor: String,
+        /// Template file name.
+        file: String,
+    },
 }
 
 /// The answer.
@@ -288,6 +333,18 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
             .and_then(|file| Ok(crate::backup::open(&file, key)?))
             .and_then(|snapshot| app.restore(snapshot, *replace, actor))
             .and_then(ok),
+        Request::AuditLog => app.audit_log().and_then(ok),
+        Request::PasswordPolicy => app.password_policy().and_then(ok),
+        Request::DeviceRotatePasswords { mac: m } => {
+            mac(m).and_then(|m| app.rotate_sip_passwords(&m, actor)).and_then(ok)
+        }
+        Request::TemplateList => app.template_list().and_then(ok),
+        Request::TemplateShow { vendor, file } => app.template_show(vendor, file).and_then(ok),
+        Request::TemplatePreview { vendor, file, source, mac: m } => {
+            mac(m).and_then(|m| app.template_preview(vendor, file, source, &m)).and_then(ok)
+        }
+        Request::TemplateSave { vendor, file, source } => app.template_save(vendor, file, source, actor).and_then(ok),
+        Request::TemplateRevert { vendor, file } => app.template_revert(vendor, file, actor).and_then(ok),
     };
     match result {
         Ok(result) => Response::Ok { result },

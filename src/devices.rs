@@ -5,6 +5,7 @@ use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
+use crate::policy;
 use crate::store::records::{Device, Enrollment, FunctionKey, KeyKind, Line, Override, bounded};
 use crate::token::Token;
 
@@ -12,8 +13,6 @@ use crate::token::Token;
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
 /// Length of generated SIP passwords.
 const GENERATED_PASSWORD_LEN: usize = 20;
-/// Shortest SIP password accepted.
-pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// What a technician supplies for one line of a new device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,46 +107,7 @@ fn model_name<const N: usize>(value: &str) -> Result<heapless::String<N>, Device
     bounded("model", value).map_err(|e| field("model", e.to_string()))
 }
 
-/// Checks `password` against the policy: [`check_strength`], and not containing the
-/// extension or the MAC.
-pub fn check_password(password: &str, extension: &str, mac: &Mac) -> Result<(), &'static str> {
-    check_strength(password)?;
-    let lower = password.to_lowercase();
-    if !extension.is_empty() && lower.contains(&extension.to_lowercase()) {
-        return Err("it contains the extension");
-    }
-    let mac_hex = mac.to_string();
-    let mac_colon: String = mac.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mac_dash = mac_colon.replace(':', "-");
-    if [mac_hex, mac_colon, mac_dash].iter().any(|form| lower.contains(form.as_str())) {
-        return Err("it contains the MAC address");
-    }
-    Ok(())
-}
-
-/// Checks that `password` has at least 12 characters, no control characters, and more than
-/// one character class.
-pub fn check_strength(password: &str) -> Result<(), &'static str> {
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err("use at least 12 characters");
-    }
-    if password.chars().any(char::is_control) {
-        return Err("control characters are not allowed");
-    }
-    let class = |c: char| match c {
-        'a'..='z' => 0,
-        'A'..='Z' => 1,
-        '0'..='9' => 2,
-        _ => 3,
-    };
-    let first = password.chars().next().map(class);
-    if password.chars().all(|c| Some(class(c)) == first) {
-        return Err("mix character classes: it is all lowercase, all uppercase, all digits or all symbols");
-    }
-    Ok(())
-}
-
-/// A strong random password that passes [`check_password`] for any extension and MAC.
+/// A random password that passes every [`policy`] level for any extension and MAC.
 pub fn generate_password() -> String {
     loop {
         let mut bytes = [0u8; GENERATED_PASSWORD_LEN];
@@ -172,8 +132,9 @@ pub fn generate_password() -> String {
 
 impl DeviceSpec {
     /// Validates the spec and builds a new device with fresh tokens and open enrollment.
-    /// `known_vendor` says whether a vendor id has a profile.
-    pub fn build(&self, known_vendor: impl Fn(&str) -> bool) -> Result<Device, DeviceError> {
+    /// `known_vendor` says whether a vendor id has a profile; given SIP passwords must meet
+    /// `sip_policy`.
+    pub fn build(&self, known_vendor: impl Fn(&str) -> bool, sip_policy: policy::Level) -> Result<Device, DeviceError> {
         let mac: Mac = self.mac.trim().parse()?;
         let vendor = self.vendor.trim().to_lowercase();
         if !known_vendor(&vendor) {
@@ -188,7 +149,7 @@ impl DeviceSpec {
             let sip_user = identifier("sip user", spec.sip_user.as_deref().unwrap_or(&spec.extension))?;
             let password = match &spec.sip_password {
                 Some(password) => {
-                    check_password(password, &extension, &mac)
+                    policy::check_sip(sip_policy, password, &extension, &mac)
                         .map_err(|reason| DeviceError::WeakPassword { extension: extension.to_string(), reason })?;
                     password.clone()
                 }
@@ -393,22 +354,12 @@ mod tests {
     }
 
     #[test]
-    fn password_policy_says_why() {
-        assert_eq!(check_password("Short1", "100", &mac()), Err("use at least 12 characters"));
-        assert!(check_password("alllowercaseletters", "100", &mac()).unwrap_err().contains("classes"));
-        assert!(check_password("Abcdefgh4711xyz", "4711", &mac()).unwrap_err().contains("extension"));
-        assert!(check_password("X805EC0D57D72y", "100", &mac()).unwrap_err().contains("MAC"));
-        assert!(check_password("80:5e:c0:d5:7d:72Zz", "100", &mac()).unwrap_err().contains("MAC"));
-        assert_eq!(check_password("Tr0ub4dor&3horse", "100", &mac()), Ok(()));
-    }
-
-    #[test]
     fn generated_passwords_pass_and_differ() {
         let a = generate_password();
         let b = generate_password();
         assert_ne!(a, b);
         assert_eq!(a.len(), GENERATED_PASSWORD_LEN);
-        assert_eq!(check_password(&a, "100", &mac()), Ok(()));
+        assert_eq!(policy::check_sip(policy::Level::Strong, &a, "100", &mac()), Ok(()));
     }
 
     #[test]
@@ -446,7 +397,7 @@ mod tests {
             model: "T54W".into(),
             lines: vec![LineSpec { extension: "100".into(), name: "A".into(), sip_user: None, sip_password: None }],
         };
-        let mut device = spec.build(|_| true).unwrap();
+        let mut device = spec.build(|_| true, policy::Level::Strong).unwrap();
         let blf = KeySpec { kind: "blf".into(), value: "201".into(), label: "Bob".into() };
         assert!(set_key(&mut device, 2, Some(&blf)).unwrap_err().to_string().contains("set key 1 first"));
         set_key(&mut device, 1, Some(&blf)).unwrap();
@@ -474,14 +425,15 @@ mod tests {
             lines: vec![LineSpec { extension: ext.into(), name: name.into(), sip_user: None, sip_password: None }],
         };
         let known = |v: &str| v == "yealink";
-        assert!(matches!(spec("zz", "100", "A").build(known), Err(DeviceError::Mac(_))));
-        assert!(spec("805ec0d57d72", "10 0", "A").build(known).unwrap_err().to_string().contains("extension"));
-        assert!(spec("805ec0d57d72", "100", "A\nstatic.x=1").build(known).unwrap_err().to_string().contains("control"));
-        let device = spec("805ec0d57d72", "100", "Alice").build(known).unwrap();
+        let build = |spec: DeviceSpec| spec.build(known, policy::Level::Strong);
+        assert!(matches!(build(spec("zz", "100", "A")), Err(DeviceError::Mac(_))));
+        assert!(build(spec("805ec0d57d72", "10 0", "A")).unwrap_err().to_string().contains("extension"));
+        assert!(build(spec("805ec0d57d72", "100", "A\nstatic.x=1")).unwrap_err().to_string().contains("control"));
+        let device = build(spec("805ec0d57d72", "100", "Alice")).unwrap();
         assert_eq!(device.lines[0].sip_user, "100");
         assert_ne!(device.enrollment_token, device.steady_token);
         let mut foreign = spec("805ec0d57d72", "100", "A");
         foreign.vendor = "acme".into();
-        assert!(foreign.build(known).unwrap_err().to_string().contains("acme"));
+        assert!(build(foreign).unwrap_err().to_string().contains("acme"));
     }
 }

@@ -15,7 +15,7 @@
 //!   [`metrics`], [`pki`], [`update`], [`backup`] (the encrypted backup file), [`ntp`] (the
 //!   SNTP client), [`clock`];
 //! - domain types and the store: [`devices`], [`settings`], [`locale`] (time zones and
-//!   languages in each vendor's notation), [`mac`], [`token`], [`hex`],
+//!   languages in each vendor's notation), [`policy`] (password levels), [`mac`], [`token`], [`hex`],
 //!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
 //!
 //! **One lock.** [`app::App`] keeps all mutable state (the mounted store, the token index,
@@ -57,6 +57,7 @@ pub mod mdns;
 pub mod metrics;
 pub mod ntp;
 pub mod pki;
+pub mod policy;
 pub mod provision;
 pub mod random;
 pub mod redirect;

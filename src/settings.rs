@@ -104,6 +104,18 @@ pub const SITE: &[SettingSpec] = &[
         "tokenless requests get a secret-free config (blank) or 404 (off)",
     ),
     secret("phone.admin_password", "the phones' own web admin password (generated at first start)"),
+    spec(
+        "policy.sip_password",
+        "strong",
+        Rule::OneOf(crate::policy::Level::SIP_CHOICES),
+        "SIP passwords: strong (12+ characters, mixed, not common), standard (8+, mixed, not common) or pbx (whatever the PBX issued)",
+    ),
+    spec(
+        "policy.admin_password",
+        "strong",
+        Rule::OneOf(crate::policy::Level::ADMIN_CHOICES),
+        "the page's admin password: strong (12+ characters, mixed, not common) or standard (8+)",
+    ),
     spec("redirect.enabled", "on", Rule::Switch, "register phones with their vendors' redirect services"),
     spec("redirect.timeout_seconds", "20", Rule::Number(1, 120), "give up on a redirect-service call after this long"),
     spec("redirect.ca_file", "", Rule::Text, "extra CA certificates (PEM file) trusted for redirect services"),

@@ -12,14 +12,7 @@ async fn call(
     token: &str,
     body: &str,
 ) -> (u16, serde_json::Value, String) {
-    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-    let auth = format!("Bearer {token}");
-    let response = connection
-        .request(method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes())
-        .await
-        .unwrap();
-    let text = response.text();
-    (response.status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
+    fleet::api(appliance, method, path, token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

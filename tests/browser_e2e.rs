@@ -148,3 +148,120 @@ fn import_errors_csrf_and_login_throttling() {
     log_in(&appliance, &browser);
     assert!(appliance.log().matches("page login failed").count() >= 4);
 }
+
+#[test]
+#[ignore = "needs chromium and chromium-driver: scripts/test-browser"]
+fn a_template_is_edited_previewed_refused_saved_fetched_and_reverted() {
+    const MARKER: &str = "features.browser_marker = 1";
+    let appliance = Appliance::start();
+    let browser = Browser::start();
+    set_up(&appliance, &browser);
+    appliance.add(MAC, "yealink", "T54W");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let phone = Phone::yealink(MAC);
+    runtime.block_on(appliance.enroll(&phone));
+    assert_eq!(appliance.device(MAC)["config"], "current");
+
+    // The list, then the editor of the device file.
+    browser.goto(&page(&appliance, "/templates"));
+    let row = browser.wait_for("#template-yealink-device-cfg", "device.cfg");
+    assert!(row.contains("{mac}.cfg") && row.contains("stock"), "{row}");
+    browser.click("#template-yealink-device-cfg a");
+    assert!(browser.wait_for("h1", "yealink/device.cfg").contains("yealink/device.cfg"));
+    let set_source =
+        |script: &str| browser.run(&format!("const t = document.querySelector('textarea[name=source]'); {script}"));
+
+    // Preview against the device: the edit shows, secrets masked, nothing saved.
+    set_source(&format!("t.value = t.value + '{MARKER}\\n';"));
+    browser.click("#preview-button");
+    let preview = browser.wait_for("pre.preview", MARKER);
+    assert!(preview.contains("account.1.password = ********"), "{preview}");
+    assert!(browser.text("#state").starts_with("Stock"), "{}", browser.text("#state"));
+    assert!(
+        browser.run("return document.querySelector('textarea[name=source]').value").as_str().unwrap().contains(MARKER)
+    );
+
+    // A broken edit is refused with its line; the text typed stays in the editor.
+    set_source("t.value = t.value + ' = orphan\\n';");
+    browser.click("#save-button");
+    let problem = browser.wait_for("#problem", "refused");
+    assert!(problem.contains("805ec0d57d72.cfg as rendered, line") && problem.contains("no key"), "{problem}");
+    let kept = browser.run("return document.querySelector('textarea[name=source]').value");
+    assert!(kept.as_str().unwrap().contains(" = orphan"), "the edit is kept");
+    assert!(appliance.device(MAC)["config"] == "current", "nothing saved");
+
+    // Save: the device is pending, then current once the phone fetched the new file.
+    set_source("t.value = t.value.replace(' = orphan\\n', '');");
+    browser.click("#save-button");
+    let saved = browser.wait_for("#saved", "Saved");
+    assert!(saved.contains("1 of 1 device(s) now have a pending config") && saved.contains(MAC), "{saved}");
+    assert!(browser.text("#state").starts_with("Overridden"));
+    assert!(browser.text("#diff").contains(&format!("+{MARKER}")));
+    assert!(browser.screenshot("template-saved.png") > 1000);
+    browser.goto(&page(&appliance, "/"));
+    assert!(browser.text(&format!("#device-{MAC}")).contains("pending"), "{}", browser.text(&format!("#device-{MAC}")));
+    runtime.block_on(async {
+        let steady = Appliance::path_of(appliance.device(MAC)["steady_url"].as_str().unwrap());
+        let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+        let config = phone.boot(&mut connection, &steady).await.pop().unwrap().1.text();
+        assert!(config.contains(MARKER), "{config}");
+    });
+    browser.goto(&page(&appliance, "/"));
+    assert!(browser.text(&format!("#device-{MAC}")).contains("current"));
+    browser.goto(&page(&appliance, "/system"));
+    assert!(browser.text("#overrides").contains("yealink/device.cfg"));
+
+    // Revert to stock.
+    browser.goto(&page(&appliance, "/templates/yealink/device.cfg"));
+    browser.click("#revert-button");
+    assert!(browser.wait_for("#saved", "Reverted").contains("Reverted to stock"));
+    assert!(browser.text("#state").starts_with("Stock"));
+    assert!(!cli_ok(&appliance.data, &["render", MAC, &format!("{MAC}.cfg")]).contains(MARKER));
+}
+
+#[test]
+#[ignore = "needs chromium and chromium-driver: scripts/test-browser"]
+fn the_password_policy_is_chosen_from_a_list_and_warns_under_pbx() {
+    let appliance = Appliance::start();
+    let browser = Browser::start();
+    set_up(&appliance, &browser);
+    cli_ok(&appliance.data, &["settings", "set", "policy.sip_password", "pbx"]);
+    let args = [
+        "device",
+        "add",
+        "--mac",
+        MAC,
+        "--vendor",
+        "yealink",
+        "--model",
+        "T54W",
+        "--ext",
+        "100",
+        "--name",
+        "Ann Lee",
+        "--sip-password",
+        "48213907",
+    ];
+    cli_ok(&appliance.data, &args);
+    browser.goto(&page(&appliance, "/settings"));
+    let warning = browser.wait_for("#policy-warning", "not checked");
+    assert!(warning.contains("1 device(s)"), "{warning}");
+    assert!(browser.text("#below-policy").contains(MAC));
+    // The level is a list, not free text; choosing strong and saving is audited.
+    let options = browser
+        .run("return [...document.querySelectorAll('select[name=\"policy.sip_password\"] option')].map(o => o.value)");
+    assert_eq!(options, serde_json::json!(["strong", "standard", "pbx"]));
+    browser.run("document.querySelector('select[name=\"policy.sip_password\"]').value = 'strong'");
+    browser.click("form.settings button");
+    browser.wait_for(".flash", "saved");
+    assert!(browser.text("#policy-levels").contains("SIP passwords: strong"));
+    assert!(cli_ok(&appliance.data, &["audit"]).contains("set policy.sip_password = strong"));
+    // Rotate the weak one: the new password is shown once and the list empties.
+    browser.click(&format!("#weak-{MAC} button"));
+    let rotated = browser.wait_for("#rotated", "New SIP passwords");
+    let password = browser.text("#rotated code");
+    assert!(password.len() >= 12 && rotated.contains(MAC), "{rotated}");
+    assert!(browser.text("#policy-ok").contains("meet the strong level"));
+    browser.goto(&page(&appliance, "/settings"));
+    assert!(!browser.page_text().contains(&password), "shown once");
+}

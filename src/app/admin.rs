@@ -32,7 +32,8 @@ impl App {
         {
             return Err(AdminError::SetupCode.into());
         }
-        let hash = admin::hash_password(password)?;
+        let level = self.lock().password_level("policy.admin_password")?;
+        let hash = admin::hash_password(password, level)?;
         let credentials = AdminCredentials { password_hash: bounded("password hash", &hash)?, changed_at: now() };
         let mut txn = Txn::new();
         txn.set_admin(&credentials).audit(now(), actor, "set the admin password")?;

@@ -14,7 +14,7 @@ use crate::metrics::{self, Gauges};
 use crate::provision::context::{self, Secrets, SiteFacts};
 use crate::provision::vendor::{FileMatch, Vendor};
 use crate::redirect::outbox::Plan;
-use crate::settings::{self, Settings, Table};
+use crate::settings::{self, Rule, Settings, Table};
 use crate::store::records::{Device, Enrollment, Txn};
 use crate::token::MASK;
 
@@ -117,6 +117,11 @@ impl App {
                     default: value.is_none(),
                     secret: spec.secret,
                     help: spec.help.into(),
+                    choices: match spec.rule {
+                        Rule::OneOf(words) => words.iter().map(|word| word.to_string()).collect(),
+                        Rule::Switch => vec!["on".into(), "off".into()],
+                        _ => Vec::new(),
+                    },
                 }
             })
             .collect())
@@ -172,11 +177,28 @@ impl App {
         matched: &FileMatch<'_>,
         secrets: Secrets,
     ) -> Result<Rendered, AppError> {
+        self.render_matched_edit(vendor, device, matched, secrets, None)
+    }
+
+    /// [`App::render_matched`], with `edit` (template file, source) in place of that
+    /// template of the vendor when given: an unsaved edit, previewed or checked.
+    pub(super) fn render_matched_edit(
+        &self,
+        vendor: &Vendor,
+        device: Option<&Device>,
+        matched: &FileMatch<'_>,
+        secrets: Secrets,
+        edit: Option<(&str, &str)>,
+    ) -> Result<Rendered, AppError> {
         if matched.file.raw {
             return Ok(Rendered { body: self.templates.raw(&vendor.id, matched.file)?, warnings: Vec::new() });
         }
         let (context, warnings) = self.template_context(vendor, device, matched, secrets)?;
-        let body = self.templates.render(&vendor.id, &matched.file.template, &context)?;
+        let template = &matched.file.template;
+        let body = match edit {
+            None => self.templates.render(&vendor.id, template, &context)?,
+            Some((edited, source)) => self.templates.render_edited(&vendor.id, template, &context, edited, source)?,
+        };
         Ok(Rendered { body, warnings })
     }
 

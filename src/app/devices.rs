@@ -1,6 +1,7 @@
 //! Device operations: add, edit, remove, unlock, rekey, keys and overrides, the LAN window,
 //! the plain-HTTP consent, CSV import and export, and the phones-seen list.
 
+use super::policy::SIP_POLICY;
 use super::redirect::{RedirectLookup, redirect_view_of};
 use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView};
 use super::{App, AppError, State};
@@ -23,7 +24,8 @@ impl App {
     /// Adds a device.
     pub fn add_device(&self, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
         let catalog = self.templates.catalog();
-        let device = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        let level = self.lock().password_level(SIP_POLICY)?;
+        let device = spec.build(|vendor| catalog.vendors.contains_key(vendor), level)?;
         {
             let mut state = self.lock();
             if state.db.device(&device.mac)?.is_some() {
@@ -167,7 +169,7 @@ impl App {
 
     /// Changes one stored device with `change`, commits it with an audit line `what`, and
     /// returns its new view. Token changes re-index the tokens.
-    fn update_device(
+    pub(super) fn update_device(
         &self,
         mac: &Mac,
         actor: &str,
@@ -202,8 +204,9 @@ impl App {
         let mut spec = spec.clone();
         spec.mac = mac.to_string();
         let current = self.device(mac)?;
+        let level = self.lock().password_level(SIP_POLICY)?;
         // Validate with a placeholder password where none is given, then keep the old one.
-        let edited = spec.build(|vendor| catalog.vendors.contains_key(vendor))?;
+        let edited = spec.build(|vendor| catalog.vendors.contains_key(vendor), level)?;
         if edited.vendor != current.vendor {
             let reason = "a device's vendor cannot change; remove it and add it again".to_string();
             return Err(DeviceError::Field { field: "vendor", reason }.into());
@@ -316,9 +319,10 @@ impl App {
         let catalog = self.templates.catalog();
         let (specs, mut problems) = devices::parse_csv(csv_text);
         let state = self.lock();
+        let level = state.password_level(SIP_POLICY)?;
         let mut devices = Vec::new();
         for (line, spec) in specs {
-            match spec.build(|vendor| catalog.vendors.contains_key(vendor)) {
+            match spec.build(|vendor| catalog.vendors.contains_key(vendor), level) {
                 Ok(device) if state.db.device(&device.mac)?.is_some() => problems
                     .push(CsvProblem { line, reason: format!("a device with MAC {} already exists", device.mac) }),
                 Ok(device) => devices.push(device),

@@ -63,6 +63,17 @@ pub enum AppError {
     /// A backup file was refused.
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    /// A template edit that does not render, or renders a file its phones cannot parse.
+    #[error("template refused, nothing saved: {0}")]
+    Template(String),
+    /// A template name that is not one of the vendor's editable templates.
+    #[error("{vendor} has no editable template {file:?}; `provbox template list` shows them")]
+    NoTemplate {
+        /// The vendor.
+        vendor: String,
+        /// The name asked for.
+        file: String,
+    },
     /// A CSV import with problems, imported all-or-nothing.
     #[error("import refused, nothing imported: {} problem(s)", .0.len())]
     Import(Vec<CsvProblem>),
@@ -89,7 +100,7 @@ impl AppError {
     /// Whose fault this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::NoDevice(_) => ErrorKind::NotFound,
+            AppError::NoDevice(_) | AppError::NoTemplate { .. } => ErrorKind::NotFound,
             AppError::DeviceExists(_) | AppError::Refused(_) => ErrorKind::Conflict,
             AppError::Device(_)
             | AppError::Setting(_)
@@ -97,6 +108,7 @@ impl AppError {
             | AppError::Admin(_)
             | AppError::NoSuchFile { .. }
             | AppError::Backup(_)
+            | AppError::Template(_)
             | AppError::Import(_) => ErrorKind::Invalid,
             AppError::Upstream(_) => ErrorKind::Upstream,
             AppError::Unavailable(_) => ErrorKind::Unavailable,

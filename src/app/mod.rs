@@ -8,9 +8,11 @@
 //! - [`config`]: settings, rendering, the store's usage, the audit log and `/metrics`.
 //! - [`redirect`]: planning redirect work in the device's own transaction, and delivering it.
 //! - [`admin`]: the page's password, setup code and API tokens.
+//! - [`policy`]: devices whose SIP passwords fall short of the site's level, and rotating them.
 //! - [`backup`]: encrypted backups of the identity and state, and restoring them.
 //! - [`backup_copy`]: scheduled copies of them, sent off the box.
 //! - [`sip`]: what SIP plug-and-play offers a phone, and check-sync.
+//! - [`templates`]: template overrides: list, show, preview, save and revert.
 //! - [`views`]: what operations answer with, the same for the socket, the CLI and the API.
 //! - [`error`]: why an operation failed, and whose fault it is.
 //!
@@ -41,8 +43,10 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod fetches;
+pub mod policy;
 pub mod redirect;
 pub mod sip;
+pub mod templates;
 pub mod views;
 
 pub use error::AppError;
@@ -262,6 +266,11 @@ impl State {
     /// Every effective setting.
     fn settings(&self) -> Result<Settings, AppError> {
         Ok(config::settings_table().effective(&self.db.settings()?))
+    }
+
+    /// The password level `setting` (`policy.sip_password`, `policy.admin_password`) names.
+    fn password_level(&self, setting: &str) -> Result<crate::policy::Level, AppError> {
+        Ok(crate::policy::Level::from_setting(self.settings()?.get(setting)))
     }
 
     /// The grace period after the first enrollment fetch, in seconds.

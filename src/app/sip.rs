@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::views::ReprovisionOutcome;
 use super::{App, AppError};
 use crate::clock::now;
 use crate::mac::Mac;
@@ -73,6 +74,36 @@ impl App {
             .await
             .map_err(|e| AppError::Internal(format!("cannot open a SIP socket: {e}")))
     }
+}
+
+/// Phones sent check-sync at once by [`reprovision_each`]: each waits up to its timeout,
+/// so many at a time keep a bulk reprovision short without flooding the LAN.
+const REPROVISION_AT_ONCE: usize = 16;
+
+/// Sends check-sync to each of `macs` (up to [`REPROVISION_AT_ONCE`] at a time, each waiting
+/// up to `wait`), with each phone's outcome in order.
+pub async fn reprovision_each(app: &std::sync::Arc<App>, macs: &[Mac], wait: Duration) -> Vec<ReprovisionOutcome> {
+    let mut outcomes = Vec::with_capacity(macs.len());
+    for batch in macs.chunks(REPROVISION_AT_ONCE) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, mac) in batch.iter().copied().enumerate() {
+            let app = app.clone();
+            tasks.spawn(async move { (index, mac, app.reprovision(&mac, wait).await) });
+        }
+        let mut done: Vec<(usize, ReprovisionOutcome)> = Vec::with_capacity(batch.len());
+        while let Some(joined) = tasks.join_next().await {
+            // A check-sync task does not panic; a lost one is simply not reported.
+            let Ok((index, mac, result)) = joined else { continue };
+            let outcome = match result {
+                Ok(sync) => ReprovisionOutcome { mac, answered: sync.code.is_some(), result: sync.result },
+                Err(error) => ReprovisionOutcome { mac, answered: false, result: error.to_string() },
+            };
+            done.push((index, outcome));
+        }
+        done.sort_by_key(|(index, _)| *index);
+        outcomes.extend(done.into_iter().map(|(_, outcome)| outcome));
+    }
+    outcomes
 }
 
 impl Offers for App {

@@ -126,6 +126,9 @@ pub struct SettingView {
     pub secret: bool,
     /// What it does.
     pub help: String,
+    /// The values it takes, when they are a fixed set (the page shows a list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }
 
 /// The result of a CSV import.
@@ -385,4 +388,171 @@ pub struct BackupCopyView {
     pub last_error: Option<String>,
     /// When the next copy is due (Unix time; 0: now), while copies are on.
     pub next_due: Option<u64>,
+}
+
+/// The site's password levels and the devices whose SIP passwords fall short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    /// `policy.sip_password`.
+    pub sip_level: crate::policy::Level,
+    /// `policy.admin_password`.
+    pub admin_level: crate::policy::Level,
+    /// The level devices are measured against: the site's, or `standard` under `pbx`.
+    pub measured_against: crate::policy::Level,
+    /// Under `pbx`: that passwords are not checked, and how many would fall short.
+    pub warning: Option<String>,
+    /// Devices with at least one SIP password below `measured_against`.
+    pub devices: Vec<ShortDevice>,
+}
+
+/// A device with SIP passwords below the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortDevice {
+    /// Its MAC.
+    pub mac: crate::mac::Mac,
+    /// Vendor id.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// The first line's display name.
+    pub name: String,
+    /// The lines that fall short, and why.
+    pub lines: Vec<ShortLine>,
+}
+
+/// One line whose SIP password falls short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortLine {
+    /// The line's extension.
+    pub extension: String,
+    /// The rule it breaks.
+    pub reason: String,
+}
+
+/// New SIP passwords after a rotation: shown this once, for the PBX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedPasswords {
+    /// The device.
+    pub mac: crate::mac::Mac,
+    /// The lines that got a new password (none when all met the policy).
+    pub lines: Vec<RotatedLine>,
+}
+
+/// One line's new SIP password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedLine {
+    /// The line's extension.
+    pub extension: String,
+    /// Its SIP user.
+    pub sip_user: String,
+    /// The new password.
+    pub password: String,
+}
+
+/// A vendor's editable templates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VendorTemplates {
+    /// Vendor id (its folder under `templates/`).
+    pub vendor: String,
+    /// The vendor's name.
+    pub name: String,
+    /// Its templates, by name.
+    pub templates: Vec<TemplateSummary>,
+}
+
+/// One template in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateSummary {
+    /// File name in the vendor folder.
+    pub file: String,
+    /// Whether provbox ships it.
+    pub stock: bool,
+    /// Whether `<data>/templates/` overrides it.
+    pub overridden: bool,
+    /// The files phones ask for that it renders (none: a part other templates include).
+    pub served_as: Vec<ServedAs>,
+}
+
+/// A file name phones ask for, rendered from a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedAs {
+    /// The name with placeholders (`{mac}.cfg`).
+    pub name: String,
+    /// The models it is limited to (a regular expression), if any.
+    pub models: Option<String>,
+    /// Whether it carries secrets (served only through a device's URL).
+    pub secrets: bool,
+}
+
+/// One template: its text now, stock, and the override against stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateView {
+    /// Vendor id.
+    pub vendor: String,
+    /// File name in the vendor folder.
+    pub file: String,
+    /// The files it renders.
+    pub served_as: Vec<ServedAs>,
+    /// Whether it is overridden.
+    pub overridden: bool,
+    /// The first 16 hex digits of the SHA-256 of `current`, as the audit log names it.
+    pub sha256: String,
+    /// The stock text, if provbox ships one.
+    pub stock: Option<String>,
+    /// What phones are rendered from now (the override, else stock).
+    pub current: String,
+    /// The override against stock as a unified diff; empty when not overridden.
+    pub diff: String,
+}
+
+/// An unsaved edit rendered for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplatePreview {
+    /// Vendor id.
+    pub vendor: String,
+    /// The edited template.
+    pub file: String,
+    /// The device it was rendered for.
+    pub mac: crate::mac::Mac,
+    /// Each file it feeds, as that device would get it (secrets masked).
+    pub files: Vec<PreviewFile>,
+}
+
+/// One previewed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewFile {
+    /// The file name as the phone asks for it.
+    pub requested: String,
+    /// The file, secrets masked.
+    pub body: String,
+    /// Site settings the vendor cannot express exactly.
+    pub warnings: Vec<String>,
+}
+
+/// A saved or reverted template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateSaved {
+    /// Vendor id.
+    pub vendor: String,
+    /// The template.
+    pub file: String,
+    /// Fingerprint of the text before (as in the audit log).
+    pub before: String,
+    /// Fingerprint of the text after.
+    pub after: String,
+    /// Devices whose own file changed: pending until they fetch it.
+    pub changed_devices: Vec<crate::mac::Mac>,
+    /// Devices of the vendor.
+    pub vendor_devices: usize,
+}
+
+/// One phone's check-sync in a bulk reprovision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReprovisionOutcome {
+    /// The phone.
+    pub mac: crate::mac::Mac,
+    /// Whether it answered the NOTIFY.
+    pub answered: bool,
+    /// What happened, in words.
+    pub result: String,
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use provbox::app::views::{DeviceView, ImportReport};
+use provbox::app::views::{DeviceView, ImportReport, RotatedPasswords};
 use provbox::clock;
 use provbox::control::Request;
 use provbox::devices::{DeviceSpec, KeySpec, LineSpec};
@@ -94,6 +94,15 @@ pub(super) enum DeviceCommand {
     Rekey {
         /// MAC address.
         mac: String,
+    },
+    /// Give each line whose SIP password falls short of policy.sip_password a new generated
+    /// one, and print them (this once: set them on the PBX).
+    RotatePasswords {
+        /// MAC address.
+        mac: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the phone fetch its configuration now (SIP NOTIFY check-sync).
     Reprovision {
@@ -186,6 +195,19 @@ pub(super) fn run(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
         DeviceCommand::Rekey { mac } => {
             let device: DeviceView = cli.call(&Request::DeviceRekey { mac: mac.clone() })?;
             println!("both URLs of {} revoked\n  new enrollment URL: {}", device.mac, device.enrollment_url);
+        }
+        DeviceCommand::RotatePasswords { mac, json } => {
+            let rotated: RotatedPasswords = cli.call(&Request::DeviceRotatePasswords { mac: mac.clone() })?;
+            if *json {
+                print_json(&rotated);
+            } else if rotated.lines.is_empty() {
+                println!("every SIP password of {} meets the policy; nothing rotated", rotated.mac);
+            } else {
+                println!("new SIP passwords of {} (shown this once; set them on the PBX):", rotated.mac);
+                for line in &rotated.lines {
+                    println!("  extension {:8} user {:16} password {}", line.extension, line.sip_user, line.password);
+                }
+            }
         }
         DeviceCommand::Key { mac, number, kind, value, label, clear } => {
             let key = match (kind, value, clear) {

@@ -25,6 +25,7 @@ mod redirect;
 mod serve;
 mod settings;
 mod store;
+mod template;
 mod update_cmd;
 
 /// Provisioning appliance for SIP desk phones.
@@ -74,6 +75,15 @@ enum Command {
     /// Encrypted backups: the CA, phone URLs, devices, settings and credentials.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// The audit log: who changed what, newest first.
+    Audit {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Vendor templates and the site's overrides: list, show, preview, edit, revert.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Signed root-image updates of the firmware image (A/B slots).
     #[command(subcommand)]
     Update(update_cmd::UpdateCommand),
@@ -142,6 +152,8 @@ pub fn run() -> ExitCode {
         Some(Command::Redirect(command)) => redirect::run(&cli, command).map(done),
         Some(Command::Admin(command)) => admin::run(&cli, command).map(done),
         Some(Command::Backup(command)) => backup::run(&cli, command).map(done),
+        Some(Command::Template(command)) => template::run(&cli, command).map(done),
+        Some(Command::Audit { json }) => audit(&cli, *json).map(done),
         Some(Command::Update(command)) => update_cmd::run(command).map(done),
         Some(Command::Ntp(args)) => ntp_cmd::run(args),
         Some(Command::Render { mac, file, reveal }) => {
@@ -163,6 +175,19 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `provbox audit`: the audit log, newest first.
+fn audit(cli: &Cli, json: bool) -> Result<(), CliError> {
+    let entries: Vec<provbox::store::records::AuditEntry> = cli.call(&Request::AuditLog)?;
+    if json {
+        print_json(&entries);
+        return Ok(());
+    }
+    for entry in &entries {
+        println!("{}  {:12} {}", provbox::clock::date_time(entry.at), entry.actor, entry.action);
+    }
+    Ok(())
 }
 
 /// The exit status of a command that succeeded.

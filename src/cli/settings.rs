@@ -1,7 +1,7 @@
 //! `provbox settings ...`: the site's settings.
 
 use clap::Subcommand;
-use provbox::app::views::SettingView;
+use provbox::app::views::{PolicyReport, SettingView};
 use provbox::control::Request;
 
 use super::{Cli, CliError, print_json};
@@ -10,6 +10,13 @@ use super::{Cli, CliError, print_json};
 pub(super) enum SettingsCommand {
     /// Show every setting, secrets masked.
     Show {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The password levels (policy.sip_password, policy.admin_password) and the devices
+    /// whose SIP passwords fall short.
+    Policy {
         /// As JSON.
         #[arg(long)]
         json: bool,
@@ -33,6 +40,33 @@ pub(super) fn run(cli: &Cli, command: &SettingsCommand) -> Result<(), CliError> 
                 for setting in &settings {
                     let default = if setting.default { " (default)" } else { "" };
                     println!("{:32} = {:24}{default}  # {}", setting.name, setting.value, setting.help);
+                }
+            }
+        }
+        SettingsCommand::Policy { json } => {
+            let report: PolicyReport = cli.call(&Request::PasswordPolicy)?;
+            if *json {
+                print_json(&report);
+                return Ok(());
+            }
+            println!("SIP passwords: {}; admin password: {}", report.sip_level.name(), report.admin_level.name());
+            if let Some(warning) = &report.warning {
+                println!("warning: {warning}");
+            }
+            if report.devices.is_empty() {
+                println!("every device's SIP passwords meet the {} level", report.measured_against.name());
+            } else {
+                println!(
+                    "below the {} level (`provbox device rotate-passwords MAC` replaces them):",
+                    report.measured_against.name()
+                );
+                for device in &report.devices {
+                    for line in &device.lines {
+                        println!(
+                            "  {} {:10} extension {:8} {}",
+                            device.mac, device.vendor, line.extension, line.reason
+                        );
+                    }
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! Provisioning mechanisms: vendor profiles and file naming, templates and their context,
-//! and token-miss throttling. What each request may have is decided in `crate::app::fetches`.
+//! the syntax check of rendered files, diffs of overrides against stock, and token-miss
+//! throttling. What each request may have is decided in `crate::app::fetches`.
 
 pub mod context;
+pub mod diff;
+pub mod format;
 pub mod templates;
 pub mod throttle;
 pub mod vendor;

@@ -175,6 +175,108 @@ impl Templates {
         env
     }
 
+    /// The stock text of template `name` (`vendor/file`), if provbox ships one.
+    pub fn stock(name: &str) -> Option<&'static str> {
+        STOCK.iter().find(|(stock, _)| *stock == name).map(|(_, text)| *text)
+    }
+
+    /// The names (`file`) of `vendor`'s stock files.
+    pub fn stock_files(vendor: &str) -> impl Iterator<Item = &'static str> {
+        STOCK.iter().filter_map(move |(name, _)| name.strip_prefix(vendor)?.strip_prefix('/'))
+    }
+
+    /// The override of template `name` (`vendor/file`), if one exists.
+    pub fn override_text(&self, name: &str) -> Option<String> {
+        checked_name(name).and_then(|_| std::fs::read_to_string(self.override_dir.join(name)).ok())
+    }
+
+    /// The files overriding `vendor`'s, by name, sorted.
+    pub fn override_files(&self, vendor: &str) -> Vec<String> {
+        if checked_name(vendor).is_none() {
+            return Vec::new();
+        }
+        let Ok(entries) = std::fs::read_dir(self.override_dir.join(vendor)) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .take(1024)
+            .filter(|entry| entry.path().is_file())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Writes `text` as the override of template `name` (`vendor/file`): to a temporary
+    /// file first, then renamed over, so a request never reads half of it.
+    pub fn write_override(&self, name: &str, text: &str) -> std::io::Result<()> {
+        let relative = checked_name(name).ok_or_else(|| std::io::Error::other("not a vendor/file name"))?;
+        let path = self.override_dir.join(relative);
+        let folder = path.parent().ok_or_else(|| std::io::Error::other("not a vendor/file name"))?;
+        std::fs::create_dir_all(folder)?;
+        let temporary =
+            folder.join(format!(".{}.new", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, &path)?;
+        self.forget_snapshot();
+        Ok(())
+    }
+
+    /// Removes the override of template `name`; false if there was none.
+    pub fn remove_override(&self, name: &str) -> std::io::Result<bool> {
+        let relative = checked_name(name).ok_or_else(|| std::io::Error::other("not a vendor/file name"))?;
+        match std::fs::remove_file(self.override_dir.join(relative)) {
+            Ok(()) => {
+                self.forget_snapshot();
+                Ok(true)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Drops the cached snapshot, so the next request parses templates afresh even when an
+    /// edit kept a file's size and modification time.
+    fn forget_snapshot(&self) {
+        *self.snapshot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    /// Whether `source` parses as template `vendor/file` (minijinja syntax), with the line of
+    /// the first error.
+    pub fn check_syntax(&self, vendor: &str, file: &str, source: &str) -> Result<(), RenderError> {
+        let name = format!("{vendor}/{file}");
+        let mut environment = self.snapshot().environment.clone();
+        environment
+            .add_template_owned(name.clone(), source.to_string())
+            .map_err(|error| RenderError::Template { name, detail: describe(&error) })
+    }
+
+    /// Renders template `vendor/file` with `context` as [`Templates::render`] does, but with
+    /// `edited_source` in place of template `vendor/edited` (which `file` may be, or include):
+    /// a preview of an edit that is not saved. A syntax error names the edited line.
+    pub fn render_edited(
+        &self,
+        vendor: &str,
+        file: &str,
+        context: &minijinja::Value,
+        edited: &str,
+        edited_source: &str,
+    ) -> Result<String, RenderError> {
+        let edited_name = format!("{vendor}/{edited}");
+        let mut environment = self.snapshot().environment.clone();
+        environment
+            .add_template_owned(edited_name.clone(), edited_source.to_string())
+            .map_err(|error| RenderError::Template { name: edited_name, detail: describe(&error) })?;
+        let name = format!("{vendor}/{file}");
+        let result = environment.get_template(&name).and_then(|template| template.render(context));
+        result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
+    }
+
     /// The text of `file` of `vendor` as it is, for a file the profile marks `raw` (a binary
     /// redirect file), not rendered.
     pub fn raw(&self, vendor: &str, file: &VendorFile) -> Result<String, RenderError> {
@@ -215,15 +317,19 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
+/// `name` if none of its `/`-separated parts is empty, hidden or `..`.
+fn checked_name(name: &str) -> Option<&str> {
+    let bad = |part: &str| part.is_empty() || part == ".." || part.starts_with('.') || part.contains('\\');
+    (!name.split('/').any(bad)).then_some(name)
+}
+
 /// Reads template `name` from the override directory, else from the stock set. Names with
 /// empty, hidden or `..` parts are refused.
 fn read_source(override_dir: &Path, name: &str) -> Option<String> {
-    if name.split('/').any(|part| part.is_empty() || part == ".." || part.starts_with('.')) {
-        return None;
-    }
+    let name = checked_name(name)?;
     match std::fs::read_to_string(override_dir.join(name)) {
         Ok(text) => Some(text),
-        Err(_) => STOCK.iter().find(|(stock, _)| *stock == name).map(|(_, text)| text.to_string()),
+        Err(_) => Templates::stock(name).map(str::to_string),
     }
 }
 

@@ -134,6 +134,47 @@ pub struct VendorFile {
     pub raw: bool,
 }
 
+impl VendorFile {
+    /// `requested` matched against this entry's name pattern.
+    fn matches(&self, requested: &str) -> Option<FileMatch<'_>> {
+        let captures = self.pattern.captures(requested)?;
+        let mut mac = None;
+        let mut named = BTreeMap::new();
+        for name in self.pattern.capture_names().flatten() {
+            let Some(value) = captures.name(name) else { continue };
+            if name == "mac" {
+                mac = Some(value.as_str().parse().ok()?);
+            } else {
+                named.insert(name.to_string(), value.as_str().to_string());
+            }
+        }
+        Some(FileMatch { file: self, mac, captures: named, requested: requested.to_string() })
+    }
+
+    /// The `models` pattern this entry is limited to, if any.
+    pub fn models(&self) -> Option<&str> {
+        self.models.as_ref().map(Regex::as_str)
+    }
+
+    /// Whether phones of `model` get this entry.
+    pub fn is_for(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|models| models.is_match(model))
+    }
+
+    /// The request a phone with `mac` and `model` makes for this entry (`{n}` taken as 0),
+    /// matched: to show what its template renders for that phone, whatever the entry's
+    /// `models`. None when the model cannot stand in the file name.
+    pub fn example(&self, mac: &Mac, model: &str) -> Option<FileMatch<'_>> {
+        let name = self
+            .name
+            .replace("{mac}", &mac.to_string())
+            .replace("{MAC}", &mac.to_string().to_uppercase())
+            .replace("{model}", model)
+            .replace("{n}", "0");
+        self.matches(&name)
+    }
+}
+
 /// A file request matched against a vendor's files.
 #[derive(Debug)]
 pub struct FileMatch<'v> {
@@ -270,20 +311,7 @@ impl Vendor {
             (Some(models), Some(model)) => models.is_match(model),
             (Some(_), None) => false,
         };
-        self.files.iter().filter(for_model).find_map(|file| {
-            let captures = file.pattern.captures(requested)?;
-            let mut mac = None;
-            let mut named = BTreeMap::new();
-            for name in file.pattern.capture_names().flatten() {
-                let Some(value) = captures.name(name) else { continue };
-                if name == "mac" {
-                    mac = Some(value.as_str().parse().ok()?);
-                } else {
-                    named.insert(name.to_string(), value.as_str().to_string());
-                }
-            }
-            Some(FileMatch { file, mac, captures: named, requested: requested.to_string() })
-        })
+        self.files.iter().filter(for_model).find_map(|file| file.matches(requested))
     }
 
     /// The file holding one device's account (the first secret file named by its MAC), as

@@ -39,6 +39,13 @@ pub fn routes() -> Router<Web> {
         .route("/api/v1/redirect", get(redirect_status))
         .route("/api/v1/update", get(update_status).post(install_update))
         .route("/api/v1/backup", get(backup))
+        .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/password-policy", get(password_policy))
+        .route("/api/v1/devices/{mac}/rotate-passwords", post(rotate_passwords))
+        .route("/api/v1/templates", get(list_templates))
+        .route("/api/v1/templates/{vendor}/{file}", get(show_template).put(save_template).delete(revert_template))
+        .route("/api/v1/templates/{vendor}/{file}/preview", post(preview_template))
+        .route("/api/v1/templates/{vendor}/{file}/reprovision", post(reprovision_template))
 }
 
 /// A JSON error with `status`.
@@ -224,9 +231,77 @@ async fn redirect_status(caller: Caller) -> Response {
     caller.run(|app, _| app.redirect_status()).await
 }
 
+async fn audit_log(caller: Caller) -> Response {
+    caller.run(|app, _| app.audit_log()).await
+}
+
+async fn password_policy(caller: Caller) -> Response {
+    caller.run(|app, _| app.password_policy()).await
+}
+
+async fn rotate_passwords(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    caller.run(move |app, actor| app.rotate_sip_passwords(&mac, actor)).await
+}
+
+async fn list_templates(caller: Caller) -> Response {
+    caller.run(|app, _| app.template_list()).await
+}
+
+async fn show_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+    caller.run(move |app, _| app.template_show(&vendor, &file)).await
+}
+
+/// The body of a template save or preview.
+#[derive(serde::Deserialize)]
+struct TemplateEdit {
+    /// The template's new text.
+    source: String,
+    /// The device to preview for.
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+async fn save_template(
+    caller: Caller,
+    Path((vendor, file)): Path<(String, String)>,
+    Body(edit): Body<TemplateEdit>,
+) -> Response {
+    caller.run(move |app, actor| app.template_save(&vendor, &file, &edit.source, actor)).await
+}
+
+async fn preview_template(
+    caller: Caller,
+    Path((vendor, file)): Path<(String, String)>,
+    Body(edit): Body<TemplateEdit>,
+) -> Response {
+    let Some(mac) = edit.mac.as_deref().and_then(|text| text.parse::<Mac>().ok()) else {
+        return error(StatusCode::BAD_REQUEST, "the body is {\"source\": \"...\", \"mac\": \"<device MAC>\"}");
+    };
+    caller.run(move |app, _| app.template_preview(&vendor, &file, &edit.source, &mac)).await
+}
+
+async fn revert_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+    caller.run(move |app, actor| app.template_revert(&vendor, &file, actor)).await
+}
+
+/// Sends check-sync to the devices whose config a template change left pending.
+async fn reprovision_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+    let app = caller.web.app.clone();
+    let affected = match blocking(move || app.template_affected(&vendor, &file)).await {
+        Ok(affected) => affected,
+        Err(e) => return app_error(e),
+    };
+    json(crate::app::sip::reprovision_each(&caller.web.app, &affected, Duration::from_secs(8)).await)
+}
+
 /// The OpenAPI 3 description of the API.
 fn openapi_document() -> serde_json::Value {
     let mac = serde_json::json!({ "name": "mac", "in": "path", "required": true, "schema": { "type": "string" }, "example": "805ec0d57d72" });
+    let template = serde_json::json!([
+        { "name": "vendor", "in": "path", "required": true, "schema": { "type": "string" }, "example": "yealink" },
+        { "name": "file", "in": "path", "required": true, "schema": { "type": "string" }, "example": "device.cfg" }
+    ]);
+    let template_body = serde_json::json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["source"], "properties": { "source": { "type": "string" }, "mac": { "type": "string" } } } } } });
     let ok = |what: &str| serde_json::json!({ "200": { "description": what }, "401": { "description": "no or wrong API token" }, "400": { "description": "refused input, as {\"error\": ...}" } });
     serde_json::json!({
         "openapi": "3.0.3",
@@ -279,6 +354,17 @@ fn openapi_document() -> serde_json::Value {
                 ],
                 "responses": ok("the backup file, application/octet-stream")
             } },
+            "/api/v1/audit": { "get": { "summary": "The audit log, newest first: when, who (page, cli, api:<token>), what", "responses": ok("the entries") } },
+            "/api/v1/password-policy": { "get": { "summary": "The password levels (policy.sip_password, policy.admin_password) and the devices whose SIP passwords fall short", "responses": ok("the report") } },
+            "/api/v1/devices/{mac}/rotate-passwords": { "post": { "summary": "New generated SIP passwords for the lines below the policy, shown this once", "parameters": [mac], "responses": ok("the new passwords") } },
+            "/api/v1/templates": { "get": { "summary": "Every vendor's editable templates and which are overridden", "responses": ok("the templates") } },
+            "/api/v1/templates/{vendor}/{file}": {
+                "get": { "summary": "A template: current text, stock text, the override as a diff", "parameters": template, "responses": ok("the template") },
+                "put": { "summary": "Check and save an override (refused with the line and cause if it does not render or parse)", "parameters": template, "requestBody": template_body, "responses": ok("the fingerprints before and after, and the devices now pending") },
+                "delete": { "summary": "Remove the override: back to stock", "parameters": template, "responses": ok("the fingerprints and the devices now pending") }
+            },
+            "/api/v1/templates/{vendor}/{file}/preview": { "post": { "summary": "Render an unsaved edit for a device (body also names mac), secrets masked", "parameters": template, "requestBody": template_body, "responses": ok("the rendered files") } },
+            "/api/v1/templates/{vendor}/{file}/reprovision": { "post": { "summary": "Send check-sync to the devices a template change left pending", "parameters": template, "responses": ok("each device's result") } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": ok("text exposition format") } }
         }
     })

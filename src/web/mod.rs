@@ -9,7 +9,7 @@
 //!   a double-submit token in its own cookie.
 //!
 //! One file per page: `devices` (the list), `device` (one phone and its actions),
-//! `seen`, `import`, `settings`, `system`, `login` (setup, login, logout), `backup`
+//! `seen`, `import`, `settings`, `templates`, `system`, `login` (setup, login, logout), `backup`
 //! (download on the system page, restore on the first-start page); [`api`]
 //! is the JSON API and `/metrics`. The plumbing they share is in `page` (templates,
 //! cookies, the session and CSRF checks), [`session`] (sessions and the login throttle) and
@@ -37,6 +37,7 @@ mod seen;
 pub mod session;
 mod settings;
 mod system;
+mod templates;
 mod update;
 
 /// Largest request body read (a CSV import of 5,000 devices fits).
@@ -85,6 +86,9 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         .route("/settings", get(settings::settings_page).post(settings::save_settings))
         .route("/settings/certificate", post(settings::certificate))
         .route("/settings/password", post(settings::change_password))
+        .route("/settings/policy/rotate/{which}", post(settings::rotate_passwords))
+        .route("/templates", get(templates::templates_page))
+        .route("/templates/{vendor}/{file}", get(templates::template_page).post(templates::template_action))
         .route("/system", get(system::system_page))
         .route("/system/update", post(system::update_upload))
         .route("/system/backup", post(backup::download))

@@ -36,6 +36,8 @@ pub(super) fn environment() -> &'static minijinja::Environment<'static> {
             ("import.html", include_str!("pages/import.html")),
             ("settings.html", include_str!("pages/settings.html")),
             ("system.html", include_str!("pages/system.html")),
+            ("templates.html", include_str!("pages/templates.html")),
+            ("template.html", include_str!("pages/template.html")),
         ] {
             // The pages are part of the binary; a broken one fails every test that opens it.
             environment.add_template(name, source).expect("page templates parse");

@@ -11,19 +11,29 @@ use super::Web;
 use super::page::{HASHING, SessionForm, blocking, off_thread, page_error, render, session, set_cookie, to_entry};
 use super::session::COOKIE;
 use crate::app::AppError;
+use crate::app::views::RotatedPasswords;
 use crate::clock::date_time;
 
 /// The settings page with `flash`; an error flash answers 400.
 pub(super) async fn settings_form(web: &Web, csrf: &str, flash: Option<(String, &'static str)>) -> Response {
-    settings_form_with(web, csrf, flash, None).await
+    settings_form_with(web, csrf, flash, ShownOnce::Nothing).await
 }
 
-/// The settings page, with a just-made API token shown once.
+/// A secret the page shows this once, right after it was made.
+pub(super) enum ShownOnce {
+    Nothing,
+    /// A new API token.
+    Token(String),
+    /// New SIP passwords after a rotation, per device.
+    Passwords(Vec<RotatedPasswords>),
+}
+
+/// The settings page, with what was just made shown once.
 pub(super) async fn settings_form_with(
     web: &Web,
     csrf: &str,
     flash: Option<(String, &'static str)>,
-    new_token: Option<String>,
+    shown_once: ShownOnce,
 ) -> Response {
     let (web, csrf) = (web.clone(), csrf.to_string());
     off_thread(move || {
@@ -41,11 +51,20 @@ pub(super) async fn settings_form_with(
                 let secret = view.secret;
                 minijinja::context! {
                     name => view.name, help => view.help, secret, is_set => secret && !view.default && view.value == crate::token::MASK,
-                    value => if secret { String::new() } else { view.value },
+                    value => if secret { String::new() } else { view.value }, choices => view.choices,
                 }
             })
             .collect(),
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let policy = match web.app.password_policy() {
+        Ok(policy) => policy,
+        Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    };
+    let (new_token, rotated) = match shown_once {
+        ShownOnce::Nothing => (None, None),
+        ShownOnce::Token(token) => (Some(token), None),
+        ShownOnce::Passwords(rotated) => (None, Some(rotated)),
     };
     let (flash, flash_kind) = flash.map_or((None, "ok"), |(text, kind)| (Some(text), kind));
     let status = if flash_kind == "error" { StatusCode::BAD_REQUEST } else { StatusCode::OK };
@@ -54,7 +73,8 @@ pub(super) async fn settings_form_with(
         "settings.html",
         minijinja::context! {
             title => "Settings", csrf, settings, flash, flash_kind, suggestion => crate::devices::generate_password(),
-            tokens, new_token,
+            tokens, new_token, policy, rotated,
+            admin_minimum => if policy.admin_level == crate::policy::Level::Standard { 8 } else { 12 },
         },
     )
     })
@@ -161,7 +181,7 @@ pub(super) async fn create_api_token(
     let name = form.get("name").cloned().unwrap_or_default();
     let app = web.app.clone();
     match blocking(move || app.create_api_token(&name, "page")).await {
-        Ok(token) => settings_form_with(&web, &csrf, None, Some(token)).await,
+        Ok(token) => settings_form_with(&web, &csrf, None, ShownOnce::Token(token)).await,
         Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }
@@ -174,6 +194,46 @@ pub(super) async fn revoke_api_token(
     let app = web.app.clone();
     match blocking(move || app.revoke_api_token(&id, "page")).await {
         Ok(count) => settings_form(&web, &csrf, Some((format!("revoked {count} token(s)"), "ok"))).await,
+        Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
+    }
+}
+
+/// Rotates the SIP passwords of one device below the policy, or of every such device
+/// (`all`), and shows the new ones once.
+pub(super) async fn rotate_passwords(
+    State(web): State<Web>,
+    Path(which): Path<String>,
+    SessionForm { csrf, .. }: SessionForm,
+) -> Response {
+    let app = web.app.clone();
+    let result = blocking(move || {
+        let macs: Vec<crate::mac::Mac> = if which == "all" {
+            app.password_policy()?.devices.into_iter().map(|device| device.mac).collect()
+        } else {
+            vec![which.parse()?]
+        };
+        // Every device is tried, and every new password shown: one that was rotated must
+        // reach the PBX even when another device failed.
+        let (mut rotated, mut failed) = (Vec::new(), Vec::new());
+        for mac in &macs {
+            match app.rotate_sip_passwords(mac, "page") {
+                Ok(done) => rotated.push(done),
+                Err(error) => failed.push(format!("{mac}: {error}")),
+            }
+        }
+        Ok((rotated, failed))
+    })
+    .await;
+    match result {
+        Ok((rotated, failed)) => {
+            let count: usize = rotated.iter().map(|device| device.lines.len()).sum();
+            let flash = if failed.is_empty() {
+                (format!("{count} SIP password(s) rotated"), "ok")
+            } else {
+                (format!("{count} SIP password(s) rotated; not rotated: {}", failed.join("; ")), "error")
+            };
+            settings_form_with(&web, &csrf, Some(flash), ShownOnce::Passwords(rotated)).await
+        }
         Err(error) => settings_form(&web, &csrf, Some(page_error(&error))).await,
     }
 }

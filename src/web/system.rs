@@ -1,5 +1,5 @@
-//! The system page: version, clock, store usage, redirect services and their reachability,
-//! the audit log, and firmware updates by upload.
+//! The system page: version, clock, store usage, template overrides, redirect services and
+//! their reachability, the audit log, and firmware updates by upload.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,9 +18,16 @@ pub(super) async fn system_page(State(web): State<Web>, headers: HeaderMap) -> R
 pub(super) async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &str)>) -> Response {
     let app = web.app.clone();
     let read = blocking(move || {
-        Ok((app.store_usage(), app.redirect_status()?, app.audit_log().unwrap_or_default(), app.backup_copy_status()?))
+        let overrides = app.template_overrides()?;
+        Ok((
+            app.store_usage(),
+            app.redirect_status()?,
+            app.audit_log().unwrap_or_default(),
+            app.backup_copy_status()?,
+            overrides,
+        ))
     });
-    let ((live, capacity, low, high), status, audit, copies) = match read.await {
+    let ((live, capacity, low, high), status, audit, copies, overrides) = match read.await {
         Ok(read) => read,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
@@ -38,7 +45,7 @@ pub(super) async fn system_view(web: &Web, csrf: &str, flash: Option<(String, &s
             clock => status.clock, services => status.services, audit, reachability,
             store => format!("{} KiB live of {} KiB", live / 1024, capacity / 1024),
             erase => format!("{low} to {high}"), bootstrap => web.app.bootstrap_url(),
-            firmware => update::status(web), flash, flash_kind,
+            firmware => update::status(web), flash, flash_kind, overrides,
             copies => minijinja::context! {
                 target => copies.target, schedule => copies.schedule, recipient => copies.recipient,
                 last_success => copies.last_success.map(date_time), last_error => copies.last_error,

@@ -69,9 +69,38 @@ pub fn provbox_command() -> Command {
     }
 }
 
+/// One JSON API call with bearer `token` over a fresh HTTPS connection: the status, the
+/// body as JSON (Null when it is not JSON) and as text.
+pub async fn api(
+    appliance: &Appliance,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, serde_json::Value, String) {
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let auth = format!("Bearer {token}");
+    let response = connection
+        .request(method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes())
+        .await
+        .unwrap();
+    let text = response.text();
+    (response.status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
+}
+
 /// Runs the provbox CLI against `data`; returns (success, stdout, stderr).
 pub fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = provbox_command().arg("--data").arg(data).args(args).output().expect("provbox runs");
+    cli_env(data, args, &[])
+}
+
+/// [`cli`] with extra environment variables.
+pub fn cli_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = provbox_command();
+    command.arg("--data").arg(data).args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("provbox runs");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into(),

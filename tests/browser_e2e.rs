@@ -194,10 +194,15 @@ fn a_template_is_edited_previewed_refused_saved_fetched_and_reverted() {
     set_source("t.value = t.value.replace(' = orphan\\n', '');");
     browser.click("#save-button");
     let saved = browser.wait_for("#saved", "Saved");
-    assert!(saved.contains("1 of 1 device(s) now have a pending config") && saved.contains(MAC), "{saved}");
+    assert!(saved.contains("1 of 1 device(s) get a changed file of their own") && saved.contains(MAC), "{saved}");
+    assert!(saved.contains("Reprovision affected phones (1)"), "{saved}");
     assert!(browser.text("#state").starts_with("Overridden"));
     assert!(browser.text("#diff").contains(&format!("+{MARKER}")));
     assert!(browser.screenshot("template-saved.png") > 1000);
+    // Reprovision: check-sync to the pending phone (nothing answers SIP on loopback here).
+    browser.click("#reprovision");
+    let sent = browser.wait_for("#reprovisioned", "check-sync");
+    assert!(sent.contains("1 phone(s) sent check-sync") && sent.contains(MAC), "{sent}");
     browser.goto(&page(&appliance, "/"));
     assert!(browser.text(&format!("#device-{MAC}")).contains("pending"), "{}", browser.text(&format!("#device-{MAC}")));
     runtime.block_on(async {

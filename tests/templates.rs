@@ -98,6 +98,16 @@ async fn an_override_is_previewed_checked_saved_fetched_and_reverted_over_the_ap
     let message = body["error"].as_str().unwrap();
     assert!(message.contains(&format!("for {MAC} (T54W): {MAC}.cfg as rendered, line")), "{message}");
     assert!(message.contains("no key") && message.matches("template refused").count() == 1, "{message}");
+    // A refusal quotes the line, and the line is rendered with secrets masked.
+    let revealed = cli_ok(&appliance.data, &["render", MAC, &format!("{MAC}.cfg"), "--reveal"]);
+    let password = revealed.lines().find_map(|l| l.strip_prefix("account.1.password = ")).unwrap().to_string();
+    let no_equals = stock.replacen(".password = {{ line.sip_password }}", ".password {{ line.sip_password }}", 1);
+    assert_ne!(no_equals, stock);
+    let (status, body) =
+        call(&appliance, "PUT", "/api/v1/templates/yealink/device.cfg", &token, &edit_body(&no_equals, None)).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("account.1.password ********") && !message.contains(&password), "{message}");
     let phonebook = cli_ok(&appliance.data, &["template", "show", "yealink", "phonebook.xml"]);
     let unclosed = phonebook.replacen("</", "<open></", 1);
     let (status, body) =
@@ -123,7 +133,14 @@ async fn an_override_is_previewed_checked_saved_fetched_and_reverted_over_the_ap
         saved["after"].as_str().unwrap()
     );
     assert!(audit.contains(&line), "{audit}");
+    assert_eq!(saved["affected"], serde_json::json!([MAC]));
     assert_eq!(appliance.device(MAC)["config"], "pending");
+    // Reprovision the affected phones: check-sync goes to the pending one (nothing answers
+    // SIP on loopback here, and the result says so).
+    let (status, sent) = call(&appliance, "POST", "/api/v1/templates/yealink/device.cfg/reprovision", &token, "").await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent[0]["mac"], MAC, "{sent}");
+    assert_eq!(sent[0]["answered"], false, "{sent}");
     let (_, shown) = call(&appliance, "GET", "/api/v1/templates/yealink/device.cfg", &token, "").await;
     assert_eq!(shown["overridden"], true);
     assert!(shown["diff"].as_str().unwrap().contains(&format!("+{MARKER}")), "{shown}");
@@ -141,9 +158,18 @@ async fn an_override_is_previewed_checked_saved_fetched_and_reverted_over_the_ap
         .collect();
     assert_eq!(overridden.len(), 1);
 
-    // Reprovision the affected phones: none is pending now.
+    // Once the phone has fetched it, none is left to reprovision.
     let (status, sent) = call(&appliance, "POST", "/api/v1/templates/yealink/device.cfg/reprovision", &token, "").await;
     assert_eq!((status, sent.as_array().map(Vec::len)), (200, Some(0)), "{sent}");
+    // A shared file's change affects every phone that gets it, pending or not.
+    let common = cli_ok(&appliance.data, &["template", "show", "yealink", "common.cfg"]);
+    let common_edit = edit_body(&format!("{common}{MARKER}\n"), None);
+    let (status, saved_common) =
+        call(&appliance, "PUT", "/api/v1/templates/yealink/common.cfg", &token, &common_edit).await;
+    assert_eq!(status, 200, "{saved_common}");
+    assert_eq!(saved_common["changed_devices"], serde_json::json!([]));
+    assert_eq!(saved_common["affected"], serde_json::json!([MAC]));
+    assert_eq!(call(&appliance, "DELETE", "/api/v1/templates/yealink/common.cfg", &token, "").await.0, 200);
 
     // Revert: stock again, pending again, audited.
     let (status, reverted) = call(&appliance, "DELETE", "/api/v1/templates/yealink/device.cfg", &token, "").await;
@@ -259,7 +285,20 @@ async fn a_family_template_is_checked_without_a_phone_of_that_family() {
     let stock = call(&appliance, "GET", path, &token, "").await.1["stock"].as_str().unwrap().to_string();
     let (status, body) = call(&appliance, "PUT", path, &token, &edit_body(&format!("{stock} = orphan\n"), None)).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("no key"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("for a sample fanvil phone"), "{body}");
+    // An X3S phone gets the family's file, not the catch-all entry after it.
+    appliance.add("0c383e000006", "fanvil", "X3S");
+    let (status, body) = call(
+        &appliance,
+        "POST",
+        "/api/v1/templates/fanvil/device.cfg/preview",
+        &token,
+        &edit_body("<<VOIP CONFIG FILE>>Version:2.0000000000\n", Some("0c383e000006")),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("gets no file from fanvil/device.cfg"), "{body}");
+
     // The preview for the X-U phone says it gets nothing from that template.
     let preview = edit_body(&stock, Some("0c383e000005"));
     let (status, body) = call(&appliance, "POST", &format!("{path}/preview"), &token, &preview).await;

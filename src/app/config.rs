@@ -12,6 +12,7 @@ use crate::clock::now;
 use crate::mac::Mac;
 use crate::metrics::{self, Gauges};
 use crate::provision::context::{self, Secrets, SiteFacts};
+use crate::provision::templates::EditedTemplates;
 use crate::provision::vendor::{FileMatch, Vendor};
 use crate::redirect::outbox::Plan;
 use crate::settings::{self, Rule, Settings, Table};
@@ -180,15 +181,15 @@ impl App {
         self.render_matched_edit(vendor, device, matched, secrets, None)
     }
 
-    /// [`App::render_matched`], with `edit` (template file, source) in place of that
-    /// template of the vendor when given: an unsaved edit, previewed or checked.
+    /// [`App::render_matched`], through `edit` (templates with an unsaved edit in place)
+    /// when given: to preview or check the edit.
     pub(super) fn render_matched_edit(
         &self,
         vendor: &Vendor,
         device: Option<&Device>,
         matched: &FileMatch<'_>,
         secrets: Secrets,
-        edit: Option<(&str, &str)>,
+        edit: Option<&EditedTemplates>,
     ) -> Result<Rendered, AppError> {
         if matched.file.raw {
             return Ok(Rendered { body: self.templates.raw(&vendor.id, matched.file)?, warnings: Vec::new() });
@@ -197,7 +198,7 @@ impl App {
         let template = &matched.file.template;
         let body = match edit {
             None => self.templates.render(&vendor.id, template, &context)?,
-            Some((edited, source)) => self.templates.render_edited(&vendor.id, template, &context, edited, source)?,
+            Some(edited) => edited.render(&vendor.id, template, &context)?,
         };
         Ok(Rendered { body, warnings })
     }

@@ -112,6 +112,8 @@ pub struct App {
     tls: std::sync::OnceLock<std::sync::Arc<crate::pki::Pki>>,
     /// Wakes the backup copy worker: a backup setting changed, or "copy now".
     backup_copy_wake: tokio::sync::Notify,
+    /// Held while a template override is checked, written and audited: one edit at a time.
+    template_edits: Mutex<()>,
 }
 
 impl App {
@@ -143,6 +145,7 @@ impl App {
             ca_pem: Mutex::new(None),
             tls: std::sync::OnceLock::new(),
             backup_copy_wake: tokio::sync::Notify::new(),
+            template_edits: Mutex::new(()),
         })
     }
 

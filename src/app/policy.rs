@@ -7,6 +7,7 @@ use super::{App, AppError};
 use crate::devices;
 use crate::mac::Mac;
 use crate::policy::{self, Level};
+use crate::store::records::Line;
 
 /// The setting that names the SIP password level.
 pub(super) const SIP_POLICY: &str = "policy.sip_password";
@@ -62,21 +63,19 @@ impl App {
     /// answers with the new passwords: the only time they are shown, for the PBX.
     pub fn rotate_sip_passwords(&self, mac: &Mac, actor: &str) -> Result<RotatedPasswords, AppError> {
         let measured = measured_against(self.lock().password_level(SIP_POLICY)?);
+        let falls_short = |line: &Line| policy::check_sip(measured, &line.sip_password, &line.extension, mac).is_err();
         let current = self.device(mac)?;
-        let short: Vec<String> = current
-            .lines
-            .iter()
-            .filter(|line| policy::check_sip(measured, &line.sip_password, &line.extension, mac).is_err())
-            .map(|line| line.extension.to_string())
-            .collect();
+        let short: Vec<String> =
+            current.lines.iter().filter(|line| falls_short(line)).map(|line| line.extension.to_string()).collect();
         if short.is_empty() {
             return Ok(RotatedPasswords { mac: *mac, lines: Vec::new() });
         }
         let mut rotated = Vec::new();
         let what = format!("rotated the SIP passwords of {mac} (extensions {})", short.join(", "));
         self.update_device(mac, actor, &what, |device| {
-            for line in device.lines.iter_mut().filter(|line| short.iter().any(|ext| *ext == line.extension.as_str())) {
-                let password = devices::generate_password();
+            // Decided again on the stored device, under the lock the change commits in.
+            for line in device.lines.iter_mut().filter(|line| falls_short(line)) {
+                let password = devices::generate_sip_password(&line.extension, mac);
                 line.sip_password = crate::store::records::bounded("sip password", &password)?;
                 rotated.push(RotatedLine {
                     extension: line.extension.to_string(),

@@ -8,25 +8,22 @@
 
 use std::collections::BTreeSet;
 
-use super::views::{ServedAs, TemplatePreview, TemplateSaved, TemplateSummary, TemplateView, VendorTemplates};
+use super::views::{
+    ConfigState, PreviewFile, Rendered, ServedAs, TemplatePreview, TemplateSaved, TemplateSummary, TemplateView,
+    VendorTemplates,
+};
 use super::{App, AppError};
 use crate::clock::now;
 use crate::devices::{DeviceSpec, LineSpec};
 use crate::mac::Mac;
 use crate::provision::context::Secrets;
 use crate::provision::format::Format;
-use crate::provision::templates::Templates;
-use crate::provision::vendor::{Vendor, VendorFile};
+use crate::provision::templates::{EditedTemplates, Templates};
+use crate::provision::vendor::{FileMatch, Vendor, VendorFile};
 use crate::store::records::{Device, Txn};
 
 /// Largest template accepted.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
-
-/// An edit to check: the template's name in its vendor folder and its new text.
-struct Edit<'a> {
-    file: &'a str,
-    source: &'a str,
-}
 
 impl App {
     /// Every vendor's editable templates, with whether each is overridden.
@@ -72,8 +69,15 @@ impl App {
         let stock = Templates::stock(&name).map(str::to_string);
         let overridden = self.templates.override_text(&name);
         let current = overridden.clone().or_else(|| stock.clone()).unwrap_or_default();
+        let stock_text = stock.as_deref().unwrap_or("");
         let diff = match &overridden {
-            Some(text) => crate::provision::diff::unified(stock.as_deref().unwrap_or(""), text, "stock", "override"),
+            Some(text) => match crate::provision::diff::unified(stock_text, text, "stock", "override") {
+                // Lines compare without their ends: say so rather than show nothing.
+                diff if diff.is_empty() && text != stock_text => {
+                    "(the override differs from stock only in line endings or the final newline)\n".into()
+                }
+                diff => diff,
+            },
             None => String::new(),
         };
         Ok(TemplateView {
@@ -100,18 +104,16 @@ impl App {
     ) -> Result<TemplatePreview, AppError> {
         let catalog = self.templates.catalog();
         let vendor = self.editable_template(&catalog.vendors, vendor_id, file)?;
-        self.check_source(vendor_id, file, source)?;
+        let edited = self.edited(vendor_id, file, &normalised(source))?;
         let device = self.device(mac)?;
         if *device.vendor != *vendor_id {
             return Err(AppError::Refused(format!("{mac} is a {} phone, not a {vendor_id} one", device.vendor)));
         }
-        let edit = Edit { file, source };
         let entries = self.entries_fed(vendor, file);
         let mut files = Vec::new();
-        for entry in entries.iter().filter(|entry| entry.is_for(&device.model)) {
-            let Some(matched) = entry.example(&device.mac, &device.model) else { continue };
-            let rendered = self.render_checked(vendor, &device, &matched, Secrets::Masked, &edit)?;
-            files.push(super::views::PreviewFile {
+        for matched in entries.iter().filter_map(|entry| gets(vendor, entry, &device)) {
+            let rendered = self.render_checked(vendor, &device, &matched, &edited)?;
+            files.push(PreviewFile {
                 requested: matched.requested.clone(),
                 body: rendered.body,
                 warnings: rendered.warnings,
@@ -119,19 +121,21 @@ impl App {
         }
         if files.is_empty() {
             let models: Vec<&str> = entries.iter().filter_map(|entry| entry.models()).collect();
+            let limited =
+                if models.is_empty() { String::new() } else { format!("; it is for models {}", models.join(" or ")) };
             return Err(AppError::Refused(format!(
-                "{mac} ({}) gets no file from {vendor_id}/{file}; it is for models {}",
-                device.model,
-                models.join(" or ")
+                "{mac} ({}) gets no file from {vendor_id}/{file}{limited}",
+                device.model
             )));
         }
         Ok(TemplatePreview { vendor: vendor_id.to_string(), file: file.to_string(), mac: *mac, files })
     }
 
     /// Saves `source` as the override of `vendor/file`, after rendering every file it feeds
-    /// for a sample device and for every device of the vendor, and checking each in its
-    /// format. Audited with the fingerprints before and after; devices whose
-    /// file changed show as pending until they fetch it.
+    /// for every device of the vendor that gets it and for a sample phone, and checking each
+    /// in its format (secrets masked, so a refusal quoting a line shows none). Audited with
+    /// the fingerprints before and after; devices whose own file changed show as pending
+    /// once they had fetched it.
     pub fn template_save(
         &self,
         vendor_id: &str,
@@ -139,34 +143,35 @@ impl App {
         source: &str,
         actor: &str,
     ) -> Result<TemplateSaved, AppError> {
+        let _one_edit = self.template_edits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let catalog = self.templates.catalog();
         let vendor = self.editable_template(&catalog.vendors, vendor_id, file)?;
-        self.check_source(vendor_id, file, source)?;
+        let source = normalised(source);
+        let edited = self.edited(vendor_id, file, &source)?;
         let devices = self.vendor_devices(vendor_id)?;
-        let edit = Edit { file, source };
         let entries = self.entries_fed(vendor, file);
         for device in &devices {
-            for entry in entries.iter().filter(|entry| entry.is_for(&device.model)) {
-                let Some(matched) = entry.example(&device.mac, &device.model) else { continue };
-                self.render_checked(vendor, device, &matched, Secrets::Real, &edit)
+            for matched in entries.iter().filter_map(|entry| gets(vendor, entry, device)) {
+                self.render_checked(vendor, device, &matched, &edited)
                     .map_err(naming(&format!("{} ({})", device.mac, device.model)))?;
             }
         }
-        // Then a sample device, which gets every entry whatever its models: a model family's
-        // template is checked even when no phone of that family is there yet.
+        // Then a sample phone, which gets every entry whatever its models: a model family's
+        // template is checked even when no phone of that family is here yet.
         let sample = sample_device(vendor_id)?;
         for entry in &entries {
             let Some(matched) = entry.example(&sample.mac, &sample.model) else { continue };
-            self.render_checked(vendor, &sample, &matched, Secrets::Masked, &edit)
+            self.render_checked(vendor, &sample, &matched, &edited)
                 .map_err(naming(&format!("a sample {vendor_id} phone")))?;
         }
-        self.replace_template(vendor_id, file, Some(source), &devices, actor)
+        self.replace_template(vendor, file, Some(&source), &devices, actor)
     }
 
     /// Removes the override of `vendor/file`: phones get the stock template again.
     pub fn template_revert(&self, vendor_id: &str, file: &str, actor: &str) -> Result<TemplateSaved, AppError> {
+        let _one_edit = self.template_edits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let catalog = self.templates.catalog();
-        self.editable_template(&catalog.vendors, vendor_id, file)?;
+        let vendor = self.editable_template(&catalog.vendors, vendor_id, file)?;
         let name = format!("{vendor_id}/{file}");
         if self.templates.override_text(&name).is_none() {
             return Err(AppError::Refused(format!("{name} is not overridden")));
@@ -175,20 +180,26 @@ impl App {
             return Err(AppError::Refused(format!("{name} has no stock version to go back to")));
         }
         let devices = self.vendor_devices(vendor_id)?;
-        self.replace_template(vendor_id, file, None, &devices, actor)
+        self.replace_template(vendor, file, None, &devices, actor)
     }
 
-    /// The devices of `vendor_id` that get a file `vendor/file` feeds and whose config is
-    /// pending: those to reprovision after a change.
+    /// The phones to reprovision after a change of `vendor/file`: where it feeds a phone's
+    /// own file, those whose config is pending; where it feeds only shared files (a common
+    /// file, a phonebook), every phone that gets one of them.
     pub fn template_affected(&self, vendor_id: &str, file: &str) -> Result<Vec<Mac>, AppError> {
         let catalog = self.templates.catalog();
         let vendor = self.editable_template(&catalog.vendors, vendor_id, file)?;
         let entries = self.entries_fed(vendor, file);
         let mut affected = Vec::new();
         for device in self.vendor_devices(vendor_id)? {
-            if entries.iter().any(|entry| entry.is_for(&device.model))
-                && self.device_view(&device.mac, false)?.config == super::views::ConfigState::Pending
-            {
+            if !entries.iter().any(|entry| gets(vendor, entry, &device).is_some()) {
+                continue;
+            }
+            let own_file = vendor
+                .device_file_name(&device.mac, &device.model)
+                .and_then(|name| vendor.match_file(&name, Some(&device.model)))
+                .is_some_and(|own| entries.iter().any(|entry| std::ptr::eq(*entry, own.file)));
+            if !own_file || self.device_view(&device.mac, false)?.config == ConfigState::Pending {
                 affected.push(device.mac);
             }
         }
@@ -196,34 +207,40 @@ impl App {
     }
 
     /// Writes (`Some`) or removes (`None`) the override, audits it, and reports which of
-    /// `devices` now render a different device file.
+    /// `devices` now render a different device file. If the audit cannot be written, the
+    /// previous text is put back and nothing has changed.
     fn replace_template(
         &self,
-        vendor_id: &str,
+        vendor: &Vendor,
         file: &str,
         source: Option<&str>,
         devices: &[Device],
         actor: &str,
     ) -> Result<TemplateSaved, AppError> {
-        let name = format!("{vendor_id}/{file}");
-        let before_text = self.templates.override_text(&name).or_else(|| Templates::stock(&name).map(str::to_string));
-        let before = fingerprint(before_text.as_deref().unwrap_or(""));
+        let name = format!("{}/{file}", vendor.id);
+        let previous = self.templates.override_text(&name);
+        let stock = Templates::stock(&name).unwrap_or("");
+        let before = fingerprint(previous.as_deref().unwrap_or(stock));
+        let after = fingerprint(source.unwrap_or(stock));
         let hashes_before: Vec<Option<[u8; 8]>> =
             devices.iter().map(|device| self.current_config_hash(device).ok()).collect();
-        let written = match source {
+        let write = |text: Option<&str>| match text {
             Some(text) => self.templates.write_override(&name, text),
             None => self.templates.remove_override(&name).map(|_| ()),
         };
-        written.map_err(|error| AppError::Internal(format!("cannot write the override of {name}: {error}")))?;
-        let after_text = source.map(str::to_string).or_else(|| Templates::stock(&name).map(str::to_string));
-        let after = fingerprint(after_text.as_deref().unwrap_or(""));
+        write(source).map_err(|error| AppError::Internal(format!("cannot write the override of {name}: {error}")))?;
         let what = match source {
             Some(_) => format!("changed template {name} (sha256 {before} -> {after})"),
             None => format!("reverted template {name} to stock (sha256 {before} -> {after})"),
         };
         let mut txn = Txn::new();
         txn.audit(now(), actor, &what)?;
-        self.lock().db.commit(&txn)?;
+        if let Err(error) = self.lock().db.commit(&txn) {
+            if let Err(undo) = write(previous.as_deref()) {
+                tracing::error!(template = %name, "cannot put the previous override back: {undo}");
+            }
+            return Err(error.into());
+        }
         tracing::info!(template = %name, actor, "{what}");
         let changed = devices
             .iter()
@@ -232,40 +249,42 @@ impl App {
             .map(|(device, _)| device.mac)
             .collect();
         Ok(TemplateSaved {
-            vendor: vendor_id.to_string(),
+            vendor: vendor.id.clone(),
             file: file.to_string(),
             before,
             after,
             changed_devices: changed,
+            affected: self.template_affected(&vendor.id, file)?,
             vendor_devices: devices.len(),
         })
     }
 
-    /// Renders `matched` for `device` with `edit` in place, and checks the file's format.
+    /// The templates with `source` in place of `vendor/file`, after checking its size and
+    /// syntax, whether or not any file renders it.
+    fn edited(&self, vendor_id: &str, file: &str, source: &str) -> Result<EditedTemplates, AppError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(AppError::Template(format!("a template may hold at most {} KiB", MAX_TEMPLATE_BYTES / 1024)));
+        }
+        self.templates.with_edit(vendor_id, file, source).map_err(|error| AppError::Template(error.to_string()))
+    }
+
+    /// Renders `matched` for `device` through `edited`, secrets masked, and checks the file's
+    /// format.
     fn render_checked(
         &self,
         vendor: &Vendor,
         device: &Device,
-        matched: &crate::provision::vendor::FileMatch<'_>,
-        secrets: Secrets,
-        edit: &Edit<'_>,
-    ) -> Result<super::views::Rendered, AppError> {
+        matched: &FileMatch<'_>,
+        edited: &EditedTemplates,
+    ) -> Result<Rendered, AppError> {
         let shown = matched.file.secrets.then_some(device);
         let rendered = self
-            .render_matched_edit(vendor, shown, matched, secrets, Some((edit.file, edit.source)))
+            .render_matched_edit(vendor, shown, matched, Secrets::Masked, Some(edited))
             .map_err(|error| AppError::Template(error.to_string()))?;
         Format::of_template(&matched.file.template)
             .check(&rendered.body)
             .map_err(|error| AppError::Template(format!("{} as rendered, {error}", matched.requested)))?;
         Ok(rendered)
-    }
-
-    /// Checks an edit's size and template syntax, whether or not any file renders it.
-    fn check_source(&self, vendor_id: &str, file: &str, source: &str) -> Result<(), AppError> {
-        if source.len() > MAX_TEMPLATE_BYTES {
-            return Err(AppError::Template(format!("a template may hold at most {} KiB", MAX_TEMPLATE_BYTES / 1024)));
-        }
-        self.templates.check_syntax(vendor_id, file, source).map_err(|error| AppError::Template(error.to_string()))
     }
 
     /// The vendor's profile if `file` is one of its editable templates.
@@ -296,15 +315,22 @@ impl App {
     }
 
     /// The vendor's file entries rendered from `file` or from a template that includes it
-    /// (an include names `vendor/file`; followed through any depth).
+    /// (an include names `vendor/file` in either quotes; followed through any depth).
     fn entries_fed<'v>(&self, vendor: &'v Vendor, file: &str) -> Vec<&'v VendorFile> {
         let mut feeding = BTreeSet::from([file.to_string()]);
         let templates = self.editable(vendor);
-        loop {
+        let sources: Vec<(String, String)> = templates
+            .iter()
+            .map(|name| (name.clone(), self.templates.source(&format!("{}/{name}", vendor.id)).unwrap_or_default()))
+            .collect();
+        // Each round adds at least one template or stops: at most one round per template.
+        for _ in 0..=sources.len() {
             let before = feeding.len();
-            for name in &templates {
-                let source = self.templates.source(&format!("{}/{name}", vendor.id)).unwrap_or_default();
-                if feeding.iter().any(|fed| source.contains(&format!("\"{}/{fed}\"", vendor.id))) {
+            for (name, source) in &sources {
+                let includes = |fed: &String| {
+                    ['"', '\''].iter().any(|quote| source.contains(&format!("{quote}{}/{fed}{quote}", vendor.id)))
+                };
+                if feeding.iter().any(includes) {
                     feeding.insert(name.clone());
                 }
             }
@@ -326,6 +352,20 @@ impl App {
         }
         Ok(devices)
     }
+}
+
+/// The request `device` makes for `entry`, if that entry is what it gets: the first entry
+/// matching both the file name and the phone's model wins, so a catch-all entry after a
+/// model family's own is not the family's.
+fn gets<'v>(vendor: &'v Vendor, entry: &'v VendorFile, device: &Device) -> Option<FileMatch<'v>> {
+    let matched = entry.example(&device.mac, &device.model)?;
+    let served = vendor.match_file(&matched.requested, Some(&device.model))?;
+    std::ptr::eq(served.file, entry).then_some(matched)
+}
+
+/// Line ends as phones' files have them: a browser's or an editor's CRLF made LF.
+fn normalised(source: &str) -> String {
+    source.replace("\r\n", "\n")
 }
 
 /// The entries `file` feeds, as the phones ask for them.

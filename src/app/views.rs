@@ -540,8 +540,10 @@ pub struct TemplateSaved {
     pub before: String,
     /// Fingerprint of the text after.
     pub after: String,
-    /// Devices whose own file changed: pending until they fetch it.
+    /// Devices whose own file changed: they get it at their next fetch.
     pub changed_devices: Vec<crate::mac::Mac>,
+    /// The phones to reprovision ([`crate::app::App::template_affected`]).
+    pub affected: Vec<crate::mac::Mac>,
     /// Devices of the vendor.
     pub vendor_devices: usize,
 }

@@ -205,7 +205,7 @@ fn report(saved: &TemplateSaved, what: &str, json: bool) {
         println!("no device's own file changed ({} {} device(s))", saved.vendor_devices, saved.vendor);
     } else {
         println!(
-            "{} of {} {} device(s) now have a pending config; `provbox device reprovision MAC` makes one fetch it now:",
+            "{} of {} {} device(s) get a changed file of their own at their next fetch:",
             saved.changed_devices.len(),
             saved.vendor_devices,
             saved.vendor
@@ -213,5 +213,11 @@ fn report(saved: &TemplateSaved, what: &str, json: bool) {
         for mac in &saved.changed_devices {
             println!("  {mac}");
         }
+    }
+    if !saved.affected.is_empty() {
+        println!(
+            "{} phone(s) to reprovision; `provbox device reprovision MAC` makes one fetch now",
+            saved.affected.len()
+        );
     }
 }

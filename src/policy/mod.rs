@@ -19,7 +19,7 @@ use crate::mac::Mac;
 /// characters that are not all digits from Django's list (`scripts/gen-common-passwords`).
 const COMMON: &str = include_str!("common-passwords.txt");
 
-/// A policy level, weakest last.
+/// A policy level; they order weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
@@ -127,14 +127,6 @@ pub fn check_sip(level: Level, password: &str, extension: &str, mac: &Mac) -> Re
     Ok(())
 }
 
-/// The strongest level a SIP password meets (`pbx` when it meets neither checked level).
-pub fn sip_strength(password: &str, extension: &str, mac: &Mac) -> Level {
-    [Level::Strong, Level::Standard]
-        .into_iter()
-        .find(|level| check_sip(*level, password, extension, mac).is_ok())
-        .unwrap_or(Level::Pbx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,13 +153,6 @@ mod tests {
         assert_eq!(check_sip(Level::Pbx, "48213907", "100", &mac()), Ok(()));
         assert_eq!(check(Level::Pbx, "bad\nline"), Err("control characters are not allowed"));
         assert_eq!(check(Level::Pbx, ""), Err("a password cannot be empty"));
-    }
-
-    #[test]
-    fn strength_is_the_strongest_level_met() {
-        assert_eq!(sip_strength("Tr0ub4dor&3horse", "100", &mac()), Level::Strong);
-        assert_eq!(sip_strength("Kx7-plum", "100", &mac()), Level::Standard);
-        assert_eq!(sip_strength("48213907", "100", &mac()), Level::Pbx);
         assert!(Level::Strong > Level::Standard && Level::Standard > Level::Pbx);
     }
 

@@ -214,8 +214,8 @@ impl Templates {
         let path = self.override_dir.join(relative);
         let folder = path.parent().ok_or_else(|| std::io::Error::other("not a vendor/file name"))?;
         std::fs::create_dir_all(folder)?;
-        let temporary =
-            folder.join(format!(".{}.new", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        // A name of its own per write: two writers never share a half-written file.
+        let temporary = folder.join(format!(".{}.new", crate::hex::encode(&crate::random::bytes::<8>())));
         {
             use std::io::Write;
             let mut file = std::fs::File::create(&temporary)?;
@@ -246,35 +246,15 @@ impl Templates {
         *self.snapshot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
-    /// Whether `source` parses as template `vendor/file` (minijinja syntax), with the line of
-    /// the first error.
-    pub fn check_syntax(&self, vendor: &str, file: &str, source: &str) -> Result<(), RenderError> {
+    /// These templates with `source` in place of template `vendor/file`: an edit, checked
+    /// for its syntax (the error names the line), to render before it is saved.
+    pub fn with_edit(&self, vendor: &str, file: &str, source: &str) -> Result<EditedTemplates, RenderError> {
         let name = format!("{vendor}/{file}");
         let mut environment = self.snapshot().environment.clone();
         environment
             .add_template_owned(name.clone(), source.to_string())
-            .map_err(|error| RenderError::Template { name, detail: describe(&error) })
-    }
-
-    /// Renders template `vendor/file` with `context` as [`Templates::render`] does, but with
-    /// `edited_source` in place of template `vendor/edited` (which `file` may be, or include):
-    /// a preview of an edit that is not saved. A syntax error names the edited line.
-    pub fn render_edited(
-        &self,
-        vendor: &str,
-        file: &str,
-        context: &minijinja::Value,
-        edited: &str,
-        edited_source: &str,
-    ) -> Result<String, RenderError> {
-        let edited_name = format!("{vendor}/{edited}");
-        let mut environment = self.snapshot().environment.clone();
-        environment
-            .add_template_owned(edited_name.clone(), edited_source.to_string())
-            .map_err(|error| RenderError::Template { name: edited_name, detail: describe(&error) })?;
-        let name = format!("{vendor}/{file}");
-        let result = environment.get_template(&name).and_then(|template| template.render(context));
-        result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
+            .map_err(|error| RenderError::Template { name, detail: describe(&error) })?;
+        Ok(EditedTemplates { environment })
     }
 
     /// The text of `file` of `vendor` as it is, for a file the profile marks `raw` (a binary
@@ -290,6 +270,21 @@ impl Templates {
         let name = format!("{vendor}/{file}");
         let snapshot = self.snapshot();
         let result = snapshot.environment.get_template(&name).and_then(|template| template.render(context));
+        result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
+    }
+}
+
+/// The templates with one unsaved edit in place ([`Templates::with_edit`]), parsed once for
+/// all the files and devices it is rendered for.
+pub struct EditedTemplates {
+    environment: Environment<'static>,
+}
+
+impl EditedTemplates {
+    /// Renders template `vendor/file` with `context`, as [`Templates::render`] does.
+    pub fn render(&self, vendor: &str, file: &str, context: &minijinja::Value) -> Result<String, RenderError> {
+        let name = format!("{vendor}/{file}");
+        let result = self.environment.get_template(&name).and_then(|template| template.render(context));
         result.map_err(|error| RenderError::Template { name, detail: describe(&error) })
     }
 }

@@ -144,6 +144,7 @@ async fn editor(web: &Web, csrf: String, vendor: String, file: String, outcome: 
             minijinja::context! {
                 title, before => saved.before, after => saved.after, vendor_devices => saved.vendor_devices,
                 changed => saved.changed_devices.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                affected => saved.affected.len(),
             }
         });
         render(

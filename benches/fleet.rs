@@ -261,7 +261,8 @@ fn main() {
         for file in ["y000000000096.cfg".to_string(), format!("{}.cfg", target.mac)] {
             let request = Request::Render { mac: target.mac.clone(), file: file.clone(), reveal: true };
             let Ok(Some(Response::Ok { result })) = control::call(&appliance.data, &request) else { panic!("render") };
-            std::fs::write(dir.join(&file), result.as_str().unwrap()).unwrap();
+            // A render answers with the body and the locale warnings.
+            std::fs::write(dir.join(&file), result["body"].as_str().unwrap()).unwrap();
         }
     }
     pin_to(0);

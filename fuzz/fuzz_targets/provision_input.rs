@@ -1,7 +1,8 @@
 //! Everything provisioning reads from people and phones: vendor profiles with their zone and
 //! language tables, User-Agents and requested file names against the stock profiles, device
-//! CSV, settings, POSIX time-zone rules, URL tokens and MACs. None of it may panic; each must
-//! come back as a value or an error.
+//! CSV, settings, POSIX time-zone rules, URL tokens and MACs, passwords against each policy
+//! level, and template edits (the format checks of rendered files, the diff against stock).
+//! None of it may panic; each must come back as a value or an error.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -14,6 +15,9 @@ use provbox::provision::templates::{Catalog, Templates};
 use provbox::provision::vendor::Vendor;
 use provbox::app::config::settings_table;
 use provbox::locale::{PosixRule, VendorLocale, ZoneMatching};
+use provbox::policy::{self, Level};
+use provbox::provision::diff;
+use provbox::provision::format::Format;
 
 fn stock() -> &'static Catalog {
     static CATALOG: OnceLock<std::sync::Arc<Catalog>> = OnceLock::new();
@@ -23,7 +27,7 @@ fn stock() -> &'static Catalog {
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
     let text = String::from_utf8_lossy(rest);
-    match selector % 6 {
+    match selector % 8 {
         0 => {
             // The same text as the profile and as the tables it names.
             if let Ok(vendor) = Vendor::parse("fuzz", &text, &|_| Some(text.to_string())) {
@@ -53,8 +57,26 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             let (specs, _problems) = parse_csv(&text);
             for (_, spec) in specs {
-                let _ = spec.build(|vendor| vendor == "yealink");
+                for level in [Level::Strong, Level::Standard, Level::Pbx] {
+                    let _ = spec.build(|vendor| vendor == "yealink", level);
+                }
             }
+        }
+        6 => {
+            for level in [Level::Strong, Level::Standard, Level::Pbx] {
+                let _ = policy::check(level, &text);
+            }
+            for format in [Format::Xml, Format::KeyValueLines] {
+                if let Err(error) = format.check(&text) {
+                    assert!(error.line >= 1 && error.line <= text.lines().count().max(1) + 1);
+                }
+            }
+        }
+        7 => {
+            // The text split in two: an override against its stock.
+            let middle = (0..=text.len() / 2).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
+            let (old, new) = text.split_at(middle);
+            let _ = diff::unified(old, new, "stock", "override");
         }
         3 => {
             let table = settings_table();

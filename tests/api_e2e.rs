@@ -3,17 +3,7 @@
 
 mod fleet;
 
-use fleet::{Appliance, Connection, Phone, cli_ok};
-
-async fn call(
-    appliance: &Appliance,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> (u16, serde_json::Value, String) {
-    fleet::api(appliance, method, path, token, body).await
-}
+use fleet::{Appliance, Connection, Phone, api as call, cli_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_needs_a_token_and_manages_devices() {

@@ -93,6 +93,17 @@ impl App {
         Ok(state.with_pending_contact(device))
     }
 
+    /// Whether `device` (carrying its newest contact) has fetched the file it would get now.
+    pub(super) fn config_state(&self, device: &Device) -> ConfigState {
+        match &device.last_contact {
+            Some(contact) if contact.config_hash != [0; 8] => match self.current_config_hash(device) {
+                Ok(hash) if hash == contact.config_hash => ConfigState::Current,
+                _ => ConfigState::Pending,
+            },
+            _ => ConfigState::NeverFetched,
+        }
+    }
+
     /// The view of `device`, which already carries its newest contact.
     fn view_of(
         &self,
@@ -111,13 +122,7 @@ impl App {
             Enrollment::Open { first_fetch: Some(at) } => EnrollmentView::Locked { since: at + grace },
             Enrollment::Locked { since } => EnrollmentView::Locked { since },
         };
-        let config = match &device.last_contact {
-            Some(contact) if contact.config_hash != [0; 8] => match self.current_config_hash(device) {
-                Ok(hash) if hash == contact.config_hash => ConfigState::Current,
-                _ => ConfigState::Pending,
-            },
-            _ => ConfigState::NeverFetched,
-        };
+        let config = self.config_state(device);
         Ok(DeviceView {
             mac: device.mac.to_string(),
             vendor: device.vendor.to_string(),

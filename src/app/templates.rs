@@ -199,7 +199,7 @@ impl App {
                 .device_file_name(&device.mac, &device.model)
                 .and_then(|name| vendor.match_file(&name, Some(&device.model)))
                 .is_some_and(|own| entries.iter().any(|entry| std::ptr::eq(*entry, own.file)));
-            if !own_file || self.device_view(&device.mac, false)?.config == ConfigState::Pending {
+            if !own_file || self.config_state(&device) == ConfigState::Pending {
                 affected.push(device.mac);
             }
         }
@@ -341,13 +341,14 @@ impl App {
         vendor.files.iter().filter(|entry| !entry.raw && feeding.contains(&entry.template)).collect()
     }
 
+    /// The vendor's devices, each with its newest contact (as [`App::devices`] shows them).
     fn vendor_devices(&self, vendor_id: &str) -> Result<Vec<Device>, AppError> {
         let state = self.lock();
         let mut devices = Vec::new();
         for device in state.db.devices() {
             let device = device?;
             if *device.vendor == *vendor_id {
-                devices.push(device);
+                devices.push(state.with_pending_contact(device));
             }
         }
         Ok(devices)

@@ -1,5 +1,6 @@
 //! Embeds the stock templates (`templates/<vendor>/*`) into the binary, so the appliance
-//! needs no template files on disk; files under `<data>/templates/` override them.
+//! needs no template files on disk; files under `<data>/templates/` override them. Also
+//! embeds the API's OpenAPI document without its indentation.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -33,6 +34,32 @@ fn main() {
         writeln!(out, "    ({name:?}, include_str!({:?})),", path.display().to_string()).expect("String write");
     }
     out.push_str("];\n");
-    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("stock_templates.rs");
-    std::fs::write(dest, out).expect("OUT_DIR writable");
+    let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    std::fs::write(Path::new(&out_dir).join("stock_templates.rs"), out).expect("OUT_DIR writable");
+
+    let document = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web/openapi.json");
+    println!("cargo:rerun-if-changed={}", document.display());
+    let text = std::fs::read_to_string(&document).expect("src/web/openapi.json readable");
+    std::fs::write(Path::new(&out_dir).join("openapi.json"), minified(&text)).expect("OUT_DIR writable");
+}
+
+/// `json` without the white space between its tokens (strings kept as they are).
+fn minified(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !c.is_ascii_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }

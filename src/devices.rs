@@ -16,27 +16,45 @@ const GENERATED_PASSWORD_LEN: usize = 20;
 
 /// What a technician supplies for one line of a new device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct LineSpec {
     /// Extension number.
+    #[cfg_attr(test, schema(pattern = r"^[ \t\n\f\r]*[A-Za-z0-9._+*#-]{1,16}[ \t\n\f\r]*$", example = "100"))]
     pub extension: String,
     /// Display name.
+    #[cfg_attr(test, schema(pattern = r"^[ \t\n\f\r]*[^\x00-\x1f\x7f-\x9f]{1,48}[ \t\n\f\r]*$", example = "Ann Lee"))]
     pub name: String,
     /// SIP auth user; the extension when absent.
+    #[cfg_attr(test, schema(pattern = r"^[ \t\n\f\r]*[A-Za-z0-9._+*#-]{1,32}[ \t\n\f\r]*$"))]
     pub sip_user: Option<String>,
     /// SIP password; generated when absent.
+    #[cfg_attr(test, schema(pattern = r"^[ \t\n\f\r]*[^\x00-\x1f\x7f-\x9f]{1,48}[ \t\n\f\r]*$"))]
     pub sip_password: Option<String>,
 }
 
 /// What a technician supplies for a new device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+#[cfg_attr(test, schema(example = json!({"mac": "80:5e:c0:d5:7d:72", "vendor": "yealink", "model": "T54W",
+    "lines": [{"extension": "100", "name": "Ann Lee"}]})))]
 pub struct DeviceSpec {
     /// MAC as typed.
+    #[cfg_attr(
+        test,
+        schema(
+            pattern = r"^[ \t\n\f\r]*([0-9A-Fa-f]{12}|[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5})[ \t\n\f\r]*$",
+            example = "80:5e:c0:d5:7d:72"
+        )
+    )]
     pub mac: String,
     /// Vendor id, e.g. `yealink`.
+    #[cfg_attr(test, schema(value_type = crate::provision::templates::VendorId))]
     pub vendor: String,
     /// Model, e.g. `T54W`.
+    #[cfg_attr(test, schema(pattern = r"^[ \t\n\f\r]*[A-Za-z0-9._+ -]{1,24}[ \t\n\f\r]*$", example = "T54W"))]
     pub model: String,
     /// One to four lines.
+    #[cfg_attr(test, schema(min_items = 1, max_items = 4))]
     pub lines: Vec<LineSpec>,
 }
 
@@ -64,6 +82,13 @@ pub enum DeviceError {
     },
 }
 
+/// `value` without the ASCII white space around it (what a form or a paste adds). Only
+/// ASCII, so that the API's documented patterns (`[ \t\n\f\r]*` at each end) say exactly
+/// what is accepted.
+fn trimmed(value: &str) -> &str {
+    value.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
 fn field(field: &'static str, reason: impl Into<String>) -> DeviceError {
     DeviceError::Field { field, reason: reason.into() }
 }
@@ -71,7 +96,7 @@ fn field(field: &'static str, reason: impl Into<String>) -> DeviceError {
 /// Checks a free-text field: no control characters (they would inject config lines), and
 /// within `max` bytes.
 fn text<const N: usize>(name: &'static str, value: &str, required: bool) -> Result<heapless::String<N>, DeviceError> {
-    let value = value.trim();
+    let value = trimmed(value);
     if required && value.is_empty() {
         return Err(field(name, "is required"));
     }
@@ -83,7 +108,7 @@ fn text<const N: usize>(name: &'static str, value: &str, required: bool) -> Resu
 
 /// Checks an identifier-like field (extension, SIP user): letters, digits and `._-+*#`.
 fn identifier<const N: usize>(name: &'static str, value: &str) -> Result<heapless::String<N>, DeviceError> {
-    let value = value.trim();
+    let value = trimmed(value);
     if value.is_empty() {
         return Err(field(name, "is required"));
     }
@@ -96,7 +121,7 @@ fn identifier<const N: usize>(name: &'static str, value: &str) -> Result<heaples
 /// Checks a model name as vendors print it (`T54W`, `X6U Pro`, `N510 IP PRO`): letters,
 /// digits, `._-+` and single spaces between words.
 fn model_name<const N: usize>(value: &str) -> Result<heapless::String<N>, DeviceError> {
-    let value = value.trim();
+    let value = trimmed(value);
     if value.is_empty() {
         return Err(field("model", "is required"));
     }
@@ -151,10 +176,13 @@ impl DeviceSpec {
     /// `known_vendor` says whether a vendor id has a profile; given SIP passwords must meet
     /// `sip_policy`.
     pub fn build(&self, known_vendor: impl Fn(&str) -> bool, sip_policy: policy::Level) -> Result<Device, DeviceError> {
-        let mac: Mac = self.mac.trim().parse()?;
-        let vendor = self.vendor.trim().to_lowercase();
-        if !known_vendor(&vendor) {
-            return Err(field("vendor", format!("{vendor:?} has no profile under templates/")));
+        let mac: Mac = trimmed(&self.mac).parse()?;
+        let vendor = self.vendor.as_str();
+        if !known_vendor(vendor) {
+            return Err(field(
+                "vendor",
+                format!("{vendor:?} has no profile under templates/ (vendor ids are lowercase)"),
+            ));
         }
         if self.lines.is_empty() {
             return Err(field("lines", "a device needs at least one line"));
@@ -181,7 +209,7 @@ impl DeviceSpec {
         }
         Ok(Device {
             mac,
-            vendor: text("vendor", &vendor, true)?,
+            vendor: text("vendor", vendor, true)?,
             model: model_name(&self.model)?,
             lines,
             keys: HVec::new(),
@@ -271,6 +299,7 @@ pub const CSV_COLUMNS: [&str; 7] = ["mac", "vendor", "model", "extension", "name
 
 /// One bad CSV line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct CsvProblem {
     /// 1-based line number in the file.
     pub line: u64,
@@ -325,8 +354,10 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
         };
         match specs.iter_mut().find(|(_, spec)| same_phone(&spec.mac)) {
             Some((_, spec)) => spec.lines.push(line_spec),
-            None => specs
-                .push((line, DeviceSpec { mac, vendor: get("vendor"), model: get("model"), lines: vec![line_spec] })),
+            None => specs.push((
+                line,
+                DeviceSpec { mac, vendor: get("vendor").to_lowercase(), model: get("model"), lines: vec![line_spec] },
+            )),
         }
     }
     (specs, problems)

@@ -53,6 +53,10 @@ impl FromStr for Mac {
         if digits.len() != 12 {
             return Err(error("expected 12 hex digits"));
         }
+        // `from_str_radix` alone would take a sign ("+a").
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(error("not hex"));
+        }
         let mut mac = [0; 6];
         for (i, pair) in digits.chunks(2).enumerate() {
             let text = std::str::from_utf8(pair).map_err(|_| error("not hex"))?;
@@ -69,6 +73,26 @@ impl Mac {
     }
 }
 
+/// What the API documents a MAC as: the forms [`Mac::from_str`] accepts, with the ASCII white
+/// space around it that a device's fields may carry.
+#[cfg(test)]
+pub const INPUT_PATTERN: &str = r"^[ \t\n\f\r]*([0-9A-Fa-f]{12}|[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5})[ \t\n\f\r]*$";
+
+/// A MAC in an answer: always 12 lowercase hex digits.
+#[cfg(test)]
+impl utoipa::PartialSchema for Mac {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-f]{12}$"))
+            .examples(["805ec0d57d72"])
+            .into()
+    }
+}
+
+#[cfg(test)]
+impl utoipa::ToSchema for Mac {}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
@@ -78,6 +102,40 @@ impl fmt::Display for Mac {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pattern the API documents for MACs takes exactly what the parser takes, once the
+    /// ASCII white space around it (which callers trim) is off.
+    #[test]
+    fn the_documented_pattern_is_the_parser() {
+        let pattern = regex_lite::Regex::new(INPUT_PATTERN).expect("the pattern compiles");
+        let samples = [
+            "001565aabbcc",
+            "001565AABBCC",
+            "00:15:65:aa:bb:cc",
+            "00-15-65-AA-BB-CC",
+            "00:15-65:aa-bb:cc",
+            " 001565aabbcc\t",
+            "\n00:15:65:aa:bb:cc\r\n",
+            "",
+            "0",
+            "001565aabbc",
+            "001565aabbccd",
+            "00:1565aabbcc",
+            "0:015:65:aa:bb:cc",
+            "+01565aabbcc",
+            "+1+1+1+1+1+1",
+            "00:15:65:aa:bb:cc:",
+            "001565aabbcg",
+            "00.15.65.aa.bb.cc",
+            "\u{a0}001565aabbcc",
+            "00 15 65 aa bb cc",
+            "00::15:65:aa:bb:c",
+        ];
+        for sample in samples {
+            let trimmed = sample.trim_matches(|c: char| c.is_ascii_whitespace());
+            assert_eq!(pattern.is_match(sample), trimmed.parse::<Mac>().is_ok(), "{sample:?}");
+        }
+    }
 
     #[test]
     fn parses_the_three_common_spellings() {

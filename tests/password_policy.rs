@@ -53,10 +53,10 @@ async fn each_level_takes_what_it_should_and_lists_what_falls_short() {
     // strong (the default): long and mixed is not enough when it is common.
     let (status, body) =
         call(&appliance, "POST", "/api/v1/devices", &token, &device("805ec0000001", "password1234")).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"].as_str().unwrap().contains("on the list of common passwords"), "{body}");
     let (status, body) = call(&appliance, "POST", "/api/v1/devices", &token, &device("805ec0000001", "48213907")).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let (ok, stderr) = set_admin_password(&appliance, "password1234");
     assert!(!ok && stderr.contains("common passwords"), "{stderr}");
 
@@ -77,7 +77,7 @@ async fn each_level_takes_what_it_should_and_lists_what_falls_short() {
     // standard: 8 mixed characters pass, the numeric secret does not.
     assert_eq!(sip_level("standard").await.0, 200);
     let (status, body) = call(&appliance, "POST", "/api/v1/devices", &token, &device("805ec0000002", "48213907")).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let (status, body) = call(&appliance, "POST", "/api/v1/devices", &token, &device("805ec0000002", "Kx7-plum")).await;
     assert_eq!(status, 200, "{body}");
     let (_, report) = call(&appliance, "GET", "/api/v1/password-policy", &token, "").await;
@@ -108,7 +108,7 @@ async fn each_level_takes_what_it_should_and_lists_what_falls_short() {
     assert_eq!(set("policy.admin_password", "standard").await.0, 200);
     assert!(set_admin_password(&appliance, "Kx7-plum9").0);
     let (status, body) = set("policy.admin_password", "pbx").await;
-    assert_eq!(status, 400, "the admin password has no pbx level: {body}");
+    assert_eq!(status, 422, "the admin password has no pbx level: {body}");
 
     let audit = cli_ok(&appliance.data, &["audit"]);
     for line in [

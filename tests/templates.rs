@@ -88,13 +88,13 @@ async fn an_override_is_previewed_checked_saved_fetched_and_reverted_over_the_ap
     let broken_syntax = format!("{stock}{{% if device %}}\n");
     let (status, body) =
         call(&appliance, "PUT", "/api/v1/templates/yealink/device.cfg", &token, &edit_body(&broken_syntax, None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let message = body["error"].as_str().unwrap();
     assert!(message.starts_with("template refused, nothing saved") && message.contains("line"), "{message}");
     let no_key = format!("{stock} = orphan value\n");
     let (status, body) =
         call(&appliance, "PUT", "/api/v1/templates/yealink/device.cfg", &token, &edit_body(&no_key, None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let message = body["error"].as_str().unwrap();
     assert!(message.contains(&format!("for {MAC} (T54W): {MAC}.cfg as rendered, line")), "{message}");
     assert!(message.contains("no key") && message.matches("template refused").count() == 1, "{message}");
@@ -105,14 +105,14 @@ async fn an_override_is_previewed_checked_saved_fetched_and_reverted_over_the_ap
     assert_ne!(no_equals, stock);
     let (status, body) =
         call(&appliance, "PUT", "/api/v1/templates/yealink/device.cfg", &token, &edit_body(&no_equals, None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let message = body["error"].as_str().unwrap();
     assert!(message.contains("account.1.password ********") && !message.contains(&password), "{message}");
     let phonebook = cli_ok(&appliance.data, &["template", "show", "yealink", "phonebook.xml"]);
     let unclosed = phonebook.replacen("</", "<open></", 1);
     let (status, body) =
         call(&appliance, "PUT", "/api/v1/templates/yealink/phonebook.xml", &token, &edit_body(&unclosed, None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"].as_str().unwrap().contains("not well-formed"), "{body}");
     assert_eq!(
         call(&appliance, "GET", "/api/v1/templates/yealink/device.cfg", &token, "").await.1["overridden"],
@@ -284,7 +284,7 @@ async fn a_family_template_is_checked_without_a_phone_of_that_family() {
     let path = "/api/v1/templates/fanvil/device-legacy.cfg";
     let stock = call(&appliance, "GET", path, &token, "").await.1["stock"].as_str().unwrap().to_string();
     let (status, body) = call(&appliance, "PUT", path, &token, &edit_body(&format!("{stock} = orphan\n"), None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"].as_str().unwrap().contains("for a sample fanvil phone"), "{body}");
     // An X3S phone gets the family's file, not the catch-all entry after it.
     appliance.add("0c383e000006", "fanvil", "X3S");
@@ -307,6 +307,6 @@ async fn a_family_template_is_checked_without_a_phone_of_that_family() {
     // A part that others include is checked for its syntax, and through what includes it.
     let (status, body) =
         call(&appliance, "PUT", "/api/v1/templates/fanvil/locale.cfg", &token, &edit_body("{% if %}\n", None)).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"].as_str().unwrap().contains("line 1"), "{body}");
 }

@@ -487,3 +487,73 @@ async fn a_preset_setup_code_claims_and_admin_reset_reopens_first_start() {
     let mut browser = Browser::open(&appliance).await;
     assert_eq!(browser.get("/login").await.header("location"), Some("/setup"));
 }
+
+/// The page, the CLI and the API validate a device with the same code: each bad device is
+/// refused by all three, in the same words, and none of them saves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_device_is_refused_by_the_page_the_cli_and_the_api_in_the_same_words() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    // (what is wrong, mac, vendor, model, extension, name, SIP password)
+    let bad = [
+        ("a MAC of 11 digits", "805ec0d57d7", "yealink", "T54W", "100", "Ann", "Kx7-plum9-Tango"),
+        ("a vendor without a profile", "805ec0d57d72", "acme", "T54W", "100", "Ann", "Kx7-plum9-Tango"),
+        ("a model with a slash", "805ec0d57d72", "yealink", "T54W/2", "100", "Ann", "Kx7-plum9-Tango"),
+        ("an extension with a space", "805ec0d57d72", "yealink", "T54W", "1 00", "Ann", "Kx7-plum9-Tango"),
+        ("a name of 49 bytes", "805ec0d57d72", "yealink", "T54W", "100", &"n".repeat(49), "Kx7-plum9-Tango"),
+        ("a common password", "805ec0d57d72", "yealink", "T54W", "100", "Ann", "password1234"),
+        ("the extension in the password", "805ec0d57d72", "yealink", "T54W", "100", "Ann", "Kx7-plum100-Tango"),
+    ];
+    let unescape = |html: &str| {
+        html.replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&gt;", ">")
+            .replace("&lt;", "<")
+            .replace("&#x2f;", "/")
+            .replace("&amp;", "&")
+    };
+    for (what, mac, vendor, model, extension, name, password) in bad {
+        let spec = serde_json::json!({ "mac": mac, "vendor": vendor, "model": model,
+            "lines": [{ "extension": extension, "name": name, "sip_password": password }] });
+        let (status, body, _) = fleet::api(&appliance, "POST", "/api/v1/devices", &token, &spec.to_string()).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        let message = body["error"].as_str().unwrap().to_string();
+
+        let (added, _, said) = cli(
+            &appliance.data,
+            &[
+                "device",
+                "add",
+                "--mac",
+                mac,
+                "--vendor",
+                vendor,
+                "--model",
+                model,
+                "--ext",
+                extension,
+                "--name",
+                name,
+                "--sip-password",
+                password,
+            ],
+        );
+        assert!(!added && said.contains(&message), "{what}: the CLI said {said:?}, the API {message:?}");
+
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("mac", mac),
+            ("vendor", vendor),
+            ("model", model),
+            ("extension", extension),
+            ("name", name),
+            ("sip_password", password),
+        ];
+        let page = browser.post("/devices", &fields).await;
+        assert_eq!(page.status, 400, "{what}");
+        assert!(unescape(&page.text()).contains(&message), "{what}: the page did not say {message:?}: {}", page.text());
+    }
+    assert_eq!(cli_ok(&appliance.data, &["device", "list", "--json"]).trim(), "[]", "nothing was saved");
+}

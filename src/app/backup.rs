@@ -232,7 +232,7 @@ impl App {
 fn check_passphrase(passphrase: &str) -> Result<(), AppError> {
     const MIN_CHARS: usize = 12;
     if passphrase.chars().count() < MIN_CHARS {
-        return Err(AppError::Refused(format!(
+        return Err(AppError::Invalid(format!(
             "the backup passphrase must have at least {MIN_CHARS} characters: the file leaves the appliance"
         )));
     }

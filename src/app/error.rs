@@ -51,6 +51,9 @@ pub enum AppError {
     /// phone's address unknown, ...).
     #[error("{0}")]
     Refused(String),
+    /// Well-formed input that breaks a rule no type can say (a passphrase too short, ...).
+    #[error("{0}")]
+    Invalid(String),
     /// A service the appliance depends on (a vendor's redirect cloud) failed or refused.
     #[error("{0}")]
     Upstream(String),
@@ -82,7 +85,8 @@ pub enum AppError {
 /// Whose fault a failure is, and so which HTTP status the API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The input was malformed or broke a rule (400).
+    /// The input is well-formed but breaks a rule (422). Malformed requests (not JSON, a
+    /// path that is not a MAC) never get this far: the API refuses them with 400 itself.
     Invalid,
     /// The device does not exist (404).
     NotFound,
@@ -100,7 +104,9 @@ impl AppError {
     /// Whose fault this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::NoDevice(_) | AppError::NoTemplate { .. } => ErrorKind::NotFound,
+            AppError::NoDevice(_)
+            | AppError::NoTemplate { .. }
+            | AppError::Setting(crate::settings::SettingError::Unknown(_)) => ErrorKind::NotFound,
             AppError::DeviceExists(_) | AppError::Refused(_) => ErrorKind::Conflict,
             AppError::Device(_)
             | AppError::Setting(_)
@@ -109,7 +115,8 @@ impl AppError {
             | AppError::NoSuchFile { .. }
             | AppError::Backup(_)
             | AppError::Template(_)
-            | AppError::Import(_) => ErrorKind::Invalid,
+            | AppError::Import(_)
+            | AppError::Invalid(_) => ErrorKind::Invalid,
             AppError::Upstream(_) => ErrorKind::Upstream,
             AppError::Unavailable(_) => ErrorKind::Unavailable,
             AppError::Db(_) | AppError::Record(_) | AppError::Render(_) | AppError::Internal(_) => ErrorKind::Internal,

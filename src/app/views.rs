@@ -8,6 +8,7 @@ use crate::store::records::{Contact, FunctionKey, Override};
 
 /// Enrollment as shown to people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum EnrollmentView {
     /// Never fetched: the enrollment URL serves the full config.
@@ -26,6 +27,7 @@ pub enum EnrollmentView {
 
 /// Whether the phone has the config it would be served now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConfigState {
     /// The phone has never fetched its device file.
@@ -47,6 +49,7 @@ pub struct Rendered {
 
 /// A static file offered under `/p/<steady>/files/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct StaticFile {
     /// Path below `files/`.
     pub path: String,
@@ -58,6 +61,7 @@ pub struct StaticFile {
 
 /// A device as shown by `device show` and the page. Passwords are never part of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct DeviceView {
     /// MAC, 12 lowercase hex digits.
     pub mac: String,
@@ -93,6 +97,7 @@ pub struct DeviceView {
 
 /// A device whose configuration may travel over plain HTTP, and the URLs it then uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct PlainHttpView {
     /// Unix time the consent was given.
     pub since: u64,
@@ -104,6 +109,7 @@ pub struct PlainHttpView {
 
 /// One line without its password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct LineView {
     /// Extension.
     pub extension: String,
@@ -115,6 +121,7 @@ pub struct LineView {
 
 /// A setting as shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct SettingView {
     /// Name.
     pub name: String,
@@ -142,6 +149,7 @@ pub struct ImportReport {
 
 /// A device's redirect state as shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RedirectView {
     /// Nothing will be registered: no service for the vendor, the service is off or not
@@ -191,6 +199,7 @@ pub enum RedirectView {
 
 /// One queued item as shown by `redirect status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct QueueEntry {
     /// Queue position.
     pub position: u64,
@@ -210,6 +219,7 @@ pub struct QueueEntry {
 
 /// A service's configuration as shown (never its credentials).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ServiceView {
     /// `yealink`, `snom`, `fanvil`.
     pub service: String,
@@ -225,6 +235,7 @@ pub struct ServiceView {
 
 /// `provbox redirect status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct RedirectStatus {
     /// `ok`, or why WAN calls wait.
     pub clock: String,
@@ -392,6 +403,7 @@ pub struct BackupCopyView {
 
 /// The site's password levels and the devices whose SIP passwords fall short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct PolicyReport {
     /// `policy.sip_password`.
     pub sip_level: crate::policy::Level,
@@ -407,6 +419,7 @@ pub struct PolicyReport {
 
 /// A device with SIP passwords below the policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ShortDevice {
     /// Its MAC.
     pub mac: crate::mac::Mac,
@@ -422,6 +435,7 @@ pub struct ShortDevice {
 
 /// One line whose SIP password falls short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ShortLine {
     /// The line's extension.
     pub extension: String,
@@ -431,6 +445,7 @@ pub struct ShortLine {
 
 /// New SIP passwords after a rotation: shown this once, for the PBX.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct RotatedPasswords {
     /// The device.
     pub mac: crate::mac::Mac,
@@ -440,6 +455,7 @@ pub struct RotatedPasswords {
 
 /// One line's new SIP password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct RotatedLine {
     /// The line's extension.
     pub extension: String,
@@ -451,6 +467,7 @@ pub struct RotatedLine {
 
 /// A vendor's editable templates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct VendorTemplates {
     /// Vendor id (its folder under `templates/`).
     pub vendor: String,
@@ -462,6 +479,7 @@ pub struct VendorTemplates {
 
 /// One template in the list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct TemplateSummary {
     /// File name in the vendor folder.
     pub file: String,
@@ -475,6 +493,7 @@ pub struct TemplateSummary {
 
 /// A file name phones ask for, rendered from a template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ServedAs {
     /// The name with placeholders (`{mac}.cfg`).
     pub name: String,
@@ -486,6 +505,7 @@ pub struct ServedAs {
 
 /// One template: its text now, stock, and the override against stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct TemplateView {
     /// Vendor id.
     pub vendor: String,
@@ -507,6 +527,7 @@ pub struct TemplateView {
 
 /// An unsaved edit rendered for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct TemplatePreview {
     /// Vendor id.
     pub vendor: String,
@@ -520,6 +541,7 @@ pub struct TemplatePreview {
 
 /// One previewed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct PreviewFile {
     /// The file name as the phone asks for it.
     pub requested: String,
@@ -531,6 +553,7 @@ pub struct PreviewFile {
 
 /// A saved or reverted template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct TemplateSaved {
     /// Vendor id.
     pub vendor: String,
@@ -550,6 +573,7 @@ pub struct TemplateSaved {
 
 /// One phone's check-sync in a bulk reprovision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ReprovisionOutcome {
     /// The phone.
     pub mac: crate::mac::Mac,

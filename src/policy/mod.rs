@@ -21,6 +21,7 @@ const COMMON: &str = include_str!("common-passwords.txt");
 
 /// A policy level; they order weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Anything the PBX accepts; the page warns.

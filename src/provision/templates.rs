@@ -341,3 +341,24 @@ fn describe(error: &minijinja::Error) -> String {
     }
     text
 }
+
+/// A vendor id in the API's document: the stock profiles (the appliance serves the list of
+/// its site's own).
+#[cfg(test)]
+pub struct VendorId;
+
+#[cfg(test)]
+impl utoipa::PartialSchema for VendorId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let vendors: std::collections::BTreeSet<&str> =
+            STOCK.iter().filter_map(|(name, _)| name.strip_suffix("/vendor.toml")).collect();
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(vendors))
+            .description(Some("A vendor id: a profile under templates/"))
+            .into()
+    }
+}
+
+#[cfg(test)]
+impl utoipa::ToSchema for VendorId {}

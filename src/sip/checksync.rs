@@ -55,6 +55,7 @@ impl SipState {
 
 /// What a check-sync NOTIFY achieved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct CheckSync {
     /// Where it went.
     pub target: String,

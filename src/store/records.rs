@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use embedded_storage::nor_flash::NorFlash;
-use heapless::{String, Vec as HVec};
+use heapless::{String as HString, Vec as HVec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +124,7 @@ pub enum RecordError {
         /// The record kind.
         kind: Kind,
         /// The decoder's complaint.
-        reason: std::string::String,
+        reason: String,
     },
     /// A field longer than its fixed capacity.
     #[error("{field} is longer than {capacity} bytes")]
@@ -175,14 +175,14 @@ pub trait Record: Serialize + DeserializeOwned {
 }
 
 /// Copies `text` into a fixed-capacity string, naming `field` if it does not fit.
-pub fn bounded<const N: usize>(field: &'static str, text: &str) -> Result<String<N>, RecordError> {
-    String::try_from(text).map_err(|_| RecordError::TooLong { field, capacity: N })
+pub fn bounded<const N: usize>(field: &'static str, text: &str) -> Result<HString<N>, RecordError> {
+    HString::try_from(text).map_err(|_| RecordError::TooLong { field, capacity: N })
 }
 
 /// `text` cut to fit a fixed capacity, on a character boundary: for messages and logs,
 /// where the end of a long text matters less than keeping the rest.
-pub fn truncated<const N: usize>(text: &str) -> String<N> {
-    let mut out = String::new();
+pub fn truncated<const N: usize>(text: &str) -> HString<N> {
+    let mut out = HString::new();
     for c in text.chars() {
         if out.push(c).is_err() {
             break;
@@ -195,13 +195,13 @@ pub fn truncated<const N: usize>(text: &str) -> String<N> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// The extension number.
-    pub extension: String<16>,
+    pub extension: HString<16>,
     /// The name shown on the phone and to callees.
-    pub display_name: String<48>,
+    pub display_name: HString<48>,
     /// SIP authentication user.
-    pub sip_user: String<32>,
+    pub sip_user: HString<32>,
     /// SIP authentication password.
-    pub sip_password: String<48>,
+    pub sip_password: HString<48>,
 }
 
 /// Where a phone stands in its one-time enrollment.
@@ -221,21 +221,27 @@ pub enum Enrollment {
 
 /// The last time a phone fetched its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct Contact {
     /// Unix time.
     pub at: u64,
     /// The phone's address.
+    #[cfg_attr(test, schema(value_type = String))]
     pub ip: IpAddr,
     /// Its User-Agent header.
-    pub user_agent: String<96>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 96))]
+    pub user_agent: HString<96>,
     /// Firmware version parsed from the User-Agent.
-    pub firmware: String<32>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 32))]
+    pub firmware: HString<32>,
     /// Truncated hash of the configuration served.
+    #[cfg_attr(test, schema(value_type = Vec<u8>, min_items = 8, max_items = 8))]
     pub config_hash: [u8; 8],
 }
 
 /// What a programmable key on the phone does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub enum KeyKind {
     /// Shows one of the phone's own lines; `value` is the line number.
     Line,
@@ -247,22 +253,28 @@ pub enum KeyKind {
 
 /// One programmable key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct FunctionKey {
     /// What it does.
     pub kind: KeyKind,
     /// Line number, extension or number, per `kind`.
-    pub value: String<32>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 32))]
+    pub value: HString<32>,
     /// Text on the phone's display.
-    pub label: String<24>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 24))]
+    pub label: HString<24>,
 }
 
 /// A vendor config key set for one device only, written after the template's own keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct Override {
     /// The vendor's key, e.g. `features.dnd.enable`.
-    pub name: String<48>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 48))]
+    pub name: HString<48>,
     /// Its value.
-    pub value: String<96>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 96))]
+    pub value: HString<96>,
 }
 
 /// A phone the appliance provisions.
@@ -271,9 +283,9 @@ pub struct Device {
     /// Its MAC address, also its key.
     pub mac: Mac,
     /// Vendor name, e.g. `yealink`.
-    pub vendor: String<16>,
+    pub vendor: HString<16>,
     /// Model, e.g. `T54W`.
-    pub model: String<24>,
+    pub model: HString<24>,
     /// Its SIP accounts.
     pub lines: HVec<Line, 4>,
     /// Programmable line and BLF keys, in key order.
@@ -301,22 +313,27 @@ impl Record for Device {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Setting {
     /// The value.
-    pub value: String<256>,
+    pub value: HString<256>,
 }
 
 /// An unknown phone that asked for its config on the tokenless path, kept for approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct PhoneSeen {
     /// Its MAC, also its key.
     pub mac: Mac,
     /// Its address.
+    #[cfg_attr(test, schema(value_type = String))]
     pub ip: IpAddr,
     /// Its User-Agent header.
-    pub user_agent: String<96>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 96))]
+    pub user_agent: HString<96>,
     /// Vendor, when the User-Agent told.
-    pub vendor: String<16>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 16))]
+    pub vendor: HString<16>,
     /// Model, when the User-Agent told.
-    pub model: String<24>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 24))]
+    pub model: HString<24>,
     /// Unix time of its last request.
     pub at: u64,
 }
@@ -335,7 +352,7 @@ impl Record for Setting {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminCredentials {
     /// Argon2id hash in PHC string form.
-    pub password_hash: String<128>,
+    pub password_hash: HString<128>,
     /// Unix time of the last change.
     pub changed_at: u64,
 }
@@ -365,7 +382,7 @@ pub struct OutboxItem {
     /// The phone concerned.
     pub mac: Mac,
     /// The redirect service, e.g. `yealink`.
-    pub service: String<16>,
+    pub service: HString<16>,
     /// What to do.
     pub action: OutboxAction,
     /// Attempts so far.
@@ -373,7 +390,7 @@ pub struct OutboxItem {
     /// Unix time before which it is not retried.
     pub not_before: u64,
     /// Why the last attempt failed, empty before the first.
-    pub last_error: String<160>,
+    pub last_error: HString<160>,
 }
 
 // No released provbox wrote outbox records before these fields, so the schema stays 1.
@@ -402,7 +419,7 @@ pub enum RedirectState {
         /// When.
         at: u64,
         /// The service's words.
-        message: String<160>,
+        message: HString<160>,
         /// What failed was a deregistration: the service may still hold the MAC.
         deregistering: bool,
     },
@@ -412,7 +429,7 @@ pub enum RedirectState {
         /// When.
         at: u64,
         /// What the read-back showed.
-        reason: String<160>,
+        reason: HString<160>,
         /// The service confirmed it holds the MAC; its API cannot show the URL.
         held: bool,
     },
@@ -455,7 +472,7 @@ pub struct BackupCopyState {
     /// When a copy was last tried.
     pub last_attempt: Option<u64>,
     /// Why the last attempt failed; empty after a success.
-    pub last_error: String<160>,
+    pub last_error: HString<160>,
 }
 
 impl Record for BackupCopyState {
@@ -495,7 +512,7 @@ impl Record for RedirectRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiToken {
     /// Who or what it is for, e.g. `pbx`.
-    pub name: String<32>,
+    pub name: HString<32>,
     /// SHA-256 of the secret part.
     pub secret_hash: [u8; 32],
     /// Unix time it was made.
@@ -521,13 +538,16 @@ impl Record for LastKnownTime {
 
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Unix time.
     pub at: u64,
     /// Who: `admin`, `cli`, `api:<token name>`, `system`.
-    pub actor: String<32>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 32))]
+    pub actor: HString<32>,
     /// What, in words; never a secret.
-    pub action: String<160>,
+    #[cfg_attr(test, schema(value_type = String, max_length = 160))]
+    pub action: HString<160>,
 }
 
 impl Record for AuditEntry {
@@ -790,17 +810,17 @@ impl<F: NorFlash> Db<F> {
     }
 
     /// The value of setting `name`, if set.
-    pub fn setting(&self, name: &str) -> Result<Option<std::string::String>, RecordError> {
+    pub fn setting(&self, name: &str) -> Result<Option<String>, RecordError> {
         let Some(value) = self.store.get(&setting_key(name)?) else { return Ok(None) };
         Ok(Some(Setting::decode(value)?.value.as_str().into()))
     }
 
     /// Every setting that is set, by name.
-    pub fn settings(&self) -> Result<Vec<(std::string::String, std::string::String)>, RecordError> {
+    pub fn settings(&self) -> Result<Vec<(String, String)>, RecordError> {
         self.store
             .iter_prefix(&[Kind::Setting as u8])
             .map(|(key, value)| {
-                let name = std::string::String::from_utf8_lossy(&key[1..]).into_owned();
+                let name = String::from_utf8_lossy(&key[1..]).into_owned();
                 Ok((name, Setting::decode(value)?.value.as_str().into()))
             })
             .collect()

@@ -162,6 +162,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpdateError {
 
 /// A root slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     /// Root A (partition 2).
@@ -552,6 +553,7 @@ fn write_state(path: &Path, text: &str) -> Result<(), UpdateError> {
 
 /// What an install did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct Installed {
     /// The slot written and staged for the next boot.
     pub slot: Slot,

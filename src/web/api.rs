@@ -2,16 +2,16 @@
 //! API tokens (made on the page or with `provbox admin api-token`). Errors are JSON
 //! `{"error": "..."}` with the fitting status. `/api/v1/openapi.json` describes it.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,53 +24,92 @@ use crate::devices::DeviceSpec;
 use crate::mac::Mac;
 use crate::server::Peer;
 
+/// The API's routes and their handlers, one entry per path: what [`routes`] serves and what
+/// the tests hold the OpenAPI document against.
+fn api_routes() -> Vec<(&'static str, MethodRouter<Web>)> {
+    vec![
+        ("/api/v1/openapi.json", get(openapi)),
+        ("/metrics", get(metrics)),
+        ("/api/v1/devices", get(list_devices).post(add_device).layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))),
+        (
+            "/api/v1/devices/{mac}",
+            get(show_device).put(edit_device).delete(remove_device).layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT)),
+        ),
+        ("/api/v1/devices/{mac}/unlock", post(unlock)),
+        ("/api/v1/devices/{mac}/reprovision", post(reprovision)),
+        ("/api/v1/devices/{mac}/rotate-passwords", post(rotate_passwords)),
+        ("/api/v1/settings", get(settings)),
+        ("/api/v1/settings/{name}", put(set_setting).layer(DefaultBodyLimit::max(SETTING_BODY_LIMIT))),
+        ("/api/v1/phones-seen", get(phones_seen)),
+        ("/api/v1/redirect", get(redirect_status)),
+        ("/api/v1/update", get(update_status).post(install_update)),
+        ("/api/v1/backup", get(backup)),
+        ("/api/v1/audit", get(audit_log)),
+        ("/api/v1/password-policy", get(password_policy)),
+        ("/api/v1/templates", get(list_templates)),
+        ("/api/v1/templates/{vendor}/{file}", get(show_template).put(save_template).delete(revert_template)),
+        ("/api/v1/templates/{vendor}/{file}/preview", post(preview_template)),
+        ("/api/v1/templates/{vendor}/{file}/reprovision", post(reprovision_template)),
+    ]
+}
+
 /// The API's routes.
 pub fn routes() -> Router<Web> {
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/devices", get(list_devices).post(add_device))
-        .route("/api/v1/devices/{mac}", get(show_device).put(edit_device).delete(remove_device))
-        .route("/api/v1/devices/{mac}/unlock", post(unlock))
-        .route("/api/v1/devices/{mac}/reprovision", post(reprovision))
-        .route("/api/v1/settings", get(settings))
-        .route("/api/v1/settings/{name}", put(set_setting))
-        .route("/api/v1/phones-seen", get(phones_seen))
-        .route("/api/v1/redirect", get(redirect_status))
-        .route("/api/v1/update", get(update_status).post(install_update))
-        .route("/api/v1/backup", get(backup))
-        .route("/api/v1/audit", get(audit_log))
-        .route("/api/v1/password-policy", get(password_policy))
-        .route("/api/v1/devices/{mac}/rotate-passwords", post(rotate_passwords))
-        .route("/api/v1/templates", get(list_templates))
-        .route("/api/v1/templates/{vendor}/{file}", get(show_template).put(save_template).delete(revert_template))
-        .route("/api/v1/templates/{vendor}/{file}/preview", post(preview_template))
-        .route("/api/v1/templates/{vendor}/{file}/reprovision", post(reprovision_template))
+    api_routes().into_iter().fold(Router::new(), |router, (path, handlers)| router.route(path, handlers))
+}
+
+/// Largest device body: four lines of bounded fields, with room for white space.
+const DEVICE_BODY_LIMIT: usize = 16 * 1024;
+/// Largest setting body: a certificate path or URL, never a file.
+const SETTING_BODY_LIMIT: usize = 8 * 1024;
+
+/// Wrong bearer tokens an address may send before it is slowed down. A token's secret is 128
+/// random bits, beyond guessing; the delay only keeps a misconfigured or hostile client from
+/// filling the log, so it starts later than the page's.
+pub const FREE_TOKEN_FAILURES: u32 = 64;
+
+/// The OpenAPI 3.1 document: `src/web/openapi.json`, generated from the handlers' and their
+/// types' annotations by the test `openapi::the_document_is_generated_from_the_code` (which
+/// fails when it is stale), embedded without indentation by `build.rs`.
+const OPENAPI_DOCUMENT: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+/// An error answer: what every refusal carries.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+struct ApiError {
+    /// What was wrong, as advice.
+    error: String,
+    /// An import's problems, one per CSV line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<Vec<crate::devices::CsvProblem>>,
 }
 
 /// A JSON error with `status`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut response = (status, serde_json::json!({ "error": message.into() }).to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    let body = ApiError { error: message.into(), problems: None };
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default())
+        .into_response()
 }
 
 /// The status an appliance error deserves: 4xx for the request's fault, 5xx for the
 /// appliance's or a service's.
 fn app_error(failure: AppError) -> Response {
     let status = match failure.kind() {
-        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if let AppError::Import(problems) = &failure {
-        let body = serde_json::json!({ "error": failure.to_string(), "problems": problems });
-        return (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
-    }
-    error(status, failure.to_string())
+    let message = failure.to_string();
+    let problems = match failure {
+        AppError::Import(problems) => Some(problems),
+        _ => None,
+    };
+    let body = ApiError { error: message, problems };
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default())
+        .into_response()
 }
 
 fn json(value: impl Serialize) -> Response {
@@ -82,8 +121,9 @@ fn json(value: impl Serialize) -> Response {
 
 /// An API request whose bearer token checked out: what every handler but the OpenAPI
 /// document starts from. A valid token always passes; wrong ones slow their address down
-/// (counted apart from page logins). Being the first extractor, the token is checked before
-/// the path or the body is read, so a request without one gets 401 whatever else is wrong.
+/// (counted apart from page logins, and only when a token was sent). Being the first
+/// extractor, the token is checked before the path or the body is read, so a request
+/// without one gets 401 whatever else is wrong.
 struct Caller {
     web: Web,
     /// `api:<token name>`, for the audit log.
@@ -102,25 +142,31 @@ impl FromRequestParts<Web> for Caller {
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        match web.app.api_token_name(bearer) {
-            Ok(Some(name)) => Ok(Caller { web: web.clone(), actor: format!("api:{name}") }),
-            Ok(None) => {
-                if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
-                    let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
-                    return Err(error(StatusCode::TOO_MANY_REQUESTS, message));
-                }
-                web.api_throttle.failed(ip, Instant::now());
-                tracing::warn!(%ip, "API: missing or wrong bearer token");
-                let mut response =
-                    error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                Err(response)
-            }
-            Err(e) => Err(app_error(e)),
+            .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or(""));
+        let name = match bearer {
+            Some(bearer) => web.app.api_token_name(bearer).map_err(app_error)?,
+            None => None,
+        };
+        if let Some(name) = name {
+            return Ok(Caller { web: web.clone(), actor: format!("api:{name}") });
         }
+        // A request without the header guesses nothing: it is never throttled.
+        if bearer.is_some() {
+            if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
+                let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
+                let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
+                if let Ok(value) = HeaderValue::from_str(&(wait.as_secs() + 1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return Err(response);
+            }
+            web.api_throttle.failed(ip, Instant::now());
+            tracing::warn!(%ip, "API: wrong bearer token");
+        }
+        let mut response =
+            error(StatusCode::UNAUTHORIZED, "a valid API token is needed: Authorization: Bearer pbx_...");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(response)
     }
 }
 
@@ -138,36 +184,60 @@ impl Caller {
     }
 }
 
-/// A JSON body of type `T`, parsed after the token check; malformed is a JSON 400.
+/// A JSON body of type `T`, read after the token check (an extractor after [`Caller`]).
+/// A body that is not JSON, or not this operation's JSON, is a 400; too long a body is a 413.
 struct Body<T>(T);
 
 impl<T: DeserializeOwned> FromRequest<Web> for Body<T> {
     type Rejection = Response;
 
     async fn from_request(request: Request, web: &Web) -> Result<Body<T>, Response> {
-        let bytes = Bytes::from_request(request, web).await.map_err(IntoResponse::into_response)?;
+        let bytes = Bytes::from_request(request, web)
+            .await
+            .map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
     }
 }
 
-/// The `{mac}` of the path, parsed; a malformed one is a JSON 400.
+/// The `{mac}` of the path, parsed (ASCII white space around it is ignored, as in a
+/// device's fields); a malformed one is a JSON 400.
 struct DeviceMac(Mac);
 
 impl<S: Send + Sync> FromRequestParts<S> for DeviceMac {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
-        text.parse().map(DeviceMac).map_err(|e: crate::mac::MacError| error(StatusCode::BAD_REQUEST, e.to_string()))
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
+        text.trim_matches(|c: char| c.is_ascii_whitespace())
+            .parse()
+            .map(DeviceMac)
+            .map_err(|e: crate::mac::MacError| error(StatusCode::BAD_REQUEST, e.to_string()))
     }
 }
 
-async fn openapi() -> Response {
-    json(openapi_document())
+/// `GET /api/v1/openapi.json`: the document, with the vendor ids this site's profiles give
+/// (a site may add a vendor under `<data>/templates/`).
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object))))]
+async fn openapi(State(web): State<Web>) -> Response {
+    let mut document: serde_json::Value = match serde_json::from_str(OPENAPI_DOCUMENT) {
+        Ok(document) => document,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the built-in document: {e}")),
+    };
+    let vendors: Vec<String> = web.app.templates.catalog().vendors.keys().cloned().collect();
+    if let Some(schema) = document.pointer_mut("/components/schemas/VendorId") {
+        schema["enum"] = serde_json::json!(vendors);
+    }
+    json(document)
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus metrics: fetches by result, enrollment events, TLS handshakes, SIP datagrams, outbox depth, devices, store usage",
+        content_type = "text/plain; version=0.0.4", body = String))))]
 async fn metrics(caller: Caller) -> Response {
     match blocking(move || caller.web.app.metrics_text()).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
@@ -175,34 +245,68 @@ async fn metrics(caller: Caller) -> Response {
     }
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, description = "Every device", body = Vec<crate::app::views::DeviceView>))))]
 async fn list_devices(caller: Caller) -> Response {
     caller.run(|app, _| app.devices()).await
 }
 
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = DeviceSpec,
+    responses(
+        (status = 200, description = "The new device, with its enrollment URL", body = crate::app::views::DeviceView),
+        (status = 409, description = "A device with this MAC exists", body = ApiError),
+        (status = 422, description = "A field breaks its rule (vendor without a profile, a weak SIP password, a name too long in UTF-8 bytes, ...)", body = ApiError))))]
 async fn add_device(caller: Caller, Body(spec): Body<DeviceSpec>) -> Response {
     caller.run(move |app, actor| app.add_device(&spec, actor)).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
+    responses(
+        (status = 200, description = "The device, with its static files", body = crate::app::views::DeviceView),
+        (status = 404, description = "No such device", body = ApiError))))]
 async fn show_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, _| app.device_view(&mac, true)).await
 }
 
+#[cfg_attr(test, utoipa::path(put, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
+    request_body(content = DeviceSpec, description = "The device's model and lines (its MAC and vendor stay; a line without sip_password keeps its password)"),
+    responses(
+        (status = 200, description = "The device", body = crate::app::views::DeviceView),
+        (status = 404, description = "No such device", body = ApiError),
+        (status = 422, description = "A field breaks its rule, or the body names another MAC or vendor", body = ApiError))))]
 async fn edit_device(caller: Caller, DeviceMac(mac): DeviceMac, Body(spec): Body<DeviceSpec>) -> Response {
     caller.run(move |app, actor| app.edit_device(&mac, &spec, actor)).await
 }
 
-async fn remove_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
-    caller
-        .run(move |app, actor| {
-            app.remove_device(&mac, actor).map(|()| serde_json::json!({ "removed": mac.to_string() }))
-        })
-        .await
+/// A removed device.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+struct Removed {
+    /// Its MAC.
+    removed: Mac,
 }
 
+#[cfg_attr(test, utoipa::path(delete, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
+    responses(
+        (status = 200, description = "Removed; its redirect registration is withdrawn", body = Removed),
+        (status = 404, description = "No such device", body = ApiError))))]
+async fn remove_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
+    caller.run(move |app, actor| app.remove_device(&mac, actor).map(|()| Removed { removed: mac })).await
+}
+
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/unlock", tag = "devices", params(openapi::MacPath),
+    responses(
+        (status = 200, description = "Enrollment reopened with a new URL, registered again with the redirect service", body = crate::app::views::DeviceView),
+        (status = 404, description = "No such device", body = ApiError))))]
 async fn unlock(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, actor| app.unlock(&mac, actor)).await
 }
 
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/reprovision", tag = "devices", params(openapi::MacPath),
+    responses(
+        (status = 200, description = "The vendor's check-sync NOTIFY went out; whether the phone answered", body = crate::sip::checksync::CheckSync),
+        (status = 404, description = "No such device", body = ApiError),
+        (status = 409, description = "The phone has not contacted the appliance, so its address is unknown", body = ApiError))))]
 async fn reprovision(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     match caller.web.app.reprovision(&mac, Duration::from_secs(8)).await {
         Ok(sent) => json(sent),
@@ -210,81 +314,158 @@ async fn reprovision(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     }
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/settings", tag = "settings",
+    responses((status = 200, description = "Every setting, secrets masked", body = Vec<crate::app::views::SettingView>))))]
 async fn settings(caller: Caller) -> Response {
     caller.run(|app, _| app.settings_view()).await
 }
 
-async fn set_setting(caller: Caller, Path(name): Path<String>, Body(body): Body<HashMap<String, String>>) -> Response {
-    let Some(value) = body.get("value").cloned() else {
-        return error(StatusCode::BAD_REQUEST, "the body is {\"value\": \"...\"}");
-    };
-    caller
-        .run(move |app, actor| app.set_setting(&name, &value, actor).map(|()| serde_json::json!({ "set": name })))
-        .await
+/// A setting's new value.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+#[cfg_attr(test, schema(example = json!({"value": "pbx.example.com"})))]
+struct SettingValue {
+    /// The value, as `provbox settings set` takes it.
+    value: String,
 }
 
+/// A changed setting.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+struct SettingSet {
+    /// Its name.
+    set: String,
+}
+
+#[cfg_attr(test, utoipa::path(put, path = "/api/v1/settings/{name}", tag = "settings", params(openapi::SettingPath),
+    request_body = SettingValue,
+    responses(
+        (status = 200, description = "Set", body = SettingSet),
+        (status = 404, description = "No such setting", body = ApiError),
+        (status = 422, description = "The value breaks the setting's rule", body = ApiError))))]
+async fn set_setting(caller: Caller, Path(name): Path<String>, Body(body): Body<SettingValue>) -> Response {
+    caller.run(move |app, actor| app.set_setting(&name, &body.value, actor).map(|()| SettingSet { set: name })).await
+}
+
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/phones-seen", tag = "devices",
+    responses((status = 200, description = "Unknown phones that asked for a configuration", body = Vec<crate::store::records::PhoneSeen>))))]
 async fn phones_seen(caller: Caller) -> Response {
     caller.run(|app, _| app.phones_seen()).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/redirect", tag = "redirect",
+    responses((status = 200, description = "The clock, the redirect services, the queue and each device's state", body = crate::app::views::RedirectStatus))))]
 async fn redirect_status(caller: Caller) -> Response {
     caller.run(|app, _| app.redirect_status()).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/audit", tag = "system",
+    responses((status = 200, description = "The audit log, newest first: when, who (page, cli, api:<token>), what", body = Vec<crate::store::records::AuditEntry>))))]
 async fn audit_log(caller: Caller) -> Response {
     caller.run(|app, _| app.audit_log()).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/password-policy", tag = "settings",
+    responses((status = 200, description = "The password levels and the devices whose SIP passwords fall short", body = crate::app::views::PolicyReport))))]
 async fn password_policy(caller: Caller) -> Response {
     caller.run(|app, _| app.password_policy()).await
 }
 
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/rotate-passwords", tag = "devices", params(openapi::MacPath),
+    responses(
+        (status = 200, description = "New generated SIP passwords for the lines below the policy, shown this once", body = crate::app::views::RotatedPasswords),
+        (status = 404, description = "No such device", body = ApiError))))]
 async fn rotate_passwords(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, actor| app.rotate_sip_passwords(&mac, actor)).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/templates", tag = "templates",
+    responses((status = 200, description = "Every vendor's editable templates and which are overridden", body = Vec<crate::app::views::VendorTemplates>))))]
 async fn list_templates(caller: Caller) -> Response {
     caller.run(|app, _| app.template_list()).await
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
+    responses(
+        (status = 200, description = "The template: current text, stock text, the override as a diff", body = crate::app::views::TemplateView),
+        (status = 404, description = "No such vendor or template", body = ApiError))))]
 async fn show_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
     caller.run(move |app, _| app.template_show(&vendor, &file)).await
 }
 
-/// The body of a template save or preview.
+/// A template's new text.
 #[derive(serde::Deserialize)]
-struct TemplateEdit {
-    /// The template's new text.
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+#[cfg_attr(test, schema(example = json!({"source": "#!version:1.0.0.1\nlocal_time.ntp_server1 = {{ site[\"time.ntp\"] }}\n"})))]
+struct TemplateSource {
+    /// The template's text (at most 256 KiB).
+    #[cfg_attr(test, schema(max_length = 262144))]
     source: String,
-    /// The device to preview for.
-    #[serde(default)]
-    mac: Option<String>,
 }
 
+#[cfg_attr(test, utoipa::path(put, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
+    request_body = TemplateSource,
+    responses(
+        (status = 200, description = "Saved: the fingerprints before and after, and the devices now pending", body = crate::app::views::TemplateSaved),
+        (status = 404, description = "No such vendor or template", body = ApiError),
+        (status = 422, description = "The template does not render, or renders a file its phones cannot parse: the line and the cause; nothing saved", body = ApiError))))]
 async fn save_template(
     caller: Caller,
     Path((vendor, file)): Path<(String, String)>,
-    Body(edit): Body<TemplateEdit>,
+    Body(edit): Body<TemplateSource>,
 ) -> Response {
     caller.run(move |app, actor| app.template_save(&vendor, &file, &edit.source, actor)).await
 }
 
+/// An unsaved template and the device to render it for.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+#[cfg_attr(test, schema(example = json!({"source": "#!version:1.0.0.1\nlocal_time.ntp_server1 = {{ site[\"time.ntp\"] }}\n", "mac": "805ec0d57d72"})))]
+struct TemplatePreviewRequest {
+    /// The template's text (at most 256 KiB).
+    #[cfg_attr(test, schema(max_length = 262144))]
+    source: String,
+    /// The device, one of the vendor's.
+    #[cfg_attr(
+        test,
+        schema(pattern = r"^[ \t\n\f\r]*([0-9A-Fa-f]{12}|[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5})[ \t\n\f\r]*$")
+    )]
+    mac: String,
+}
+
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/templates/{vendor}/{file}/preview", tag = "templates", params(openapi::TemplatePath),
+    request_body = TemplatePreviewRequest,
+    responses(
+        (status = 200, description = "Each file the edit feeds, as the device would get it, secrets masked", body = crate::app::views::TemplatePreview),
+        (status = 404, description = "No such vendor, template or device", body = ApiError),
+        (status = 409, description = "The device is another vendor's, or gets no file from this template", body = ApiError),
+        (status = 422, description = "The template does not render, or renders a file its phones cannot parse", body = ApiError))))]
 async fn preview_template(
     caller: Caller,
     Path((vendor, file)): Path<(String, String)>,
-    Body(edit): Body<TemplateEdit>,
+    Body(edit): Body<TemplatePreviewRequest>,
 ) -> Response {
-    let Some(mac) = edit.mac.as_deref().and_then(|text| text.parse::<Mac>().ok()) else {
-        return error(StatusCode::BAD_REQUEST, "the body is {\"source\": \"...\", \"mac\": \"<device MAC>\"}");
+    let mac = match edit.mac.trim_matches(|c: char| c.is_ascii_whitespace()).parse::<Mac>() {
+        Ok(mac) => mac,
+        Err(e) => return app_error(e.into()),
     };
     caller.run(move |app, _| app.template_preview(&vendor, &file, &edit.source, &mac)).await
 }
 
+#[cfg_attr(test, utoipa::path(delete, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
+    responses(
+        (status = 200, description = "Back to stock: the fingerprints and the devices now pending", body = crate::app::views::TemplateSaved),
+        (status = 404, description = "No such vendor or template", body = ApiError),
+        (status = 409, description = "The template is not overridden, or has no stock version", body = ApiError))))]
 async fn revert_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
     caller.run(move |app, actor| app.template_revert(&vendor, &file, actor)).await
 }
 
 /// Sends check-sync to the devices whose config a template change left pending.
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/templates/{vendor}/{file}/reprovision", tag = "templates", params(openapi::TemplatePath),
+    responses(
+        (status = 200, description = "Each pending phone's check-sync result", body = Vec<crate::app::views::ReprovisionOutcome>),
+        (status = 404, description = "No such vendor or template", body = ApiError))))]
 async fn reprovision_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
     let app = caller.web.app.clone();
     let affected = match blocking(move || app.template_affected(&vendor, &file)).await {
@@ -294,96 +475,39 @@ async fn reprovision_template(caller: Caller, Path((vendor, file)): Path<(String
     json(crate::app::sip::reprovision_each(&caller.web.app, &affected, Duration::from_secs(8)).await)
 }
 
-/// The OpenAPI 3 description of the API.
-fn openapi_document() -> serde_json::Value {
-    let mac = serde_json::json!({ "name": "mac", "in": "path", "required": true, "schema": { "type": "string" }, "example": "805ec0d57d72" });
-    let template = serde_json::json!([
-        { "name": "vendor", "in": "path", "required": true, "schema": { "type": "string" }, "example": "yealink" },
-        { "name": "file", "in": "path", "required": true, "schema": { "type": "string" }, "example": "device.cfg" }
-    ]);
-    let template_body = serde_json::json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["source"], "properties": { "source": { "type": "string" }, "mac": { "type": "string" } } } } } });
-    let ok = |what: &str| serde_json::json!({ "200": { "description": what }, "401": { "description": "no or wrong API token" }, "400": { "description": "refused input, as {\"error\": ...}" } });
-    serde_json::json!({
-        "openapi": "3.0.3",
-        "info": { "title": "provbox API", "version": env!("CARGO_PKG_VERSION"), "description": "Manage the phones of a provbox appliance. Every call needs Authorization: Bearer <API token>." },
-        "components": {
-            "securitySchemes": { "token": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "DeviceSpec": {
-                    "type": "object", "required": ["mac", "vendor", "model", "lines"],
-                    "properties": {
-                        "mac": { "type": "string" }, "vendor": { "type": "string" }, "model": { "type": "string" },
-                        "lines": { "type": "array", "items": { "type": "object", "required": ["extension", "name"], "properties": {
-                            "extension": { "type": "string" }, "name": { "type": "string" },
-                            "sip_user": { "type": "string", "nullable": true }, "sip_password": { "type": "string", "nullable": true } } } }
-                    }
-                },
-                "Error": { "type": "object", "properties": { "error": { "type": "string" } } }
-            }
-        },
-        "security": [{ "token": [] }],
-        "paths": {
-            "/api/v1/devices": {
-                "get": { "summary": "List devices", "responses": ok("the devices") },
-                "post": { "summary": "Add a device", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeviceSpec" } } } }, "responses": ok("the new device, with its enrollment URL") }
-            },
-            "/api/v1/devices/{mac}": {
-                "get": { "summary": "Show a device", "parameters": [mac], "responses": ok("the device") },
-                "put": { "summary": "Change a device's model and lines (a line without sip_password keeps its password)", "parameters": [mac], "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeviceSpec" } } } }, "responses": ok("the device") },
-                "delete": { "summary": "Remove a device", "parameters": [mac], "responses": ok("removed") }
-            },
-            "/api/v1/devices/{mac}/unlock": { "post": { "summary": "Reopen enrollment with a new URL; re-registers with the redirect service", "parameters": [mac], "responses": ok("the device") } },
-            "/api/v1/devices/{mac}/reprovision": { "post": { "summary": "Send the vendor's check-sync NOTIFY and report the phone's answer", "parameters": [mac], "responses": ok("the result") } },
-            "/api/v1/settings": { "get": { "summary": "Every setting, secrets masked", "responses": ok("the settings") } },
-            "/api/v1/settings/{name}": { "put": { "summary": "Change a setting", "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }], "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "value": { "type": "string" } } } } } }, "responses": ok("set") } },
-            "/api/v1/phones-seen": { "get": { "summary": "Unknown phones that asked for a configuration", "responses": ok("the list") } },
-            "/api/v1/redirect": { "get": { "summary": "Redirect services, the queue and each device's state", "responses": ok("the status") } },
-            "/api/v1/update": {
-                "get": { "summary": "The root slots: running slot, trial, rollback, version", "responses": ok("the slots") },
-                "post": {
-                    "summary": "Install a signed root-image bundle into the inactive slot, then reboot into it",
-                    "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
-                    "responses": ok("installed; the appliance reboots into it and falls back if it does not come up")
-                }
-            },
-            "/api/v1/backup": { "get": {
-                "summary": "An encrypted backup (age format) of the CA, devices with their URL tokens, settings, credentials and template overrides",
-                "parameters": [
-                    { "name": "Backup-Passphrase", "in": "header", "required": true, "schema": { "type": "string", "minLength": 12 } },
-                    { "name": "files", "in": "query", "required": false, "schema": { "type": "boolean" }, "description": "also the static files (firmware)" }
-                ],
-                "responses": ok("the backup file, application/octet-stream")
-            } },
-            "/api/v1/audit": { "get": { "summary": "The audit log, newest first: when, who (page, cli, api:<token>), what", "responses": ok("the entries") } },
-            "/api/v1/password-policy": { "get": { "summary": "The password levels (policy.sip_password, policy.admin_password) and the devices whose SIP passwords fall short", "responses": ok("the report") } },
-            "/api/v1/devices/{mac}/rotate-passwords": { "post": { "summary": "New generated SIP passwords for the lines below the policy, shown this once", "parameters": [mac], "responses": ok("the new passwords") } },
-            "/api/v1/templates": { "get": { "summary": "Every vendor's editable templates and which are overridden", "responses": ok("the templates") } },
-            "/api/v1/templates/{vendor}/{file}": {
-                "get": { "summary": "A template: current text, stock text, the override as a diff", "parameters": template, "responses": ok("the template") },
-                "put": { "summary": "Check and save an override (refused with the line and cause if it does not render or parse)", "parameters": template, "requestBody": template_body, "responses": ok("the fingerprints before and after, and the devices now pending") },
-                "delete": { "summary": "Remove the override: back to stock", "parameters": template, "responses": ok("the fingerprints and the devices now pending") }
-            },
-            "/api/v1/templates/{vendor}/{file}/preview": { "post": { "summary": "Render an unsaved edit for a device (body also names mac), secrets masked", "parameters": template, "requestBody": template_body, "responses": ok("the rendered files") } },
-            "/api/v1/templates/{vendor}/{file}/reprovision": { "post": { "summary": "Send check-sync to the devices a template change left pending", "parameters": template, "responses": ok("each device's result") } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": ok("text exposition format") } }
-        }
-    })
-}
-
 /// The header that carries a backup's passphrase (never a query parameter: URLs get logged).
 const PASSPHRASE_HEADER: &str = "backup-passphrase";
 
+/// What a backup download may ask for.
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(utoipa::IntoParams))]
+#[cfg_attr(test, into_params(parameter_in = Query))]
+struct BackupQuery {
+    /// Also the static files (firmware) under `<data>/files/`.
+    files: Option<bool>,
+}
+
 /// `GET /api/v1/backup[?files=true]`: an encrypted backup, with the passphrase in the
 /// `Backup-Passphrase` header.
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/backup", tag = "system",
+    params(BackupQuery, ("Backup-Passphrase" = String, Header, min_length = 12, description = "The passphrase the backup is encrypted with (at least 12 characters)")),
+    responses(
+        (status = 200, description = "An encrypted backup (age format) of the CA, devices with their URL tokens, settings, credentials and template overrides",
+            content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "No Backup-Passphrase header, or a malformed query", body = ApiError),
+        (status = 422, description = "The passphrase is too short", body = ApiError))))]
 async fn backup(
     caller: Caller,
     headers: axum::http::HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<BackupQuery>, QueryRejection>,
 ) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query is at most files=true or files=false");
+    };
     let Some(passphrase) = headers.get(PASSPHRASE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) else {
         return error(StatusCode::BAD_REQUEST, "give the backup's passphrase in the Backup-Passphrase header");
     };
-    let include_files = query.get("files").is_some_and(|v| v == "true");
+    let include_files = query.files.unwrap_or(false);
     let Caller { web, actor } = caller;
     match blocking(move || web.app.create_backup(&passphrase, include_files, &actor)).await {
         Ok(file) => super::backup::attachment(file),
@@ -391,14 +515,32 @@ async fn backup(
     }
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/update", tag = "system",
+    responses((status = 200, description = "The root slots: running slot, trial, rollback, version", body = super::update::UpdateStatus))))]
 async fn update_status(caller: Caller) -> Response {
     json(super::update::status(&caller.web))
 }
 
+/// An installed bundle.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+struct InstallAnswer {
+    /// The slot written, the version and its size.
+    installed: crate::update::Installed,
+    /// Always true: the appliance reboots into it, and falls back if it does not come up.
+    rebooting: bool,
+}
+
 /// Streams the bundle in the body to the inactive slot; see [`crate::update`].
+#[cfg_attr(test, utoipa::path(post, path = "/api/v1/update", tag = "system",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A signed root-image bundle (`provbox update sign`)"),
+    responses(
+        (status = 200, description = "Installed in the inactive slot; the appliance reboots into it", body = InstallAnswer),
+        (status = 400, description = "The bundle is malformed, badly signed, older than the running one, or broke off", body = ApiError),
+        (status = 409, description = "Not running from the firmware image, on trial, or already restarting", body = ApiError))))]
 async fn install_update(Caller { web, actor }: Caller, request: Request) -> Response {
     match super::update::install_raw(&web, request.into_body(), &actor).await {
-        Ok(installed) => json(serde_json::json!({ "installed": installed, "rebooting": true })),
+        Ok(installed) => json(InstallAnswer { installed, rebooting: true }),
         Err(
             failure @ (UploadError::Unavailable
             | UploadError::Restarting
@@ -407,3 +549,6 @@ async fn install_update(Caller { web, actor }: Caller, request: Request) -> Resp
         Err(failure) => error(StatusCode::BAD_REQUEST, failure.to_string()),
     }
 }
+
+#[cfg(test)]
+pub mod openapi;

@@ -128,7 +128,7 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
         }
         // Refusals come before anything is written; a failure while writing leaves the
         // appliance unclaimed, and this page offers the restore again.
-        Err(error @ (AppError::Backup(_) | AppError::Admin(_) | AppError::Refused(_))) => {
+        Err(error @ (AppError::Backup(_) | AppError::Admin(_) | AppError::Refused(_) | AppError::Invalid(_))) => {
             tracing::warn!(%ip, "page restore refused: {error}");
             refuse(StatusCode::BAD_REQUEST, error.to_string())
         }

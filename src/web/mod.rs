@@ -65,7 +65,7 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         pki,
         sessions: Arc::default(),
         throttle: Arc::default(),
-        api_throttle: Arc::default(),
+        api_throttle: Arc::new(LoginThrottle::with_free_failures(api::FREE_TOKEN_FAILURES)),
         started: crate::clock::now(),
         updates,
     };

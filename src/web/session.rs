@@ -106,21 +106,34 @@ struct Failures {
 }
 
 /// Progressive delays after failed logins, per address and for the one admin account.
-#[derive(Default)]
 pub struct LoginThrottle {
     by_address: Mutex<HashMap<IpAddr, Failures>>,
     account: Mutex<Option<Failures>>,
+    /// Failures before the first delay.
+    free_failures: u32,
 }
 
-/// The lockout after `count` failures: none for the first few, then doubling from 2 s.
-fn lockout(count: u32) -> Duration {
-    if count <= FREE_FAILURES {
+impl Default for LoginThrottle {
+    /// The page's: a password may be mistyped a few times.
+    fn default() -> LoginThrottle {
+        LoginThrottle::with_free_failures(FREE_FAILURES)
+    }
+}
+
+/// The lockout after `count` failures: none for the first `free`, then doubling from 2 s.
+fn lockout(count: u32, free: u32) -> Duration {
+    if count <= free {
         return Duration::ZERO;
     }
-    Duration::from_secs(1u64 << (count - FREE_FAILURES).min(10)).min(MAX_LOCKOUT)
+    Duration::from_secs(1u64 << (count - free).min(10)).min(MAX_LOCKOUT)
 }
 
 impl LoginThrottle {
+    /// A throttle that delays an address only after `free_failures` failures.
+    pub fn with_free_failures(free_failures: u32) -> LoginThrottle {
+        LoginThrottle { by_address: Mutex::default(), account: Mutex::default(), free_failures }
+    }
+
     /// How long `address` must still wait before trying again, if at all.
     pub fn wait(&self, address: IpAddr, now: Instant) -> Option<Duration> {
         let by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -150,13 +163,13 @@ impl LoginThrottle {
         let entry = by_address.entry(address).or_insert(Failures { count: 0, until: now, last: now });
         forget(entry);
         entry.count += 1;
-        entry.until = now + lockout(entry.count);
+        entry.until = now + lockout(entry.count, self.free_failures);
         entry.last = now;
         let mut account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut failures = account.unwrap_or(Failures { count: 0, until: now, last: now });
         forget(&mut failures);
         failures.count += 1;
-        failures.until = now + lockout(failures.count / 2).min(MAX_ACCOUNT_LOCKOUT);
+        failures.until = now + lockout(failures.count / 2, self.free_failures).min(MAX_ACCOUNT_LOCKOUT);
         failures.last = now;
         *account = Some(failures);
     }

@@ -25,17 +25,56 @@ const MAX_UPLOAD_TIME: Duration = Duration::from_secs(15 * 60);
 const MAX_DRAIN: usize = 256 * 1024 * 1024;
 
 /// The root slots as the page and the API show them.
-pub fn status(web: &Web) -> serde_json::Value {
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+pub struct UpdateStatus {
+    /// Whether this system has A/B root slots (the firmware image); the rest is there when so.
+    available: bool,
+    /// The board the image was built for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    board: Option<String>,
+    /// The slot running now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slot: Option<crate::update::Slot>,
+    /// Whether this boot is a new slot's one try.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trial: Option<bool>,
+    /// A slot that was tried and failed at this boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rolled_back: Option<crate::update::Slot>,
+    /// The running release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    /// Whether the release was signed with the development key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devkey: Option<bool>,
+}
+
+/// The root slots as the page and the API show them.
+pub fn status(web: &Web) -> UpdateStatus {
     match &web.updates {
-        None => serde_json::json!({ "available": false }),
+        None => UpdateStatus {
+            available: false,
+            board: None,
+            slot: None,
+            trial: None,
+            rolled_back: None,
+            version: None,
+            devkey: None,
+        },
         Some(updates) => {
             let boot = updates.current();
             let version = crate::update::release();
             let devkey = version.as_deref().is_some_and(crate::update::is_devkey_release);
-            serde_json::json!({
-                "available": true, "board": boot.board, "slot": boot.slot, "trial": boot.trial,
-                "rolled_back": boot.rolled_back, "version": version, "devkey": devkey,
-            })
+            UpdateStatus {
+                available: true,
+                board: Some(boot.board),
+                slot: Some(boot.slot),
+                trial: Some(boot.trial),
+                rolled_back: boot.rolled_back,
+                version,
+                devkey: Some(devkey),
+            }
         }
     }
 }

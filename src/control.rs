@@ -309,7 +309,7 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::RedirectStatus => app.redirect_status().and_then(ok),
         Request::AdminSetupCode => app.setup_code().and_then(ok),
         Request::AdminClaimed => app.admin_configured().and_then(ok),
-        Request::AdminSetPassword { password } => app.set_admin_password(password, None, actor).and_then(ok),
+        Request::AdminSetPassword { password } => app.set_admin_password(password, None, actor).and_then(|_| ok(())),
         Request::ApiTokenCreate { name } => app.create_api_token(name, actor).and_then(ok),
         Request::ApiTokenList => app.api_tokens().and_then(ok),
         Request::ApiTokenRevoke { which } => app.revoke_api_token(which, actor).and_then(ok),

@@ -307,6 +307,24 @@ pub struct CsvProblem {
     pub reason: String,
 }
 
+/// Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// `cell` as an export writes it: a cell a spreadsheet would run as a formula (`=HYPERLINK(`,
+/// `+4930`, `-1`, `@SUM`) gets a leading `'`, which spreadsheets show as text.
+fn neutralised(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(FORMULA_STARTS) { format!("'{cell}").into() } else { cell.into() }
+}
+
+/// `cell` as an import reads it: the `'` that [`neutralised`] put in front of a formula
+/// character is taken off again, so an exported file imports to the same values.
+fn restored(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest,
+        _ => cell,
+    }
+}
+
 /// Parses a device CSV: a header naming [`CSV_COLUMNS`], then one row per line; rows with the
 /// same MAC add lines to one device. Returns the specs with the line each starts on, and the
 /// rows that are wrong.
@@ -338,7 +356,7 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
             }
         };
         let line = row.position().map_or(0, |p| p.line());
-        let get = |name: &str| column(name).and_then(|i| row.get(i)).unwrap_or("").to_string();
+        let get = |name: &str| restored(column(name).and_then(|i| row.get(i)).unwrap_or("")).to_string();
         let optional = |name: &str| Some(get(name)).filter(|value| !value.is_empty());
         let line_spec = LineSpec {
             extension: get("extension"),
@@ -365,6 +383,7 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
 
 /// Writes devices as CSV in [`CSV_COLUMNS`] order; passwords only when `reveal`.
 pub fn write_csv<'d>(devices: impl Iterator<Item = &'d Device>, reveal: bool) -> String {
+    let neutral = |cell: &str| neutralised(cell).into_owned();
     let mut writer = csv::Writer::from_writer(Vec::new());
     // Writing to a Vec cannot fail.
     let write = |writer: &mut csv::Writer<Vec<u8>>, row: &[&str]| writer.write_record(row).expect("CSV into a Vec");
@@ -373,10 +392,9 @@ pub fn write_csv<'d>(devices: impl Iterator<Item = &'d Device>, reveal: bool) ->
         let mac = device.mac.to_string();
         for line in &device.lines {
             let password = if reveal { line.sip_password.as_str() } else { "" };
-            write(
-                &mut writer,
-                &[&mac, &device.vendor, &device.model, &line.extension, &line.display_name, &line.sip_user, password],
-            );
+            let cells = [line.extension.as_str(), &line.display_name, &line.sip_user, password].map(neutral);
+            let [extension, name, sip_user, password] = &cells;
+            write(&mut writer, &[&mac, &device.vendor, &device.model, extension, name, sip_user, password]);
         }
     }
     // into_inner flushes into the Vec, which cannot fail.

@@ -76,7 +76,8 @@ impl LanView {
 }
 
 /// Keeps what depends on the LAN address current when a DHCP lease arrives late or
-/// changes: the server certificate's names, the URLs phones are given, the mDNS answers.
+/// changes: the server certificate's names, the URLs phones are given, the mDNS answers;
+/// and renews the server certificate before it expires.
 pub(crate) struct LanFollower {
     /// Whose URLs follow.
     pub(crate) app: Arc<App>,
@@ -99,6 +100,13 @@ impl LanFollower {
             tokio::select! {
                 _ = tokio::time::sleep(LAN_POLL) => {}
                 _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            // A server certificate near its end is reissued while running too: an appliance
+            // may run for more than the certificate's 398 days.
+            match tokio::task::block_in_place(|| self.pki.renew_if_due()) {
+                Ok(true) => tracing::info!("renewed the server certificate before it expires"),
+                Ok(false) => {}
+                Err(error) => tracing::error!("cannot renew the server certificate: {error}"),
             }
             let now = LanView::now();
             if now != seen {

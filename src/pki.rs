@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 /// Years the local CA is valid.
 const CA_YEARS: u64 = 20;
-/// Days a server certificate is valid; it is reissued at start when fewer than
-/// [`RENEW_DAYS`] remain.
-const SERVER_DAYS: u64 = 825;
+/// Days a server certificate is valid from now: with `not_before` a day back, 398 days in
+/// all, the most Apple's clients take (and the CA/Browser Forum's rule since 2020). It is
+/// reissued, at start or while running, when fewer than [`RENEW_DAYS`] remain.
+const SERVER_DAYS: u64 = 397;
 /// Remaining validity below which the server certificate is reissued.
 const RENEW_DAYS: u64 = 30;
 /// TLS sessions remembered for resumption by session ID.
@@ -134,6 +135,14 @@ impl Pki {
         }
         self.reload()?;
         Ok(true)
+    }
+
+    /// Reissues the generated server certificate, for the names and addresses it covers,
+    /// when fewer than [`RENEW_DAYS`] remain; true if it did. Cheap when nothing is due (one
+    /// small file read), so it may be asked often.
+    pub fn renew_if_due(&self) -> Result<bool, PkiError> {
+        let (names, ips) = self.coverage.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        self.cover(&names, &ips)
     }
 
     /// Takes up the CA a restored backup wrote to `<data>/tls`: serves it, and a server

@@ -94,6 +94,15 @@ async fn hostile_paths_and_headers_get_clean_errors() {
         connection.get("/p/00000000000000000000000000000000/files/firmware.rom", &[]).await.unwrap().status,
         404
     );
+    // A folder is not found, never redirected: a redirect to `<path>/` lost the
+    // `/p/<token>/files` prefix, and `files//sub` pointed off site (`//sub/`).
+    std::fs::create_dir_all(appliance.data.join("files/sub")).unwrap();
+    std::fs::write(appliance.data.join("files/sub/logo.png"), b"png").unwrap();
+    for path in [format!("{steady}files/sub"), format!("{steady}files//sub"), format!("{steady}files/sub/")] {
+        let response = connection.get(&path, &[]).await.unwrap();
+        assert_eq!((response.status, response.header("location")), (404, None), "{path}");
+    }
+    assert_eq!(connection.get(&format!("{steady}files/sub/logo.png"), &[]).await.unwrap().body, b"png");
 
     // An oversized header block: 431, and the server goes on.
     let huge = "x".repeat(40 * 1024);
@@ -301,4 +310,42 @@ fn commands_run_elsewhere_create_no_store_and_say_where_to_look() {
         .unwrap();
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     assert!(cli_ok(&data, &["settings", "show"]).contains("pbx.example.com"));
+}
+
+/// The validity of `certificate`: (not before, not after), Unix seconds.
+fn validity(certificate: &[u8]) -> (i64, i64) {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).expect("an X.509 certificate");
+    (parsed.validity().not_before.timestamp(), parsed.validity().not_after.timestamp())
+}
+
+/// The served certificate lasts 398 days at most, which Apple's clients require (CA/Browser
+/// Forum baseline since 2020), and a running appliance renews it before it expires: here its
+/// record says it ends tomorrow, and a new handshake soon gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_lasts_398_days_at_most_and_renews_while_running() {
+    let appliance = Appliance::start();
+    let served = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap().peer_certificate();
+    let (not_before, not_after) = validity(&served);
+    assert!(not_after - not_before <= 398 * 86_400, "{} days", (not_after - not_before) / 86_400);
+    assert!(not_after - not_before >= 397 * 86_400, "{} days", (not_after - not_before) / 86_400);
+
+    // As if 368 days had passed: the record of the certificate says it ends in a day.
+    let record_path = appliance.data.join("tls/server.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    record["not_after"] = serde_json::json!(now + 86_400);
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let renewed =
+            Connection::open(appliance.client_config(), appliance.https, None).await.unwrap().peer_certificate();
+        if renewed != served {
+            let (_, renewed_until) = validity(&renewed);
+            assert!(renewed_until >= not_after, "the renewed one lasts at least as long");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not renewed: {}", appliance.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(appliance.wait_for_log("renewed the server certificate"), "{}", appliance.log());
 }

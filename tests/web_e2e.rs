@@ -557,3 +557,129 @@ async fn a_bad_device_is_refused_by_the_page_the_cli_and_the_api_in_the_same_wor
     }
     assert_eq!(cli_ok(&appliance.data, &["device", "list", "--json"]).trim(), "[]", "nothing was saved");
 }
+
+/// Names and SIP users go into the CSV export; one a spreadsheet would run as a formula
+/// (OWASP's "CSV Injection": a cell starting with = + - @) is written with a leading `'`,
+/// and the page's import takes that `'` off again, so the export imports to the same values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_cells_never_run_as_formulas_and_import_back_unchanged() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let csrf = hidden(&browser.get("/").await.text(), "csrf");
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    let hostile = [
+        ("805ec0000001", "100", r#"=HYPERLINK("http://x.example","Hi")"#, "+4930123"),
+        ("805ec0000002", "-200", "@SUM(1+1)*cmd", "-1"),
+        ("805ec0000003", "300", "+1 Ann", "ann"),
+    ];
+    for (mac, extension, name, sip_user) in hostile {
+        let spec = serde_json::json!({ "mac": mac, "vendor": "yealink", "model": "T54W",
+            "lines": [{ "extension": extension, "name": name, "sip_user": sip_user }] });
+        let (status, body, _) = fleet::api(&appliance, "POST", "/api/v1/devices", &token, &spec.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let export = browser.get("/export.csv").await.text();
+    let mut reader = csv::Reader::from_reader(export.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3, "{export}");
+    for row in &rows {
+        for cell in row.iter() {
+            assert!(!cell.starts_with(['=', '+', '-', '@']), "a formula cell: {cell:?} in {export}");
+        }
+    }
+    assert_eq!(&rows[0][4], r#"'=HYPERLINK("http://x.example","Hi")"#);
+    assert_eq!((&rows[1][3], &rows[1][5]), ("'-200", "'-1"));
+
+    for (mac, _, _, _) in hostile {
+        cli_ok(&appliance.data, &["device", "remove", mac]);
+    }
+    let imported = browser.post("/import", &[("csrf", &csrf), ("csv", &export)]).await;
+    assert!(imported.text().contains("imported 3 device(s)"), "{}", imported.text());
+    for (mac, extension, name, sip_user) in hostile {
+        let device = appliance.device(mac);
+        let line = &device["lines"][0];
+        assert_eq!((line["extension"].as_str(), line["name"].as_str()), (Some(extension), Some(name)), "{device}");
+        assert_eq!(line["sip_user"].as_str(), Some(sip_user));
+    }
+}
+
+/// Logs in through the page from loopback address `local`; the status of the login POST.
+async fn log_in_from(appliance: &Appliance, local: std::net::IpAddr, password: &str) -> (u16, Browser) {
+    let mut browser = Browser::open_from(appliance, local).await;
+    let form = hidden(&browser.get("/login").await.text(), "form");
+    let status = browser.post("/login", &[("form", &form), ("password", password)]).await.status;
+    (status, browser)
+}
+
+/// Sets the admin password from the CLI (stdin), as root on the appliance would.
+fn set_password_from_the_cli(appliance: &Appliance, password: &str) {
+    use std::io::Write;
+    let mut child = fleet::provbox_command()
+        .arg("--data")
+        .arg(&appliance.data)
+        .args(["admin", "set-password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// An attacker spending 3 wrong passwords from each of 6 addresses arms the account-wide
+/// delay; the admin typing the right password from an address that has not failed still
+/// gets in, while the attackers' addresses wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_other_addresses_never_lock_the_admin_out() {
+    let appliance = Appliance::start();
+    drop(set_up(&appliance).await);
+    for host in 2..=7u8 {
+        let attacker = std::net::IpAddr::from([127, 0, 0, host]);
+        for _ in 0..3 {
+            // Wrong (401) until the account's delay holds this failing address back (429).
+            let status = log_in_from(&appliance, attacker, "Wrong-Passw0rd-1").await.0;
+            assert!(status == 401 || status == 429, "{status}");
+        }
+    }
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    assert_eq!(log_in_from(&appliance, attacker, PASSWORD).await.0, 429, "the attackers' addresses wait");
+    let (status, mut admin) = log_in_from(&appliance, std::net::IpAddr::from([127, 0, 0, 42]), PASSWORD).await;
+    assert_eq!(status, 303, "the admin gets in from a fresh address");
+    assert_eq!(admin.get("/").await.status, 200);
+}
+
+/// A session opened with a password ends when another password is set, even within the
+/// same second (the check compares the password, not the time of the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_in_the_same_second_ends_the_session() {
+    let appliance = Appliance::start();
+    drop(set_up(&appliance).await);
+    for round in 0..3 {
+        let (status, mut browser) = log_in_from(&appliance, std::net::IpAddr::from([127, 0, 0, 1]), PASSWORD).await;
+        assert_eq!(status, 303);
+        set_password_from_the_cli(&appliance, &format!("Other-Passw0rd-{round}x"));
+        assert_eq!(browser.get("/").await.header("location"), Some("/login"), "round {round}");
+        set_password_from_the_cli(&appliance, PASSWORD);
+    }
+}
+
+/// Wrong setup codes are throttled like wrong passwords: after three, the address waits,
+/// even with the right code; another address still claims the appliance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_setup_codes_are_throttled() {
+    let appliance = Appliance::start();
+    let code = cli_ok(&appliance.data, &["admin", "setup-code"]).trim().to_string();
+    let mut guesser = Browser::open_from(&appliance, std::net::IpAddr::from([127, 0, 0, 9])).await;
+    let mut statuses = Vec::new();
+    for guess in ["000000000000", "111111111111", "222222222222", "333333333333", code.as_str()] {
+        let form = hidden(&guesser.get("/setup").await.text(), "form");
+        let fields = [("form", form.as_str()), ("code", guess), ("password", PASSWORD), ("confirm", PASSWORD)];
+        statuses.push(guesser.post("/setup", &fields).await.status);
+    }
+    assert_eq!(statuses, [400, 400, 400, 400, 429], "three free guesses, then a delay, whatever the code");
+    assert!(cli_ok(&appliance.data, &["admin", "setup-code"]).contains(&code), "still unclaimed");
+    let mut owner = Browser::open_from(&appliance, std::net::IpAddr::from([127, 0, 0, 10])).await;
+    let form = hidden(&owner.get("/setup").await.text(), "form");
+    let fields = [("form", form.as_str()), ("code", code.as_str()), ("password", PASSWORD), ("confirm", PASSWORD)];
+    assert_eq!(owner.post("/setup", &fields).await.status, 303);
+}

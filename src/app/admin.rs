@@ -25,8 +25,14 @@ impl App {
     }
 
     /// Sets the admin password. The first one from the page needs the setup code
-    /// (`setup_code`); the CLI (root on the appliance) passes None.
-    pub fn set_admin_password(&self, password: &str, setup_code: Option<&str>, actor: &str) -> Result<(), AppError> {
+    /// (`setup_code`); the CLI (root on the appliance) passes None. Returns the new
+    /// password's [`CredentialTag`], for the session that set it.
+    pub fn set_admin_password(
+        &self,
+        password: &str,
+        setup_code: Option<&str>,
+        actor: &str,
+    ) -> Result<CredentialTag, AppError> {
         if let Some(given) = setup_code
             && (self.admin_configured()? || !self.setup_code.matches(given))
         {
@@ -44,7 +50,7 @@ impl App {
         if first {
             claimed();
         }
-        Ok(())
+        Ok(CredentialTag::of(&credentials))
     }
 
     /// Clears the admin password (the image's `provbox-reset` trigger file, with no server
@@ -63,15 +69,15 @@ impl App {
         Ok(self.setup_code.preset(code)?)
     }
 
-    /// When the admin password last changed (Unix time), once set.
-    pub fn admin_changed_at(&self) -> Result<Option<u64>, AppError> {
-        Ok(self.lock().db.admin()?.map(|credentials| credentials.changed_at))
+    /// The admin password now in force, as a [`CredentialTag`], once one is set.
+    pub fn admin_credential(&self) -> Result<Option<CredentialTag>, AppError> {
+        Ok(self.lock().db.admin()?.map(|credentials| CredentialTag::of(&credentials)))
     }
 
-    /// Whether `password` is the admin password.
-    pub fn verify_admin(&self, password: &str) -> Result<bool, AppError> {
-        let Some(credentials) = self.lock().db.admin()? else { return Ok(false) };
-        Ok(admin::verify_password(&credentials.password_hash, password))
+    /// Whether `password` is the admin password: the tag of the password it matched.
+    pub fn verify_admin(&self, password: &str) -> Result<Option<CredentialTag>, AppError> {
+        let Some(credentials) = self.lock().db.admin()? else { return Ok(None) };
+        Ok(admin::verify_password(&credentials.password_hash, password).then(|| CredentialTag::of(&credentials)))
     }
 
     /// Makes an API token named `name`; returns it. It is shown this once: only a hash of
@@ -126,5 +132,26 @@ impl App {
         let tokens = self.lock().db.api_tokens()?;
         let Some((_, token)) = tokens.into_iter().find(|(stored, _)| *stored == id) else { return Ok(None) };
         Ok(admin::secret_matches(&token.secret_hash, &secret).then(|| token.name.to_string()))
+    }
+}
+
+/// Which admin password a session was opened with: a digest of its stored hash, whose salt
+/// is new at every change, so that any change (in the same second, from the CLI, by a
+/// restore) ends the sessions opened before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialTag([u8; 16]);
+
+impl CredentialTag {
+    fn of(credentials: &AdminCredentials) -> CredentialTag {
+        let digest = ring::digest::digest(&ring::digest::SHA256, credentials.password_hash.as_bytes());
+        let mut tag = [0; 16];
+        tag.copy_from_slice(&digest.as_ref()[..16]);
+        CredentialTag(tag)
+    }
+
+    /// A tag that stands for password number `n`.
+    #[cfg(test)]
+    pub fn for_tests(n: u8) -> CredentialTag {
+        CredentialTag([n; 16])
     }
 }

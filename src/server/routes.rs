@@ -150,7 +150,11 @@ async fn static_file(
     let path = parts.uri.path().splitn(5, '/').nth(4).unwrap_or("").to_string();
     let Ok(uri) = format!("/{path}").parse() else { return StatusCode::NOT_FOUND.into_response() };
     parts.uri = uri;
-    let files = tower_http::services::ServeDir::new(shared.app.data_dir.join("files"));
+    // Files only: a folder is not found, never redirected (ServeDir's redirect to `<path>/`
+    // would be built from the path without its `/p/<token>/files` prefix, and `//sub`
+    // would point off site).
+    let files =
+        tower_http::services::ServeDir::new(shared.app.data_dir.join("files")).append_index_html_on_directories(false);
     match files.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => {
             if response.status().is_success() {

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::Web;
 use super::page::{FORM_COOKIE, HASHING, PreLoginForm, SessionForm, cookie, form_page, set_cookie};
 use super::session::COOKIE;
+use crate::app::admin::CredentialTag;
 
 pub(super) async fn setup_page(State(web): State<Web>) -> Response {
     match web.app.admin_configured() {
@@ -30,6 +31,14 @@ pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: f
         return refuse("the two passwords differ; nothing was saved".into());
     }
     let ip = peer.ip();
+    // The setup code is a secret like a password: wrong ones count against the address (and
+    // the account) as failed logins do, before the check, so parallel guesses all count.
+    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+        tracing::warn!(%ip, "page setup refused: too many failures, {} s to wait", wait.as_secs() + 1);
+        let message = format!("too many failed attempts; try again in {} s", wait.as_secs() + 1);
+        return form_page("setup.html", StatusCode::TOO_MANY_REQUESTS, Some(message), minijinja::context! {});
+    }
+    web.throttle.failed(ip, Instant::now());
     let app = web.app.clone();
     let (password, code) = (field("password"), field("code"));
     let _hashing = HASHING.acquire().await;
@@ -37,7 +46,10 @@ pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: f
         tokio::task::spawn_blocking(move || app.set_admin_password(&password, Some(&code), &format!("page {ip}")))
             .await;
     match result {
-        Ok(Ok(())) => logged_in(&web),
+        Ok(Ok(credential)) => {
+            web.throttle.succeeded(ip);
+            logged_in(&web, credential)
+        }
         Ok(Err(error)) => {
             tracing::warn!(%ip, "page setup refused: {error}");
             refuse(format!("{error}; nothing was saved"))
@@ -46,9 +58,9 @@ pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: f
     }
 }
 
-/// Starts a session and goes to the device list.
-pub(super) fn logged_in(web: &Web) -> Response {
-    let id = web.sessions.start();
+/// Starts a session opened with the password `credential` and goes to the device list.
+pub(super) fn logged_in(web: &Web, credential: CredentialTag) -> Response {
+    let id = web.sessions.start(credential);
     let mut response = Redirect::to("/").into_response();
     set_cookie(&mut response, COOKIE, &id, None);
     set_cookie(&mut response, FORM_COOKIE, "", Some(0));
@@ -77,12 +89,12 @@ pub(super) async fn login(State(web): State<Web>, PreLoginForm { peer, fields: f
     let _hashing = HASHING.acquire().await;
     let verified = tokio::task::spawn_blocking(move || app.verify_admin(&password)).await;
     match verified {
-        Ok(Ok(true)) => {
+        Ok(Ok(Some(credential))) => {
             web.throttle.succeeded(ip);
             tracing::info!(%ip, "page login");
-            logged_in(&web)
+            logged_in(&web, credential)
         }
-        Ok(Ok(false)) => {
+        Ok(Ok(None)) => {
             tracing::warn!(%ip, "page login failed: wrong password");
             let message = "wrong password".to_string();
             form_page("login.html", StatusCode::UNAUTHORIZED, Some(message), minijinja::context! {})

@@ -90,19 +90,12 @@ pub(super) fn set_cookie(response: &mut Response, name: &str, value: &str, max_a
     }
 }
 
-/// The session id and its CSRF token, if the request carries a live session. Sessions that
-/// started before the admin password last changed are ended first, and every session ends
-/// when no admin password is set (a restored backup without one).
+/// The session id and its CSRF token, if the request carries a live session. Sessions opened
+/// with another admin password than the one in force are ended first, and every session
+/// ends when no admin password is set (a restored backup without one).
 pub(super) fn session(web: &Web, headers: &HeaderMap) -> Option<(String, String)> {
     let id = cookie(headers, COOKIE)?;
-    match web.app.admin_changed_at() {
-        Ok(Some(changed)) => web.sessions.end_before(changed),
-        Ok(None) => {
-            web.sessions.end_before(u64::MAX);
-            return None;
-        }
-        Err(_) => return None,
-    }
+    web.sessions.end_unless(web.app.admin_credential().ok()?);
     let csrf = web.sessions.touch(&id)?;
     Some((id, csrf))
 }

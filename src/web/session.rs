@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
+use crate::app::admin::CredentialTag;
+
 /// A session ends after this long without a request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Sessions kept at once; the least recently used goes first.
@@ -33,8 +35,8 @@ fn random_hex() -> String {
 struct Session {
     csrf: String,
     last_seen: Instant,
-    /// Unix time it started: a password changed later ends it.
-    started: u64,
+    /// The admin password it was opened with: another one in force ends it.
+    credential: CredentialTag,
 }
 
 /// The logged-in sessions.
@@ -44,8 +46,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session; returns its cookie value.
-    pub fn start(&self) -> String {
+    /// Starts a session opened with the admin password `credential`; returns its cookie value.
+    pub fn start(&self, credential: CredentialTag) -> String {
         let id = random_hex();
         let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
@@ -55,7 +57,7 @@ impl Sessions {
         {
             map.remove(&oldest);
         }
-        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now, started: crate::clock::now() });
+        map.insert(id.clone(), Session { csrf: random_hex(), last_seen: now, credential });
         id
     }
 
@@ -64,10 +66,11 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
-    /// Ends every session that started before `unix` (the admin password changed then,
-    /// maybe from the CLI).
-    pub fn end_before(&self, unix: u64) {
-        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|_, s| s.started >= unix);
+    /// Ends every session opened with another admin password than `current` (it changed,
+    /// maybe from the CLI), or every session when no password is set.
+    pub fn end_unless(&self, current: Option<CredentialTag>) {
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.retain(|_, session| Some(session.credential) == current);
     }
 
     /// The CSRF token of a live session `id` (refreshing its idle timer), or None.
@@ -134,11 +137,14 @@ impl LoginThrottle {
         LoginThrottle { by_address: Mutex::default(), account: Mutex::default(), free_failures }
     }
 
-    /// How long `address` must still wait before trying again, if at all.
+    /// How long `address` must still wait before trying again, if at all. The account's
+    /// delay holds back only addresses that have failed themselves: failures spread over
+    /// other addresses never lock out the admin typing the right password from a fresh one.
     pub fn wait(&self, address: IpAddr, now: Instant) -> Option<Duration> {
         let by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let own = by_address.get(&address).copied()?;
         let account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        [by_address.get(&address).copied(), *account]
+        [Some(own), *account]
             .into_iter()
             .flatten()
             .filter_map(|failures| failures.until.checked_duration_since(now))
@@ -204,9 +210,27 @@ mod tests {
     }
 
     #[test]
+    fn failures_elsewhere_never_hold_back_a_fresh_address() {
+        let throttle = LoginThrottle::default();
+        let start = Instant::now();
+        for host in 1..=6u8 {
+            let attacker = IpAddr::from([192, 0, 2, host]);
+            for _ in 0..3 {
+                throttle.failed(attacker, start);
+            }
+        }
+        let attacker: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(throttle.wait(attacker, start).is_some(), "the account's delay holds back failing addresses");
+        let admin: IpAddr = "192.0.2.99".parse().unwrap();
+        assert_eq!(throttle.wait(admin, start), None, "a fresh address is not held back");
+        throttle.failed(admin, start);
+        assert!(throttle.wait(admin, start).is_some(), "until it fails itself");
+    }
+
+    #[test]
     fn sessions_carry_csrf_and_end() {
         let sessions = Sessions::default();
-        let id = sessions.start();
+        let id = sessions.start(CredentialTag::for_tests(1));
         let csrf = sessions.touch(&id).unwrap();
         assert!(sessions.csrf_ok(&id, &csrf));
         assert!(!sessions.csrf_ok(&id, "forged"));
@@ -216,9 +240,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_when_another_password_is_in_force() {
+        let sessions = Sessions::default();
+        let (old, new) = (CredentialTag::for_tests(1), CredentialTag::for_tests(2));
+        let before = sessions.start(old);
+        let after = sessions.start(new);
+        sessions.end_unless(Some(new));
+        assert!(sessions.touch(&before).is_none());
+        assert!(sessions.touch(&after).is_some());
+        sessions.end_unless(None);
+        assert!(sessions.touch(&after).is_none());
+    }
+
+    #[test]
     fn idle_sessions_expire_and_use_keeps_them() {
         let sessions = Sessions::default();
-        let id = sessions.start();
+        let id = sessions.start(CredentialTag::for_tests(1));
         let start = Instant::now();
         assert!(sessions.touch_at(&id, start + IDLE_TIMEOUT / 2).is_some(), "in use: still alive");
         assert!(sessions.touch_at(&id, start + IDLE_TIMEOUT).is_some(), "the last use restarted the timer");

@@ -150,17 +150,17 @@ pub(super) async fn change_password(
     let (current, password) = (field("current"), field("password"));
     let _hashing = HASHING.acquire().await;
     let result = blocking(move || {
-        if !app.verify_admin(&current)? {
+        if app.verify_admin(&current)?.is_none() {
             return Err(AppError::Admin(crate::admin::AdminError::SetupCode));
         }
         app.set_admin_password(&password, None, "page")
     })
     .await;
     match result {
-        Ok(()) => {
+        Ok(credential) => {
             // Every other session ends with the old password; this one continues as a new one.
             web.sessions.end_all();
-            let id = web.sessions.start();
+            let id = web.sessions.start(credential);
             let csrf = web.sessions.touch(&id).unwrap_or_default();
             let message = "admin password changed; other sessions are logged out".to_string();
             let mut response = settings_form(&web, &csrf, Some((message, "ok"))).await;

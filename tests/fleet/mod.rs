@@ -317,6 +317,12 @@ impl Browser {
         Browser::open_at(appliance.client_config(), appliance.https).await
     }
 
+    /// A browser whose connection comes from loopback address `local` (127.0.0.0/8).
+    pub async fn open_from(appliance: &Appliance, local: IpAddr) -> Browser {
+        let connection = Connection::open(appliance.client_config(), appliance.https, Some(local)).await.unwrap();
+        Browser { connection, cookies: Vec::new() }
+    }
+
     /// A browser for the page at `https`, trusting `config`'s roots.
     pub async fn open_at(config: Arc<rustls::ClientConfig>, https: SocketAddr) -> Browser {
         let connection = Connection::open(config, https, None).await.unwrap();
@@ -442,6 +448,17 @@ impl Connection {
         let tls =
             tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(name, tcp)).await??;
         Ok(Connection { stream: AsyncBufReader::new(tls) })
+    }
+
+    /// The server's certificate, as it was served in this handshake.
+    pub fn peer_certificate(&self) -> CertificateDer<'static> {
+        let (_, connection) = self.stream.get_ref().get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .expect("a server certificate")
+            .clone()
+            .into_owned()
     }
 
     /// The negotiated TLS version and whether the session was resumed.

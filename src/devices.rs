@@ -192,10 +192,13 @@ impl DeviceSpec {
             let extension: heapless::String<16> = identifier("extension", &spec.extension)?;
             let sip_user = identifier("sip user", spec.sip_user.as_deref().unwrap_or(&spec.extension))?;
             let password = match &spec.sip_password {
+                // The policy judges the password as it is stored: without the white space
+                // around it, which would otherwise pad a short one past the length rule.
                 Some(password) => {
+                    let password = trimmed(password);
                     policy::check_sip(sip_policy, password, &extension, &mac)
                         .map_err(|reason| DeviceError::WeakPassword { extension: extension.to_string(), reason })?;
-                    password.clone()
+                    password.to_string()
                 }
                 None => generate_sip_password(&extension, &mac),
             };
@@ -372,10 +375,8 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
         };
         match specs.iter_mut().find(|(_, spec)| same_phone(&spec.mac)) {
             Some((_, spec)) => spec.lines.push(line_spec),
-            None => specs.push((
-                line,
-                DeviceSpec { mac, vendor: get("vendor").to_lowercase(), model: get("model"), lines: vec![line_spec] },
-            )),
+            None => specs
+                .push((line, DeviceSpec { mac, vendor: get("vendor"), model: get("model"), lines: vec![line_spec] })),
         }
     }
     (specs, problems)

@@ -53,14 +53,11 @@ impl FromStr for Mac {
         if digits.len() != 12 {
             return Err(error("expected 12 hex digits"));
         }
-        // `from_str_radix` alone would take a sign ("+a").
-        if !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(error("not hex"));
-        }
+        let nibble = |digit: u8| char::from(digit).to_digit(16).map(|value| value as u8);
         let mut mac = [0; 6];
         for (i, pair) in digits.chunks(2).enumerate() {
-            let text = std::str::from_utf8(pair).map_err(|_| error("not hex"))?;
-            mac[i] = u8::from_str_radix(text, 16).map_err(|_| error("not hex"))?;
+            let (Some(high), Some(low)) = (nibble(pair[0]), nibble(pair[1])) else { return Err(error("not hex")) };
+            mac[i] = high << 4 | low;
         }
         Ok(Mac(mac))
     }

@@ -154,9 +154,23 @@ async fn the_token_is_checked_first_and_refusals_say_whose_fault() {
     assert_eq!(status, 404, "{body}");
     // Too large a body is refused before it is parsed, as JSON.
     let huge = format!(r#"{{"value":"{}"}}"#, "x".repeat(64 * 1024));
-    let (status, body, _) = call(&appliance, "PUT", "/api/v1/settings/site.name", &token, &huge).await;
+    let (status, body, _) = call(&appliance, "PUT", "/api/v1/settings/sip.server", &token, &huge).await;
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].is_string(), "{body}");
+    // An edit's body names the device it edits: another MAC is refused, not ignored.
+    let other_mac = spec.replace("805ec0d57d72", "805ec0d57d73");
+    let (status, body, _) = call(&appliance, "PUT", "/api/v1/devices/805ec0d57d72", &token, &other_mac).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("a device's MAC cannot change"), "{body}");
+    // A path that is not UTF-8 is a malformed request, answered in JSON like every error.
+    for (method, path, body) in [
+        ("PUT", "/api/v1/settings/%FF", r#"{"value":"1"}"#),
+        ("GET", "/api/v1/templates/%FF/x", ""),
+        ("GET", "/api/v1/devices/%FF", ""),
+    ] {
+        let (status, body, text) = call(&appliance, method, path, &token, body).await;
+        assert_eq!((status, body["error"].is_string()), (400, true), "{path}: {text}");
+    }
     // A short backup passphrase breaks a rule (422); a missing one is a malformed request.
     let (status, body, _) = backup(&appliance, &token, Some("short")).await;
     assert_eq!(status, 422, "{body}");

@@ -505,6 +505,8 @@ async fn a_bad_device_is_refused_by_the_page_the_cli_and_the_api_in_the_same_wor
         ("a name of 49 bytes", "805ec0d57d72", "yealink", "T54W", "100", &"n".repeat(49), "Kx7-plum9-Tango"),
         ("a common password", "805ec0d57d72", "yealink", "T54W", "100", "Ann", "password1234"),
         ("the extension in the password", "805ec0d57d72", "yealink", "T54W", "100", "Ann", "Kx7-plum100-Tango"),
+        ("a vendor in capitals", "805ec0d57d72", "Yealink", "T54W", "100", "Ann", "Kx7-plum9-Tango"),
+        ("a short password padded to length", "805ec0d57d72", "yealink", "T54W", "100", "Ann", "     Kx7-plum     "),
     ];
     let unescape = |html: &str| {
         html.replace("&quot;", "\"")

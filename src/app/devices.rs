@@ -206,9 +206,12 @@ impl App {
     /// extension; tokens, enrollment, keys and overrides stay.
     pub fn edit_device(&self, mac: &Mac, spec: &DeviceSpec, actor: &str) -> Result<DeviceView, AppError> {
         let catalog = self.templates.catalog();
-        let mut spec = spec.clone();
-        spec.mac = mac.to_string();
         let current = self.device(mac)?;
+        let given: Mac = spec.mac.trim_matches(|c: char| c.is_ascii_whitespace()).parse().map_err(DeviceError::Mac)?;
+        if given != *mac {
+            let reason = format!("is {given}, but this is device {mac}: a device's MAC cannot change");
+            return Err(DeviceError::Field { field: "mac", reason }.into());
+        }
         let level = self.lock().password_level(SIP_POLICY)?;
         // Validate with a placeholder password where none is given, then keep the old one.
         let edited = spec.build(|vendor| catalog.vendors.contains_key(vendor), level)?;

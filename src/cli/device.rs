@@ -156,7 +156,7 @@ pub(super) fn run(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
         DeviceCommand::Add { mac, vendor, model, ext, name, sip_user, sip_password } => {
             let spec = DeviceSpec {
                 mac: mac.clone(),
-                vendor: vendor.trim().to_lowercase(),
+                vendor: vendor.clone(),
                 model: model.clone(),
                 lines: vec![LineSpec {
                     extension: ext.clone(),

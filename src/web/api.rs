@@ -47,8 +47,17 @@ fn api_routes() -> Vec<(&'static str, MethodRouter<Web>)> {
         ("/api/v1/audit", get(audit_log)),
         ("/api/v1/password-policy", get(password_policy)),
         ("/api/v1/templates", get(list_templates)),
-        ("/api/v1/templates/{vendor}/{file}", get(show_template).put(save_template).delete(revert_template)),
-        ("/api/v1/templates/{vendor}/{file}/preview", post(preview_template)),
+        (
+            "/api/v1/templates/{vendor}/{file}",
+            get(show_template)
+                .put(save_template)
+                .delete(revert_template)
+                .layer(DefaultBodyLimit::max(TEMPLATE_BODY_LIMIT)),
+        ),
+        (
+            "/api/v1/templates/{vendor}/{file}/preview",
+            post(preview_template).layer(DefaultBodyLimit::max(TEMPLATE_BODY_LIMIT)),
+        ),
         ("/api/v1/templates/{vendor}/{file}/reprovision", post(reprovision_template)),
     ]
 }
@@ -62,6 +71,9 @@ pub fn routes() -> Router<Web> {
 const DEVICE_BODY_LIMIT: usize = 16 * 1024;
 /// Largest setting body: a certificate path or URL, never a file.
 const SETTING_BODY_LIMIT: usize = 8 * 1024;
+/// Largest template body: 256 KiB of text however a client escapes it in JSON (up to 12
+/// bytes a character, as `\ud83d\ude00`); the handler then refuses text over 256 KiB.
+const TEMPLATE_BODY_LIMIT: usize = 12 * crate::app::templates::MAX_TEMPLATE_BYTES + 1024;
 
 /// Wrong bearer tokens an address may send before it is slowed down. A token's secret is 128
 /// random bits, beyond guessing; the delay only keeps a misconfigured or hostile client from
@@ -79,14 +91,11 @@ const OPENAPI_DOCUMENT: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.j
 struct ApiError {
     /// What was wrong, as advice.
     error: String,
-    /// An import's problems, one per CSV line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    problems: Option<Vec<crate::devices::CsvProblem>>,
 }
 
 /// A JSON error with `status`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = ApiError { error: message.into(), problems: None };
+    let body = ApiError { error: message.into() };
     (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default())
         .into_response()
 }
@@ -102,14 +111,7 @@ fn app_error(failure: AppError) -> Response {
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let message = failure.to_string();
-    let problems = match failure {
-        AppError::Import(problems) => Some(problems),
-        _ => None,
-    };
-    let body = ApiError { error: message, problems };
-    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default())
-        .into_response()
+    error(status, failure.to_string())
 }
 
 fn json(value: impl Serialize) -> Response {
@@ -209,9 +211,7 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceMac {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
+        let Segments(text) = Segments::<String>::from_request_parts(parts, state).await?;
         text.trim_matches(|c: char| c.is_ascii_whitespace())
             .parse()
             .map(DeviceMac)
@@ -219,8 +219,23 @@ impl<S: Send + Sync> FromRequestParts<S> for DeviceMac {
     }
 }
 
-/// `GET /api/v1/openapi.json`: the document, with the vendor ids this site's profiles give
-/// (a site may add a vendor under `<data>/templates/`).
+/// Path parameters of type `T`; one that cannot be read (not UTF-8) is a JSON 400.
+struct Segments<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Segments(value))
+            .map_err(|rejection| error(rejection.status(), rejection.body_text()))
+    }
+}
+
+/// This document.
+///
+/// The vendor ids are this site's: a site may add a vendor under `<data>/templates/`.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(()),
     responses((status = 200, description = "This document", content_type = "application/json", body = Object))))]
 async fn openapi(State(web): State<Web>) -> Response {
@@ -235,6 +250,7 @@ async fn openapi(State(web): State<Web>) -> Response {
     json(document)
 }
 
+/// Prometheus metrics.
 #[cfg_attr(test, utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus metrics: fetches by result, enrollment events, TLS handshakes, SIP datagrams, outbox depth, devices, store usage",
         content_type = "text/plain; version=0.0.4", body = String))))]
@@ -245,12 +261,14 @@ async fn metrics(caller: Caller) -> Response {
     }
 }
 
+/// Lists every device.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/devices", tag = "devices",
     responses((status = 200, description = "Every device", body = Vec<crate::app::views::DeviceView>))))]
 async fn list_devices(caller: Caller) -> Response {
     caller.run(|app, _| app.devices()).await
 }
 
+/// Adds a device; the answer carries its enrollment URL.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = DeviceSpec,
     responses(
         (status = 200, description = "The new device, with its enrollment URL", body = crate::app::views::DeviceView),
@@ -260,6 +278,7 @@ async fn add_device(caller: Caller, Body(spec): Body<DeviceSpec>) -> Response {
     caller.run(move |app, actor| app.add_device(&spec, actor)).await
 }
 
+/// Shows a device, with the static files it is offered.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
     responses(
         (status = 200, description = "The device, with its static files", body = crate::app::views::DeviceView),
@@ -268,6 +287,7 @@ async fn show_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, _| app.device_view(&mac, true)).await
 }
 
+/// Changes a device's model and lines.
 #[cfg_attr(test, utoipa::path(put, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
     request_body(content = DeviceSpec, description = "The device's model and lines (its MAC and vendor stay; a line without sip_password keeps its password)"),
     responses(
@@ -286,6 +306,7 @@ struct Removed {
     removed: Mac,
 }
 
+/// Removes a device.
 #[cfg_attr(test, utoipa::path(delete, path = "/api/v1/devices/{mac}", tag = "devices", params(openapi::MacPath),
     responses(
         (status = 200, description = "Removed; its redirect registration is withdrawn", body = Removed),
@@ -294,6 +315,7 @@ async fn remove_device(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, actor| app.remove_device(&mac, actor).map(|()| Removed { removed: mac })).await
 }
 
+/// Reopens a device's enrollment with a new URL, registered again with the redirect service.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/unlock", tag = "devices", params(openapi::MacPath),
     responses(
         (status = 200, description = "Enrollment reopened with a new URL, registered again with the redirect service", body = crate::app::views::DeviceView),
@@ -302,6 +324,7 @@ async fn unlock(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     caller.run(move |app, actor| app.unlock(&mac, actor)).await
 }
 
+/// Sends the phone its vendor's check-sync NOTIFY and reports its answer.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/reprovision", tag = "devices", params(openapi::MacPath),
     responses(
         (status = 200, description = "The vendor's check-sync NOTIFY went out; whether the phone answered", body = crate::sip::checksync::CheckSync),
@@ -314,6 +337,7 @@ async fn reprovision(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
     }
 }
 
+/// Lists every setting, secrets masked.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/settings", tag = "settings",
     responses((status = 200, description = "Every setting, secrets masked", body = Vec<crate::app::views::SettingView>))))]
 async fn settings(caller: Caller) -> Response {
@@ -337,40 +361,46 @@ struct SettingSet {
     set: String,
 }
 
+/// Changes a setting.
 #[cfg_attr(test, utoipa::path(put, path = "/api/v1/settings/{name}", tag = "settings", params(openapi::SettingPath),
     request_body = SettingValue,
     responses(
         (status = 200, description = "Set", body = SettingSet),
         (status = 404, description = "No such setting", body = ApiError),
         (status = 422, description = "The value breaks the setting's rule", body = ApiError))))]
-async fn set_setting(caller: Caller, Path(name): Path<String>, Body(body): Body<SettingValue>) -> Response {
+async fn set_setting(caller: Caller, Segments(name): Segments<String>, Body(body): Body<SettingValue>) -> Response {
     caller.run(move |app, actor| app.set_setting(&name, &body.value, actor).map(|()| SettingSet { set: name })).await
 }
 
+/// Lists the unknown phones that asked for a configuration.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/phones-seen", tag = "devices",
     responses((status = 200, description = "Unknown phones that asked for a configuration", body = Vec<crate::store::records::PhoneSeen>))))]
 async fn phones_seen(caller: Caller) -> Response {
     caller.run(|app, _| app.phones_seen()).await
 }
 
+/// The redirect services, their queue and each device's state.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/redirect", tag = "redirect",
     responses((status = 200, description = "The clock, the redirect services, the queue and each device's state", body = crate::app::views::RedirectStatus))))]
 async fn redirect_status(caller: Caller) -> Response {
     caller.run(|app, _| app.redirect_status()).await
 }
 
+/// The audit log, newest first.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/audit", tag = "system",
     responses((status = 200, description = "The audit log, newest first: when, who (page, cli, api:<token>), what", body = Vec<crate::store::records::AuditEntry>))))]
 async fn audit_log(caller: Caller) -> Response {
     caller.run(|app, _| app.audit_log()).await
 }
 
+/// The password levels, and the devices whose SIP passwords fall short.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/password-policy", tag = "settings",
     responses((status = 200, description = "The password levels and the devices whose SIP passwords fall short", body = crate::app::views::PolicyReport))))]
 async fn password_policy(caller: Caller) -> Response {
     caller.run(|app, _| app.password_policy()).await
 }
 
+/// Gives the lines below the SIP password policy new generated passwords, shown this once.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/rotate-passwords", tag = "devices", params(openapi::MacPath),
     responses(
         (status = 200, description = "New generated SIP passwords for the lines below the policy, shown this once", body = crate::app::views::RotatedPasswords),
@@ -379,17 +409,19 @@ async fn rotate_passwords(caller: Caller, DeviceMac(mac): DeviceMac) -> Response
     caller.run(move |app, actor| app.rotate_sip_passwords(&mac, actor)).await
 }
 
+/// Lists every vendor's editable templates.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/templates", tag = "templates",
     responses((status = 200, description = "Every vendor's editable templates and which are overridden", body = Vec<crate::app::views::VendorTemplates>))))]
 async fn list_templates(caller: Caller) -> Response {
     caller.run(|app, _| app.template_list()).await
 }
 
+/// Shows a template: its text, the stock text and the override as a diff.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
     responses(
         (status = 200, description = "The template: current text, stock text, the override as a diff", body = crate::app::views::TemplateView),
         (status = 404, description = "No such vendor or template", body = ApiError))))]
-async fn show_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+async fn show_template(caller: Caller, Segments((vendor, file)): Segments<(String, String)>) -> Response {
     caller.run(move |app, _| app.template_show(&vendor, &file)).await
 }
 
@@ -403,6 +435,7 @@ struct TemplateSource {
     source: String,
 }
 
+/// Checks and saves a template override.
 #[cfg_attr(test, utoipa::path(put, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
     request_body = TemplateSource,
     responses(
@@ -411,7 +444,7 @@ struct TemplateSource {
         (status = 422, description = "The template does not render, or renders a file its phones cannot parse: the line and the cause; nothing saved", body = ApiError))))]
 async fn save_template(
     caller: Caller,
-    Path((vendor, file)): Path<(String, String)>,
+    Segments((vendor, file)): Segments<(String, String)>,
     Body(edit): Body<TemplateSource>,
 ) -> Response {
     caller.run(move |app, actor| app.template_save(&vendor, &file, &edit.source, actor)).await
@@ -433,6 +466,7 @@ struct TemplatePreviewRequest {
     mac: String,
 }
 
+/// Renders an unsaved template edit for one device, secrets masked.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/templates/{vendor}/{file}/preview", tag = "templates", params(openapi::TemplatePath),
     request_body = TemplatePreviewRequest,
     responses(
@@ -442,7 +476,7 @@ struct TemplatePreviewRequest {
         (status = 422, description = "The template does not render, or renders a file its phones cannot parse", body = ApiError))))]
 async fn preview_template(
     caller: Caller,
-    Path((vendor, file)): Path<(String, String)>,
+    Segments((vendor, file)): Segments<(String, String)>,
     Body(edit): Body<TemplatePreviewRequest>,
 ) -> Response {
     let mac = match edit.mac.trim_matches(|c: char| c.is_ascii_whitespace()).parse::<Mac>() {
@@ -452,21 +486,22 @@ async fn preview_template(
     caller.run(move |app, _| app.template_preview(&vendor, &file, &edit.source, &mac)).await
 }
 
+/// Removes a template override: back to stock.
 #[cfg_attr(test, utoipa::path(delete, path = "/api/v1/templates/{vendor}/{file}", tag = "templates", params(openapi::TemplatePath),
     responses(
         (status = 200, description = "Back to stock: the fingerprints and the devices now pending", body = crate::app::views::TemplateSaved),
         (status = 404, description = "No such vendor or template", body = ApiError),
         (status = 409, description = "The template is not overridden, or has no stock version", body = ApiError))))]
-async fn revert_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+async fn revert_template(caller: Caller, Segments((vendor, file)): Segments<(String, String)>) -> Response {
     caller.run(move |app, actor| app.template_revert(&vendor, &file, actor)).await
 }
 
-/// Sends check-sync to the devices whose config a template change left pending.
+/// Sends check-sync to the phones a template change left pending.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/templates/{vendor}/{file}/reprovision", tag = "templates", params(openapi::TemplatePath),
     responses(
         (status = 200, description = "Each pending phone's check-sync result", body = Vec<crate::app::views::ReprovisionOutcome>),
         (status = 404, description = "No such vendor or template", body = ApiError))))]
-async fn reprovision_template(caller: Caller, Path((vendor, file)): Path<(String, String)>) -> Response {
+async fn reprovision_template(caller: Caller, Segments((vendor, file)): Segments<(String, String)>) -> Response {
     let app = caller.web.app.clone();
     let affected = match blocking(move || app.template_affected(&vendor, &file)).await {
         Ok(affected) => affected,
@@ -487,14 +522,14 @@ struct BackupQuery {
     files: Option<bool>,
 }
 
-/// `GET /api/v1/backup[?files=true]`: an encrypted backup, with the passphrase in the
-/// `Backup-Passphrase` header.
+/// Makes an encrypted backup.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/backup", tag = "system",
     params(BackupQuery, ("Backup-Passphrase" = String, Header, min_length = 12, description = "The passphrase the backup is encrypted with (at least 12 characters)")),
     responses(
         (status = 200, description = "An encrypted backup (age format) of the CA, devices with their URL tokens, settings, credentials and template overrides",
-            content_type = "application/octet-stream", body = Vec<u8>),
+            content_type = "application/octet-stream", body = openapi::Binary),
         (status = 400, description = "No Backup-Passphrase header, or a malformed query", body = ApiError),
+        (status = 409, description = "With the static files, the backup would be larger than a restore takes", body = ApiError),
         (status = 422, description = "The passphrase is too short", body = ApiError))))]
 async fn backup(
     caller: Caller,
@@ -515,6 +550,7 @@ async fn backup(
     }
 }
 
+/// The root slots of the firmware image.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/update", tag = "system",
     responses((status = 200, description = "The root slots: running slot, trial, rollback, version", body = super::update::UpdateStatus))))]
 async fn update_status(caller: Caller) -> Response {
@@ -531,9 +567,9 @@ struct InstallAnswer {
     rebooting: bool,
 }
 
-/// Streams the bundle in the body to the inactive slot; see [`crate::update`].
+/// Installs a signed root-image bundle into the inactive slot and reboots into it.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/update", tag = "system",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A signed root-image bundle (`provbox update sign`)"),
+    request_body(content = openapi::Binary, content_type = "application/octet-stream", description = "A signed root-image bundle (`provbox update sign`)"),
     responses(
         (status = 200, description = "Installed in the inactive slot; the appliance reboots into it", body = InstallAnswer),
         (status = 400, description = "The bundle is malformed, badly signed, older than the running one, or broke off", body = ApiError),

@@ -28,25 +28,19 @@ const MAX_DRAIN: usize = 256 * 1024 * 1024;
 #[derive(serde::Serialize)]
 #[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct UpdateStatus {
-    /// Whether this system has A/B root slots (the firmware image); the rest is there when so.
+    /// Whether this system has A/B root slots (the firmware image); the rest is null without.
     available: bool,
     /// The board the image was built for.
-    #[serde(skip_serializing_if = "Option::is_none")]
     board: Option<String>,
     /// The slot running now.
-    #[serde(skip_serializing_if = "Option::is_none")]
     slot: Option<crate::update::Slot>,
     /// Whether this boot is a new slot's one try.
-    #[serde(skip_serializing_if = "Option::is_none")]
     trial: Option<bool>,
-    /// A slot that was tried and failed at this boot.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A slot that was tried and failed at this boot, if one was.
     rolled_back: Option<crate::update::Slot>,
-    /// The running release.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The running release, when the image says.
     version: Option<String>,
     /// Whether the release was signed with the development key.
-    #[serde(skip_serializing_if = "Option::is_none")]
     devkey: Option<bool>,
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr, ResponseBuilder};
@@ -49,6 +50,20 @@ pub struct SettingPath {
     name: SettingName,
 }
 
+/// Bytes as they are, not JSON (a backup, an update bundle): OpenAPI 3.1's binary string.
+pub struct Binary;
+
+impl PartialSchema for Binary {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_media_type("application/octet-stream")
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
+
 /// A setting's name: every one provbox knows.
 pub struct SettingName;
 
@@ -83,7 +98,8 @@ impl ToSchema for SettingName {}
 struct ApiDocument;
 
 /// What every protected operation shares: the bearer scheme, 401 and 429; 400 and 413 where
-/// a body is read; 500.
+/// a JSON body is read; 500. And the links from a new device to what can be done with it,
+/// which a client (and schemathesis's stateful phase) follows with the MAC it answered.
 struct Common;
 
 impl Modify for Common {
@@ -132,7 +148,8 @@ impl Modify for Common {
                     add("Unauthorized");
                     add("TooManyBadTokens");
                 }
-                if operation.request_body.is_some() {
+                let json_body = matches!(&operation.request_body, Some(RefOr::T(body)) if body.content.contains_key("application/json"));
+                if json_body {
                     add("MalformedBody");
                     add("BodyTooLarge");
                 }
@@ -143,6 +160,22 @@ impl Modify for Common {
                 if !public {
                     operation.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
                 }
+            }
+        }
+        let per_device: Vec<String> = document
+            .paths
+            .paths
+            .iter()
+            .filter(|(path, _)| path.starts_with("/api/v1/devices/{mac}"))
+            .flat_map(|(_, item)| [&item.get, &item.post, &item.put, &item.delete])
+            .filter_map(|operation| operation.as_ref()?.operation_id.clone())
+            .collect();
+        let added = document.paths.paths.get_mut("/api/v1/devices").and_then(|item| item.post.as_mut());
+        if let Some(RefOr::T(response)) = added.and_then(|operation| operation.responses.responses.get_mut("200")) {
+            for operation_id in per_device {
+                let link =
+                    LinkBuilder::new().operation_id(&operation_id).parameter("mac", "$response.body#/mac").build();
+                response.links.insert(operation_id, link.into());
             }
         }
     }
@@ -215,4 +248,87 @@ fn every_protected_operation_documents_401_and_429_and_every_body_an_example() {
         }
     }
     assert_eq!(operations, 25);
+}
+
+/// A device's documented field patterns never refuse what [`DeviceSpec::build`] takes: a
+/// request the document calls invalid is one the server refuses too. (The other way round
+/// the patterns may be looser: what they cannot say, such as lengths in UTF-8 bytes, a blank
+/// value or two spaces in a model, the server refuses with 422.)
+#[test]
+fn documented_device_patterns_never_refuse_what_the_server_takes() {
+    let document: serde_json::Value = serde_json::from_str(&generated()).expect("JSON");
+    let schemas = &document["components"]["schemas"];
+    let pattern = |schema: &str, field: &str| {
+        let text = schemas[schema]["properties"][field]["pattern"].as_str().expect("a pattern").to_string();
+        regex_lite::Regex::new(&text).expect("the pattern compiles")
+    };
+    let fields = [("DeviceSpec", "mac"), ("DeviceSpec", "model"), ("LineSpec", "extension"), ("LineSpec", "name")];
+    let more = [("LineSpec", "sip_user"), ("LineSpec", "sip_password")];
+    let samples = [
+        "",
+        " ",
+        "100",
+        " 100 ",
+        "\t100\n",
+        "1 00",
+        "+49-30*1#",
+        "a.b_c",
+        "x".repeat(16).as_str(),
+        &"x".repeat(17),
+        &"x".repeat(24),
+        &"x".repeat(25),
+        &"x".repeat(32),
+        &"x".repeat(33),
+        &"x".repeat(48),
+        &"x".repeat(49),
+        "T54W",
+        "X6U Pro",
+        "X6U  Pro",
+        "N510 IP PRO",
+        "T54W/2",
+        "Ann Lee",
+        "Zoë Müller",
+        "Ann\u{7}Lee",
+        "Ann\u{85}",
+        "\u{a0}Ann",
+        "805ec0d57d72",
+        "80:5e:c0:d5:7d:72",
+        "80-5E-C0-D5-7D-72",
+        " 805ec0d57d72\r\n",
+        "805ec0d57d7",
+        "+05ec0d57d72",
+        "Kx7-plum9-Tango",
+        "  Kx7-plum9-Tango  ",
+    ]
+    .map(str::to_string);
+    let mut both = [0usize; 2];
+    for (schema, field) in fields.into_iter().chain(more) {
+        let pattern = pattern(schema, field);
+        for sample in &samples {
+            let mut spec = DeviceSpec {
+                mac: "805ec0d57d72".into(),
+                vendor: "yealink".into(),
+                model: "T54W".into(),
+                lines: vec![crate::devices::LineSpec {
+                    extension: "100".into(),
+                    name: "Ann".into(),
+                    sip_user: None,
+                    sip_password: Some("Kx7-plum9-Tango".into()),
+                }],
+            };
+            match field {
+                "mac" => spec.mac = sample.clone(),
+                "model" => spec.model = sample.clone(),
+                "extension" => spec.lines[0].extension = sample.clone(),
+                "name" => spec.lines[0].name = sample.clone(),
+                "sip_user" => spec.lines[0].sip_user = Some(sample.clone()),
+                _ => spec.lines[0].sip_password = Some(sample.clone()),
+            }
+            let accepted = spec.build(|vendor| vendor == "yealink", crate::policy::Level::Pbx).is_ok();
+            let matched = pattern.is_match(sample);
+            assert!(!accepted || matched, "{schema}.{field}: the server takes {sample:?}, the pattern refuses it");
+            both[usize::from(accepted)] += usize::from(accepted == matched);
+        }
+    }
+    assert!(both[0] > 20 && both[1] > 20, "both kinds of sample are exercised: {both:?}");
 }

@@ -53,10 +53,12 @@ pub enum Request {
         /// Its MAC.
         mac: String,
     },
-    /// Revoke both URLs: new enrollment and steady tokens.
+    /// Revoke both URLs: new enrollment and steady tokens, enrollment locked.
     DeviceRekey {
         /// Its MAC.
         mac: String,
+        /// Also give every line a new generated SIP password.
+        new_sip_passwords: bool,
     },
     /// Let the tokenless LAN path serve the full config for a while.
     DeviceLanWindow {
@@ -284,7 +286,9 @@ pub fn handle(app: &App, request: &Request, actor: &str) -> Response {
         Request::DeviceShow { mac: m } => mac(m).and_then(|m| app.device_view(&m, true)).and_then(ok),
         Request::DeviceRemove { mac: m } => mac(m).and_then(|m| app.remove_device(&m, actor)).and_then(ok),
         Request::DeviceUnlock { mac: m } => mac(m).and_then(|m| app.unlock(&m, actor)).and_then(ok),
-        Request::DeviceRekey { mac: m } => mac(m).and_then(|m| app.rekey(&m, actor)).and_then(ok),
+        Request::DeviceRekey { mac: m, new_sip_passwords } => {
+            mac(m).and_then(|m| app.rekey(&m, *new_sip_passwords, actor)).and_then(ok)
+        }
         Request::DeviceLanWindow { mac: m, minutes } => {
             mac(m).and_then(|m| app.open_lan_window(&m, *minutes, actor)).and_then(ok)
         }

@@ -116,12 +116,20 @@ async fn enroll_lock_unlock_and_enroll_again() {
     // A stolen phone keeps its steady URL until the technician revokes both URLs.
     let steady_now = phone.steady_path_in(&enrolled[3].1.text()).unwrap();
     assert_eq!(phone.boot(&mut connection, &steady_now).await[3].1.status, 200);
-    cli_ok(&appliance.data, &["device", "rekey", &phone.mac]);
+    let said = cli_ok(&appliance.data, &["device", "rekey", &phone.mac, "--new-sip-passwords"]);
+    assert!(said.contains("enrollment locked") && said.contains("shown this once"), "{said}");
+    let new_password = said.lines().last().unwrap().rsplit(' ').next().unwrap().to_string();
     assert_eq!(phone.boot(&mut connection, &steady_now).await[3].1.status, 404, "old steady URL revoked");
     let rekeyed = appliance.device(&phone.mac);
-    assert_eq!(rekeyed["enrollment"]["state"], "open");
+    assert_eq!(rekeyed["enrollment"]["state"], "locked", "a rekey never reopens enrollment");
     let new_enrollment = Appliance::path_of(rekeyed["enrollment_url"].as_str().unwrap());
-    assert_eq!(phone.boot(&mut connection, &new_enrollment).await[3].1.status, 200);
+    assert_eq!(phone.boot(&mut connection, &new_enrollment).await[3].1.status, 404, "locked until unlocked");
+    // The technician unlocks for the replacement phone, which gets the new SIP password.
+    cli_ok(&appliance.data, &["device", "unlock", &phone.mac]);
+    let reopened = Appliance::path_of(appliance.device(&phone.mac)["enrollment_url"].as_str().unwrap());
+    let enrolled = phone.boot(&mut connection, &reopened).await;
+    assert_eq!(enrolled[3].1.status, 200);
+    assert!(enrolled[3].1.text().contains(&format!("account.1.password = {new_password}")), "the new password");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

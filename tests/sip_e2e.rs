@@ -264,16 +264,23 @@ async fn check_sync_notifies_carry_the_vendor_event_and_answers_are_explained() 
     cli_ok(&appliance.data, &["device", "override", mac, "features.dnd.enable", "1"]);
     assert_eq!(appliance.device(mac)["config"], "pending");
 
-    let ((ok, out, err), notify) = reprovision(&appliance, &peer, mac, Some("200 OK")).await;
+    // The phone answers and fetches: only then is it reported done.
+    let steady = Appliance::path_of(appliance.device(mac)["steady_url"].as_str().unwrap());
+    let data = appliance.data.clone();
+    let command = tokio::task::spawn_blocking(move || cli(&data, &["device", "reprovision", mac, "--wait", "3"]));
+    let (notify, from) = peer.receive(WAIT).await.expect("a check-sync NOTIFY");
+    peer.answer(&notify, "200 OK", from).await;
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    phone.boot(&mut connection, &steady).await;
+    let (ok, out, err) = command.await.unwrap();
     assert!(ok, "{err}");
     assert!(notify.starts_with(&format!("NOTIFY sip:{mac}@127.0.0.1:{} SIP/2.0", peer.port())), "{notify}");
     assert_eq!(header(&notify, "Event").as_deref(), Some("check-sync;reboot=false"));
-    assert!(out.contains("200 OK: the phone fetches its configuration now"), "{out}");
-    // The phone fetches: the device shows current.
-    let steady = Appliance::path_of(appliance.device(mac)["steady_url"].as_str().unwrap());
-    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-    phone.boot(&mut connection, &steady).await;
+    assert!(out.contains("fetched its configuration"), "{out}");
     assert_eq!(appliance.device(mac)["config"], "current");
+    // An answer without a fetch is not reported as done.
+    let ((ok, _, err), _) = reprovision(&appliance, &peer, mac, Some("200 OK")).await;
+    assert!(!ok && err.contains("has not fetched its configuration"), "{err}");
 
     let ((ok, _, err), _) = reprovision(&appliance, &peer, mac, Some("403 Forbidden")).await;
     assert!(!ok && err.contains("trusts only its registrar") && err.contains("advice: "), "{err}");
@@ -386,4 +393,65 @@ async fn a_retransmitted_subscribe_gets_the_same_answer_not_a_second_dialog() {
     assert_eq!(tag(&again, "To"), tag(&first, "To"), "the same dialog");
     assert_eq!(tag(&notify, "From"), tag(&first, "To"), "the NOTIFY belongs to that dialog");
     peer.answer(&notify, "200 OK", from).await;
+}
+
+/// A stolen phone: after `device rekey`, a LAN host announcing the phone's MAC over SIP PnP
+/// is not handed the new enrollment URL (which would carry the SIP password): enrollment
+/// stays locked until a technician unlocks it, and nothing is registered with the redirect
+/// service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rekey_announcing_the_mac_gets_no_enrollment_url() {
+    let appliance = Appliance::start();
+    let peer = Peer::new().await;
+    let mac = "805ec0d57d72";
+    appliance.add(mac, "yealink", "T54W");
+    cli_ok(&appliance.data, &["device", "rekey", mac]);
+    let device = appliance.device(mac);
+    assert_eq!(device["enrollment"]["state"], "locked");
+    assert_ne!(device["redirect"]["state"], "pending", "{device}");
+    peer.send(&yealink_subscribe(mac, peer.port()), appliance.sip).await;
+    let (ok, _) = peer.receive(WAIT).await.expect("a 200 OK");
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    // At most the secret-free bootstrap URL; never an enrollment URL.
+    if let Some((notify, from)) = peer.receive(Duration::from_millis(1500)).await {
+        assert!(!body(&notify).contains("/e/"), "an enrollment URL for a rekeyed phone: {notify}");
+        peer.answer(&notify, "200 OK", from).await;
+    }
+    // Once unlocked for the phone in hand, PnP gives it the new enrollment URL.
+    cli_ok(&appliance.data, &["device", "unlock", mac]);
+    let reopened = appliance.device(mac);
+    let peer = Peer::new().await;
+    // The phone in hand: a new transaction and dialog (a SUBSCRIBE with the first one's
+    // branch is its retransmission, answered as before).
+    let subscribe = yealink_subscribe(mac, peer.port())
+        .replace("Call-ID: pnp-", "Call-ID: pnp-again-")
+        .replace("branch=z9hG4bK", "branch=z9hG4bKagain");
+    let notify = pnp(&appliance, &peer, &subscribe).await;
+    assert_eq!(body(&notify), reopened["enrollment_url"].as_str().unwrap());
+}
+
+/// "Reprovision now" cannot be hijacked: a host that announces a known phone's MAC over SIP
+/// PnP from another address is not sent the NOTIFY (it goes to the address the phone last
+/// fetched from through its URL), and an answer that is not followed by a fetch is never
+/// reported as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_announcing_a_phones_mac_does_not_get_its_check_sync() {
+    let appliance = Appliance::start();
+    let mac = "805ec0d57d72";
+    appliance.add(mac, "yealink", "T54W");
+    let phone = Phone::yealink(mac);
+    appliance.enroll(&phone).await; // from 127.0.0.1, through its URL
+    let impostor = Peer { socket: UdpSocket::bind("127.0.0.9:0").await.unwrap() };
+    let subscribe = yealink_subscribe(mac, impostor.port()).replace("127.0.0.1", "127.0.0.9");
+    impostor.send(&subscribe, appliance.sip).await;
+    let (ok, _) = impostor.receive(WAIT).await.expect("a 200 OK");
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    if let Some((notify, from)) = impostor.receive(Duration::from_millis(1500)).await {
+        impostor.answer(&notify, "200 OK", from).await;
+    }
+    let (ok, _, err) = cli(&appliance.data, &["device", "reprovision", mac, "--wait", "1"]);
+    assert!(!ok, "reported done though the phone got nothing");
+    assert!(err.contains("127.0.0.1:5060"), "sent to where the phone fetched from: {err}");
+    let stray = impostor.receive(Duration::from_millis(500)).await;
+    assert!(stray.is_none_or(|(message, _)| !message.contains("check-sync")), "the impostor got the check-sync");
 }

@@ -685,3 +685,27 @@ async fn wrong_setup_codes_are_throttled() {
     let fields = [("form", form.as_str()), ("code", code.as_str()), ("password", PASSWORD), ("confirm", PASSWORD)];
     assert_eq!(owner.post("/setup", &fields).await.status, 303);
 }
+
+/// The page offers what the CLI does for a lost or stolen phone: both URLs revoked,
+/// enrollment locked, and new SIP passwords shown this once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_revokes_a_stolen_phones_urls_and_passwords() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let before = appliance.add("805ec0d57d72", "yealink", "T54W");
+    let page = browser.get("/devices/805ec0d57d72").await.text();
+    assert!(page.contains("action=\"/devices/805ec0d57d72/rekey\""), "the page offers it");
+    let csrf = hidden(&page, "csrf");
+    let done = browser.post("/devices/805ec0d57d72/rekey", &[("csrf", &csrf), ("new_sip_passwords", "on")]).await;
+    let text = done.text();
+    assert!(text.contains("Both URLs revoked") && text.contains("New SIP passwords, shown this once"), "{text}");
+    let after = appliance.device("805ec0d57d72");
+    assert_eq!(after["enrollment"]["state"], "locked");
+    assert_ne!(after["steady_url"], before["steady_url"]);
+    assert_ne!(after["enrollment_url"], before["enrollment_url"]);
+    // The password shown is the one now served, and it is shown only on that answer.
+    let shown = text.split("extension 100, user 100: ").nth(1).unwrap().split('<').next().unwrap().to_string();
+    let revealed = browser.post("/devices/805ec0d57d72/reveal", &[("csrf", &csrf)]).await.text();
+    assert!(revealed.contains(&format!("account.1.password = {shown}")), "{shown}");
+    assert!(!browser.get("/devices/805ec0d57d72").await.text().contains(&shown));
+}

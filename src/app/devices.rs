@@ -3,7 +3,9 @@
 
 use super::policy::SIP_POLICY;
 use super::redirect::{RedirectLookup, redirect_view_of};
-use super::views::{ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView};
+use super::views::{
+    ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView, Rekeyed, RotatedLine,
+};
 use super::{App, AppError, State};
 use crate::clock::now;
 use crate::devices::{self, CsvProblem, DeviceError, DeviceSpec, KeySpec};
@@ -164,6 +166,7 @@ impl App {
         txn.remove_redirect(mac).remove_plain_http(mac);
         state.commit_devices(&txn)?;
         state.pending_contacts.remove(mac);
+        state.fetches.remove(mac);
         drop(state);
         self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(mac);
         self.site_changed();
@@ -274,16 +277,38 @@ impl App {
         Ok(self.lock().db.plain_http(mac)?.is_some())
     }
 
-    /// Revokes both URLs of a device (a stolen phone): fresh enrollment and steady tokens,
-    /// enrollment open again, LAN window closed. The phone must enroll again.
-    pub fn rekey(&self, mac: &Mac, actor: &str) -> Result<DeviceView, AppError> {
-        self.update_device(mac, actor, &format!("revoked both URLs of {mac}"), |device| {
+    /// Revokes both URLs of a phone that is lost or stolen: new enrollment and steady tokens,
+    /// enrollment **locked** (a technician unlocks it once the phone in hand should enroll,
+    /// so whoever announces the MAC meanwhile gets nothing), the LAN window closed, and the
+    /// redirect service not asked to point at it again. With `new_sip_passwords`, every line
+    /// also gets a new generated SIP password, returned this once for the PBX: the old ones
+    /// may have left with the phone.
+    pub fn rekey(&self, mac: &Mac, new_sip_passwords: bool, actor: &str) -> Result<Rekeyed, AppError> {
+        let mut passwords = Vec::new();
+        let what = if new_sip_passwords {
+            format!("revoked both URLs and the SIP passwords of {mac}; enrollment locked")
+        } else {
+            format!("revoked both URLs of {mac}; enrollment locked")
+        };
+        let device = self.update_device(mac, actor, &what, |device| {
             device.enrollment_token = Token::generate();
             device.steady_token = Token::generate();
-            device.enrollment = Enrollment::Open { first_fetch: None };
+            device.enrollment = Enrollment::Locked { since: now() };
             device.lan_window_until = None;
+            if new_sip_passwords {
+                for line in device.lines.iter_mut() {
+                    let password = devices::generate_sip_password(&line.extension, mac);
+                    line.sip_password = crate::store::records::bounded("sip password", &password)?;
+                    passwords.push(RotatedLine {
+                        extension: line.extension.to_string(),
+                        sip_user: line.sip_user.to_string(),
+                        password,
+                    });
+                }
+            }
             Ok(())
-        })
+        })?;
+        Ok(Rekeyed { device, passwords })
     }
 
     /// Sets programmable key `number` (1-based) of a device, or clears it with None.

@@ -341,6 +341,11 @@ impl App {
         Ok((matches && owner_kind == kind).then_some(device))
     }
 
+    /// How many times `mac` has fetched through its URL since start.
+    pub(super) fn fetch_count(&self, mac: &Mac) -> u64 {
+        self.lock().fetches.get(mac).copied().unwrap_or(0)
+    }
+
     /// Records an unknown phone; written at most once a minute per phone to spare the flash.
     pub fn record_seen(&self, seen: PhoneSeen) -> Result<(), AppError> {
         let mut state = self.lock();
@@ -368,6 +373,9 @@ impl App {
     pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
         let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
+        if contact.is_some() {
+            *state.fetches.entry(read.mac).or_default() += 1;
+        }
         let before = stored.clone();
         let same_tokens = stored.enrollment_token == read.enrollment_token && stored.steady_token == read.steady_token;
         let mut changed = false;

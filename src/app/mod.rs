@@ -80,6 +80,9 @@ struct State {
     pending_contacts: HashMap<Mac, Contact>,
     /// Devices whose enrollment is in its grace period, with the first fetch time.
     in_grace: HashMap<Mac, u64>,
+    /// Fetches through each device's URL since start: a reprovision's proof that the phone
+    /// itself fetched (a contact's time has whole seconds only).
+    fetches: HashMap<Mac, u64>,
 }
 
 /// The appliance.
@@ -120,8 +123,13 @@ impl App {
     /// Wraps a mounted store. Generates the phones' admin password on first start.
     pub fn new(db: Db<AnyFlash>, site: Site) -> Result<App, AppError> {
         let templates = Templates::new(site.data_dir.join("templates"));
-        let mut state =
-            State { db, tokens: HashMap::new(), pending_contacts: HashMap::new(), in_grace: HashMap::new() };
+        let mut state = State {
+            db,
+            tokens: HashMap::new(),
+            pending_contacts: HashMap::new(),
+            in_grace: HashMap::new(),
+            fetches: HashMap::new(),
+        };
         if state.db.setting("phone.admin_password")?.is_none() {
             let mut txn = Txn::new();
             txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;

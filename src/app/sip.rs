@@ -52,8 +52,15 @@ impl App {
         Ok((bootstrap != "off").then(|| self.bootstrap_url()))
     }
 
-    /// Sends `mac`'s vendor check-sync NOTIFY to its last known SIP address and waits up to
-    /// `wait` for the answer.
+    /// Sends `mac`'s vendor check-sync NOTIFY and reports what came of it, waiting up to
+    /// `wait` for the phone's answer and as long again for the fetch it should make.
+    ///
+    /// The NOTIFY goes to the address the phone last fetched its configuration from through
+    /// its own URL (port 5060, or the port it announced from that address over SIP PnP): an
+    /// address a PnP announcement alone gave is anyone's on the LAN, so it is used only for
+    /// a phone that has never fetched, and the answer says so. Success is reported only when
+    /// the phone then fetches through its URL; an answer alone may come from whoever claimed
+    /// the MAC.
     pub async fn reprovision(&self, mac: &Mac, wait: Duration) -> Result<CheckSync, AppError> {
         let device = self.device(mac)?;
         let catalog = self.templates.catalog();
@@ -63,16 +70,47 @@ impl App {
                 device.vendor
             ))
         })?;
-        let target = self
-            .sip
-            .contact(mac)
-            .or_else(|| device.last_contact.as_ref().map(|contact| SocketAddr::new(contact.ip, 5060)))
-            .ok_or_else(|| {
-                AppError::Refused(format!("{mac} has not contacted the appliance yet: its address is unknown"))
-            })?;
-        checksync::notify(&self.sip, mac, target, &event, wait)
+        let announced = self.sip.contact(mac);
+        let fetched_from = device.last_contact.as_ref().map(|contact| contact.ip);
+        let (target, unauthenticated) = match (fetched_from, announced) {
+            (Some(ip), Some(pnp)) if pnp.ip() == ip => (pnp, false),
+            (Some(ip), _) => (SocketAddr::new(ip, 5060), false),
+            (None, Some(pnp)) => (pnp, true),
+            (None, None) => {
+                return Err(AppError::Refused(format!(
+                    "{mac} has not contacted the appliance yet: its address is unknown"
+                )));
+            }
+        };
+        let fetches_before = self.fetch_count(mac);
+        let mut sync = checksync::notify(&self.sip, mac, target, &event, wait)
             .await
-            .map_err(|e| AppError::Internal(format!("cannot open a SIP socket: {e}")))
+            .map_err(|e| AppError::Internal(format!("cannot open a SIP socket: {e}")))?;
+        if !sync.code.is_some_and(|code| (200..300).contains(&code)) {
+            return Ok(sync);
+        }
+        // Bounded: one look per quarter second for `wait`.
+        let looks = (wait.as_millis() / 250).max(1);
+        for _ in 0..looks {
+            if self.fetch_count(mac) > fetches_before {
+                sync.fetched = true;
+                sync.result = format!("the phone at {target} fetched its configuration");
+                return Ok(sync);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        sync.result = format!(
+            "{target} accepted the check-sync, but the phone has not fetched its configuration within {} s",
+            wait.as_secs()
+        );
+        sync.advice = if unauthenticated {
+            "this address comes from a SIP plug-and-play announcement, which any host on the LAN can \
+             make: check the phone itself"
+                .into()
+        } else {
+            "it may fetch later; if it does not, check the phone".into()
+        };
+        Ok(sync)
     }
 }
 
@@ -95,8 +133,13 @@ pub async fn reprovision_each(app: &std::sync::Arc<App>, macs: &[Mac], wait: Dur
             // A check-sync task does not panic; a lost one is simply not reported.
             let Ok((index, mac, result)) = joined else { continue };
             let outcome = match result {
-                Ok(sync) => ReprovisionOutcome { mac, answered: sync.code.is_some(), result: sync.result },
-                Err(error) => ReprovisionOutcome { mac, answered: false, result: error.to_string() },
+                Ok(sync) => ReprovisionOutcome {
+                    mac,
+                    answered: sync.code.is_some(),
+                    fetched: sync.fetched,
+                    result: sync.result,
+                },
+                Err(error) => ReprovisionOutcome { mac, answered: false, fetched: false, result: error.to_string() },
             };
             done.push((index, outcome));
         }

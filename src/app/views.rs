@@ -453,6 +453,16 @@ pub struct RotatedPasswords {
     pub lines: Vec<RotatedLine>,
 }
 
+/// A device after `rekey`: its new URLs, and its new SIP passwords when asked for (shown
+/// this once, for the PBX).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rekeyed {
+    /// The device, enrollment locked.
+    pub device: DeviceView,
+    /// Each line's new SIP password; empty when the passwords were kept.
+    pub passwords: Vec<RotatedLine>,
+}
+
 /// One line's new SIP password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(utoipa::ToSchema))]
@@ -579,6 +589,8 @@ pub struct ReprovisionOutcome {
     pub mac: crate::mac::Mac,
     /// Whether it answered the NOTIFY.
     pub answered: bool,
+    /// Whether it then fetched its configuration (the proof it was the real phone).
+    pub fetched: bool,
     /// What happened, in words.
     pub result: String,
 }

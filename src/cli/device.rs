@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use provbox::app::views::{DeviceView, ImportReport, RotatedPasswords};
+use provbox::app::views::{DeviceView, ImportReport, Rekeyed, RotatedPasswords};
 use provbox::clock;
 use provbox::control::Request;
 use provbox::devices::{DeviceSpec, KeySpec, LineSpec};
@@ -90,10 +90,15 @@ pub(super) enum DeviceCommand {
         /// Its value.
         value: Option<String>,
     },
-    /// Revoke both URLs (a stolen phone): new enrollment and steady tokens, enrollment open.
+    /// Revoke both URLs (a lost or stolen phone): new enrollment and steady tokens, enrollment
+    /// locked until `device unlock`, nothing registered with the redirect service
     Rekey {
         /// MAC address.
         mac: String,
+        /// Also give every line a new SIP password, printed this once for the PBX (the old
+        /// ones may have left with the phone).
+        #[arg(long)]
+        new_sip_passwords: bool,
     },
     /// Give each line whose SIP password falls short of policy.sip_password a new generated
     /// one, and print them (this once: set them on the PBX).
@@ -104,11 +109,12 @@ pub(super) enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make the phone fetch its configuration now (SIP NOTIFY check-sync).
+    /// Make the phone fetch its configuration now (SIP NOTIFY check-sync); succeeds only when
+    /// the phone then fetches through its URL.
     Reprovision {
         /// MAC address.
         mac: String,
-        /// Seconds to wait for the phone's answer.
+        /// Seconds to wait for the phone's answer, and as many for its fetch.
         #[arg(long, default_value_t = 8)]
         wait: u64,
     },
@@ -192,9 +198,22 @@ pub(super) fn run(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
             let device: DeviceView = cli.call(&Request::DeviceUnlock { mac: mac.clone() })?;
             println!("enrollment reopened for {}\n  new enrollment URL: {}", device.mac, device.enrollment_url);
         }
-        DeviceCommand::Rekey { mac } => {
-            let device: DeviceView = cli.call(&Request::DeviceRekey { mac: mac.clone() })?;
-            println!("both URLs of {} revoked\n  new enrollment URL: {}", device.mac, device.enrollment_url);
+        DeviceCommand::Rekey { mac, new_sip_passwords } => {
+            let request = Request::DeviceRekey { mac: mac.clone(), new_sip_passwords: *new_sip_passwords };
+            let Rekeyed { device, passwords } = cli.call(&request)?;
+            println!(
+                "both URLs of {} revoked; enrollment locked: `provbox device unlock {}` when the phone in hand \
+                 should enroll",
+                device.mac, device.mac
+            );
+            if passwords.is_empty() {
+                println!("  the SIP passwords are unchanged (--new-sip-passwords gives new ones)");
+            } else {
+                println!("  new SIP passwords (shown this once; set them on the PBX):");
+                for line in &passwords {
+                    println!("  extension {:8} user {:16} password {}", line.extension, line.sip_user, line.password);
+                }
+            }
         }
         DeviceCommand::RotatePasswords { mac, json } => {
             let rotated: RotatedPasswords = cli.call(&Request::DeviceRotatePasswords { mac: mac.clone() })?;
@@ -227,7 +246,7 @@ pub(super) fn run(cli: &Cli, command: &DeviceCommand) -> Result<(), CliError> {
         DeviceCommand::Reprovision { mac, wait } => {
             let sent: CheckSync = cli.call(&Request::DeviceReprovision { mac: mac.clone(), wait_seconds: *wait })?;
             let line = format!("{mac} at {}, event {}: {}", sent.target, sent.event, sent.result);
-            if !sent.code.is_some_and(|code| (200..300).contains(&code)) {
+            if !sent.fetched {
                 let message = if sent.advice.is_empty() { line } else { format!("{line}\n  advice: {}", sent.advice) };
                 return Err(CliError::Refused { message });
             }

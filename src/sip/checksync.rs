@@ -67,12 +67,16 @@ pub struct CheckSync {
     pub result: String,
     /// What to do about it, when something is to be done.
     pub advice: String,
+    /// Whether the phone then fetched its configuration through its own URL: the only proof
+    /// that the NOTIFY reached the real phone.
+    #[serde(default)]
+    pub fetched: bool,
 }
 
 /// Reads a final status into words and advice.
 fn explain(code: u16, reason: &str, event: &str) -> (String, String) {
     match code {
-        200..=299 => (format!("{code} {reason}: the phone fetches its configuration now"), String::new()),
+        200..=299 => (format!("{code} {reason}: the check-sync was accepted"), String::new()),
         401 | 403 | 407 => (
             format!("{code} {reason}: the phone refused because it trusts only its registrar"),
             "let the phone accept NOTIFY from this appliance (Yealink: sip.trust_ctrl = 0; Snom: \
@@ -146,7 +150,7 @@ pub async fn notify(
         Outcome::SendFailed(error) => (None, format!("not sent: {error}"), String::new()),
     };
     tracing::info!(%mac, %target, event, "check-sync: {result}");
-    Ok(CheckSync { target: target.to_string(), event: event.to_string(), code, result, advice })
+    Ok(CheckSync { target: target.to_string(), event: event.to_string(), code, result, advice, fetched: false })
 }
 
 #[cfg(test)]
@@ -155,7 +159,7 @@ mod tests {
 
     #[test]
     fn answers_are_explained() {
-        assert!(explain(200, "OK", "check-sync").0.contains("fetches its configuration"));
+        assert!(explain(200, "OK", "check-sync").0.contains("the check-sync was accepted"));
         assert!(explain(403, "Forbidden", "check-sync").0.contains("trusts only its registrar"));
         assert!(explain(481, "Subscription does not exist", "x").1.contains("through the phone's registration"));
         assert!(explain(489, "Bad Event", "resync").0.contains("\"resync\""));

@@ -327,7 +327,7 @@ async fn unlock(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {
 /// Sends the phone its vendor's check-sync NOTIFY and reports its answer.
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices/{mac}/reprovision", tag = "devices", params(openapi::MacPath),
     responses(
-        (status = 200, description = "The vendor's check-sync NOTIFY went out; whether the phone answered", body = crate::sip::checksync::CheckSync),
+        (status = 200, description = "The check-sync NOTIFY went out: whether the phone answered, and whether it then fetched (`fetched`, the only proof it was the phone)", body = crate::sip::checksync::CheckSync),
         (status = 404, description = "No such device", body = ApiError),
         (status = 409, description = "The phone has not contacted the appliance, so its address is unknown", body = ApiError))))]
 async fn reprovision(caller: Caller, DeviceMac(mac): DeviceMac) -> Response {

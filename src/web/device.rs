@@ -91,6 +91,24 @@ pub(super) async fn device_action(
                 Err(error) => device_list(&web, &csrf, Some(page_error(&error)), None).await,
             };
         }
+        "rekey" => {
+            let new_sip_passwords = form.get("new_sip_passwords").is_some_and(|value| value == "on");
+            blocking(move || app.rekey(&mac, new_sip_passwords, "page")).await.map(|rekeyed| {
+                let mut lines = vec![
+                    "Both URLs are new; the phone's old ones answer nothing.".to_string(),
+                    "Enrollment is locked: unlock it when the phone in hand should enroll.".to_string(),
+                ];
+                if rekeyed.passwords.is_empty() {
+                    lines.push("The SIP passwords are unchanged.".into());
+                } else {
+                    lines.push("New SIP passwords, shown this once: set them on the PBX.".into());
+                    lines.extend(rekeyed.passwords.iter().map(|line| {
+                        format!("extension {}, user {}: {}", line.extension, line.sip_user, line.password)
+                    }));
+                }
+                Some(ActionResult { title: "Both URLs revoked".into(), lines })
+            })
+        }
         "reveal" => {
             tracing::info!(%mac, "page: configuration revealed");
             return device_detail(&web, &csrf, &mac, true, None).await;

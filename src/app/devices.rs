@@ -4,7 +4,7 @@
 use super::policy::SIP_POLICY;
 use super::redirect::{RedirectLookup, redirect_view_of};
 use super::views::{
-    ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView, Rekeyed, RotatedLine,
+    ConfigState, DeviceView, EnrollmentView, ImportReport, LineView, PlainHttpView, RedirectView, Rekeyed,
 };
 use super::{App, AppError, State};
 use crate::clock::now;
@@ -297,13 +297,7 @@ impl App {
             device.lan_window_until = None;
             if new_sip_passwords {
                 for line in device.lines.iter_mut() {
-                    let password = devices::generate_sip_password(&line.extension, mac);
-                    line.sip_password = crate::store::records::bounded("sip password", &password)?;
-                    passwords.push(RotatedLine {
-                        extension: line.extension.to_string(),
-                        sip_user: line.sip_user.to_string(),
-                        password,
-                    });
+                    passwords.push(super::policy::renew_sip_password(line, mac)?);
                 }
             }
             Ok(())

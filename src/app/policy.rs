@@ -75,16 +75,17 @@ impl App {
         self.update_device(mac, actor, &what, |device| {
             // Decided again on the stored device, under the lock the change commits in.
             for line in device.lines.iter_mut().filter(|line| falls_short(line)) {
-                let password = devices::generate_sip_password(&line.extension, mac);
-                line.sip_password = crate::store::records::bounded("sip password", &password)?;
-                rotated.push(RotatedLine {
-                    extension: line.extension.to_string(),
-                    sip_user: line.sip_user.to_string(),
-                    password,
-                });
+                rotated.push(renew_sip_password(line, mac)?);
             }
             Ok(())
         })?;
         Ok(RotatedPasswords { mac: *mac, lines: rotated })
     }
+}
+
+/// Gives `line` of phone `mac` a new generated SIP password; returns it, to show once.
+pub(super) fn renew_sip_password(line: &mut Line, mac: &Mac) -> Result<RotatedLine, AppError> {
+    let password = devices::generate_sip_password(&line.extension, mac);
+    line.sip_password = crate::store::records::bounded("sip password", &password)?;
+    Ok(RotatedLine { extension: line.extension.to_string(), sip_user: line.sip_user.to_string(), password })
 }

@@ -415,7 +415,10 @@ pub async fn run(
     let _ = copier.await;
     let _ = std::fs::remove_file(control::socket_path(&config.data_dir));
     let app_for_flush = app.clone();
-    tokio::task::spawn_blocking(move || app_for_flush.flush_contacts()).await.ok().transpose()?;
+    tokio::task::spawn_blocking(move || app_for_flush.flush_contacts().and_then(|_| app_for_flush.flush_seen()))
+        .await
+        .ok()
+        .transpose()?;
     Ok(stopped)
 }
 
@@ -506,7 +509,10 @@ async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         let app = app.clone();
-        let flushed = tokio::task::spawn_blocking(move || app.flush_contacts().and_then(|_| app.note_time())).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            app.flush_contacts().and_then(|_| app.flush_seen()).and_then(|_| app.note_time())
+        })
+        .await;
         if let Ok(Err(error)) = flushed {
             tracing::error!("writing last-contact records failed: {error}");
         }

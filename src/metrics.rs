@@ -55,6 +55,8 @@ pub struct Gauges {
     pub store_capacity_bytes: usize,
     /// Highest erase count of a store sector.
     pub store_erase_count_max: u32,
+    /// Store transactions committed since start.
+    pub store_commits: u64,
 }
 
 /// The Prometheus text exposition of every metric.
@@ -76,6 +78,12 @@ pub fn render(gauges: &Gauges) -> String {
             sip.subscriptions, sip.malformed, sip.rate_limited
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP provbox_store_commits_total Store transactions committed since start (flash wear).\n\
+         # TYPE provbox_store_commits_total counter\nprovbox_store_commits_total {}",
+        gauges.store_commits
+    );
     gauge(&mut out, "provbox_outbox_depth", "Redirect-service operations queued.", gauges.outbox_depth);
     gauge(&mut out, "provbox_devices", "Devices managed.", gauges.devices);
     gauge(&mut out, "provbox_store_live_bytes", "Bytes of live records in the store.", gauges.store_live_bytes);

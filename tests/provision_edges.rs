@@ -4,6 +4,7 @@
 mod fleet;
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use fleet::{Appliance, Connection, Phone, cli, cli_ok};
@@ -348,4 +349,43 @@ async fn the_server_certificate_lasts_398_days_at_most_and_renews_while_running(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(appliance.wait_for_log("renewed the server certificate"), "{}", appliance.log());
+}
+
+/// The value of the Prometheus series `name` in `text`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// Strangers walking MACs on the tokenless path cannot drive flash writes: 40 addresses
+/// asking for 20 unknown phones each (800 phones-seen records, which once meant as many
+/// store commits) cost a few batched commits, and the phones are still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_walking_macs_cannot_drive_flash_writes() {
+    let appliance = Appliance::start();
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "prometheus"]).trim().to_string();
+    let commits = || async {
+        metric(&fleet::api(&appliance, "GET", "/metrics", &token, "").await.2, "provbox_store_commits_total")
+    };
+    let before = commits().await;
+    let mut answered = 0;
+    for host in 2..42u8 {
+        let local = IpAddr::from([127, 0, 0, host]);
+        let mut connection = Connection::open(appliance.client_config(), appliance.https, Some(local)).await.unwrap();
+        for i in 0..20u8 {
+            let phone = Phone::yealink(&format!("805ec0{host:02x}{i:04x}"));
+            let ua = phone.user_agent();
+            let response = connection.get(&format!("/{}.cfg", phone.mac), &[("User-Agent", &ua)]).await.unwrap();
+            answered += usize::from(response.status < 500);
+        }
+    }
+    assert_eq!(answered, 800);
+    tokio::time::sleep(Duration::from_secs(7)).await; // the flush interval is 5 s
+    let written = commits().await - before;
+    assert!(written <= 3, "{written} store commits for 800 strangers' requests");
+    let seen: Vec<serde_json::Value> =
+        serde_json::from_str(&cli_ok(&appliance.data, &["device", "seen", "--json"])).unwrap();
+    assert!((1..=256).contains(&seen.len()), "{} listed", seen.len());
 }

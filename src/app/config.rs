@@ -264,6 +264,7 @@ impl App {
                 store_live_bytes: live,
                 store_capacity_bytes: capacity,
                 store_erase_count_max: high,
+                store_commits: state.db.commits(),
             }
         };
         Ok(metrics::render(&gauges))

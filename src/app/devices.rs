@@ -397,7 +397,12 @@ impl App {
 
     /// The phones-seen list.
     pub fn phones_seen(&self) -> Result<Vec<PhoneSeen>, AppError> {
-        Ok(self.lock().db.phones_seen()?)
+        let state = self.lock();
+        let mut seen: Vec<PhoneSeen> =
+            state.db.phones_seen()?.into_iter().filter(|old| !state.pending_seen.contains_key(&old.mac)).collect();
+        seen.extend(state.pending_seen.values().cloned());
+        seen.sort_by_key(|phone| phone.mac);
+        Ok(seen)
     }
 
     /// Adds a phone from the phones-seen list as a device with one line, and opens a
@@ -422,8 +427,10 @@ impl App {
 
     /// Removes a phone from the phones-seen list.
     pub fn dismiss_seen(&self, mac: &Mac) -> Result<(), AppError> {
+        let mut state = self.lock();
+        state.pending_seen.remove(mac);
         let mut txn = Txn::new();
         txn.remove_seen(mac);
-        Ok(self.lock().db.commit(&txn)?)
+        Ok(state.db.commit(&txn)?)
     }
 }

@@ -20,6 +20,14 @@ use crate::mac::Mac;
 use crate::provision::context::{self, Secrets};
 use crate::provision::vendor::{FileMatch, UserAgentInfo, Vendor};
 use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, SEEN_CAPACITY, Txn, bounded};
+
+/// Unknown phones listed but not yet written, at most (as many as the list holds, so that a
+/// new office's phones booting at once are all listed): beyond, more are not listed until
+/// some are written.
+pub const MAX_PENDING_SEEN: usize = SEEN_CAPACITY;
+/// Phones-seen records written per hour, at most: a LAN host walking MACs wears the flash
+/// no faster than this (a few KiB an hour).
+pub const SEEN_WRITES_PER_HOUR: usize = 256;
 use crate::token::{Token, TokenKind};
 
 /// Which URL a request came through.
@@ -346,23 +354,61 @@ impl App {
         self.lock().fetches.get(mac).copied().unwrap_or(0)
     }
 
-    /// Records an unknown phone; written at most once a minute per phone to spare the flash.
+    /// Records an unknown phone: listed at once, written to flash by the next
+    /// [`App::flush_seen`]. A phone already listed is noted again at most once a minute, and
+    /// once [`MAX_PENDING_SEEN`] wait to be written, more are not listed until they are.
     pub fn record_seen(&self, seen: PhoneSeen) -> Result<(), AppError> {
         let mut state = self.lock();
-        let existing = state.db.phones_seen()?;
-        if existing.iter().any(|old| old.mac == seen.mac && seen.at < old.at + 60) {
+        if let Some(waiting) = state.pending_seen.get_mut(&seen.mac) {
+            *waiting = seen;
             return Ok(());
         }
-        let mut txn = Txn::new();
-        if existing.len() >= SEEN_CAPACITY
-            && !existing.iter().any(|old| old.mac == seen.mac)
-            && let Some(oldest) = existing.iter().min_by_key(|old| old.at)
-        {
-            txn.remove_seen(&oldest.mac);
+        if state.db.phones_seen()?.iter().any(|old| old.mac == seen.mac && seen.at < old.at + 60) {
+            return Ok(());
         }
-        txn.put_seen(&seen);
-        state.db.commit(&txn)?;
+        if state.pending_seen.len() >= MAX_PENDING_SEEN {
+            return Ok(());
+        }
+        state.pending_seen.insert(seen.mac, seen);
         Ok(())
+    }
+
+    /// Writes the phones seen since the last flush in one transaction, oldest first, as far
+    /// as the hour's budget ([`SEEN_WRITES_PER_HOUR`]) goes; the rest wait. Returns how many
+    /// were written.
+    pub fn flush_seen(&self) -> Result<usize, AppError> {
+        let mut state = self.lock();
+        let hour_ago = now().saturating_sub(3600);
+        while state.seen_writes.front().is_some_and(|at| *at < hour_ago) {
+            state.seen_writes.pop_front();
+        }
+        let budget = SEEN_WRITES_PER_HOUR.saturating_sub(state.seen_writes.len());
+        let mut batch: Vec<PhoneSeen> = state.pending_seen.values().cloned().collect();
+        batch.sort_by_key(|seen| (seen.at, seen.mac));
+        batch.truncate(budget);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut stored = state.db.phones_seen()?;
+        let mut txn = Txn::new();
+        for seen in &batch {
+            if stored.len() >= SEEN_CAPACITY
+                && !stored.iter().any(|old| old.mac == seen.mac)
+                && let Some(oldest) = stored.iter().min_by_key(|old| old.at).map(|old| old.mac)
+            {
+                txn.remove_seen(&oldest);
+                stored.retain(|old| old.mac != oldest);
+            }
+            txn.put_seen(seen);
+            stored.retain(|old| old.mac != seen.mac);
+            stored.push(seen.clone());
+        }
+        state.db.commit(&txn)?;
+        for seen in &batch {
+            state.pending_seen.remove(&seen.mac);
+            state.seen_writes.push_back(now());
+        }
+        Ok(batch.len())
     }
 
     /// Records a fetch of `read` (the device as the request saw it): applies `change` to the

@@ -33,7 +33,7 @@ use crate::redirect::outbox::Redirector;
 use crate::settings::Settings;
 use crate::sip::checksync::SipState;
 use crate::store::backend::AnyFlash;
-use crate::store::records::{Contact, Db, Device, Enrollment, Txn};
+use crate::store::records::{Contact, Db, Device, Enrollment, PhoneSeen, Txn};
 use crate::token::{Token, TokenKind};
 
 pub mod admin;
@@ -83,6 +83,12 @@ struct State {
     /// Fetches through each device's URL since start: a reprovision's proof that the phone
     /// itself fetched (a contact's time has whole seconds only).
     fetches: HashMap<Mac, u64>,
+    /// Unknown phones heard but not yet written (at most [`fetches::MAX_PENDING_SEEN`]);
+    /// written in batches by [`App::flush_seen`] within an hourly budget, so that strangers
+    /// cannot drive flash wear.
+    pending_seen: HashMap<Mac, PhoneSeen>,
+    /// When each phones-seen record of the last hour was written.
+    seen_writes: std::collections::VecDeque<u64>,
 }
 
 /// The appliance.
@@ -129,6 +135,8 @@ impl App {
             pending_contacts: HashMap::new(),
             in_grace: HashMap::new(),
             fetches: HashMap::new(),
+            pending_seen: HashMap::new(),
+            seen_writes: std::collections::VecDeque::new(),
         };
         if state.db.setting("phone.admin_password")?.is_none() {
             let mut txn = Txn::new();

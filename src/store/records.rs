@@ -771,12 +771,19 @@ impl Txn {
 /// The typed view of a [`Store`] the appliance works through.
 pub struct Db<F: NorFlash> {
     store: Store<F>,
+    /// Transactions committed since mount: what drives flash wear.
+    commits: u64,
 }
 
 impl<F: NorFlash> Db<F> {
     /// Wraps a mounted store.
     pub fn new(store: Store<F>) -> Self {
-        Db { store }
+        Db { store, commits: 0 }
+    }
+
+    /// Transactions committed since mount.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// The underlying store.
@@ -908,7 +915,9 @@ impl<F: NorFlash> Db<F> {
         }
         let changes = self.prepare(txn);
         let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
-        Ok(self.store.commit(&ops)?)
+        self.store.commit(&ops)?;
+        self.commits += 1;
+        Ok(())
     }
 
     /// Replaces every record but the board's own ([`Kind::is_board_own`]) with `records` (a

@@ -78,6 +78,13 @@ pub enum DaemonError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The store lost a secret provbox generated once; it is never made again by itself.
+    #[error(
+        "the store has lost {0}, which provbox generated at first start and the phones use (a damaged \
+         store: `provbox store check` says where). Set it again with `provbox settings set {0} VALUE` \
+         (the value your phones have), or restore a backup; provbox does not make a new one by itself"
+    )]
+    LostSecret(&'static str),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -278,6 +285,9 @@ pub async fn run(
     }
     let devices = db.device_count();
     let app = Arc::new(App::new(db, lan::site(config.data_dir.clone(), https.port(), http.port()))?);
+    if let Some(lost) = app.lost_secrets()?.first() {
+        return Err(DaemonError::LostSecret(lost));
+    }
     let view = lan::LanView::now();
     let lan = view.addresses.clone();
     let (names, ips) = view.certificate_names();

@@ -156,3 +156,101 @@ fn format_then_compact_work_on_the_default_store() {
     assert!(compact.status.success(), "{}", text(&compact));
     assert!(text(&compact).contains("compacted"));
 }
+
+/// A store as a first start leaves it, with one device: its file, and the phones' admin
+/// password provbox generated.
+fn first_started_store(dir: &Path) -> (std::path::PathBuf, String) {
+    let path = dir.join("store.bin");
+    let flash = backend::open(&path, Some(DEFAULT_CAPACITY)).unwrap();
+    let site = provbox::app::Site {
+        data_dir: dir.to_path_buf(),
+        default_base_url: "https://192.0.2.1:8443/".into(),
+        bootstrap_url: "http://192.0.2.1:8080/".into(),
+    };
+    let app = provbox::app::App::new(Db::new(Store::mount(flash).unwrap()), site).unwrap();
+    let spec = provbox::devices::DeviceSpec {
+        mac: "805ec0d57d72".into(),
+        vendor: "yealink".into(),
+        model: "T54W".into(),
+        lines: vec![provbox::devices::LineSpec {
+            extension: "100".into(),
+            name: "Ann".into(),
+            sip_user: None,
+            sip_password: None,
+        }],
+    };
+    app.add_device(&spec, "test").unwrap();
+    drop(app);
+    let db = Db::new(Store::mount(backend::open(&path, None).unwrap()).unwrap());
+    let password = db.setting("phone.admin_password").unwrap().expect("generated at first start");
+    (path, password)
+}
+
+/// One flipped byte in a sector header used to drop the sector's records silently: `store
+/// check` called it a power-cut notice and exited 0, and the next start made a new phone
+/// admin password. Now check names the sector as damaged and exits non-zero, the records are
+/// read back through their own checksums, and nothing is regenerated.
+#[test]
+fn a_damaged_sector_header_is_corruption_and_its_records_are_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, password) = first_started_store(dir.path());
+    let mut image = std::fs::read(&path).unwrap();
+    assert_eq!(&image[0..4], b"PVBX", "sector 0 holds the first records");
+    image[9] ^= 0x01; // the header's log position: its CRC no longer matches
+    std::fs::write(&path, &image).unwrap();
+
+    let check = provbox(dir.path(), &["--store", path.to_str().unwrap(), "store", "check"]);
+    let said = text(&check);
+    assert!(!check.status.success(), "damage must fail the check: {said}");
+    assert!(said.contains("sector 0") && said.contains("damaged header in front of written data"), "{said}");
+    let dump = provbox(dir.path(), &["--store", path.to_str().unwrap(), "store", "dump", "--json"]);
+    let dumped = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(dumped.contains("\"key\":\"805ec0d57d72\""), "the device is read back: {dumped}");
+
+    let db = Db::new(Store::mount(backend::open(&path, None).unwrap()).unwrap());
+    assert_eq!(db.setting("phone.admin_password").unwrap().as_deref(), Some(password.as_str()));
+}
+
+/// A generated secret the store lost beyond recovery is never made anew: `serve` refuses to
+/// start and says how to set it, and the CLI can still set it.
+#[test]
+fn a_lost_phone_admin_password_is_never_regenerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = first_started_store(dir.path());
+    {
+        let mut store = Store::mount(backend::open(&path, None).unwrap()).unwrap();
+        let mut key = vec![2u8]; // Kind::Setting
+        key.extend_from_slice(b"phone.admin_password");
+        store.commit(&[provbox::store::Op::set(&key, None)]).unwrap();
+    }
+    let served = provbox(
+        dir.path(),
+        &[
+            "--store",
+            path.to_str().unwrap(),
+            "serve",
+            "--https",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--sip",
+            "off",
+            "--mdns",
+            "off",
+        ],
+    );
+    let said = text(&served);
+    assert!(!served.status.success(), "{said}");
+    assert!(
+        said.contains("has lost phone.admin_password") && said.contains("settings set phone.admin_password"),
+        "{said}"
+    );
+    let db = Db::new(Store::mount(backend::open(&path, None).unwrap()).unwrap());
+    assert_eq!(db.setting("phone.admin_password").unwrap(), None, "not regenerated");
+    drop(db);
+    let set = provbox(
+        dir.path(),
+        &["--store", path.to_str().unwrap(), "settings", "set", "phone.admin_password", "Kx7-plum9-Tango"],
+    );
+    assert!(set.status.success(), "{}", text(&set));
+}

@@ -100,6 +100,14 @@ impl App {
         Ok(context::config_hash(&rendered.body))
     }
 
+    /// Generated secrets the store has lost (a damaged store): `serve` refuses to start
+    /// without them rather than hand the phones a new or an empty one.
+    pub fn lost_secrets(&self) -> Result<Vec<&'static str>, AppError> {
+        let state = self.lock();
+        let missing = state.db.setting("phone.admin_password")?.is_none();
+        Ok(if missing { vec!["phone.admin_password"] } else { Vec::new() })
+    }
+
     /// Every known setting, secrets masked.
     pub fn settings_view(&self) -> Result<Vec<SettingView>, AppError> {
         let stored = self.lock().db.settings()?;

@@ -72,6 +72,10 @@ pub struct SiteUrls {
     pub bootstrap_url: String,
 }
 
+/// The store record saying that the generated secrets (the phones' admin password) were
+/// made: once it is there, provbox never makes them again by itself.
+const SECRETS_GENERATED: &str = "provbox.secrets_generated";
+
 /// Mutable state under one lock; every critical section is short and never awaits.
 struct State {
     db: Db<AnyFlash>,
@@ -138,9 +142,17 @@ impl App {
             pending_seen: HashMap::new(),
             seen_writes: std::collections::VecDeque::new(),
         };
-        if state.db.setting("phone.admin_password")?.is_none() {
+        // The phones' admin password is generated once, and a marker says so: a store that
+        // has the marker but lost the password (damage) gets no silent new one, which every
+        // phone would take at its next fetch (see `lost_secrets`).
+        let generated = state.db.setting(SECRETS_GENERATED)?.is_some();
+        let password = state.db.setting("phone.admin_password")?;
+        if !generated {
             let mut txn = Txn::new();
-            txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;
+            if password.is_none() {
+                txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;
+            }
+            txn.set_setting(SECRETS_GENERATED, "1")?;
             state.db.commit(&txn)?;
         }
         state.rebuild_tokens()?;

@@ -4,14 +4,15 @@
 //! Power-cut residue (a torn last write, a sector whose erase or header write was
 //! interrupted) is normal and reported as a notice; mount tolerates it and reuse clears it.
 //! Corruption is anything a power cut cannot produce: unreadable data followed by more data,
-//! or a record whose body does not decode.
+//! a damaged header in front of entries of the log (whose records are recovered from their
+//! own checksums), or a record whose body does not decode.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::engine::{SectorScan, SectorState, Tail, geometry_of, scan_sector, valid_headers};
+use super::engine::{SectorScan, SectorState, Tail, geometry_of, recover_damaged_headers, scan_sector, valid_headers};
 use super::format::HeaderState;
 use super::records::{Kind, decode_json};
 use super::{Store, StoreError};
@@ -72,7 +73,18 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
     })?;
     let mut notices = Vec::new();
     let mut corruption = Vec::new();
-    let scans: Vec<SectorScan<'_>> = image.chunks(geometry.sector_size).map(|b| scan_sector(&geometry, b)).collect();
+    let mut scans: Vec<SectorScan<'_>> =
+        image.chunks(geometry.sector_size).map(|b| scan_sector(&geometry, b)).collect();
+    for (index, seq) in recover_damaged_headers(&geometry, &image, &mut scans) {
+        corruption.push(Finding {
+            location: format!("sector {index}, offset {:#x}", index * geometry.sector_size),
+            what: format!(
+                "damaged header in front of written data (not a power cut); its {} entries verify as log \
+                 position {seq} and are read from there",
+                scans[index].entries.len()
+            ),
+        });
+    }
     for (duplicate, original) in valid_headers(&scans).duplicates {
         corruption.push(Finding {
             location: format!("sector {duplicate}, offset {:#x}", duplicate * geometry.sector_size),
@@ -86,7 +98,9 @@ pub fn check<F: NorFlash>(mut flash: F) -> Result<CheckReport, StoreError> {
         match (header, tail) {
             (HeaderState::Garbage, _) => notices.push(Finding {
                 location: at(0),
-                what: "unreadable header (an interrupted erase or header write); reclaimed when reused".into(),
+                what: "unreadable header, and no entry of the log behind it (an interrupted erase or header \
+                       write); reclaimed when reused"
+                    .into(),
             }),
             (HeaderState::Valid(_), Tail::Torn { offset }) => notices.push(Finding {
                 location: at(offset),

@@ -248,10 +248,15 @@ pub struct SectorScan<'a> {
 /// Reads one sector's header and entries.
 pub fn scan_sector<'a>(geometry: &Geometry, bytes: &'a [u8]) -> SectorScan<'a> {
     let header = SectorHeader::decode(bytes, geometry);
-    let mut entries = Vec::new();
     let HeaderState::Valid(SectorHeader { seq, .. }) = header else {
-        return SectorScan { header, entries, tail: Tail::Clean { free_from: bytes.len() } };
+        return SectorScan { header, entries: Vec::new(), tail: Tail::Clean { free_from: bytes.len() } };
     };
+    scan_entries(geometry, bytes, header, seq)
+}
+
+/// Reads the entries of a sector at log position `seq` (their checksums include it).
+fn scan_entries<'a>(geometry: &Geometry, bytes: &'a [u8], header: HeaderState, seq: u32) -> SectorScan<'a> {
+    let mut entries = Vec::new();
     let mut at = geometry.header_len();
     let tail = loop {
         if at >= bytes.len() {
@@ -277,6 +282,61 @@ pub fn scan_sector<'a>(geometry: &Geometry, bytes: &'a [u8]) -> SectorScan<'a> {
     SectorScan { header, entries, tail }
 }
 
+/// The low-water mark the entries of `scans`' valid sectors record: sectors below it are
+/// retired.
+fn low_water_of(scans: &[SectorScan<'_>]) -> u32 {
+    valid_headers(scans)
+        .headers
+        .iter()
+        .flat_map(|(i, _)| scans[*i].entries.iter().filter_map(|payload| format::decode_ops(payload)))
+        .flatten()
+        .filter_map(|op| match op {
+            Op::Put { key, value } if key == LOW_WATER_KEY => <[u8; 4]>::try_from(value).ok().map(u32::from_le_bytes),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Gives back the records of sectors whose header is damaged (one flipped bit fails its
+/// CRC) but whose entries still verify: an entry's checksum covers its sector's log
+/// position, so the one unused live position under which the first entry verifies is the
+/// sector's. Such a sector is read as if its header were whole (and is rewritten, with a
+/// new header, when compaction reaches it). A retired sector whose erase was cut cannot come
+/// back this way: its entries verify only under its old position, below the low-water mark.
+/// Returns each recovered sector with its position; `scans` then holds them as valid.
+pub fn recover_damaged_headers<'a>(
+    geometry: &Geometry,
+    image: &'a [u8],
+    scans: &mut [SectorScan<'a>],
+) -> Vec<(usize, u32)> {
+    if !scans.iter().any(|scan| scan.header == HeaderState::Garbage) {
+        return Vec::new();
+    }
+    let valid = valid_headers(scans).headers;
+    // With no whole header left (a store of one sector), positions are counted from 0.
+    let highest = valid.iter().map(|(_, header)| header.seq).max().unwrap_or(0);
+    let erase_count = valid.iter().map(|(_, header)| header.erase_count).max().unwrap_or(0);
+    let mut used: std::collections::HashSet<u32> = valid.iter().map(|(_, header)| header.seq).collect();
+    let low_water = low_water_of(scans);
+    let candidates = low_water..=highest.saturating_add(scans.len() as u32);
+    let mut recovered = Vec::new();
+    for (index, bytes) in image.chunks(geometry.sector_size).enumerate() {
+        if scans.get(index).is_none_or(|scan| scan.header != HeaderState::Garbage) {
+            continue;
+        }
+        let verifies = |seq: u32| {
+            matches!(format::read_slot(geometry, bytes, seq, geometry.header_len()), FlashSlot::Entry { .. })
+        };
+        if let Some(seq) = candidates.clone().find(|seq| !used.contains(seq) && verifies(*seq)) {
+            scans[index] = scan_entries(geometry, bytes, HeaderState::Valid(SectorHeader { seq, erase_count }), seq);
+            used.insert(seq);
+            recovered.push((index, seq));
+        }
+    }
+    recovered
+}
+
 impl<F: NorFlash> Store<F> {
     /// Mounts the store on `flash`, reading every sector once; later reads come from RAM.
     ///
@@ -288,9 +348,10 @@ impl<F: NorFlash> Store<F> {
         for (i, sector) in image.chunks_mut(geometry.sector_size).enumerate() {
             flash.read((i * geometry.sector_size) as u32, sector).map_err(flash_error)?;
         }
-        let scans: Vec<SectorScan<'_>> =
+        let mut scans: Vec<SectorScan<'_>> =
             image.chunks(geometry.sector_size).map(|bytes| scan_sector(&geometry, bytes)).collect();
         recognise(&geometry, &scans)?;
+        recover_damaged_headers(&geometry, &image, &mut scans);
 
         let mut headers = valid_headers(&scans).headers;
         headers.sort_by_key(|(_, h)| h.seq);

@@ -302,6 +302,7 @@ pub async fn run(
                 app.clone(),
                 pki.clone(),
                 config.updates.clone(),
+                config.limits.body_timeout,
             )),
             tls: Some(acceptor),
         },
@@ -310,7 +311,7 @@ pub async fn run(
     let control_socket = control::bind(&config.data_dir)?;
 
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listeners, config.limits, stopped.clone()));
+    let server = tokio::spawn(server::serve(listeners, config.limits, app.known_peers.clone(), stopped.clone()));
     let control = tokio::spawn(control::serve(control_socket, app.clone(), stopped.clone()));
     let worker = tokio::spawn(crate::app::redirect::run_worker(app.clone(), stopped.clone()));
     let copier = tokio::spawn(crate::app::backup_copy::run_copy_worker(app.clone(), stopped.clone()));

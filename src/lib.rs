@@ -12,8 +12,8 @@
 //! - mechanisms that never see [`app::App`]: [`provision`] (vendor profiles, templates, the
 //!   template context), [`redirect`] (vendor redirect clients and the outbox's rules),
 //!   [`sip`] (plug-and-play and check-sync), [`admin`] (password hashes, API token formats),
-//!   [`metrics`], [`pki`], [`update`], [`backup`] (the encrypted backup file), [`ntp`] (the
-//!   SNTP client), [`clock`];
+//!   [`metrics`], [`pki`], [`peers`] (addresses that proved themselves), [`update`], [`backup`]
+//!   (the encrypted backup file), [`ntp`] (the SNTP client), [`clock`];
 //! - domain types and the store: [`devices`], [`settings`], [`locale`] (time zones and
 //!   languages in each vendor's notation), [`policy`] (password levels), [`mac`], [`token`], [`hex`],
 //!   [`random`], [`store`] (the power-loss-safe key-value store on flash).
@@ -56,6 +56,7 @@ pub mod mac;
 pub mod mdns;
 pub mod metrics;
 pub mod ntp;
+pub mod peers;
 pub mod pki;
 pub mod policy;
 pub mod provision;

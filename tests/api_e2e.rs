@@ -3,6 +3,8 @@
 
 mod fleet;
 
+use std::time::Duration;
+
 use fleet::{Appliance, Connection, Phone, api as call, cli_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,4 +267,36 @@ async fn every_documented_operation_is_routed_and_no_other() {
         }
     }
     assert_eq!(checked, 19 * 5);
+}
+
+/// A body trickled in (one byte a second) holds its connection no longer than the body
+/// timeout: the request is refused with 400 and the connection freed, for the API and the
+/// page alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_at_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleet::data_dir(dir.path());
+    let appliance = Appliance::start_on(data, Some(dir), &["--body-timeout", "2"]);
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let head = format!(
+        "POST /api/v1/devices HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    connection.write_raw(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    for _ in 0..10 {
+        if connection.write_raw(b" ").await.is_err() {
+            break;
+        }
+        if let Ok(response) = connection.response_within(Duration::from_secs(1)).await {
+            answer = Some(response);
+            break;
+        }
+    }
+    let answer = answer.expect("an answer before the trickle ends");
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("took over 2 s"), "{}", answer.text());
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
 }

@@ -140,22 +140,73 @@ fn a_slowloris_client_is_cut_off_and_others_are_served() {
     assert_serves_the_ca(&appliance);
 }
 
-#[test]
-fn the_connection_cap_turns_away_extra_connections() {
+/// A plain TCP connection to `server` from loopback address `local`.
+async fn connect_from(local: [u8; 4], server: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(IpAddr::from(local), 0)).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Whether `stream` was closed without an answer to a request.
+async fn closed_unanswered(mut stream: tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buffer = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_turns_away_extra_connections() {
     let dir = tempfile::tempdir().unwrap();
     let data = fleet::data_dir(dir.path());
     let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "2", "--key-type", "ecdsa-p256"]);
-    let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(appliance.http).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut extra = std::net::TcpStream::connect(appliance.http).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = extra.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buffer = [0u8; 64];
-    assert!(matches!(extra.read(&mut buffer), Ok(0) | Err(_)), "closed without an answer");
+    let held = [connect_from([127, 0, 0, 2], appliance.http).await, connect_from([127, 0, 0, 3], appliance.http).await];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_unanswered(connect_from([127, 0, 0, 4], appliance.http).await).await);
     assert!(appliance.wait_for_log("connection cap reached"));
     drop(held);
-    std::thread::sleep(Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_serves_the_ca(&appliance);
+}
+
+/// One address cannot take every connection (it may hold a sixteenth), and when strangers
+/// fill the rest, the last eighth stays for addresses that proved themselves: a phone that
+/// fetched through its URL still gets its configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection_and_known_phones_keep_a_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleet::data_dir(dir.path());
+    let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "64", "--key-type", "ecdsa-p256"]);
+    let device = appliance.add(MAC, "yealink", "T54W");
+    let phone = Phone::yealink(MAC);
+    let phone_address = IpAddr::from([127, 0, 0, 50]);
+    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
+    let mut first = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
+    let steady = phone.steady_path_in(&phone.boot(&mut first, &enrollment).await[3].1.text()).unwrap();
+    drop(first);
+
+    // One address: 4 of 64 (a sixteenth), then refused.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from([127, 0, 0, 2], appliance.https).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_unanswered(connect_from([127, 0, 0, 2], appliance.https).await).await);
+    assert!(appliance.wait_for_log("this address holds 4 connections already"));
+    // Strangers from 13 more addresses take the rest but the reserve (64 - 8 = 56 in all).
+    for host in 3..16u8 {
+        for _ in 0..4 {
+            held.push(connect_from([127, 0, 0, host], appliance.https).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(closed_unanswered(connect_from([127, 0, 0, 20], appliance.https).await).await, "a stranger is refused");
+    assert!(appliance.wait_for_log("kept for known phones and the page"));
+    // The phone that fetched through its URL before still gets through.
+    let mut again = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
+    let fetched = phone.boot(&mut again, &steady).await;
+    assert_eq!(fetched[3].1.status, 200);
+    drop(held);
 }
 
 #[test]

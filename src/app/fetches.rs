@@ -419,8 +419,9 @@ impl App {
     pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
         let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
-        if contact.is_some() {
+        if let Some(contact) = &contact {
             *state.fetches.entry(read.mac).or_default() += 1;
+            self.known_peers.prove(contact.ip);
         }
         let before = stored.clone();
         let same_tokens = stored.enrollment_token == read.enrollment_token && stored.steady_token == read.steady_token;

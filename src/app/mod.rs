@@ -97,6 +97,9 @@ struct State {
 
 /// The appliance.
 pub struct App {
+    /// Addresses that proved themselves (a fetch through a device URL, a login, an API
+    /// token): the listeners keep a reserve of connections for them.
+    pub known_peers: std::sync::Arc<crate::peers::KnownPeers>,
     state: Mutex<State>,
     /// Vendor profiles and templates.
     pub templates: Templates,
@@ -157,6 +160,7 @@ impl App {
         }
         state.rebuild_tokens()?;
         Ok(App {
+            known_peers: std::sync::Arc::default(),
             state: Mutex::new(state),
             templates,
             throttle: Throttle::default(),

@@ -25,7 +25,12 @@ pub(super) struct ServeArgs {
     /// Seconds a client may take to send a request's headers.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
-    /// Connections served at once per listener.
+    /// Seconds a client may take to send a request's body (uploads have their own limits).
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Connections served at once per listener. One address may hold a sixteenth of them
+    /// (at least 1, at most 32), and the last eighth are kept for addresses that proved
+    /// themselves (phones that fetched through their URL, the page, API clients).
     #[arg(long, default_value_t = 512)]
     max_connections: usize,
     /// SIP plug-and-play responder (UDP; joins 224.0.1.75 on the LAN), or `off`.
@@ -70,7 +75,10 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
         key_type: args.key_type,
         limits: Limits {
             header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+            body_timeout: std::time::Duration::from_secs(args.body_timeout.max(1)),
             max_connections: args.max_connections.max(1),
+            max_per_address: (args.max_connections / 16).clamp(1, 32),
+            reserve: args.max_connections / 8,
             ..Limits::default()
         },
         sip: optional_address(&args.sip)?,

@@ -1,11 +1,13 @@
-//! The HTTPS and HTTP listeners: accept loops with a connection cap, TLS handshake, read,
-//! write and header timeouts, a header size limit, keep-alive, and graceful shutdown.
+//! The HTTPS and HTTP listeners: accept loops with a connection cap, a cap per address and a
+//! reserve for addresses that proved themselves, TLS handshake, read, write and header
+//! timeouts, a header size limit, keep-alive, and graceful shutdown.
 
 pub mod routes;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +20,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::peers::KnownPeers;
 
 /// The client's socket address, attached to each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +42,17 @@ impl Peer {
 pub struct Limits {
     /// Connections served at once per listener; more are closed at accept.
     pub max_connections: usize,
+    /// Connections one address may hold at once per listener, well below the total.
+    pub max_per_address: usize,
+    /// Of `max_connections`, the last this many go only to addresses that proved themselves
+    /// ([`KnownPeers`]): phones that fetched through their URL, the page, API clients.
+    pub reserve: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time allowed for a request's headers to arrive (slowloris).
     pub header_timeout: Duration,
+    /// Time allowed for a request's body to arrive in full (uploads have their own).
+    pub body_timeout: Duration,
     /// A read or write that makes no progress this long ends the connection; also the
     /// keep-alive idle limit.
     pub io_timeout: Duration,
@@ -55,8 +66,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 512,
+            max_per_address: 32,
+            reserve: 64,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(10),
@@ -75,12 +89,17 @@ pub struct Listener {
 }
 
 /// Serves `listeners` until `shutdown` turns true, then lets in-flight requests finish for
-/// up to [`Limits::drain_timeout`].
-pub async fn serve(listeners: Vec<Listener>, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+/// up to [`Limits::drain_timeout`]. `known` are the addresses the reserve is kept for.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    limits: Limits,
+    known: Arc<KnownPeers>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = Arc::new(GracefulShutdown::new());
     let mut loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        loops.spawn(accept_loop(listener, limits, graceful.clone(), shutdown.clone()));
+        loops.spawn(accept_loop(listener, limits, known.clone(), graceful.clone(), shutdown.clone()));
     }
     let _ = shutdown.wait_for(|stop| *stop).await;
     while loops.join_next().await.is_some() {}
@@ -91,13 +110,50 @@ pub async fn serve(listeners: Vec<Listener>, limits: Limits, mut shutdown: watch
     }
 }
 
+/// Connections open per address on one listener.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection of an address, counted while it lives.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    /// Counts a connection of `address`, unless it already holds `limit`.
+    fn admit(counts: &Arc<PerAddress>, address: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut open = counts.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(address).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { counts: counts.clone(), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: Listener,
     limits: Limits,
+    known: Arc<KnownPeers>,
     graceful: Arc<GracefulShutdown>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let accepted = tokio::select! {
             accepted = listener.socket.accept() => accepted,
@@ -112,6 +168,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        let address = Peer(peer).ip();
+        let available = slots.available_permits();
+        if available == 0 {
+            tracing::warn!(%peer, "connection cap reached; closing");
+            continue;
+        }
+        if available <= limits.reserve && !known.knows(address) {
+            tracing::warn!(%peer, "connections run short: the rest are kept for known phones and the page; closing");
+            continue;
+        }
+        let Some(address_slot) = PerAddress::admit(&per_address, address, limits.max_per_address) else {
+            tracing::warn!(%peer, "this address holds {} connections already; closing", limits.max_per_address);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection cap reached; closing");
             continue;
@@ -124,7 +194,7 @@ async fn accept_loop(
         let tls = listener.tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let stream = Box::pin(stream);
             match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {

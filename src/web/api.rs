@@ -73,7 +73,7 @@ const DEVICE_BODY_LIMIT: usize = 16 * 1024;
 const SETTING_BODY_LIMIT: usize = 8 * 1024;
 /// Largest template body: 256 KiB of text however a client escapes it in JSON (up to 12
 /// bytes a character, as `\ud83d\ude00`); the handler then refuses text over 256 KiB.
-const TEMPLATE_BODY_LIMIT: usize = 12 * crate::app::templates::MAX_TEMPLATE_BYTES + 1024;
+pub(super) const TEMPLATE_BODY_LIMIT: usize = 12 * crate::app::templates::MAX_TEMPLATE_BYTES + 1024;
 
 /// Wrong bearer tokens an address may send before it is slowed down. A token's secret is 128
 /// random bits, beyond guessing; the delay only keeps a misconfigured or hostile client from
@@ -150,6 +150,7 @@ impl FromRequestParts<Web> for Caller {
             None => None,
         };
         if let Some(name) = name {
+            web.app.known_peers.prove(ip);
             return Ok(Caller { web: web.clone(), actor: format!("api:{name}") });
         }
         // A request without the header guesses nothing: it is never throttled.

@@ -48,6 +48,7 @@ pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: f
     match result {
         Ok(Ok(credential)) => {
             web.throttle.succeeded(ip);
+            web.app.known_peers.prove(ip);
             logged_in(&web, credential)
         }
         Ok(Err(error)) => {
@@ -91,6 +92,7 @@ pub(super) async fn login(State(web): State<Web>, PreLoginForm { peer, fields: f
     match verified {
         Ok(Ok(Some(credential))) => {
             web.throttle.succeeded(ip);
+            web.app.known_peers.prove(ip);
             tracing::info!(%ip, "page login");
             logged_in(&web, credential)
         }

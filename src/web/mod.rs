@@ -16,6 +16,7 @@
 //! `update` (streamed firmware uploads).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -40,8 +41,14 @@ mod system;
 mod templates;
 mod update;
 
-/// Largest request body read (a CSV import of 5,000 devices fits).
-const BODY_LIMIT: usize = 1024 * 1024;
+/// Largest request body read where a route says no other: a page form or an API call.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Largest CSV import (5,000 devices fit).
+const IMPORT_BODY_LIMIT: usize = 1024 * 1024;
+/// Largest form before login (setup, login): a password and a token or two.
+const LOGIN_BODY_LIMIT: usize = 8 * 1024;
+/// The routes whose bodies are large uploads with their own time limits.
+const UPLOAD_PATHS: [&str; 3] = ["/system/update", "/setup/restore", "/api/v1/update"];
 
 /// What the page handlers share.
 #[derive(Clone)]
@@ -58,8 +65,10 @@ pub struct Web {
     updates: Option<Arc<Updates>>,
 }
 
-/// The page's routes, for the HTTPS listener.
-pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Router {
+/// The page's routes, for the HTTPS listener. A request body but an upload's must arrive
+/// within `body_timeout`, whatever its pace: a client trickling one holds its connection no
+/// longer (the firmware upload and the restore have their own limits).
+pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>, body_timeout: Duration) -> Router {
     let web = Web {
         app,
         pki,
@@ -72,23 +81,28 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
     Router::new()
         .route("/", get(devices::devices_page))
         .route("/static/style.css", get(page::stylesheet))
-        .route("/setup", get(login::setup_page).post(login::setup))
+        .route("/setup", get(login::setup_page).post(login::setup).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
         .route("/setup/restore", post(backup::restore))
-        .route("/login", get(login::login_page).post(login::login))
+        .route("/login", get(login::login_page).post(login::login).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT)))
         .route("/logout", post(login::logout))
         .route("/devices", post(devices::add_device))
         .route("/devices/{mac}", get(device::device_page))
         .route("/devices/{mac}/{action}", post(device::device_action))
         .route("/seen", get(seen::seen_page))
         .route("/seen/{mac}/{action}", post(seen::seen_action))
-        .route("/import", get(import::import_page).post(import::import))
+        .route("/import", get(import::import_page).post(import::import).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)))
         .route("/export.csv", get(import::export))
         .route("/settings", get(settings::settings_page).post(settings::save_settings))
         .route("/settings/certificate", post(settings::certificate))
         .route("/settings/password", post(settings::change_password))
         .route("/settings/policy/rotate/{which}", post(settings::rotate_passwords))
         .route("/templates", get(templates::templates_page))
-        .route("/templates/{vendor}/{file}", get(templates::template_page).post(templates::template_action))
+        .route(
+            "/templates/{vendor}/{file}",
+            get(templates::template_page)
+                .post(templates::template_action)
+                .layer(DefaultBodyLimit::max(api::TEMPLATE_BODY_LIMIT)),
+        )
         .route("/system", get(system::system_page))
         .route("/system/update", post(system::update_upload))
         .route("/system/backup", post(backup::download))
@@ -96,7 +110,53 @@ pub fn routes(app: Arc<App>, pki: Arc<Pki>, updates: Option<Arc<Updates>>) -> Ro
         .route("/settings/api-tokens", post(settings::create_api_token))
         .route("/settings/api-tokens/{id}/revoke", post(settings::revoke_api_token))
         .merge(api::routes())
-        // Forms and API bodies are small; only an import may be larger.
+        // Forms and API bodies are small; routes that take more say so.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(body_timeout, body_deadline))
         .with_state(web)
+}
+
+/// Gives every request body but the uploads' `limit` to arrive in full.
+async fn body_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if UPLOAD_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::Body::new(Deadline { inner: body, limit, expires: Box::pin(tokio::time::sleep(limit)) });
+    next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
+/// A request body that fails once its deadline passes.
+struct Deadline {
+    inner: axum::body::Body,
+    limit: Duration,
+    expires: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl axum::body::HttpBody for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.expires.as_mut().poll(cx).is_ready() {
+            let late = format!("the request body took over {} s", self.limit.as_secs());
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(late))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -122,10 +122,10 @@ impl FromRequest<Web> for SessionForm {
     type Rejection = Response;
 
     async fn from_request(request: Request, web: &Web) -> Result<Self, Response> {
-        let headers = request.headers().clone();
+        // The session first: a request without one never gets its body read.
+        let Some((id, _)) = session(web, request.headers()) else { return Err(to_entry(web)) };
         let Form(fields) =
             Form::<HashMap<String, String>>::from_request(request, web).await.map_err(IntoResponse::into_response)?;
-        let Some((id, _)) = session(web, &headers) else { return Err(to_entry(web)) };
         let token = fields.get("csrf").map(String::as_str).unwrap_or("");
         if !web.sessions.csrf_ok(&id, token) {
             tracing::warn!("page: a form post without a valid CSRF token was refused");
@@ -174,6 +174,10 @@ impl FromRequest<Web> for PreLoginForm {
         let headers = request.headers().clone();
         // The accept loop attaches the peer to every request.
         let peer = request.extensions().get::<crate::server::Peer>().copied();
+        // Without the double-submit cookie the form cannot match: its body is not read.
+        if cookie(&headers, FORM_COOKIE).is_none_or(|value| value.is_empty()) {
+            return Err((StatusCode::FORBIDDEN, "missing or wrong form token; reload the page").into_response());
+        }
         let Form(fields) =
             Form::<HashMap<String, String>>::from_request(request, web).await.map_err(IntoResponse::into_response)?;
         let matches = form_token_ok(&headers, fields.get("form").map(String::as_str).unwrap_or(""));

@@ -525,6 +525,17 @@ impl Connection {
         })
         .await?
     }
+
+    /// Writes `bytes` as they are (part of a request, for slow-client tests).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes).await?;
+        self.stream.get_mut().flush().await
+    }
+
+    /// Reads the next response, waiting at most `limit`.
+    pub async fn response_within(&mut self, limit: Duration) -> std::io::Result<Response> {
+        tokio::time::timeout(limit, read_response(&mut self.stream)).await?
+    }
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body.

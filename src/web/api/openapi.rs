@@ -118,7 +118,11 @@ impl Modify for Common {
                 "429",
                 "Too many wrong tokens from this address: the Retry-After header says how long to wait",
             ),
-            ("MalformedBody", "400", "The body is not this operation's JSON"),
+            (
+                "MalformedBody",
+                "400",
+                "The body is not this operation's JSON, or did not arrive within the body timeout",
+            ),
             ("BodyTooLarge", "413", "The body is larger than this operation takes"),
             ("MalformedPath", "400", "A path parameter is malformed"),
             ("Internal", "500", "The appliance failed; the log says why"),

@@ -300,3 +300,45 @@ async fn a_trickled_body_is_cut_off_at_the_body_timeout() {
     assert!(answer.text().contains("took over 2 s"), "{}", answer.text());
     assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
 }
+
+/// A full store keeps room for what a technician needs: adding devices stops (409, saying
+/// why) while unlock, rekey, a setting and a removal still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_keeps_room_for_unlock_settings_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleet::data_dir(dir.path());
+    let store = dir.path().join("small.bin");
+    let flash = provbox::store::backend::open(&store, Some(64 * 1024)).unwrap();
+    drop(provbox::store::Store::format(flash).unwrap());
+    let appliance = Appliance::start_on(data, Some(dir), &["--store", store.to_str().unwrap()]);
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    let mut added = Vec::new();
+    let refusal = loop {
+        assert!(added.len() < 500, "a 64 KiB store never filled");
+        let mac = format!("805ec0{:06x}", added.len());
+        let spec = format!(
+            r#"{{"mac":"{mac}","vendor":"yealink","model":"T54W","lines":[{{"extension":"1{:03}","name":"Phone {mac} with a long display name"}}]}}"#,
+            added.len()
+        );
+        let (status, body, _) = call(&appliance, "POST", "/api/v1/devices", &token, &spec).await;
+        if status != 200 {
+            break (status, body);
+        }
+        added.push(mac);
+    };
+    assert_eq!(refusal.0, 409, "{}", refusal.1);
+    assert!(refusal.1["error"].as_str().unwrap().contains("nearly full"), "{}", refusal.1);
+    assert!(added.len() > 10, "{} devices fitted", added.len());
+    let first = &added[0];
+    for (method, path, body) in [
+        ("POST", format!("/api/v1/devices/{first}/unlock"), ""),
+        ("PUT", "/api/v1/settings/sip.server".to_string(), r#"{"value":"pbx.example.com"}"#),
+        ("POST", format!("/api/v1/devices/{first}/rotate-passwords"), ""),
+        ("DELETE", format!("/api/v1/devices/{}", added[1]), ""),
+    ] {
+        let (status, answer, _) = call(&appliance, method, &path, &token, body).await;
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+    }
+    let (rekeyed, _, said) = fleet::cli(&appliance.data, &["device", "rekey", first, "--new-sip-passwords"]);
+    assert!(rekeyed, "{said}");
+}

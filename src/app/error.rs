@@ -6,6 +6,7 @@ use crate::devices::{CsvProblem, DeviceError};
 use crate::mac::Mac;
 use crate::provision::templates::RenderError;
 use crate::settings::SettingError;
+use crate::store::StoreError;
 use crate::store::records::{DbError, RecordError};
 
 /// Why an operation failed; every variant reads as advice to the user.
@@ -107,7 +108,11 @@ impl AppError {
             AppError::NoDevice(_)
             | AppError::NoTemplate { .. }
             | AppError::Setting(crate::settings::SettingError::Unknown(_)) => ErrorKind::NotFound,
-            AppError::DeviceExists(_) | AppError::Refused(_) => ErrorKind::Conflict,
+            AppError::DeviceExists(_)
+            | AppError::Refused(_)
+            | AppError::Db(
+                DbError::TooManyDevices | DbError::NearlyFull { .. } | DbError::Store(StoreError::Full { .. }),
+            ) => ErrorKind::Conflict,
             AppError::Device(_)
             | AppError::Setting(_)
             | AppError::Mac(_)

@@ -403,7 +403,11 @@ impl App {
             stored.retain(|old| old.mac != seen.mac);
             stored.push(seen.clone());
         }
-        state.db.commit(&txn)?;
+        match state.db.commit(&txn) {
+            // A nearly full store keeps them listed, unwritten: its room is for technicians.
+            Err(crate::store::records::DbError::NearlyFull { .. }) => return Ok(0),
+            result => result?,
+        }
         for seen in &batch {
             state.pending_seen.remove(&seen.mac);
             state.seen_writes.push_back(now());

@@ -446,6 +446,18 @@ impl<F: NorFlash> Store<F> {
             .filter_map(|(key, slot)| Some((key.as_slice(), slot.value.as_deref()?)))
     }
 
+    /// Bytes of live records the store can still take, packed (what compaction can make
+    /// room for while keeping its own spare sectors).
+    pub fn room(&self) -> usize {
+        let usable = self.sectors.len().saturating_sub(KEEP_FREE_FOR_PUTS + 1);
+        (usable * self.geometry.max_entry_payload()).saturating_sub(self.live_bytes())
+    }
+
+    /// Bytes of live records the store can take when empty.
+    pub fn usable_capacity(&self) -> usize {
+        self.sectors.len().saturating_sub(KEEP_FREE_FOR_PUTS + 1) * self.geometry.max_entry_payload()
+    }
+
     /// Number of live user records.
     pub fn len(&self) -> usize {
         self.iter_prefix(&[]).count()

@@ -623,6 +623,23 @@ pub enum DbError {
     /// Adding devices beyond [`MAX_DEVICES`].
     #[error("the appliance manages at most {MAX_DEVICES} devices; remove some first")]
     TooManyDevices,
+    /// A commit that adds a device, a phone seen or an API token would eat into the room
+    /// kept for what a technician needs when the store is full.
+    #[error(
+        "the store is nearly full ({room} bytes left): the rest is kept for unlocking, rekeying, settings \
+         and removals; remove devices or phones seen, or give the store a larger partition"
+    )]
+    NearlyFull {
+        /// Bytes of records the store could still take.
+        room: usize,
+    },
+}
+
+/// Of the store's room, the part only commits that add no device, phone seen or API token
+/// may use: a sixteenth of the usable capacity, at least 8 KiB (an unlock writes about
+/// 1 KiB: the device, its audit line and its redirect registration).
+fn reserve_of(usable_capacity: usize) -> usize {
+    (usable_capacity / 16).max(8 * 1024)
 }
 
 /// A set of changes committed atomically by [`Db::commit`].
@@ -912,6 +929,19 @@ impl<F: NorFlash> Db<F> {
             .count();
         if added_devices > 0 && self.device_count() + added_devices > MAX_DEVICES {
             return Err(DbError::TooManyDevices);
+        }
+        let grows = txn.changes.iter().any(|(key, value)| {
+            matches!(Kind::from_byte(key[0]), Some(Kind::Device | Kind::Seen | Kind::ApiToken))
+                && value.is_some()
+                && self.store.get(key).is_none()
+        });
+        if grows {
+            let adding: usize =
+                txn.changes.iter().map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len)).sum();
+            let room = self.store.room();
+            if room < adding + reserve_of(self.store.usable_capacity()) {
+                return Err(DbError::NearlyFull { room });
+            }
         }
         let changes = self.prepare(txn);
         let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();

@@ -273,7 +273,7 @@ async fn list_devices(caller: Caller) -> Response {
 #[cfg_attr(test, utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = DeviceSpec,
     responses(
         (status = 200, description = "The new device, with its enrollment URL", body = crate::app::views::DeviceView),
-        (status = 409, description = "A device with this MAC exists", body = ApiError),
+        (status = 409, description = "A device with this MAC exists, or the store is nearly full (its last room is kept for unlocks, settings and removals)", body = ApiError),
         (status = 422, description = "A field breaks its rule (vendor without a profile, a weak SIP password, a name too long in UTF-8 bytes, ...)", body = ApiError))))]
 async fn add_device(caller: Caller, Body(spec): Body<DeviceSpec>) -> Response {
     caller.run(move |app, actor| app.add_device(&spec, actor)).await

@@ -186,6 +186,7 @@ pub async fn run(socket: UdpSocket, mut identity: watch::Receiver<Identity>, mut
     let mut following = true;
     announce(&socket, &current).await;
     let mut buffer = vec![0u8; 9000];
+    let mut recent = RecentAnswers::default();
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buffer) => Some(received),
@@ -213,13 +214,59 @@ pub async fn run(socket: UdpSocket, mut identity: watch::Receiver<Identity>, mut
         let legacy = source.port() != 5353 || !on_lan;
         let Some(reply) = current.reply_to(&buffer[..length], legacy) else { continue };
         let target = if legacy { source } else { GROUP };
-        let _ = socket.send_to(&reply, target).await;
+        if recent.first_in_a_second(target, &reply, std::time::Instant::now()) {
+            let _ = socket.send_to(&reply, target).await;
+        }
+    }
+}
+
+/// Answers sent lately, so that the same answer goes to the same place at most once a
+/// second (RFC 6762 §6 for multicast; for legacy unicast too, so that repeated questions
+/// from a spoofed source do not make the responder an amplifier).
+#[derive(Default)]
+struct RecentAnswers {
+    sent: std::collections::HashMap<(SocketAddr, u64), std::time::Instant>,
+}
+
+/// Distinct answers remembered at most.
+const MAX_RECENT_ANSWERS: usize = 1024;
+
+impl RecentAnswers {
+    /// Whether `reply` may go to `target` now (not sent there within a second); if so, it
+    /// counts as sent. The reply's ID (its first two bytes) does not make it another answer.
+    fn first_in_a_second(&mut self, target: SocketAddr, reply: &[u8], now: std::time::Instant) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        reply.get(2..).unwrap_or_default().hash(&mut hasher);
+        let key = (target, hasher.finish());
+        if self.sent.get(&key).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1)) {
+            return false;
+        }
+        if self.sent.len() >= MAX_RECENT_ANSWERS {
+            self.sent.retain(|_, at| now.duration_since(*at) < Duration::from_secs(1));
+            if self.sent.len() >= MAX_RECENT_ANSWERS {
+                return false;
+            }
+        }
+        self.sent.insert(key, now);
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_answer_goes_to_the_same_place_once_a_second() {
+        let mut recent = RecentAnswers::default();
+        let start = std::time::Instant::now();
+        let asker: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        assert!(recent.first_in_a_second(asker, b"\x00\x01answer", start));
+        assert!(!recent.first_in_a_second(asker, b"\x00\x02answer", start), "another ID, the same answer");
+        assert!(recent.first_in_a_second(GROUP, b"\x00\x01answer", start), "another place");
+        assert!(recent.first_in_a_second(asker, b"\x00\x03answer", start + Duration::from_millis(1001)));
+    }
 
     #[test]
     fn answers_host_and_service_queries_only() {

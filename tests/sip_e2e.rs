@@ -219,13 +219,66 @@ async fn a_flood_from_one_source_is_rate_limited() {
         let subscribe = yealink_subscribe(&format!("805ec0aa{i:04x}"), peer.port());
         peer.send(&subscribe, appliance.sip).await;
     }
-    let mut answers = 0;
-    while peer.receive(Duration::from_millis(700)).await.is_some() {
+    let (mut answers, mut bytes) = (0, 0);
+    while let Some((answer, _)) = peer.receive(Duration::from_millis(700)).await {
         answers += 1;
+        bytes += answer.len();
         assert!(answers <= 200);
     }
-    assert!((20..=60).contains(&answers), "{answers} of 200 answered");
+    // 20 pass the rate limit; a source that never answered a request of provbox's is sent
+    // no more than its byte budget (2 KiB a minute) of them.
+    assert!((1..=20).contains(&answers) && bytes <= 2048, "{answers} of 200 answered, {bytes} bytes");
     assert!(appliance.wait_for_log("SIP: rate limit reached"));
+    assert!(appliance.wait_for_log("byte budget is spent"));
+}
+
+/// Spoofed SUBSCRIBEs (sources that never answer) cannot silence PnP: the answer slots are
+/// held only until a NOTIFY is first sent, so a real phone announcing itself right after 64
+/// of them still gets its NOTIFY at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_subscriptions_cannot_take_the_answer_slots() {
+    let appliance = Appliance::start();
+    let mac = "805ec0d57d72";
+    appliance.add(mac, "yealink", "T54W");
+    let mut spoofed = Vec::new();
+    for host in 2..66u8 {
+        let victim = Peer { socket: UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, host), 0)).await.unwrap() };
+        let known = format!("805ec0d57d{:02x}", host); // known MACs keep their NOTIFY going longest
+        appliance.add(&known, "yealink", "T54W");
+        let subscribe = yealink_subscribe(&known, victim.port()).replace("127.0.0.1", &format!("127.0.1.{host}"));
+        victim.send(&subscribe, appliance.sip).await;
+        spoofed.push(victim);
+    }
+    let phone = Peer::new().await;
+    let started = std::time::Instant::now();
+    let notify = pnp(&appliance, &phone, &yealink_subscribe(mac, phone.port())).await;
+    assert!(body(&notify).contains("/e/"), "{notify}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+/// One spoofed SUBSCRIBE makes provbox send its victim little more than it was sent: the
+/// victim never answers, so what goes there is bounded by its byte budget, and an unknown
+/// MAC's NOTIFY is not retransmitted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_subscribe_is_not_amplified() {
+    let appliance = Appliance::start();
+    appliance.add("805ec0d57d72", "yealink", "T54W");
+    for mac in ["805ec0d57d72", "805ec0aaaaaa"] {
+        let victim = Peer::new().await;
+        let subscribe = yealink_subscribe(mac, victim.port());
+        victim.send(&subscribe, appliance.sip).await;
+        let mut received = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(6);
+        while std::time::Instant::now() < deadline {
+            match victim.receive(Duration::from_millis(500)).await {
+                Some((datagram, _)) => received += datagram.len(),
+                None => continue,
+            }
+        }
+        let factor = received as f64 / subscribe.len() as f64;
+        assert!(received <= 2048, "{mac}: {received} bytes to the victim");
+        assert!(factor < 5.0, "{mac}: amplified {factor:.1} times");
+    }
 }
 
 /// A phone that did PnP from `peer`, so provbox knows its SIP address.

@@ -157,4 +157,8 @@ impl Offers for App {
     fn offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, Box<dyn std::error::Error + Send>> {
         self.pnp_offer(phone, ip).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send>)
     }
+
+    fn knows(&self, mac: &Mac) -> bool {
+        self.device(mac).is_ok()
+    }
 }

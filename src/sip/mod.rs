@@ -36,8 +36,16 @@ const BURST: f64 = 20.0;
 const PER_SECOND: f64 = 10.0;
 /// Sources tracked by the rate limiter; beyond it the least recently heard is forgotten.
 const MAX_SOURCES: usize = 1024;
-/// PnP subscriptions being answered at once; more are dropped (and counted).
+/// PnP subscriptions being worked out at once (the offer, read from the store); more are
+/// dropped (and counted). A slot is held only until the NOTIFY is first sent, never while
+/// its retransmissions wait for an answer, so sources that never answer cannot fill them.
 const MAX_ANSWERING: usize = 64;
+/// Bytes sent per minute, at most, to an address that has not shown it receives what
+/// provbox sends (by answering a request of provbox's): enough for a 200 OK and a NOTIFY or
+/// two, so that a spoofed source makes provbox send its victim little more than it was sent.
+const UNVERIFIED_BYTES_PER_MINUTE: usize = 2048;
+/// How long an address that answered stays verified.
+const VERIFIED_FOR: Duration = Duration::from_secs(600);
 
 /// Counters shown in the log and to tests.
 #[derive(Debug, Default, Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -98,6 +106,54 @@ pub struct Endpoint {
     /// Responses to recent subscriptions by branch: a retransmitted SUBSCRIBE gets the same
     /// answer again, not a second dialog.
     answered: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
+    /// What each address may still be sent: verified ones without limit, others within
+    /// [`UNVERIFIED_BYTES_PER_MINUTE`].
+    budgets: Mutex<Budgets>,
+}
+
+/// Bytes sent per destination address, and the addresses that proved they receive.
+#[derive(Default)]
+struct Budgets {
+    /// Start of the current minute and bytes sent in it, per unverified address.
+    sent: HashMap<IpAddr, (Instant, usize)>,
+    /// When each verified address last answered.
+    verified: HashMap<IpAddr, Instant>,
+}
+
+impl Budgets {
+    /// Whether `bytes` more may go to `ip` now; counts them if so.
+    fn spend(&mut self, ip: IpAddr, bytes: usize, now: Instant) -> bool {
+        if self.verified.get(&ip).is_some_and(|at| now.duration_since(*at) < VERIFIED_FOR) {
+            return true;
+        }
+        if self.sent.len() >= MAX_SOURCES && !self.sent.contains_key(&ip) {
+            self.sent.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+            if self.sent.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (start, used) = self.sent.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(60) {
+            (*start, *used) = (now, 0);
+        }
+        if *used + bytes > UNVERIFIED_BYTES_PER_MINUTE {
+            return false;
+        }
+        *used += bytes;
+        true
+    }
+
+    /// Notes that `ip` answered a request of ours: it receives what it is sent.
+    fn verify(&mut self, ip: IpAddr, now: Instant) {
+        if self.verified.len() >= MAX_SOURCES && !self.verified.contains_key(&ip) {
+            self.verified.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
+            if self.verified.len() >= MAX_SOURCES {
+                return;
+            }
+        }
+        self.verified.insert(ip, now);
+        self.sent.remove(&ip);
+    }
 }
 
 /// How a client transaction ended.
@@ -124,6 +180,7 @@ impl Endpoint {
             answering: Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING)),
             notifying: Mutex::default(),
             answered: Mutex::default(),
+            budgets: Mutex::default(),
         });
         endpoint.join_pnp_group(interfaces);
         Ok(endpoint)
@@ -170,9 +227,16 @@ impl Endpoint {
         SocketAddr::new(probe.map_or(bound.ip(), |local| local.ip()), bound.port())
     }
 
-    /// Sends one datagram.
-    pub async fn send_to(&self, bytes: &[u8], target: SocketAddr) -> std::io::Result<()> {
-        self.socket.send_to(bytes, target).await.map(|_| ())
+    /// Sends one datagram: to an address that has not shown it receives what provbox sends,
+    /// only within its byte budget (a spoofed source must not turn provbox into an
+    /// amplifier). Returns false, sending nothing, when the budget is spent.
+    pub async fn send_to(&self, bytes: &[u8], target: SocketAddr) -> std::io::Result<bool> {
+        let allowed =
+            self.budgets.lock().is_ok_and(|mut budgets| budgets.spend(target.ip(), bytes.len(), Instant::now()));
+        if !allowed {
+            return Ok(false);
+        }
+        self.socket.send_to(bytes, target).await.map(|_| true)
     }
 
     /// Receives until `stopped`: responses go to their transactions, PnP subscriptions to
@@ -202,7 +266,7 @@ impl Endpoint {
                 }
             };
             match &message.start {
-                StartLine::Response { .. } => self.deliver_response(message),
+                StartLine::Response { .. } => self.deliver_response(message, source),
                 StartLine::Request { method, .. } if method == "SUBSCRIBE" => {
                     let Some(offers) = &offers else { continue };
                     if self.resend_answer(&message, source).await {
@@ -214,10 +278,7 @@ impl Endpoint {
                     };
                     self.counters.subscriptions.fetch_add(1, Ordering::Relaxed);
                     let (endpoint, offers) = (self.clone(), offers.clone());
-                    tokio::spawn(async move {
-                        pnp::answer(endpoint, offers, message, source).await;
-                        drop(permit);
-                    });
+                    tokio::spawn(pnp::answer(endpoint, offers, message, source, permit));
                 }
                 StartLine::Request { method, .. } => tracing::debug!(%source, method, "SIP: request ignored"),
             }
@@ -231,7 +292,7 @@ impl Endpoint {
             self.answered.lock().ok().and_then(|answered| answered.get(branch).map(|(_, bytes)| bytes.clone()));
         match cached {
             Some(bytes) => {
-                let _ = self.socket.send_to(&bytes, pnp::response_target(request, source)).await;
+                let _ = self.send_to(&bytes, pnp::response_target(request, source)).await;
                 true
             }
             None => false,
@@ -261,17 +322,23 @@ impl Endpoint {
         }
     }
 
-    fn deliver_response(&self, response: Message) {
+    fn deliver_response(&self, response: Message, source: SocketAddr) {
         let Some(branch) = response.branch().map(str::to_string) else { return };
         let sender = self.transactions.lock().ok().and_then(|t| t.get(&branch).cloned());
         if let Some(sender) = sender {
+            // It answered a request of ours, so it receives what it is sent.
+            if let Ok(mut budgets) = self.budgets.lock() {
+                budgets.verify(source.ip(), Instant::now());
+            }
             let _ = sender.try_send(response);
         }
     }
 
     /// Runs a non-INVITE client transaction: sends `request` (whose top Via carries
     /// `branch`) to `target`, retransmitting at T1 doubling to T2, until a final response or
-    /// `deadline` (at most timer F).
+    /// `deadline` (at most timer F). Each send is within `target`'s byte budget (see
+    /// [`Endpoint::send_to`]): to an address that never answers, retransmissions stop when
+    /// it is spent.
     pub async fn transaction(&self, request: &[u8], branch: &str, target: SocketAddr, deadline: Duration) -> Outcome {
         let (sender, mut responses) = mpsc::channel(8);
         if let Ok(mut transactions) = self.transactions.lock() {
@@ -281,8 +348,11 @@ impl Endpoint {
             let end = tokio::time::Instant::now() + deadline.min(TIMER_F);
             let mut interval = T1;
             loop {
-                if let Err(error) = self.socket.send_to(request, target).await {
-                    return Outcome::SendFailed(error.to_string());
+                match self.send_to(request, target).await {
+                    Ok(true) => {}
+                    // Nothing more may go there this minute: as good as no answer.
+                    Ok(false) => return Outcome::TimedOut,
+                    Err(error) => return Outcome::SendFailed(error.to_string()),
                 }
                 let next = (tokio::time::Instant::now() + interval).min(end);
                 loop {
@@ -318,6 +388,18 @@ pub fn random_token(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unverified_addresses_get_a_byte_budget_and_verified_ones_none() {
+        let mut budgets = Budgets::default();
+        let start = Instant::now();
+        let victim: IpAddr = "192.0.2.9".parse().unwrap();
+        let sent = (0..10).filter(|_| budgets.spend(victim, 600, start)).count();
+        assert_eq!(sent, UNVERIFIED_BYTES_PER_MINUTE / 600);
+        assert!(budgets.spend(victim, 600, start + Duration::from_secs(61)), "a new minute, a new budget");
+        budgets.verify(victim, start);
+        assert!((0..100).all(|_| budgets.spend(victim, 600, start)), "a verified address is not limited");
+    }
 
     #[test]
     fn a_source_gets_a_burst_then_a_steady_rate() {

@@ -23,6 +23,9 @@ pub trait Offers: Send + Sync + 'static {
     /// The URL to offer `phone`, which announced itself from `ip`; None offers nothing.
     /// Called on a blocking thread: it may touch the store.
     fn offer(&self, phone: &Announcement, ip: IpAddr) -> Result<Option<String>, Box<dyn std::error::Error + Send>>;
+
+    /// Whether `mac` is a device the appliance provisions. Called on a blocking thread.
+    fn knows(&self, mac: &Mac) -> bool;
 }
 
 /// What a phone says about itself in its PnP subscription.
@@ -117,8 +120,17 @@ pub fn response(request: &Message, code: u16, reason: &str, source: SocketAddr, 
         .header("CSeq", request.header("cseq").unwrap_or(""))
 }
 
-/// Answers one subscription received from `source`.
-pub async fn answer(endpoint: Arc<Endpoint>, offers: Arc<dyn Offers>, request: Message, source: SocketAddr) {
+/// Answers one subscription received from `source`, holding `slot` (one of the endpoint's
+/// few) only until the NOTIFY is first sent. A known device's NOTIFY is retransmitted until
+/// it is answered (RFC 3261, within the destination's byte budget); an unknown MAC's, which
+/// anyone can announce from a spoofed address, is sent once.
+pub async fn answer(
+    endpoint: Arc<Endpoint>,
+    offers: Arc<dyn Offers>,
+    request: Message,
+    source: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let target = response_target(&request, source);
     let tag = random_token("");
     let phone = match announcement(&request) {
@@ -142,17 +154,28 @@ pub async fn answer(endpoint: Arc<Endpoint>, offers: Arc<dyn Offers>, request: M
     if let Some(branch) = request.branch() {
         endpoint.remember_answer(branch, &ok);
     }
-    if let Err(error) = endpoint.send_to(&ok, target).await {
-        tracing::warn!(%target, "SIP PnP: cannot answer: {error}");
-        return;
+    match endpoint.send_to(&ok, target).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(%target, "SIP PnP: this address's byte budget is spent; not answering");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%target, "SIP PnP: cannot answer: {error}");
+            return;
+        }
     }
     offers.heard(phone.mac, target);
     let offer = {
         let phone = phone.clone();
-        tokio::task::spawn_blocking(move || offers.offer(&phone, target.ip())).await
+        tokio::task::spawn_blocking(move || {
+            let known = offers.knows(&phone.mac);
+            offers.offer(&phone, target.ip()).map(|url| url.map(|url| (url, known)))
+        })
+        .await
     };
-    let url = match offer {
-        Ok(Ok(Some(url))) => url,
+    let (url, known) = match offer {
+        Ok(Ok(Some(offered))) => offered,
         Ok(Ok(None)) => {
             tracing::info!(mac = %phone.mac, model = phone.model, "SIP PnP: answered; no URL offered (provision.bootstrap is off)");
             return;
@@ -179,6 +202,15 @@ pub async fn answer(endpoint: Arc<Endpoint>, offers: Arc<dyn Offers>, request: M
         .header("Event", request.header("event").unwrap_or("ua-profile"))
         .header("Subscription-State", "terminated;reason=timeout")
         .body(Some("application/url"), url.as_bytes());
+    drop(slot);
+    if !known {
+        // Sent once: an unknown MAC proves nothing about the address it came from.
+        if let Err(error) = endpoint.send_to(&notify, target).await {
+            tracing::warn!(mac = %phone.mac, "SIP PnP: NOTIFY not sent: {error}");
+        }
+        tracing::info!(mac = %phone.mac, model = phone.model, "SIP PnP: bootstrap URL sent once (unknown phone)");
+        return;
+    }
     // One NOTIFY series at a time per address.
     if !endpoint.claim_notify(target.ip()) {
         tracing::info!(mac = %phone.mac, %target, "SIP PnP: a NOTIFY to this address is in flight; not sending another");

@@ -520,13 +520,19 @@ async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.wait_for(|stop| *stop) => return,
         }
         let app = app.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            app.flush_contacts().and_then(|_| app.flush_seen()).and_then(|_| app.note_time())
+        // Each on its own: one failing must not keep the others from being written.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = app.flush_contacts() {
+                tracing::error!("writing last-contact records failed: {error}");
+            }
+            if let Err(error) = app.flush_seen() {
+                tracing::error!("writing phones-seen records failed: {error}");
+            }
+            if let Err(error) = app.note_time() {
+                tracing::error!("noting the time failed: {error}");
+            }
         })
         .await;
-        if let Ok(Err(error)) = flushed {
-            tracing::error!("writing last-contact records failed: {error}");
-        }
     }
 }
 

@@ -314,16 +314,17 @@ pub struct CsvProblem {
 const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
 /// `cell` as an export writes it: a cell a spreadsheet would run as a formula (`=HYPERLINK(`,
-/// `+4930`, `-1`, `@SUM`) gets a leading `'`, which spreadsheets show as text.
+/// `+4930`, `-1`, `@SUM`) gets a leading `'`, which spreadsheets show as text; so does a
+/// cell that starts with `'` itself, so that [`restored`] gives back exactly what was there.
 fn neutralised(cell: &str) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(FORMULA_STARTS) { format!("'{cell}").into() } else { cell.into() }
+    if cell.starts_with(FORMULA_STARTS) || cell.starts_with('\'') { format!("'{cell}").into() } else { cell.into() }
 }
 
 /// `cell` as an import reads it: the `'` that [`neutralised`] put in front of a formula
-/// character is taken off again, so an exported file imports to the same values.
+/// character or a `'` is taken off again, so an exported file imports to the same values.
 fn restored(cell: &str) -> &str {
     match cell.strip_prefix('\'') {
-        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest,
+        Some(rest) if rest.starts_with(FORMULA_STARTS) || rest.starts_with('\'') => rest,
         _ => cell,
     }
 }
@@ -408,6 +409,15 @@ mod tests {
 
     fn mac() -> Mac {
         "805ec0d57d72".parse().unwrap()
+    }
+
+    #[test]
+    fn neutralised_cells_come_back_as_they_were() {
+        for cell in ["=1+1", "+4930", "-1", "@SUM(1)", "\tx", "'=x", "''=x", "'", "'t Hooft", "Ann", ""] {
+            let written = neutralised(cell);
+            assert!(!written.starts_with(FORMULA_STARTS), "{cell:?} is written as {written:?}");
+            assert_eq!(restored(&written), cell);
+        }
     }
 
     #[test]

@@ -212,22 +212,28 @@ fn a_damaged_sector_header_is_corruption_and_its_records_are_recovered() {
 }
 
 /// A generated secret the store lost beyond recovery is never made anew: `serve` refuses to
-/// start and says how to set it, and the CLI can still set it.
+/// start and says how to set it, and the CLI can still set it. Here the first entry, which
+/// holds the password, is damaged (one flipped payload byte fails its CRC).
 #[test]
 fn a_lost_phone_admin_password_is_never_regenerated() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = first_started_store(dir.path());
-    {
-        let mut store = Store::mount(backend::open(&path, None).unwrap()).unwrap();
-        let mut key = vec![2u8]; // Kind::Setting
-        key.extend_from_slice(b"phone.admin_password");
-        store.commit(&[provbox::store::Op::set(&key, None)]).unwrap();
-    }
+    // What serve's first start leaves beside the store.
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    std::fs::write(dir.path().join("tls/ca.crt"), b"-----BEGIN CERTIFICATE-----\n").unwrap();
+    let mut image = std::fs::read(&path).unwrap();
+    image[32] ^= 0x01; // inside the first entry's payload (header 20, entry header 8)
+    std::fs::write(&path, &image).unwrap();
+    let db = Db::new(Store::mount(backend::open(&path, None).unwrap()).unwrap());
+    assert_eq!(db.setting("phone.admin_password").unwrap(), None, "the damage took the password");
+    drop(db);
+
+    let store = path.to_str().unwrap();
     let served = provbox(
         dir.path(),
         &[
             "--store",
-            path.to_str().unwrap(),
+            store,
             "serve",
             "--https",
             "127.0.0.1:0",
@@ -248,9 +254,6 @@ fn a_lost_phone_admin_password_is_never_regenerated() {
     let db = Db::new(Store::mount(backend::open(&path, None).unwrap()).unwrap());
     assert_eq!(db.setting("phone.admin_password").unwrap(), None, "not regenerated");
     drop(db);
-    let set = provbox(
-        dir.path(),
-        &["--store", path.to_str().unwrap(), "settings", "set", "phone.admin_password", "Kx7-plum9-Tango"],
-    );
+    let set = provbox(dir.path(), &["--store", store, "settings", "set", "phone.admin_password", "Kx7-plum9-Tango"]);
     assert!(set.status.success(), "{}", text(&set));
 }

@@ -373,9 +373,9 @@ impl App {
         Ok(())
     }
 
-    /// Writes the phones seen since the last flush in one transaction, oldest first, as far
-    /// as the hour's budget ([`SEEN_WRITES_PER_HOUR`]) goes; the rest wait. Returns how many
-    /// were written.
+    /// Writes the phones seen since the last flush, oldest first, as far as the hour's budget
+    /// ([`SEEN_WRITES_PER_HOUR`]) goes, as many to a transaction as one store entry holds;
+    /// the rest wait. Returns how many were written.
     pub fn flush_seen(&self) -> Result<usize, AppError> {
         let mut state = self.lock();
         let hour_ago = now().saturating_sub(3600);
@@ -386,33 +386,42 @@ impl App {
         let mut batch: Vec<PhoneSeen> = state.pending_seen.values().cloned().collect();
         batch.sort_by_key(|seen| (seen.at, seen.mac));
         batch.truncate(budget);
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let mut stored = state.db.phones_seen()?;
-        let mut txn = Txn::new();
-        for seen in &batch {
-            if stored.len() >= SEEN_CAPACITY
-                && !stored.iter().any(|old| old.mac == seen.mac)
-                && let Some(oldest) = stored.iter().min_by_key(|old| old.at).map(|old| old.mac)
-            {
-                txn.remove_seen(&oldest);
-                stored.retain(|old| old.mac != oldest);
+        let mut written = 0;
+        // Bounded: each round writes at least one record or stops.
+        while written < batch.len() {
+            let mut stored = state.db.phones_seen()?;
+            let mut txn = Txn::new();
+            let mut taken = 0;
+            for seen in &batch[written..] {
+                let mut next = txn.clone();
+                if stored.len() >= SEEN_CAPACITY
+                    && !stored.iter().any(|old| old.mac == seen.mac)
+                    && let Some(oldest) = stored.iter().min_by_key(|old| old.at).map(|old| old.mac)
+                {
+                    next.remove_seen(&oldest);
+                    stored.retain(|old| old.mac != oldest);
+                }
+                next.put_seen(seen);
+                if taken > 0 && !state.db.fits(&next) {
+                    break;
+                }
+                txn = next;
+                stored.retain(|old| old.mac != seen.mac);
+                stored.push(seen.clone());
+                taken += 1;
             }
-            txn.put_seen(seen);
-            stored.retain(|old| old.mac != seen.mac);
-            stored.push(seen.clone());
+            match state.db.commit(&txn) {
+                // A nearly full store keeps them listed, unwritten: its room is for technicians.
+                Err(crate::store::records::DbError::NearlyFull { .. }) => break,
+                result => result?,
+            }
+            for seen in &batch[written..written + taken] {
+                state.pending_seen.remove(&seen.mac);
+                state.seen_writes.push_back(now());
+            }
+            written += taken;
         }
-        match state.db.commit(&txn) {
-            // A nearly full store keeps them listed, unwritten: its room is for technicians.
-            Err(crate::store::records::DbError::NearlyFull { .. }) => return Ok(0),
-            result => result?,
-        }
-        for seen in &batch {
-            state.pending_seen.remove(&seen.mac);
-            state.seen_writes.push_back(now());
-        }
-        Ok(batch.len())
+        Ok(written)
     }
 
     /// Records a fetch of `read` (the device as the request saw it): applies `change` to the

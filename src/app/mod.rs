@@ -72,10 +72,6 @@ pub struct SiteUrls {
     pub bootstrap_url: String,
 }
 
-/// The store record saying that the generated secrets (the phones' admin password) were
-/// made: once it is there, provbox never makes them again by itself.
-const SECRETS_GENERATED: &str = "provbox.secrets_generated";
-
 /// Mutable state under one lock; every critical section is short and never awaits.
 struct State {
     db: Db<AnyFlash>,
@@ -145,17 +141,13 @@ impl App {
             pending_seen: HashMap::new(),
             seen_writes: std::collections::VecDeque::new(),
         };
-        // The phones' admin password is generated once, and a marker says so: a store that
-        // has the marker but lost the password (damage) gets no silent new one, which every
-        // phone would take at its next fetch (see `lost_secrets`).
-        let generated = state.db.setting(SECRETS_GENERATED)?.is_some();
-        let password = state.db.setting("phone.admin_password")?;
-        if !generated {
+        // The phones' admin password is generated at first start only: an empty store on a
+        // data directory without a CA. A store that lost it (damage) gets no silent new
+        // one, which every phone would take at its next fetch (see `lost_secrets`).
+        let first_start = state.db.store().is_empty() && !site.data_dir.join("tls/ca.crt").exists();
+        if first_start && state.db.setting("phone.admin_password")?.is_none() {
             let mut txn = Txn::new();
-            if password.is_none() {
-                txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;
-            }
-            txn.set_setting(SECRETS_GENERATED, "1")?;
+            txn.set_setting("phone.admin_password", &crate::devices::generate_password())?;
             state.db.commit(&txn)?;
         }
         state.rebuild_tokens()?;

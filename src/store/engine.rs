@@ -319,7 +319,10 @@ pub fn recover_damaged_headers<'a>(
     let erase_count = valid.iter().map(|(_, header)| header.erase_count).max().unwrap_or(0);
     let mut used: std::collections::HashSet<u32> = valid.iter().map(|(_, header)| header.seq).collect();
     let low_water = low_water_of(scans);
-    let candidates = low_water..=highest.saturating_add(scans.len() as u32);
+    // Live positions lie near the highest whole one; a forged image must not make mount try
+    // billions (a few thousand CRCs of one entry per damaged sector at most).
+    let span = 4 * scans.len() as u32;
+    let candidates = low_water.max(highest.saturating_sub(span))..=highest.saturating_add(scans.len() as u32);
     let mut recovered = Vec::new();
     for (index, bytes) in image.chunks(geometry.sector_size).enumerate() {
         if scans.get(index).is_none_or(|scan| scan.header != HeaderState::Garbage) {

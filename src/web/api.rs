@@ -155,7 +155,7 @@ impl FromRequestParts<Web> for Caller {
         }
         // A request without the header guesses nothing: it is never throttled.
         if bearer.is_some() {
-            if let Some(wait) = web.api_throttle.wait(ip, Instant::now()) {
+            if let Some(wait) = web.api_throttle.wait(ip, Instant::now(), web.app.known_peers.knows(ip)) {
                 let message = format!("too many bad tokens; try again in {} s", wait.as_secs() + 1);
                 let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
                 if let Ok(value) = HeaderValue::from_str(&(wait.as_secs() + 1).to_string()) {

@@ -80,7 +80,7 @@ pub(super) async fn restore(State(web): State<Web>, headers: HeaderMap, request:
         return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     };
     let ip = peer.ip();
-    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+    if let Some(wait) = web.throttle.wait(ip, Instant::now(), web.app.known_peers.knows(ip)) {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed attempts; try again in {} s", wait.as_secs() + 1),

@@ -33,7 +33,7 @@ pub(super) async fn setup(State(web): State<Web>, PreLoginForm { peer, fields: f
     let ip = peer.ip();
     // The setup code is a secret like a password: wrong ones count against the address (and
     // the account) as failed logins do, before the check, so parallel guesses all count.
-    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+    if let Some(wait) = web.throttle.wait(ip, Instant::now(), web.app.known_peers.knows(ip)) {
         tracing::warn!(%ip, "page setup refused: too many failures, {} s to wait", wait.as_secs() + 1);
         let message = format!("too many failed attempts; try again in {} s", wait.as_secs() + 1);
         return form_page("setup.html", StatusCode::TOO_MANY_REQUESTS, Some(message), minijinja::context! {});
@@ -77,7 +77,7 @@ pub(super) async fn login_page(State(web): State<Web>) -> Response {
 
 pub(super) async fn login(State(web): State<Web>, PreLoginForm { peer, fields: form }: PreLoginForm) -> Response {
     let ip = peer.ip();
-    if let Some(wait) = web.throttle.wait(ip, Instant::now()) {
+    if let Some(wait) = web.throttle.wait(ip, Instant::now(), web.app.known_peers.knows(ip)) {
         tracing::warn!(%ip, "page login refused: too many failures, {} s to wait", wait.as_secs() + 1);
         let message = format!("too many failed logins; try again in {} s", wait.as_secs() + 1);
         return form_page("login.html", StatusCode::TOO_MANY_REQUESTS, Some(message), minijinja::context! {});

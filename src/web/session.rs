@@ -138,13 +138,18 @@ impl LoginThrottle {
     }
 
     /// How long `address` must still wait before trying again, if at all. The account's
-    /// delay holds back only addresses that have failed themselves: failures spread over
-    /// other addresses never lock out the admin typing the right password from a fresh one.
-    pub fn wait(&self, address: IpAddr, now: Instant) -> Option<Duration> {
+    /// delay, which failures from any address arm, does not hold back an address that is
+    /// `proven` (it logged in before, see [`crate::peers`]) and has not failed itself:
+    /// failures spread over other addresses never lock out the admin's own machine, while an
+    /// attacker moving to fresh addresses stays held back.
+    pub fn wait(&self, address: IpAddr, now: Instant, proven: bool) -> Option<Duration> {
         let by_address = self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let own = by_address.get(&address).copied()?;
+        let own = by_address.get(&address).copied();
+        if own.is_none() && proven {
+            return None;
+        }
         let account = self.account.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        [Some(own), *account]
+        [own, *account]
             .into_iter()
             .flatten()
             .filter_map(|failures| failures.until.checked_duration_since(now))
@@ -199,18 +204,18 @@ mod tests {
         for _ in 0..3 {
             throttle.failed(address, start);
         }
-        assert_eq!(throttle.wait(address, start), None, "three free tries");
+        assert_eq!(throttle.wait(address, start, false), None, "three free tries");
         throttle.failed(address, start);
-        assert_eq!(throttle.wait(address, start), Some(Duration::from_secs(2)));
+        assert_eq!(throttle.wait(address, start, false), Some(Duration::from_secs(2)));
         throttle.failed(address, start);
-        assert_eq!(throttle.wait(address, start), Some(Duration::from_secs(4)));
-        assert_eq!(throttle.wait(address, start + Duration::from_secs(5)), None);
+        assert_eq!(throttle.wait(address, start, false), Some(Duration::from_secs(4)));
+        assert_eq!(throttle.wait(address, start + Duration::from_secs(5), false), None);
         throttle.succeeded(address);
-        assert_eq!(throttle.wait(address, start), None);
+        assert_eq!(throttle.wait(address, start, false), None);
     }
 
     #[test]
-    fn failures_elsewhere_never_hold_back_a_fresh_address() {
+    fn failures_elsewhere_never_hold_back_a_proven_address() {
         let throttle = LoginThrottle::default();
         let start = Instant::now();
         for host in 1..=6u8 {
@@ -220,11 +225,16 @@ mod tests {
             }
         }
         let attacker: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(throttle.wait(attacker, start).is_some(), "the account's delay holds back failing addresses");
+        assert!(throttle.wait(attacker, start, false).is_some(), "the account's delay holds back failing addresses");
+        let fresh: IpAddr = "192.0.2.77".parse().unwrap();
+        assert!(throttle.wait(fresh, start, false).is_some(), "and fresh ones: moving on does not help an attacker");
         let admin: IpAddr = "192.0.2.99".parse().unwrap();
-        assert_eq!(throttle.wait(admin, start), None, "a fresh address is not held back");
+        assert_eq!(throttle.wait(admin, start, true), None, "the admin's machine is not held back");
         throttle.failed(admin, start);
-        assert!(throttle.wait(admin, start).is_some(), "until it fails itself");
+        throttle.failed(admin, start);
+        throttle.failed(admin, start);
+        throttle.failed(admin, start);
+        assert!(throttle.wait(admin, start, true).is_some(), "until it fails itself");
     }
 
     #[test]

@@ -270,8 +270,8 @@ async fn every_documented_operation_is_routed_and_no_other() {
 }
 
 /// A body trickled in (one byte a second) holds its connection no longer than the body
-/// timeout: the request is refused with 400 and the connection freed, for the API and the
-/// page alike.
+/// timeout: the request is refused with 400 and the connection freed (the page's forms pass
+/// the same deadline layer; `scripts/bench-abuse` trickles login forms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_is_cut_off_at_the_body_timeout() {
     let dir = tempfile::tempdir().unwrap();

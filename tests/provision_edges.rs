@@ -171,7 +171,7 @@ async fn the_connection_cap_turns_away_extra_connections() {
 
 /// One address cannot take every connection (it may hold a sixteenth), and when strangers
 /// fill the rest, the last eighth stays for addresses that proved themselves: a phone that
-/// fetched through its URL still gets its configuration.
+/// fetched through its URL, even before a restart, still gets its configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_connection_and_known_phones_keep_a_reserve() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,6 +184,11 @@ async fn one_address_cannot_take_every_connection_and_known_phones_keep_a_reserv
     let mut first = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
     let steady = phone.steady_path_in(&phone.boot(&mut first, &enrollment).await[3].1.text()).unwrap();
     drop(first);
+    // A restart (a power cut restarts the phones too) keeps the phone known: its last
+    // contact's address is.
+    let (stopped, data, dir) = appliance.stop();
+    assert!(stopped);
+    let appliance = Appliance::start_on(data, dir, &["--max-connections", "64", "--key-type", "ecdsa-p256"]);
 
     // One address: 4 of 64 (a sixteenth), then refused.
     let mut held = Vec::new();

@@ -713,3 +713,17 @@ async fn the_page_revokes_a_stolen_phones_urls_and_passwords() {
     assert!(revealed.contains(&format!("account.1.password = {shown}")), "{shown}");
     assert!(!browser.get("/devices/805ec0d57d72").await.text().contains(&shown));
 }
+
+/// A page form without a session is turned away before its body is read: the answer comes
+/// at once although the body never arrives (it used to be read, up to its size, first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_without_a_session_is_refused_before_its_body_is_read() {
+    let appliance = Appliance::start();
+    drop(set_up(&appliance).await);
+    let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+    let head = "POST /devices HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                Content-Length: 60000\r\n\r\n";
+    connection.write_raw(head.as_bytes()).await.unwrap();
+    let answer = connection.response_within(std::time::Duration::from_secs(3)).await.expect("an answer at once");
+    assert_eq!((answer.status, answer.header("location")), (303, Some("/login")));
+}

@@ -151,8 +151,16 @@ impl App {
             state.db.commit(&txn)?;
         }
         state.rebuild_tokens()?;
+        // After a restart (a power cut restarts the phones too) the addresses the phones last
+        // fetched from are known again at once, so the connection reserve keeps serving them.
+        let known_peers = std::sync::Arc::new(crate::peers::KnownPeers::default());
+        for device in state.db.devices() {
+            if let Some(contact) = device?.last_contact {
+                known_peers.prove(contact.ip);
+            }
+        }
         Ok(App {
-            known_peers: std::sync::Arc::default(),
+            known_peers,
             state: Mutex::new(state),
             templates,
             throttle: Throttle::default(),

@@ -454,3 +454,37 @@ async fn strangers_walking_macs_cannot_drive_flash_writes() {
     let again = Appliance::start_on(data, dir, &[]);
     assert_eq!(seen(&again.data), listed);
 }
+
+/// Strangers' new connections are capped all together (a TLS handshake costs a signature),
+/// while a phone that fetched before is not counted and still gets its configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_new_connections_are_capped_but_known_phones_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fleet::data_dir(dir.path());
+    let appliance = Appliance::start_on(data, Some(dir), &["--strangers-per-second", "5", "--key-type", "ecdsa-p256"]);
+    let device = appliance.add(MAC, "yealink", "T54W");
+    let phone = Phone::yealink(MAC);
+    let phone_address = IpAddr::from([127, 0, 0, 50]);
+    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
+    let mut first = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
+    let steady = phone.steady_path_in(&phone.boot(&mut first, &enrollment).await[3].1.text()).unwrap();
+    drop(first);
+    let mut refused = 0;
+    for host in 0..40u8 {
+        let stranger = connect_from([127, 0, 3, host + 1], appliance.http).await;
+        refused += usize::from(closed_unanswered(stranger).await);
+    }
+    assert!(refused >= 20, "{refused} of 40 strangers' connections refused at 5 a second");
+    assert!(appliance.wait_for_log("new connections from unproven addresses run over 5 a second"));
+    // On the same listener, at once, the phone's address is not counted.
+    let mut known = connect_from([127, 0, 0, 50], appliance.http).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        known.write_all(b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), known.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    }
+    let mut again = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
+    assert_eq!(phone.boot(&mut again, &steady).await[3].1.status, 200);
+}

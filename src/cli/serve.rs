@@ -28,6 +28,10 @@ pub(super) struct ServeArgs {
     /// Seconds a client may take to send a request's body (uploads have their own limits).
     #[arg(long, default_value_t = 30)]
     body_timeout: u64,
+    /// New connections a second from addresses that have not proved themselves (a phone's
+    /// first boot, strangers), all together; phones that fetched before are not counted.
+    #[arg(long, default_value_t = 100)]
+    strangers_per_second: u32,
     /// Connections served at once per listener. One address may hold a sixteenth of them
     /// (at least 1, at most 32), and the last eighth are kept for addresses that proved
     /// themselves (phones that fetched through their URL, the page, API clients).
@@ -79,6 +83,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
             max_connections: args.max_connections.max(1),
             max_per_address: (args.max_connections / 16).clamp(1, 32),
             reserve: args.max_connections / 8,
+            strangers_per_second: args.strangers_per_second.max(1),
             ..Limits::default()
         },
         sip: optional_address(&args.sip)?,

@@ -47,6 +47,10 @@ pub struct Limits {
     /// Of `max_connections`, the last this many go only to addresses that proved themselves
     /// ([`KnownPeers`]): phones that fetched through their URL, the page, API clients.
     pub reserve: usize,
+    /// New connections a second, all unproven addresses together, that a listener takes (a
+    /// TLS handshake costs a signature, so a flood of strangers' handshakes would starve
+    /// the phones of CPU); proven addresses are not counted. Twice this may come at once.
+    pub strangers_per_second: u32,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time allowed for a request's headers to arrive (slowloris).
@@ -68,6 +72,7 @@ impl Default for Limits {
             max_connections: 512,
             max_per_address: 32,
             reserve: 64,
+            strangers_per_second: 100,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -154,6 +159,11 @@ async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_address = Arc::new(PerAddress::default());
+    let rate = f64::from(limits.strangers_per_second);
+    // A token bucket for strangers' new connections: (tokens, last refill), and how many it
+    // turned away (logged now and then, not per connection).
+    let mut strangers = (2.0 * rate, std::time::Instant::now());
+    let mut strangers_refused: u64 = 0;
     loop {
         let accepted = tokio::select! {
             accepted = listener.socket.accept() => accepted,
@@ -174,7 +184,22 @@ async fn accept_loop(
             tracing::warn!(%peer, "connection cap reached; closing");
             continue;
         }
-        if available <= limits.reserve && !known.knows(address) {
+        let proven = known.knows(address);
+        if !proven {
+            let now = std::time::Instant::now();
+            strangers.0 = (strangers.0 + now.duration_since(strangers.1).as_secs_f64() * rate).min(2.0 * rate);
+            strangers.1 = now;
+            if strangers.0 < 1.0 {
+                strangers_refused += 1;
+                if strangers_refused % 100 == 1 {
+                    tracing::warn!(%peer, "new connections from unproven addresses run over {rate} a second; closing \
+                                   ({strangers_refused} so far)");
+                }
+                continue;
+            }
+            strangers.0 -= 1.0;
+        }
+        if available <= limits.reserve && !proven {
             tracing::warn!(%peer, "connections run short: the rest are kept for known phones and the page; closing");
             continue;
         }

@@ -302,7 +302,6 @@ pub const CSV_COLUMNS: [&str; 7] = ["mac", "vendor", "model", "extension", "name
 
 /// One bad CSV line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct CsvProblem {
     /// 1-based line number in the file.
     pub line: u64,

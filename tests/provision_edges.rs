@@ -169,21 +169,29 @@ async fn the_connection_cap_turns_away_extra_connections() {
     assert_serves_the_ca(&appliance);
 }
 
-/// One address cannot take every connection (it may hold a sixteenth), and when strangers
-/// fill the rest, the last eighth stays for addresses that proved themselves: a phone that
-/// fetched through its URL, even before a restart, still gets its configuration.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_address_cannot_take_every_connection_and_known_phones_keep_a_reserve() {
+/// An appliance started with `flags`, and a Yealink that enrolled from 127.0.0.50 through its
+/// URL (so its address proved itself): the appliance, the phone, its address and its steady
+/// file's path.
+async fn enrolled_phone(flags: &[&str]) -> (Appliance, Phone, IpAddr, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = fleet::data_dir(dir.path());
-    let appliance = Appliance::start_on(data, Some(dir), &["--max-connections", "64", "--key-type", "ecdsa-p256"]);
+    let appliance = Appliance::start_on(data, Some(dir), flags);
     let device = appliance.add(MAC, "yealink", "T54W");
     let phone = Phone::yealink(MAC);
     let phone_address = IpAddr::from([127, 0, 0, 50]);
     let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
     let mut first = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
     let steady = phone.steady_path_in(&phone.boot(&mut first, &enrollment).await[3].1.text()).unwrap();
-    drop(first);
+    (appliance, phone, phone_address, steady)
+}
+
+/// One address cannot take every connection (it may hold a sixteenth), and when strangers
+/// fill the rest, the last eighth stays for addresses that proved themselves: a phone that
+/// fetched through its URL, even before a restart, still gets its configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection_and_known_phones_keep_a_reserve() {
+    let (appliance, phone, phone_address, steady) =
+        enrolled_phone(&["--max-connections", "64", "--key-type", "ecdsa-p256"]).await;
     // A restart (a power cut restarts the phones too) keeps the phone known: its last
     // contact's address is.
     let (stopped, data, dir) = appliance.stop();
@@ -459,16 +467,8 @@ async fn strangers_walking_macs_cannot_drive_flash_writes() {
 /// while a phone that fetched before is not counted and still gets its configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_new_connections_are_capped_but_known_phones_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = fleet::data_dir(dir.path());
-    let appliance = Appliance::start_on(data, Some(dir), &["--strangers-per-second", "5", "--key-type", "ecdsa-p256"]);
-    let device = appliance.add(MAC, "yealink", "T54W");
-    let phone = Phone::yealink(MAC);
-    let phone_address = IpAddr::from([127, 0, 0, 50]);
-    let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
-    let mut first = Connection::open(appliance.client_config(), appliance.https, Some(phone_address)).await.unwrap();
-    let steady = phone.steady_path_in(&phone.boot(&mut first, &enrollment).await[3].1.text()).unwrap();
-    drop(first);
+    let (appliance, phone, phone_address, steady) =
+        enrolled_phone(&["--strangers-per-second", "5", "--key-type", "ecdsa-p256"]).await;
     let mut refused = 0;
     for host in 0..40u8 {
         let stranger = connect_from([127, 0, 3, host + 1], appliance.http).await;

@@ -154,9 +154,19 @@ impl Machine {
         self.console.text()
     }
 
-    /// Waits (at most `limit`) for `text` on the console after byte `from`.
-    fn wait_console(&self, text: &str, from: usize, limit: Duration) -> bool {
-        self.console.wait_for(text, from, limit)
+    /// Waits (at most `limit`) for `text` on the console after byte `from`; panics with
+    /// `what` and the console since `from` (not all of it: CI shows a failure's first
+    /// lines) when it does not come.
+    fn expect_console(&self, text: &str, from: usize, limit: Duration, what: &str) {
+        let start = Instant::now();
+        if !self.console.wait_for(text, from, limit) {
+            let console = self.console();
+            panic!(
+                "{what}: no {text:?} on the console within {:.0} s; what it printed since:\n{}",
+                start.elapsed().as_secs_f64(),
+                console.get(from..).unwrap_or(&console)
+            );
+        }
     }
 
     /// Waits until the CA comes over HTTP and a TLS handshake with it succeeds on HTTPS;
@@ -554,7 +564,7 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert!(machine.console().contains("watchdog: feeding /dev/watchdog"), "watchdog not fed");
     // Unclaimed, the setup code is on the boot partition too (for a board with no console);
     // claiming spends it, and the file goes.
-    assert!(machine.wait_console("first start: setup code ", 0, Duration::from_secs(30)), "{}", machine.console());
+    machine.expect_console("first start: setup code ", 0, Duration::from_secs(30), "no setup code");
     let code = setup_code_on(&machine.console(), 0).expect("a setup code on the console");
     let on_card = boot_file(&disk, "provbox-setup-code.txt").unwrap_or_default();
     assert!(on_card.contains(&code), "the card says {on_card:?}, the console {code}");
@@ -604,7 +614,7 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     put_boot_file(&disk, "provbox-reset", "");
     let mark = machine.console().len();
     machine.reset();
-    assert!(machine.wait_console("booting slot a", mark, REBOOT_TIME), "no reboot");
+    machine.expect_console("booting slot a", mark, REBOOT_TIME, "no reboot after the reset");
     let reset_at = Instant::now();
     let ca_again = machine.wait_https(Duration::from_secs(240)).await;
     later_boots.push(reset_at.elapsed().as_secs_f64());
@@ -613,7 +623,12 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     assert_eq!(site.device_count().await, 3);
     let (_, device) = site.api("GET", "/api/v1/devices/805ec0a00002", b"").await;
     assert_eq!(device["enrollment"]["state"], "locked", "{device}");
-    assert!(machine.wait_console("first start: setup code ", mark, Duration::from_secs(30)), "{}", machine.console());
+    machine.expect_console(
+        "first start: setup code ",
+        mark,
+        Duration::from_secs(30),
+        "no setup code after provbox-reset",
+    );
     let new_code = setup_code_on(&machine.console(), mark).expect("a new setup code after provbox-reset");
     assert_ne!(new_code, code);
     assert!(boot_file(&disk, "provbox-setup-code.txt").unwrap_or_default().contains(&new_code));
@@ -696,9 +711,9 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mark = machine.console().len();
     let answer = upload_on_page(&mut browser, &good).await;
     assert!(answer.contains("written to root slot b"), "{answer}");
-    assert!(machine.wait_console("booting slot b (/dev/vda3), on trial", mark, REBOOT_TIME));
+    machine.expect_console("booting slot b (/dev/vda3), on trial", mark, REBOOT_TIME, "no reboot into the good update");
     // The update's own kernel command line: test-2 adds provbox.note=test-2 to it.
-    assert!(machine.wait_console("provbox-init: kernel command line: ", mark, Duration::from_secs(30)));
+    machine.expect_console("provbox-init: kernel command line: ", mark, Duration::from_secs(30), "no command line");
     let new_cmdline = kernel_command_line(&machine.console(), mark);
     assert!(new_cmdline.contains("provbox.note=test-2 provbox.slot=b provbox.try=1"), "{new_cmdline}");
     let switched_at = Instant::now();
@@ -707,10 +722,11 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     // The trial commits only after provbox stayed up and answering for a while.
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(true)), "{slots}");
-    assert!(
-        machine.wait_console("this root slot came up healthy and is now the active one", mark, Duration::from_secs(90)),
-        "the trial was not committed:\n{}",
-        machine.console()
+    machine.expect_console(
+        "this root slot came up healthy and is now the active one",
+        mark,
+        Duration::from_secs(90),
+        "the trial was not committed",
     );
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["trial"].as_bool()), (Some("b"), Some(false)), "{slots}");
@@ -732,12 +748,13 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mark = machine.console().len();
     let (status, answer) = site.api("POST", "/api/v1/update", &bad_kernel).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(
-        machine.wait_console("provbox: root slot a does not boot", mark, REBOOT_TIME),
-        "U-Boot did not refuse the kernel:\n{}",
-        machine.console()
+    machine.expect_console("provbox: root slot a does not boot", mark, REBOOT_TIME, "U-Boot did not refuse the kernel");
+    machine.expect_console(
+        "did not come up healthy: back on slot b",
+        mark,
+        REBOOT_TIME,
+        "no rollback from the bad kernel",
     );
-    assert!(machine.wait_console("did not come up healthy: back on slot b", mark, REBOOT_TIME));
     machine.wait_https(Duration::from_secs(240)).await;
     let slots = site.slots().await;
     assert_eq!((slots["slot"].as_str(), slots["rolled_back"].as_str()), (Some("b"), Some("a")), "{slots}");
@@ -748,14 +765,17 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let mark = machine.console().len();
     let (status, answer) = site.api("POST", "/api/v1/update", &broken).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(
-        machine.wait_console("booting slot a (/dev/vda2), on trial", mark, REBOOT_TIME),
-        "no reboot into the broken update:\n{}",
-        machine.console()
+    machine.expect_console(
+        "booting slot a (/dev/vda2), on trial",
+        mark,
+        REBOOT_TIME,
+        "no reboot into the broken update",
     );
-    assert!(
-        machine.wait_console("did not come up healthy: back on slot b", mark, Duration::from_secs(240)),
-        "no rollback"
+    machine.expect_console(
+        "did not come up healthy: back on slot b",
+        mark,
+        Duration::from_secs(240),
+        "no rollback from the broken update",
     );
     machine.wait_https(Duration::from_secs(240)).await;
     let slots = site.slots().await;
@@ -772,7 +792,12 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
     let fresh_ca = machine.wait_https(Duration::from_secs(240)).await;
     // The banner with the code follows the listeners by a moment.
-    assert!(machine.wait_console("first start: setup code ", 0, Duration::from_secs(30)), "{}", machine.console());
+    machine.expect_console(
+        "first start: setup code ",
+        0,
+        Duration::from_secs(30),
+        "no setup code after a factory reset",
+    );
     let console = machine.console();
     assert!(console.contains("provbox-factory-reset found: erasing the store"), "{console}");
     assert!(console.contains("mounted, 0 devices"), "{console}");
@@ -788,17 +813,14 @@ async fn the_image_boots_serves_survives_power_cuts_and_updates_safely() {
     // restarts the board into slot a.
     flip_byte_in_partition(&disk, 3, signed_image_size(&good) - 1);
     let machine = Machine::boot(&images, &disk, ports, ntp.address.port());
-    assert!(
-        machine.wait_console(
-            "root slot b does not verify or mount: restarting into slot a",
-            0,
-            Duration::from_secs(120)
-        ),
-        "the changed slot b was not refused:\n{}",
-        machine.console()
+    machine.expect_console(
+        "root slot b does not verify or mount: restarting into slot a",
+        0,
+        Duration::from_secs(120),
+        "the changed slot b was not refused",
     );
     assert!(machine.console().contains("does not match its signed header (SHA-256 differs)"), "{}", machine.console());
-    assert!(machine.wait_console("booting slot a (/dev/vda2)", 0, Duration::from_secs(60)), "{}", machine.console());
+    machine.expect_console("booting slot a (/dev/vda2)", 0, Duration::from_secs(60), "no boot of slot a");
     drop(machine);
 
     println!(

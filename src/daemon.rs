@@ -359,6 +359,7 @@ pub async fn run(
         http,
     };
     tokio::spawn(follower.run(view, stopped.clone()));
+    let summary = tokio::spawn(summarise_fetches(stopped.clone()));
     let flusher = tokio::spawn(flush_periodically(app.clone(), stopped));
 
     let ca_host = lan.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -416,6 +417,10 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = server.await;
+    // After the server: the requests that finished while it drained are counted too.
+    if let Ok(mut last) = summary.await {
+        log_fetch_summary(&mut last, "since the last summary");
+    }
     let _ = control.await;
     let _ = flusher.await;
     // A send cut short stays queued and goes again at the next start; every client makes a
@@ -511,6 +516,44 @@ fn commit_slot(updates: &Updates, app: &App) {
             tracing::warn!("cannot note the rollback in the audit log: {error}");
         }
     }
+}
+
+/// How often the fetch summary is logged (each fetch is logged at DEBUG only).
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The fetch and TLS handshake counters as the last summary saw them.
+type Counts = ([u64; 4], [u64; 2]);
+
+/// Logs, once a minute when anything happened, how many phone fetches were served and
+/// refused and how many TLS handshakes failed: the trail of a normal day without a line
+/// per request wearing the flash. Returns the counts of the last summary at shutdown.
+async fn summarise_fetches(mut stopped: watch::Receiver<bool>) -> Counts {
+    let mut last = (crate::metrics::FETCHES.values(), crate::metrics::TLS_HANDSHAKES.values());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SUMMARY_INTERVAL) => log_fetch_summary(&mut last, "in the last minute"),
+            _ = stopped.wait_for(|stop| *stop) => return last,
+        }
+    }
+}
+
+/// Logs what the counters did since `last` (if anything), `since` saying over what time.
+fn log_fetch_summary(last: &mut Counts, since: &str) {
+    use crate::metrics::{FETCHES, TLS_HANDSHAKES};
+    let now = (FETCHES.values(), TLS_HANDSHAKES.values());
+    if now == *last {
+        return;
+    }
+    let fetches: Vec<String> = FETCHES
+        .labels()
+        .iter()
+        .zip(now.0.iter().zip(last.0))
+        .map(|(label, (now, before))| format!("{label} {}", now - before))
+        .collect();
+    let failed = TLS_HANDSHAKES.labels().iter().position(|label| *label == "failed");
+    let handshakes_failed = failed.map_or(0, |series| now.1[series] - last.1[series]);
+    tracing::info!("{since}: fetches {}; TLS handshakes failed {handshakes_failed}", fetches.join(", "));
+    *last = now;
 }
 
 async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {

@@ -25,6 +25,16 @@ impl<const N: usize> Counter<N> {
         }
     }
 
+    /// Every series' value, in label order.
+    pub fn values(&self) -> [u64; N] {
+        std::array::from_fn(|index| self.values[index].load(Ordering::Relaxed))
+    }
+
+    /// The label values, in the order [`Counter::values`] gives them.
+    pub fn labels(&self) -> [&'static str; N] {
+        self.labels
+    }
+
     fn write(&self, out: &mut String, name: &str, label: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (value, series) in self.values.iter().zip(self.labels) {

@@ -368,3 +368,28 @@ async fn tokenless_requests_get_no_secrets_unless_a_lan_window_is_open() {
     cli_ok(&appliance.data, &["settings", "set", "provision.bootstrap", "off"]);
     assert_eq!(unknown.boot(&mut connection, "/").await[3].1.status, 404);
 }
+
+/// A fetch gets a log line only at `--log-level debug`; at the default level the log has a
+/// summary (a minute, and the rest at shutdown) whose counts are the phone's own requests.
+#[tokio::test]
+async fn fetches_are_summarised_in_the_log_and_itemised_only_at_debug() {
+    for (flags, itemised) in [(&[][..], false), (&["--log-level", "debug"][..], true)] {
+        let appliance = Appliance::start_with(flags);
+        let phone = Phone::yealink(YEALINK_MAC);
+        let device = add(&appliance, &phone, "100");
+        let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
+        let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
+        let statuses: Vec<u16> = phone.boot(&mut connection, &enrollment).await.iter().map(|(_, r)| r.status).collect();
+        assert_eq!(statuses, [404, 404, 200, 200], "boot files, then common and device file");
+        appliance.signal(Signal::SIGTERM);
+        assert!(appliance.wait_for_log("since the last summary: "), "{}", appliance.log());
+        let log = appliance.log();
+        let summary = log.lines().find(|line| line.contains("since the last summary: ")).unwrap();
+        assert!(
+            summary.contains("fetches served 2, not_found 2, throttled 0, failed 0; TLS handshakes failed 0"),
+            "{summary}"
+        );
+        let per_fetch = log.lines().filter(|line| line.contains("provbox::app::fetches: served")).count();
+        assert_eq!(per_fetch, if itemised { 2 } else { 0 }, "{flags:?}:\n{log}");
+    }
+}

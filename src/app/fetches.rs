@@ -309,7 +309,8 @@ fn serve(
             config_hash: if is_device_file { context::config_hash(&body) } else { previous_hash },
         };
         app.record_fetch(device, &change, Some(contact))?;
-        tracing::info!(mac = %device.mac, ip = %request.ip, file = request.file, "served");
+        // One line per fetch only when asked for: the daemon logs a summary a minute.
+        tracing::debug!(mac = %device.mac, ip = %request.ip, file = request.file, "served");
     } else {
         tracing::debug!(ip = %request.ip, file = request.file, "served a secret-free file");
     }

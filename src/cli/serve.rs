@@ -56,6 +56,10 @@ pub(super) struct ServeArgs {
     /// The privileged install service (`provbox update installer`) that writes the slots.
     #[arg(long, default_value = update::service::DEFAULT_SOCKET)]
     installer: PathBuf,
+    /// The least severe log lines written: error, warn, info (a summary of phone fetches a
+    /// minute) or debug (a line per fetch, and more).
+    #[arg(long, env = "PROVBOX_LOG_LEVEL", default_value = "info")]
+    log_level: tracing::Level,
 }
 
 /// Prints a status line; a closed stdout (a supervisor gone away) is not worth dying for.
@@ -95,11 +99,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<ExitCode, CliError> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_max_level(if std::env::var_os("PROVBOX_DEBUG").is_some() {
-            tracing::Level::DEBUG
-        } else {
-            tracing::Level::INFO
-        })
+        .with_max_level(args.log_level)
         .init();
     config.updates = updates_of(args);
     let (store, path) = cli.mount(true)?;

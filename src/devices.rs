@@ -337,6 +337,8 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
     let text = text.replace("\r\n", "\n");
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
     let mut specs: Vec<(u64, DeviceSpec)> = Vec::new();
+    // Where each phone's spec is in `specs`.
+    let mut phones: std::collections::HashMap<Mac, usize> = std::collections::HashMap::new();
     let mut problems = Vec::new();
     let header: Vec<String> = match reader.headers() {
         Ok(header) => header.iter().map(str::to_lowercase).collect(),
@@ -368,15 +370,20 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
             sip_password: optional("sip_password"),
         };
         let mac = get("mac");
-        // Rows of one phone may spell its MAC differently; group by the parsed address.
-        let same_phone = |other: &str| match (mac.parse::<Mac>(), other.parse::<Mac>()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        match specs.iter_mut().find(|(_, spec)| same_phone(&spec.mac)) {
+        // Rows of one phone may spell its MAC differently; group by the parsed address (a
+        // MAC that does not parse stands alone, and is reported when the device is built).
+        let parsed = mac.parse::<Mac>().ok();
+        match parsed.and_then(|parsed| phones.get(&parsed)).and_then(|&index| specs.get_mut(index)) {
             Some((_, spec)) => spec.lines.push(line_spec),
-            None => specs
-                .push((line, DeviceSpec { mac, vendor: get("vendor"), model: get("model"), lines: vec![line_spec] })),
+            None => {
+                if let Some(parsed) = parsed {
+                    phones.insert(parsed, specs.len());
+                }
+                specs.push((
+                    line,
+                    DeviceSpec { mac, vendor: get("vendor"), model: get("model"), lines: vec![line_spec] },
+                ));
+            }
         }
     }
     (specs, problems)

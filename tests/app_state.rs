@@ -16,7 +16,12 @@ fn site(dir: &std::path::Path) -> Site {
 }
 
 fn app(dir: &std::path::Path) -> App {
-    let flash = backend::open(&dir.join("store.bin"), Some(1 << 20)).unwrap();
+    app_with_store_of(dir, 1 << 20)
+}
+
+/// An appliance on a new store of `bytes`.
+fn app_with_store_of(dir: &std::path::Path, bytes: usize) -> App {
+    let flash = backend::open(&dir.join("store.bin"), Some(bytes)).unwrap();
     App::new(Db::new(Store::format(flash).unwrap()), site(dir)).unwrap()
 }
 
@@ -261,4 +266,42 @@ fn current_or_pending_follows_settings_templates_and_the_device_without_stale_an
     let stock = app.templates.source("yealink/device.cfg").expect("the stock Yealink device template");
     std::fs::write(overrides.join("device.cfg"), format!("{stock}\n# edited on site\n")).unwrap();
     assert_eq!(config_after(&app, &one.mac, served), Pending);
+}
+
+/// An import of `rows` new Yealink phones, MACs from `first`.
+fn import_csv(first: usize, rows: usize) -> String {
+    std::iter::once("mac,vendor,model,extension,name\n".to_string())
+        .chain((first..first + rows).map(|i| format!("001565{i:06x},yealink,T54W,{},Desk {i}\n", 10_000 + i)))
+        .collect()
+}
+
+/// An import is one decision: when the store cannot take all of it, none of it is written
+/// (it used to commit sector after sector and stop with most of the rows in).
+#[test]
+fn an_import_too_large_for_the_store_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_store_of(dir.path(), 256 << 10);
+    app.add_device(&spec(1), "test").unwrap();
+    let error = app.import(&import_csv(0x100, 3000), false, "test").unwrap_err();
+    assert!(error.to_string().contains("nearly full"), "{error}");
+    assert_eq!(app.devices().unwrap().len(), 1, "part of a refused import was written");
+    // What fits still goes in, whole.
+    assert_eq!(app.import(&import_csv(0x100, 500), false, "test").unwrap().imported, 500);
+    drop(app);
+    assert_eq!(app_reopened(dir.path()).devices().unwrap().len(), 501);
+}
+
+/// The device cap is judged for the whole import too (the case the issue saw: 4,969 of
+/// 5,001 rows committed after the "at most 5000 devices" error).
+#[test]
+fn an_import_past_the_device_cap_writes_nothing() {
+    use provbox::store::records::MAX_DEVICES;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_store_of(dir.path(), 8 << 20);
+    app.add_device(&spec(1), "test").unwrap();
+    let error = app.import(&import_csv(0x100, MAX_DEVICES), false, "test").unwrap_err();
+    assert!(error.to_string().contains("at most 5000 devices"), "{error}");
+    assert_eq!(app.devices().unwrap().len(), 1, "part of a refused import was written");
+    assert_eq!(app.import(&import_csv(0x100, MAX_DEVICES - 1), false, "test").unwrap().imported, MAX_DEVICES - 1);
+    assert_eq!(app.devices().unwrap().len(), MAX_DEVICES);
 }

@@ -346,3 +346,36 @@ fn repeated_cuts_at_the_first_write_after_mount_never_reprogram_a_word() {
     let store = Store::mount(store.into_flash()).unwrap();
     assert_eq!(store.get(b"after"), Some(&b"cuts"[..]));
 }
+
+#[test]
+fn the_last_record_of_a_prefix_is_what_a_walk_from_the_front_ends_on() {
+    let mut store = Store::mount(Flash::new(SECTORS)).unwrap();
+    // Keys around the edges of the byte range: prefixes ending in 0xff, keys that are the
+    // prefix itself, and deleted keys (tombstones) at the end of a range.
+    let alphabet = [0x01u8, 0x02, 0x7f, 0xfe, 0xff];
+    let mut keys = Vec::new();
+    for &a in &alphabet {
+        keys.push(vec![a]);
+        for &b in &alphabet {
+            keys.push(vec![a, b]);
+            for &c in &alphabet {
+                keys.push(vec![a, b, c]);
+            }
+        }
+    }
+    for key in &keys {
+        store.put(key, key).unwrap();
+    }
+    for key in keys.iter().filter(|key| key.last() == Some(&0xff) || key.ends_with(&[0x02, 0x7f])) {
+        store.delete(key).unwrap();
+    }
+    let mut prefixes = vec![Vec::new()];
+    prefixes.extend(keys.iter().filter(|key| key.len() < 3).cloned());
+    prefixes.push(vec![0x03]);
+    for prefix in &prefixes {
+        assert_eq!(store.last_with_prefix(prefix), store.iter_prefix(prefix).last(), "prefix {prefix:02x?}");
+    }
+    // [01 ff ff] and [01 ff] are deleted: the last live key under 01 is [01 ff fe].
+    assert_eq!(store.last_with_prefix(&[0x01]), Some((&[0x01u8, 0xff, 0xfe][..], &[0x01u8, 0xff, 0xfe][..])));
+    assert_eq!(store.last_with_prefix(&[0x03]), None);
+}

@@ -345,7 +345,7 @@ impl App {
     pub fn import(&self, csv_text: &str, partial: bool, actor: &str) -> Result<ImportReport, AppError> {
         let catalog = self.templates.catalog();
         let (specs, mut problems) = devices::parse_csv(csv_text);
-        let state = self.lock();
+        let mut state = self.lock();
         let level = state.password_level(SIP_POLICY)?;
         let mut devices = Vec::new();
         for (line, spec) in specs {
@@ -360,29 +360,31 @@ impl App {
         if !problems.is_empty() && !partial {
             return Err(AppError::Import(problems));
         }
-        // A store transaction fits one flash sector, so a large import commits as many devices
-        // (each with its redirect registration) as fit in each. Validation is complete before
-        // the first write; a power cut mid-import leaves a prefix, and re-running the import
-        // with --partial adds the rest.
-        drop(state);
         let audit = format!("imported {} device(s) from CSV", devices.len());
-        self.commit_each(
-            &devices,
-            |state, device| {
-                let mut part = Txn::new();
-                if state.db.device(&device.mac)?.is_some() {
-                    // Added meanwhile by someone else: theirs stands.
-                    return Ok((part, ()));
-                }
-                part.put_device(device);
-                if device.mac == devices[0].mac {
-                    part.audit(now(), actor, &audit)?;
-                }
-                state.plan_change(None, Some(device), &mut part)?;
-                Ok((part, ()))
-            },
-            |_, ()| {},
-        )?;
+        let part = |state: &mut State, device: &Device| {
+            let mut part = Txn::new();
+            if state.db.device(&device.mac)?.is_some() {
+                // Added meanwhile by someone else: theirs stands.
+                return Ok((part, ()));
+            }
+            part.put_device(device);
+            if device.mac == devices[0].mac {
+                part.audit(now(), actor, &audit)?;
+            }
+            state.plan_change(None, Some(device), &mut part)?;
+            Ok((part, ()))
+        };
+        // One decision: the device cap and the store's room are judged for the whole import
+        // before its first write, so neither stops it halfway.
+        let parts: Vec<Txn> =
+            devices.iter().map(|device| part(&mut state, device).map(|(txn, ())| txn)).collect::<Result<_, _>>()?;
+        state.db.check_growth(&parts)?;
+        // A store transaction fits one flash sector, so a large import commits as many devices
+        // (each with its redirect registration) as fit in each, letting phones be served in
+        // between. A power cut mid-import leaves a prefix, and re-running the import with
+        // --partial adds the rest.
+        drop(state);
+        self.commit_each(&devices, part, |_, ()| {})?;
         self.lock().rebuild_tokens()?;
         self.site_changed();
         self.redirect.wake();

@@ -449,6 +449,30 @@ impl<F: NorFlash> Store<F> {
             .filter_map(|(key, slot)| Some((key.as_slice(), slot.value.as_deref()?)))
     }
 
+    /// The live user record with the greatest key that starts with `prefix`, found from the
+    /// end of the range (queues ask for their tail on every append).
+    pub fn last_with_prefix<'s>(&'s self, prefix: &[u8]) -> Option<(&'s [u8], &'s [u8])> {
+        let mut end = prefix.to_vec();
+        // The first key past every key that starts with `prefix`: the prefix with its last
+        // byte below 0xff raised by one (and the 0xff bytes after it dropped); none if the
+        // prefix is all 0xff, where the range runs to the end.
+        while end.last() == Some(&0xff) {
+            end.pop();
+        }
+        let upper = match end.last_mut() {
+            Some(byte) => {
+                *byte += 1;
+                std::ops::Bound::Excluded(end.as_slice())
+            }
+            None => std::ops::Bound::Unbounded,
+        };
+        self.index
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), upper))
+            .rev()
+            .filter(|(key, _)| key.first() != Some(&ENGINE_KEY_PREFIX))
+            .find_map(|(key, slot)| Some((key.as_slice(), slot.value.as_deref()?)))
+    }
+
     /// Bytes of live records the store can still take, packed (what compaction can make
     /// room for while keeping its own spare sectors).
     pub fn room(&self) -> usize {

@@ -914,39 +914,60 @@ impl<F: NorFlash> Db<F> {
     /// The position after the last record of a queue-like `kind`.
     fn next_position(&self, kind: Kind) -> u64 {
         self.store
-            .iter_prefix(&[kind as u8])
-            .filter_map(|(key, _)| Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?)))
-            .last()
+            .last_with_prefix(&[kind as u8])
+            .and_then(|(key, _)| Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?)))
             .map_or(0, |last| last + 1)
     }
 
     /// Commits `txn` atomically: after a power cut, all of it or none of it is there.
     pub fn commit(&mut self, txn: &Txn) -> Result<(), DbError> {
-        let added_devices = txn
-            .changes
-            .iter()
-            .filter(|(key, value)| key[0] == Kind::Device as u8 && value.is_some() && self.store.get(key).is_none())
-            .count();
-        if added_devices > 0 && self.device_count() + added_devices > MAX_DEVICES {
+        self.check_growth(std::slice::from_ref(txn))?;
+        let changes = self.prepare(txn);
+        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
+        self.store.commit(&ops)?;
+        self.commits += 1;
+        Ok(())
+    }
+
+    /// Refuses `parts`, to be committed one after another, if together they would pass
+    /// [`MAX_DEVICES`] or, adding a device, a phone seen or an API token, eat into the
+    /// store's reserve: one decision for a change too large for one transaction (an
+    /// import), taken before its first part is written.
+    pub fn check_growth(&self, parts: &[Txn]) -> Result<(), DbError> {
+        let is_new = |key: &Vec<u8>, value: &Option<Vec<u8>>| value.is_some() && self.store.get(key).is_none();
+        let mut added_devices = std::collections::BTreeSet::new();
+        let mut grows = false;
+        for (key, value) in parts.iter().flat_map(|txn| &txn.changes) {
+            if is_new(key, value) {
+                match Kind::from_byte(key[0]) {
+                    Some(Kind::Device) => {
+                        added_devices.insert(key.as_slice());
+                        grows = true;
+                    }
+                    Some(Kind::Seen | Kind::ApiToken) => grows = true,
+                    _ => {}
+                }
+            }
+        }
+        if !added_devices.is_empty() && self.device_count() + added_devices.len() > MAX_DEVICES {
             return Err(DbError::TooManyDevices);
         }
-        let grows = txn.changes.iter().any(|(key, value)| {
-            matches!(Kind::from_byte(key[0]), Some(Kind::Device | Kind::Seen | Kind::ApiToken))
-                && value.is_some()
-                && self.store.get(key).is_none()
-        });
         if grows {
-            let adding: usize =
-                txn.changes.iter().map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len)).sum();
+            // What the parts write, encoded as the store writes it (queue positions and
+            // audit expiry included): never less than the live bytes they add.
+            let adding: usize = parts
+                .iter()
+                .map(|txn| {
+                    let changes = self.prepare(txn);
+                    let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
+                    super::format::encode_ops(&ops).len()
+                })
+                .sum();
             let room = self.store.room();
             if room < adding + reserve_of(self.store.usable_capacity()) {
                 return Err(DbError::NearlyFull { room });
             }
         }
-        let changes = self.prepare(txn);
-        let ops: Vec<Op<'_>> = changes.iter().map(|(key, value)| Op::set(key, value.as_deref())).collect();
-        self.store.commit(&ops)?;
-        self.commits += 1;
         Ok(())
     }
 
@@ -1011,6 +1032,9 @@ impl<F: NorFlash> Db<F> {
         let audit = (self.next_position(Kind::Audit)..).zip(&txn.new_audit);
         changes
             .extend(audit.map(|(position, entry)| (key(Kind::Audit, &position.to_be_bytes()), Some(entry.encode()))));
+        if txn.new_audit.is_empty() {
+            return changes;
+        }
         // Keep the audit log bounded: drop the oldest entries in the same transaction.
         let audit_keys: Vec<&[u8]> = self.store.iter_prefix(&[Kind::Audit as u8]).map(|(key, _)| key).collect();
         let expired = (audit_keys.len() + txn.new_audit.len()).saturating_sub(AUDIT_CAPACITY);

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::app::{App, AppError};
 use crate::clock;
 use crate::control::{self, ControlError};
+use crate::metrics::Activity;
 use crate::pki::{KeyType, Pki, PkiError};
 use crate::server::{self, Limits, Listener, routes};
 use crate::store::backend::AnyFlash;
@@ -419,7 +420,7 @@ pub async fn run(
     let _ = server.await;
     // After the server: the requests that finished while it drained are counted too.
     if let Ok(mut last) = summary.await {
-        log_fetch_summary(&mut last, "since the last summary");
+        log_activity(&mut last, "since the last summary");
     }
     let _ = control.await;
     let _ = flusher.await;
@@ -521,39 +522,26 @@ fn commit_slot(updates: &Updates, app: &App) {
 /// How often the fetch summary is logged (each fetch is logged at DEBUG only).
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The fetch and TLS handshake counters as the last summary saw them.
-type Counts = ([u64; 4], [u64; 2]);
-
 /// Logs, once a minute when anything happened, how many phone fetches were served and
-/// refused and how many TLS handshakes failed: the trail of a normal day without a line
-/// per request wearing the flash. Returns the counts of the last summary at shutdown.
-async fn summarise_fetches(mut stopped: watch::Receiver<bool>) -> Counts {
-    let mut last = (crate::metrics::FETCHES.values(), crate::metrics::TLS_HANDSHAKES.values());
+/// refused, static files served and TLS handshakes failed: the trail of a normal day
+/// without a line per request wearing the flash. Returns what the last summary saw.
+async fn summarise_fetches(mut stopped: watch::Receiver<bool>) -> Activity {
+    let mut last = Activity::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(SUMMARY_INTERVAL) => log_fetch_summary(&mut last, "in the last minute"),
+            _ = tokio::time::sleep(SUMMARY_INTERVAL) => log_activity(&mut last, "in the last minute"),
             _ = stopped.wait_for(|stop| *stop) => return last,
         }
     }
 }
 
-/// Logs what the counters did since `last` (if anything), `since` saying over what time.
-fn log_fetch_summary(last: &mut Counts, since: &str) {
-    use crate::metrics::{FETCHES, TLS_HANDSHAKES};
-    let now = (FETCHES.values(), TLS_HANDSHAKES.values());
-    if now == *last {
-        return;
+/// Logs what happened since `last`, if anything; `since` says over what time.
+fn log_activity(last: &mut Activity, since: &str) {
+    let now = Activity::now();
+    if now != *last {
+        tracing::info!("{since}: {}", now.since(last));
+        *last = now;
     }
-    let fetches: Vec<String> = FETCHES
-        .labels()
-        .iter()
-        .zip(now.0.iter().zip(last.0))
-        .map(|(label, (now, before))| format!("{label} {}", now - before))
-        .collect();
-    let failed = TLS_HANDSHAKES.labels().iter().position(|label| *label == "failed");
-    let handshakes_failed = failed.map_or(0, |series| now.1[series] - last.1[series]);
-    tracing::info!("{since}: fetches {}; TLS handshakes failed {handshakes_failed}", fetches.join(", "));
-    *last = now;
 }
 
 async fn flush_periodically(app: Arc<App>, mut stopped: watch::Receiver<bool>) {

@@ -30,11 +30,6 @@ impl<const N: usize> Counter<N> {
         std::array::from_fn(|index| self.values[index].load(Ordering::Relaxed))
     }
 
-    /// The label values, in the order [`Counter::values`] gives them.
-    pub fn labels(&self) -> [&'static str; N] {
-        self.labels
-    }
-
     fn write(&self, out: &mut String, name: &str, label: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (value, series) in self.values.iter().zip(self.labels) {
@@ -49,6 +44,34 @@ pub static FETCHES: Counter<4> = Counter::new(["served", "not_found", "throttled
 pub static ENROLLMENT: Counter<4> = Counter::new(["started", "locked", "refused", "unlocked"]);
 /// TLS handshakes by result.
 pub static TLS_HANDSHAKES: Counter<2> = Counter::new(["ok", "failed"]);
+/// Static files (firmware, ringtones, logos) served to phones.
+pub static STATIC_FILES: Counter<1> = Counter::new(["served"]);
+
+/// What the log's periodic summary counts: phone fetches by result, static files served
+/// and failed TLS handshakes (a page visit or a scrape, which only adds handshakes that
+/// worked, is not activity worth a line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity([u64; 6]);
+
+impl Activity {
+    const NAMES: [&'static str; 6] =
+        ["fetches served", "not found", "throttled", "failed", "static files served", "TLS handshakes failed"];
+
+    /// The counters now.
+    pub fn now() -> Activity {
+        // In the order of the counters' labels above.
+        let [served, not_found, throttled, failed] = FETCHES.values();
+        let [_, handshakes_failed] = TLS_HANDSHAKES.values();
+        let [static_files] = STATIC_FILES.values();
+        Activity([served, not_found, throttled, failed, static_files, handshakes_failed])
+    }
+
+    /// What happened between `before` and this, in words.
+    pub fn since(&self, before: &Activity) -> String {
+        let counts = Self::NAMES.iter().zip(self.0.iter().zip(before.0));
+        counts.map(|(name, (now, then))| format!("{name} {}", now.saturating_sub(then))).collect::<Vec<_>>().join(", ")
+    }
+}
 
 /// What the appliance reads for a scrape.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +98,12 @@ pub fn render(gauges: &Gauges) -> String {
     FETCHES.write(&mut out, "provbox_fetches_total", "result", "Phone configuration requests by result.");
     ENROLLMENT.write(&mut out, "provbox_enrollment_events_total", "event", "Enrollment events.");
     TLS_HANDSHAKES.write(&mut out, "provbox_tls_handshakes_total", "result", "TLS handshakes by result.");
+    STATIC_FILES.write(
+        &mut out,
+        "provbox_static_files_total",
+        "result",
+        "Static files (firmware, ringtones, logos) served to phones.",
+    );
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };

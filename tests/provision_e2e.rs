@@ -379,17 +379,29 @@ async fn fetches_are_summarised_in_the_log_and_itemised_only_at_debug() {
         let device = add(&appliance, &phone, "100");
         let enrollment = Appliance::path_of(device["enrollment_url"].as_str().unwrap());
         let mut connection = Connection::open(appliance.client_config(), appliance.https, None).await.unwrap();
-        let statuses: Vec<u16> = phone.boot(&mut connection, &enrollment).await.iter().map(|(_, r)| r.status).collect();
+        let responses = phone.boot(&mut connection, &enrollment).await;
+        let statuses: Vec<u16> = responses.iter().map(|(_, r)| r.status).collect();
         assert_eq!(statuses, [404, 404, 200, 200], "boot files, then common and device file");
+        // A firmware file from the steady URL counts as a static file.
+        std::fs::create_dir_all(appliance.data.join("files")).unwrap();
+        std::fs::write(appliance.data.join("files/T54W.rom"), b"firmware").unwrap();
+        let steady = phone.steady_path_in(&responses[3].1.text()).expect("steady URL in the config");
+        let firmware = connection.get(&format!("{steady}files/T54W.rom"), &[]).await.unwrap();
+        assert_eq!((firmware.status, firmware.text()), (200, "firmware".to_string()));
         appliance.signal(Signal::SIGTERM);
         assert!(appliance.wait_for_log("since the last summary: "), "{}", appliance.log());
         let log = appliance.log();
         let summary = log.lines().find(|line| line.contains("since the last summary: ")).unwrap();
         assert!(
-            summary.contains("fetches served 2, not_found 2, throttled 0, failed 0; TLS handshakes failed 0"),
+            summary.contains(
+                "fetches served 2, not found 2, throttled 0, failed 0, static files served 1, TLS handshakes failed 0"
+            ),
             "{summary}"
         );
-        let per_fetch = log.lines().filter(|line| line.contains("provbox::app::fetches: served")).count();
-        assert_eq!(per_fetch, if itemised { 2 } else { 0 }, "{flags:?}:\n{log}");
+        let per_fetch = log
+            .lines()
+            .filter(|line| line.contains("provbox::app::fetches: served") || line.contains("served a static file"))
+            .count();
+        assert_eq!(per_fetch, if itemised { 3 } else { 0 }, "{flags:?}:\n{log}");
     }
 }

@@ -258,7 +258,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
             let change = FetchChange { enrollment: None, close_window: false };
             return serve(app, request, vendor, &matched, Some(&device), &claimed, Some((&device, change)));
         }
-        tracing::info!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
+        tracing::debug!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
     } else {
         // A real phone asks for its own file a few times per boot; a scanner walking MACs
         // asks for many. Counting these keeps scans (and their phones-seen writes) in check.

@@ -158,7 +158,8 @@ async fn static_file(
     match files.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => {
             if response.status().is_success() {
-                tracing::info!(mac = %device.mac, %ip, file = path, "served a static file");
+                crate::metrics::STATIC_FILES.inc("served");
+                tracing::debug!(mac = %device.mac, %ip, file = path, "served a static file");
             }
             response.map(Body::new)
         }

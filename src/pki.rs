@@ -1,10 +1,13 @@
-//! The appliance's TLS identity: a local CA created on first start, a server certificate it
-//! signs for the appliance's names and addresses, and an operator-supplied chain that
-//! overrides both and is reloaded on SIGHUP.
+//! The appliance's TLS identity: a local CA created on first start, server certificates it
+//! signs for the appliance's names and addresses (by default two, RSA-2048 and ECDSA P-256,
+//! chosen per handshake by what the client offers), and operator-supplied chains that
+//! override them and are reloaded on SIGHUP.
 //!
-//! Files live in `<data>/tls/`: `ca.crt`, `ca.key`, `server.crt`, `server.key`,
-//! `server.json` (what the server certificate covers) and, when the operator supplies them,
-//! `operator.crt` (PEM chain, leaf first) and `operator.key`. Keys are written mode 0600.
+//! Files live in `<data>/tls/`: `ca.crt`, `ca.key`, `server.crt`, `server.key`, with
+//! `--key-type dual` `server-ecdsa.crt` and `server-ecdsa.key`, `server.json` (what the
+//! server certificates cover) and, when the operator supplies them, `operator.crt` (PEM
+//! chain, leaf first) and `operator.key`, and a second pair of the other key kind in
+//! `operator-ecdsa.crt` and `operator-ecdsa.key` or the reverse. Keys are written mode 0600.
 
 use std::fs;
 use std::io::Write;
@@ -39,14 +42,44 @@ const SESSION_CACHE_ENTRIES: usize = 4096;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// The key algorithm of generated certificates.
+/// The key algorithms of generated certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyType {
-    /// RSA-2048 with SHA-256: what every phone understands.
+    /// An RSA-2048 CA and two server certificates, ECDSA P-256 for the clients that offer
+    /// it (a faster handshake) and RSA-2048 for the rest.
+    Dual,
+    /// RSA-2048 with SHA-256 only: what every phone understands.
     Rsa2048,
-    /// ECDSA P-256: smaller and faster, for fleets known to support it.
+    /// ECDSA P-256 only (the CA too): for fleets known to support it.
     EcdsaP256,
 }
+
+impl KeyType {
+    /// The key kinds of the server certificates, the first in `server.crt`.
+    fn server_kinds(self) -> &'static [KeyKind] {
+        match self {
+            KeyType::Dual => &[KeyKind::Rsa, KeyKind::Ecdsa],
+            KeyType::Rsa2048 => &[KeyKind::Rsa],
+            KeyType::EcdsaP256 => &[KeyKind::Ecdsa],
+        }
+    }
+}
+
+/// One key algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    Ecdsa,
+}
+
+/// The generated server certificates' files, by kind: (certificate, key). A single-kind
+/// appliance keeps its one certificate in the first pair.
+pub const SERVER_PAIRS: [(&str, &str); 2] = [("server.crt", "server.key"), ("server-ecdsa.crt", "server-ecdsa.key")];
+/// What the generated server certificates cover.
+pub const SERVER_COVERAGE: &str = "server.json";
+/// The operator's certificate files: (certificate, key), one pair per key kind.
+pub const OPERATOR_PAIRS: [(&str, &str); 2] =
+    [("operator.crt", "operator.key"), ("operator-ecdsa.crt", "operator-ecdsa.key")];
 
 /// Why the TLS identity could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +147,12 @@ impl Pki {
         let ca_pem = read_string(&ca_cert_path)?;
         issue_if_needed(&dir, &ca_pem, key_type, names, ips)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let current = load_certified_key(&dir, &provider)?;
+        let current = load_served(&dir, &provider)?;
+        let resolver = Arc::new(Resolver { served: ArcSwap::new(current), suites: provider.cipher_suites.clone() });
         Ok(Pki {
             dir,
             provider,
-            resolver: Arc::new(Resolver(ArcSwap::new(current))),
+            resolver,
             ca_pem: ArcSwap::from_pointee(ca_pem),
             key_type,
             coverage: std::sync::Mutex::new((names.to_vec(), ips.to_vec())),
@@ -163,22 +197,24 @@ impl Pki {
 
     /// Whether an operator certificate is in use.
     pub fn uses_operator_certificate(&self) -> bool {
-        operator_paths(&self.dir).0.exists()
+        OPERATOR_PAIRS.iter().any(|(cert, _)| self.dir.join(cert).exists())
     }
 
-    /// Reloads the served certificate: the operator chain if present, else the generated
-    /// one. On error the certificate in use stays.
+    /// Reloads the served certificates: the operator's if any, else the generated ones. On
+    /// error the certificates in use stay.
     pub fn reload(&self) -> Result<(), PkiError> {
-        let key = load_certified_key(&self.dir, &self.provider)?;
-        self.resolver.0.store(key);
+        let served = load_served(&self.dir, &self.provider)?;
+        self.resolver.served.store(served);
         Ok(())
     }
 
     /// Installs an operator certificate chain (PEM, leaf first) and its key after checking
-    /// that they parse and match; serves it from the next handshake. A refused pair changes
-    /// nothing.
+    /// that they parse and match; serves it from the next handshake. It replaces the
+    /// operator's certificate of the same key kind and keeps one of the other kind, so an
+    /// operator may serve an RSA and an ECDSA certificate side by side. A refused pair
+    /// changes nothing.
     pub fn install_operator(&self, chain_pem: &str, key_pem: &str) -> Result<(), PkiError> {
-        let (cert_path, key_path) = operator_paths(&self.dir);
+        let (cert_path, key_path) = (self.dir.join(OPERATOR_PAIRS[0].0), self.dir.join(OPERATOR_PAIRS[0].1));
         let pem_error = |path: &Path, reason: String| PkiError::Pem { path: path.to_path_buf(), reason };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -189,10 +225,19 @@ impl Pki {
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| pem_error(&key_path, e.to_string()))?;
         let certified = CertifiedKey::from_der(chain, key, &self.provider)
             .map_err(|e| pem_error(&key_path, format!("does not match the certificate: {e}")))?;
-        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
-        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
-        self.resolver.0.store(Arc::new(certified));
-        Ok(())
+        let kind = kind_of(&certified).ok_or_else(|| pem_error(&key_path, "neither an RSA nor an ECDSA key".into()))?;
+        // The pair goes where no certificate of another kind is: over the one of its own
+        // kind, else into a free pair of files.
+        let kinds: Vec<Option<KeyKind>> = OPERATOR_PAIRS
+            .iter()
+            .map(|(cert, key)| load_pair(&self.dir.join(cert), &self.dir.join(key), &self.provider).ok())
+            .map(|loaded| loaded.as_ref().and_then(kind_of))
+            .collect();
+        let slot = kinds.iter().position(|k| *k == Some(kind)).or_else(|| kinds.iter().position(Option::is_none));
+        let (cert, key) = OPERATOR_PAIRS[slot.unwrap_or(0)];
+        write_file(&self.dir.join(key), key_pem.as_bytes(), 0o600)?;
+        write_file(&self.dir.join(cert), chain_pem.as_bytes(), 0o644)?;
+        self.reload()
     }
 
     /// A rustls server configuration serving the current certificate, with TLS 1.2 and 1.3,
@@ -225,18 +270,38 @@ pub fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("the key does not match the certificate: {e}"))
 }
 
-/// Hands rustls whichever certificate is current; swapped on reload.
+/// The certificates served, the preferred first (ECDSA: a cheaper signature per handshake).
 #[derive(Debug)]
-struct Resolver(ArcSwap<CertifiedKey>);
+struct Served(Vec<Arc<CertifiedKey>>);
+
+/// Hands rustls, per handshake, the first served certificate the client can use: one whose
+/// key signs with a scheme the client offers, under a cipher suite it offers. A client that
+/// offers no ECDSA scheme (or only TLS 1.2 suites for RSA) gets the RSA certificate, as it
+/// would from an RSA-only server. Swapped on reload.
+#[derive(Debug)]
+struct Resolver {
+    served: ArcSwap<Served>,
+    /// The provider's cipher suites, to tell which of the client's fit a key.
+    suites: Vec<rustls::SupportedCipherSuite>,
+}
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let served = self.served.load();
+        let usable = |certified: &&Arc<CertifiedKey>| {
+            let algorithm = certified.key.algorithm();
+            certified.key.choose_scheme(hello.signature_schemes()).is_some()
+                && self.suites.iter().any(|suite| {
+                    hello.cipher_suites().contains(&suite.suite()) && suite.usable_for_signature_algorithm(algorithm)
+                })
+        };
+        // None usable: the last (RSA, when there are two) lets rustls refuse with the reason.
+        served.0.iter().find(usable).or(served.0.last()).cloned()
     }
 }
 
-/// Issues the server certificate from the CA in `dir` unless the one there covers `names`
-/// and `ips`, is of `key_type` and is far from expiry; true if it issued one.
+/// Issues the server certificates from the CA in `dir` unless the ones there cover `names`
+/// and `ips`, are of `key_type` and are far from expiry; true if it issued them.
 fn issue_if_needed(
     dir: &Path,
     ca_pem: &str,
@@ -254,57 +319,97 @@ fn issue_if_needed(
         return Ok(false);
     }
     let ca_key = read_string(&dir.join("ca.key"))?;
-    let (cert, key) = new_server_cert(ca_pem, &ca_key, key_type, &wanted)?;
-    write_file(&dir.join("server.key"), key.as_bytes(), 0o600)?;
-    write_file(&dir.join("server.crt"), cert.as_bytes(), 0o644)?;
+    let kinds = key_type.server_kinds();
+    for (index, (cert_name, key_name)) in SERVER_PAIRS.iter().enumerate() {
+        match kinds.get(index) {
+            Some(kind) => {
+                let (cert, key) = new_server_cert(ca_pem, &ca_key, *kind, &wanted)?;
+                write_file(&dir.join(key_name), key.as_bytes(), 0o600)?;
+                write_file(&dir.join(cert_name), cert.as_bytes(), 0o644)?;
+            }
+            None => {
+                for name in [cert_name, key_name] {
+                    remove_if_there(&dir.join(name))?;
+                }
+            }
+        }
+    }
     let coverage = serde_json::to_vec_pretty(&wanted).map_err(|e| PkiError::Generate(e.to_string()))?;
-    write_file(&dir.join("server.json"), &coverage, 0o644)?;
+    write_file(&dir.join(SERVER_COVERAGE), &coverage, 0o644)?;
     tracing::info!(names = ?wanted.names, ips = ?wanted.ips, "issued the server certificate");
     Ok(true)
 }
 
-fn operator_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("operator.crt"), dir.join("operator.key"))
+/// The certificates to serve: the operator's pairs if there is any, else the generated
+/// ones; ECDSA first.
+fn load_served(dir: &Path, provider: &CryptoProvider) -> Result<Arc<Served>, PkiError> {
+    let operator = OPERATOR_PAIRS.iter().any(|(cert, _)| dir.join(cert).exists());
+    let pairs = if operator { OPERATOR_PAIRS } else { SERVER_PAIRS };
+    let mut served = Vec::new();
+    for (index, (cert, key)) in pairs.iter().enumerate() {
+        // The first pair must be there; a second one is optional.
+        if index == 0 || dir.join(cert).exists() || dir.join(key).exists() {
+            served.push(Arc::new(load_pair(&dir.join(cert), &dir.join(key), provider)?));
+        }
+    }
+    if operator && served.is_empty() {
+        return Err(PkiError::Pem { path: dir.join(OPERATOR_PAIRS[0].0), reason: "no operator certificate".into() });
+    }
+    served.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
+    Ok(Arc::new(Served(served)))
 }
 
-fn load_certified_key(dir: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, PkiError> {
-    let (operator_cert, operator_key) = operator_paths(dir);
-    let (cert_path, key_path) = if operator_cert.exists() {
-        (operator_cert, operator_key)
-    } else {
-        (dir.join("server.crt"), dir.join("server.key"))
-    };
+/// A certificate chain file and its key file, checked to match.
+fn load_pair(cert_path: &Path, key_path: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, PkiError> {
     let pem_error = |path: &Path, reason: String| PkiError::Pem { path: path.to_path_buf(), reason };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| pem_error(&cert_path, e.to_string()))?
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| pem_error(cert_path, e.to_string()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(&cert_path, e.to_string()))?;
+        .map_err(|e| pem_error(cert_path, e.to_string()))?;
     if chain.is_empty() {
-        return Err(pem_error(&cert_path, "no certificate in the file".into()));
+        return Err(pem_error(cert_path, "no certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_error(&key_path, e.to_string()))?;
-    let certified = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| pem_error(&key_path, format!("does not match {}: {e}", cert_path.display())))?;
-    Ok(Arc::new(certified))
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e.to_string()))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| pem_error(key_path, format!("does not match {}: {e}", cert_path.display())))
+}
+
+/// The kind of a certificate's key, if RSA or ECDSA.
+fn kind_of(certified: &CertifiedKey) -> Option<KeyKind> {
+    match certified.key.algorithm() {
+        rustls::SignatureAlgorithm::RSA => Some(KeyKind::Rsa),
+        rustls::SignatureAlgorithm::ECDSA => Some(KeyKind::Ecdsa),
+        _ => None,
+    }
+}
+
+/// Removes `path`; a file that is not there is fine.
+fn remove_if_there(path: &Path) -> Result<(), PkiError> {
+    match fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(PkiError::Io { path: path.to_path_buf(), source })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn needs_reissue(dir: &Path, wanted: &ServerCoverage) -> bool {
     let Ok(text) = fs::read(dir.join("server.json")) else { return true };
     let Ok(current) = serde_json::from_slice::<ServerCoverage>(&text) else { return true };
     let renew_at = current.not_after.saturating_sub(RENEW_DAYS * DAY.as_secs());
+    let pairs = SERVER_PAIRS.len().min(if current.key_type == format!("{:?}", KeyType::Dual) { 2 } else { 1 });
     current.names != wanted.names
         || current.ips != wanted.ips
         || current.key_type != wanted.key_type
         || unix(SystemTime::now()) >= renew_at
-        || !dir.join("server.crt").exists()
-        || !dir.join("server.key").exists()
+        || SERVER_PAIRS[..pairs].iter().any(|(cert, key)| !dir.join(cert).exists() || !dir.join(key).exists())
 }
 
-fn generate_key(key_type: KeyType) -> Result<KeyPair, PkiError> {
+fn generate_key(kind: KeyKind) -> Result<KeyPair, PkiError> {
     let generate = |e: &dyn std::fmt::Display| PkiError::Generate(e.to_string());
-    match key_type {
-        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| generate(&e)),
-        KeyType::Rsa2048 => {
+    match kind {
+        KeyKind::Ecdsa => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| generate(&e)),
+        KeyKind::Rsa => {
             use rsa::pkcs8::EncodePrivateKey;
             // ring signs with RSA keys but cannot generate them; the rsa crate does.
             let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| generate(&e))?;
@@ -334,9 +439,10 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// A new self-signed CA: (certificate PEM, key PEM).
+/// A new self-signed CA: (certificate PEM, key PEM). RSA unless every certificate is to be
+/// ECDSA: a client that cannot check an ECDSA signature could not check the chain.
 fn new_ca(key_type: KeyType) -> Result<(String, String), PkiError> {
-    let key = generate_key(key_type)?;
+    let key = generate_key(if key_type == KeyType::EcdsaP256 { KeyKind::Ecdsa } else { KeyKind::Rsa })?;
     let cert = ca_params().self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -345,7 +451,7 @@ fn new_ca(key_type: KeyType) -> Result<(String, String), PkiError> {
 fn new_server_cert(
     ca_pem: &str,
     ca_key_pem: &str,
-    key_type: KeyType,
+    kind: KeyKind,
     coverage: &ServerCoverage,
 ) -> Result<(String, String), PkiError> {
     let generate = |e: rcgen::Error| PkiError::Generate(e.to_string());
@@ -362,11 +468,16 @@ fn new_server_cert(
         .collect::<Result<Vec<_>, _>>()
         .map_err(generate)?;
     params.subject_alt_names.extend(coverage.ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    // RFC 5480 section 3: an ECDSA key signs and never enciphers; RSA's does both (TLS 1.2's
+    // RSA key exchange, which rustls does not offer, is what enciphers).
+    params.key_usages = match kind {
+        KeyKind::Rsa => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+        KeyKind::Ecdsa => vec![KeyUsagePurpose::DigitalSignature],
+    };
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, SERVER_DAYS as u32 * DAY);
-    let key = generate_key(key_type)?;
+    let key = generate_key(kind)?;
     let cert = params.signed_by(&key, &issuer).map_err(generate)?;
     Ok((cert.pem(), key.serialize_pem()))
 }

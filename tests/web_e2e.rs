@@ -727,3 +727,75 @@ async fn a_form_without_a_session_is_refused_before_its_body_is_read() {
     let answer = connection.response_within(std::time::Duration::from_secs(3)).await.expect("an answer at once");
     assert_eq!((answer.status, answer.header("location")), (303, Some("/login")));
 }
+
+/// A self-signed certificate and key made by OpenSSL (`openssl req`), for `CN`: `kind` is
+/// `rsa:2048` or `ec`.
+fn openssl_pair(dir: &std::path::Path, cn: &str, kind: &str) -> (String, String) {
+    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    let mut command = std::process::Command::new("openssl");
+    command.args(["req", "-x509", "-nodes", "-days", "30", "-subj", &format!("/CN={cn}"), "-newkey", kind]);
+    if kind == "ec" {
+        command.args(["-pkeyopt", "ec_paramgen_curve:P-256"]);
+    }
+    let output = command
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian's openssl package) runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
+}
+
+/// The operator may install an RSA and an ECDSA certificate: each replaces the one of its
+/// own kind and keeps the other, and each client gets the one it can use (as OpenSSL's
+/// s_client sees it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificates_of_both_kinds_are_served_side_by_side() {
+    let appliance = Appliance::start();
+    let mut browser = set_up(&appliance).await;
+    let csrf = hidden(&browser.get("/settings").await.text(), "csrf");
+    let made = tempfile::tempdir().unwrap();
+    let trusted = made.path().join("trusted.pem");
+    let mut install = async |cn: &str, kind: &str| {
+        let (cert, key) = openssl_pair(made.path(), cn, kind);
+        let mut bundle = std::fs::read_to_string(&trusted).unwrap_or_default();
+        bundle.push_str(&cert);
+        std::fs::write(&trusted, bundle).unwrap();
+        let answer = browser
+            .post("/settings/certificate", &[("csrf", &csrf), ("certificate", &cert), ("key", &key)])
+            .await
+            .text();
+        assert!(answer.contains("operator certificate installed"), "{answer}");
+    };
+    let handshake = |args: &[&str]| fleet::openssl_handshake(appliance.https, &trusted, args);
+    let rsa_only = ["-sigalgs", "RSA-PSS+SHA256:RSA+SHA256"];
+
+    install("operator-rsa-1", "rsa:2048").await;
+    let report = handshake(&[]);
+    assert!(
+        report.contains("Peer certificate: CN = operator-rsa-1") && report.contains("Verification: OK"),
+        "{report}"
+    );
+    install("operator-ec", "ec").await;
+    let report = handshake(&[]);
+    assert!(
+        report.contains("Peer certificate: CN = operator-ec") && report.contains("Signature type: ECDSA"),
+        "{report}"
+    );
+    let report = handshake(&rsa_only);
+    assert!(report.contains("Peer certificate: CN = operator-rsa-1"), "the RSA certificate was kept:\n{report}");
+    install("operator-rsa-2", "rsa:2048").await;
+    let report = handshake(&rsa_only);
+    assert!(report.contains("Peer certificate: CN = operator-rsa-2"), "{report}");
+    assert!(handshake(&[]).contains("Peer certificate: CN = operator-ec"), "the ECDSA certificate was kept");
+    // A restart serves the same pair.
+    let (_, data, dir) = appliance.stop();
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "ecdsa-p256"]);
+    let report = fleet::openssl_handshake(appliance.https, &trusted, &rsa_only);
+    assert!(
+        report.contains("Peer certificate: CN = operator-rsa-2") && report.contains("Verification: OK"),
+        "{report}"
+    );
+}

@@ -10,16 +10,23 @@ use super::{App, AppError};
 use crate::admin::AdminError;
 use crate::backup::{self, BackupError, BackupKey, DataFile, Manifest, Snapshot, StoreRecord};
 use crate::clock::now;
+use crate::pki;
 use crate::store::records::{
     Device, Kind, MAX_DEVICES, Record, RecordError, Setting, Txn, current_schema, decode_json,
 };
 
-/// The files of `<data>/tls` a backup carries, in pairs that come together: the CA and an
-/// operator's certificate. The server certificate is the board's own: reissued from the
+/// The files of `<data>/tls` a backup carries, in pairs that come together: the CA and the
+/// operator's certificates. The server certificates are the board's own: reissued from the
 /// restored CA for the new board's addresses.
-const TLS_PAIRS: [(&str, &str); 2] = [("ca.crt", "ca.key"), ("operator.crt", "operator.key")];
-/// The generated server certificate's files, removed on restore so that it is reissued.
-const SERVER_FILES: [&str; 3] = ["server.crt", "server.key", "server.json"];
+const TLS_PAIRS: [(&str, &str); 3] = [("ca.crt", "ca.key"), pki::OPERATOR_PAIRS[0], pki::OPERATOR_PAIRS[1]];
+/// The generated server certificates' files, removed on restore so that they are reissued.
+const SERVER_FILES: [&str; 5] = [
+    pki::SERVER_PAIRS[0].0,
+    pki::SERVER_PAIRS[0].1,
+    pki::SERVER_PAIRS[1].0,
+    pki::SERVER_PAIRS[1].1,
+    pki::SERVER_COVERAGE,
+];
 /// Deepest path a backup may hold under a folder (the data directory is handed over to the
 /// unprivileged user by a bounded walk).
 const MAX_PATH_DEPTH: usize = 8;
@@ -309,7 +316,7 @@ fn check_files(files: &[DataFile]) -> Result<(), AppError> {
         |name: &str| files.iter().find(|file| file.path == format!("tls/{name}")).map(|file| &file.content[..]);
     for (cert, key) in TLS_PAIRS {
         match (content(cert), content(key)) {
-            (Some(cert_pem), Some(key_pem)) => crate::pki::check_pair(cert_pem, key_pem)
+            (Some(cert_pem), Some(key_pem)) => pki::check_pair(cert_pem, key_pem)
                 .map_err(|reason| malformed(format!("tls/{cert} and tls/{key}: {reason}")))?,
             (None, None) => {}
             _ => return Err(malformed(format!("tls/{cert} and tls/{key} must come together"))),

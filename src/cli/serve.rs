@@ -20,7 +20,7 @@ pub(super) struct ServeArgs {
     #[arg(long, default_value = "[::]:8080")]
     http: String,
     /// Key type of generated certificates.
-    #[arg(long, value_enum, default_value_t = KeyType::Rsa2048)]
+    #[arg(long, value_enum, default_value_t = KeyType::Dual)]
     key_type: KeyType,
     /// Seconds a client may take to send a request's headers.
     #[arg(long, default_value_t = 10)]

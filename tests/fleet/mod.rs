@@ -403,6 +403,32 @@ pub fn client_config_trusting(
     Arc::new(config)
 }
 
+/// Shakes hands with `https` using OpenSSL's `s_client` (a TLS client provbox did not
+/// write), trusting only `ca_file`, with extra `args` (`-sigalgs`, `-tls1_2`, `-cipher`);
+/// returns its `-brief` report ("Signature type: ECDSA", "Verification: OK", "Peer
+/// certificate: CN = ..."). Bounded at 30 s.
+pub fn openssl_handshake(https: SocketAddr, ca_file: &Path, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-brief", "-verify_return_error", "-connect", &https.to_string(), "-CAfile"])
+        .arg(ca_file)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client (Debian's openssl package) runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("openssl's output");
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Response {

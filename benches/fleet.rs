@@ -1,8 +1,12 @@
-//! The boot-storm benchmark: N phones (default 1,000, 200 at a time) each make a fresh TLS
-//! handshake without resumption and fetch their common file and MAC file over keep-alive.
-//! provbox (rendering per request) and nginx (serving the same files pre-rendered, with the
-//! same certificate and key) are run alternately in one process run; medians are reported
-//! with the RSA-2048 signing ceiling measured with ring. Run through `scripts/bench-fleet`.
+//! The boot-storm benchmark: simulated phones, 200 at a time, each make a fresh TLS
+//! handshake without resumption and fetch their common file and MAC file over keep-alive,
+//! for at least 5 s a round. provbox (rendering per request) and nginx (serving the same
+//! files pre-rendered, with the same two certificates and keys, RSA-2048 and ECDSA P-256,
+//! one worker) take turns, the first alternating, each pinned to CPU 0 with the phones on
+//! CPU 1. Twice: with phones that offer ECDSA, and with phones that offer only RSA
+//! signature schemes. Reported: medians with min-max, server CPU per phone, and each
+//! server's signing ceiling measured with its own crypto (ring for provbox, `openssl
+//! speed` for nginx). Run through `scripts/bench-fleet`.
 
 #[path = "../tests/fleet/mod.rs"]
 mod fleet;
@@ -11,34 +15,32 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet::{Appliance, Connection, cli_ok};
 use provbox::control::{self, Request, Response};
 
 struct Options {
-    phones: usize,
     concurrency: usize,
     devices: usize,
     rounds: usize,
-    key_type: String,
+    seconds: f64,
 }
 
 fn options() -> Options {
-    let mut options = Options { phones: 1000, concurrency: 200, devices: 3000, rounds: 3, key_type: "rsa2048".into() };
+    let mut options = Options { concurrency: 200, devices: 3000, rounds: 5, seconds: 5.0 };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
-        let value = pair[1].parse().ok();
-        match (pair[0].as_str(), value) {
-            ("--phones", Some(v)) => options.phones = v,
-            ("--concurrency", Some(v)) => options.concurrency = v,
-            ("--devices", Some(v)) => options.devices = v,
-            ("--rounds", Some(v)) => options.rounds = v,
-            ("--key-type", _) => options.key_type = pair[1].clone(),
+        match pair[0].as_str() {
+            "--concurrency" => options.concurrency = pair[1].parse().unwrap_or(options.concurrency),
+            "--devices" => options.devices = pair[1].parse().unwrap_or(options.devices),
+            "--rounds" => options.rounds = pair[1].parse().unwrap_or(options.rounds),
+            "--seconds" => options.seconds = pair[1].parse().unwrap_or(options.seconds),
             _ => {}
         }
     }
-    options.devices = options.devices.max(options.phones);
+    options.rounds = options.rounds.max(1);
     options
 }
 
@@ -49,53 +51,83 @@ struct Target {
     mac: String,
 }
 
+/// One round against one server.
 struct Storm {
-    phones_per_second: f64,
-    p50: Duration,
-    p99: Duration,
+    phones: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
     failures: usize,
 }
 
-async fn storm(server: SocketAddr, config: Arc<rustls::ClientConfig>, targets: &[Target], concurrency: usize) -> Storm {
-    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+impl Storm {
+    fn phones_per_second(&self) -> f64 {
+        self.phones as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn latency_ms(&self, quantile: f64) -> f64 {
+        let index = ((self.latencies.len() as f64 * quantile) as usize).min(self.latencies.len().saturating_sub(1));
+        self.latencies.get(index).map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
+    }
+}
+
+/// Phones boot, `concurrency` at a time, walking `targets` round and round, until `length`
+/// has passed; each phone is one new TLS connection and its two files.
+async fn storm(
+    server: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    targets: Arc<Vec<Target>>,
+    concurrency: usize,
+    length: Duration,
+) -> Storm {
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let deadline = started + length;
     let mut tasks = tokio::task::JoinSet::new();
-    for target in targets.iter().cloned() {
-        let gate = gate.clone();
-        let config = config.clone();
+    for _ in 0..concurrency {
+        let (config, targets, next) = (config.clone(), targets.clone(), next.clone());
         tasks.spawn(async move {
-            let _slot = gate.acquire_owned().await.ok()?;
-            let begin = Instant::now();
-            let ua = format!("Yealink SIP-T54W 96.86.0.15 {}", colon(&target.mac));
-            let mut connection = Connection::open(config, server, None).await.ok()?;
-            for file in ["y000000000096.cfg".to_string(), format!("{}.cfg", target.mac)] {
-                let response =
-                    connection.get(&format!("{}{file}", target.steady), &[("User-Agent", &ua)]).await.ok()?;
-                if response.status != 200 || response.body.is_empty() {
-                    return None;
+            let (mut latencies, mut failures) = (Vec::new(), 0);
+            while Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed) % targets.len();
+                match boot(server, config.clone(), &targets[index], index).await {
+                    Some(latency) => latencies.push(latency),
+                    None => failures += 1,
                 }
             }
-            Some(begin.elapsed())
+            (latencies, failures)
         });
     }
-    let mut latencies = Vec::new();
-    let mut failures = 0;
-    while let Some(result) = tasks.join_next().await {
-        match result.ok().flatten() {
-            Some(latency) => latencies.push(latency),
-            None => failures += 1,
+    let mut storm = Storm { phones: 0, elapsed: Duration::ZERO, latencies: Vec::new(), failures: 0 };
+    while let Some(Ok((latencies, failures))) = tasks.join_next().await {
+        storm.phones += latencies.len();
+        storm.latencies.extend(latencies);
+        storm.failures += failures;
+    }
+    storm.elapsed = started.elapsed();
+    storm.latencies.sort();
+    storm
+}
+
+/// One phone's boot: a new connection, its common file and its MAC file. Phone `index`
+/// has its own loopback address, as each phone on a LAN has its own (provbox caps the
+/// connections of one address).
+async fn boot(
+    server: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    target: &Target,
+    index: usize,
+) -> Option<Duration> {
+    let begin = Instant::now();
+    let ua = format!("Yealink SIP-T54W 96.86.0.15 {}", colon(&target.mac));
+    let local = std::net::Ipv4Addr::new(127, 1, (index >> 8) as u8, index as u8);
+    let mut connection = Connection::open(config, server, Some(local.into())).await.ok()?;
+    for file in ["y000000000096.cfg".to_string(), format!("{}.cfg", target.mac)] {
+        let response = connection.get(&format!("{}{file}", target.steady), &[("User-Agent", &ua)]).await.ok()?;
+        if response.status != 200 || response.body.is_empty() {
+            return None;
         }
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let at =
-        |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied();
-    Storm {
-        phones_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50).unwrap_or_default(),
-        p99: at(0.99).unwrap_or_default(),
-        failures,
-    }
+    Some(begin.elapsed())
 }
 
 fn colon(mac: &str) -> String {
@@ -111,9 +143,23 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resets the peak-RSS mark of `pid` (Linux ≥ 4.0).
+/// Resets the peak-RSS mark of `pid` (Linux 4.0 and later).
 fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// CPU seconds (user and system) `pids` have used so far.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let used = |pid: &u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 12th and 13th of them.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let field = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (field(11) + field(12)) / ticks
+    };
+    pids.iter().map(used).sum()
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -124,29 +170,46 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// nginx, stopped with its workers when dropped.
 struct Nginx {
     child: Child,
     port: u16,
+    workers: Vec<u32>,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        // SIGTERM: the master stops its workers, then itself (a SIGKILL would leave them).
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for worker in &self.workers {
+            let _ = kill(Pid::from_raw(*worker as i32), Signal::SIGKILL);
+        }
     }
 }
 
+/// nginx with one worker (provbox serves from one core too), both server certificates of
+/// `tls` (it picks per client, as provbox does), and `root` as its files.
 fn start_nginx(dir: &Path, tls: &Path, root: &Path) -> Nginx {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let user = if nix::unistd::geteuid().is_root() { "user root;" } else { "" };
     let temp = dir.join("temp");
     std::fs::create_dir_all(&temp).unwrap();
     let config = format!(
-        "{user}\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+        "{user}\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n access_log off;\n default_type text/plain;\n keepalive_requests 1000;\n\
          client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};\n\
-         server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {tls}/server.crt;\n  ssl_certificate_key {tls}/server.key;\n\
+         server {{\n  listen 127.0.0.1:{port} ssl;\n\
+           ssl_certificate {tls}/server.crt;\n  ssl_certificate_key {tls}/server.key;\n\
+           ssl_certificate {tls}/server-ecdsa.crt;\n  ssl_certificate_key {tls}/server-ecdsa.key;\n\
            ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache off;\n  ssl_session_tickets off;\n  root {root};\n }}\n}}\n",
         dir = dir.display(),
         temp = temp.display(),
@@ -161,17 +224,19 @@ fn start_nginx(dir: &Path, tls: &Path, root: &Path) -> Nginx {
         .stdout(Stdio::null())
         .spawn()
         .expect("nginx is installed (scripts/bench-fleet installs it)");
+    let mut nginx = Nginx { child, port, workers: Vec::new() };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || nginx.workers.is_empty() {
         assert!(Instant::now() < deadline, "nginx did not start; see {}", dir.join("error.log").display());
         std::thread::sleep(Duration::from_millis(50));
+        nginx.workers = children_of(nginx.child.id());
     }
-    Nginx { child, port }
+    nginx
 }
 
-/// Handshake signatures per second on one core with ring, using the server's own key
+/// Handshake signatures per second on this core with ring, using the key in `key_path`
 /// (RSA-2048 PSS as TLS 1.3 uses it, or ECDSA P-256).
-fn signatures_per_second(key_path: &Path) -> (f64, &'static str) {
+fn ring_signatures_per_second(key_path: &Path) -> f64 {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
     let PrivateKeyDer::Pkcs8(der) = PrivateKeyDer::from_pem_file(key_path).unwrap() else { panic!("PKCS#8 key") };
@@ -179,13 +244,12 @@ fn signatures_per_second(key_path: &Path) -> (f64, &'static str) {
     let message = b"tls 1.3 transcript hash stand-in";
     let started = Instant::now();
     let mut count = 0u32;
-    let algorithm = if let Ok(key) = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()) {
+    if let Ok(key) = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()) {
         let mut signature = vec![0; key.public().modulus_len()];
-        while started.elapsed() < Duration::from_secs(2) {
+        while started.elapsed() < Duration::from_secs(3) {
             key.sign(&ring::signature::RSA_PSS_SHA256, &rng, message, &mut signature).unwrap();
             count += 1;
         }
-        "RSA-2048"
     } else {
         let key = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -193,13 +257,31 @@ fn signatures_per_second(key_path: &Path) -> (f64, &'static str) {
             &rng,
         )
         .unwrap();
-        while started.elapsed() < Duration::from_secs(2) {
+        while started.elapsed() < Duration::from_secs(3) {
             key.sign(&rng, message).unwrap();
             count += 1;
         }
-        "ECDSA P-256"
-    };
-    (f64::from(count) / started.elapsed().as_secs_f64(), algorithm)
+    }
+    f64::from(count) / started.elapsed().as_secs_f64()
+}
+
+/// Signatures per second on this core with OpenSSL, nginx's crypto: `openssl speed -elapsed`
+/// for `algorithm` (`rsa2048`, `ecdsap256`), its sign/s column.
+fn openssl_signatures_per_second(algorithm: &str) -> f64 {
+    let output = Command::new("openssl")
+        .args(["speed", "-elapsed", "-seconds", "3", algorithm])
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|line| line.contains("rsa 2048 bits") || line.contains("ecdsa (nistp256)"))
+        .unwrap_or_else(|| panic!("no result in `openssl speed {algorithm}`:\n{text}"));
+    // ... sign verify sign/s verify/s: the second number from the end.
+    let numbers: Vec<f64> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    numbers[numbers.len() - 2]
 }
 
 /// Pins this process (and children spawned after) to `cpu`, when the machine has it.
@@ -210,21 +292,118 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median, the minimum and the maximum.
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    (values[values.len() / 2], values[0], values[values.len() - 1])
+}
+
+/// A server certificate verifier that offers only RSA signature schemes, as a phone whose
+/// TLS stack knows no ECDSA does; verification itself is webpki's.
+#[derive(Debug)]
+struct RsaOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for RsaOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        use rustls::SignatureScheme::{
+            RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512,
+        };
+        let rsa = |scheme: &rustls::SignatureScheme| {
+            [RSA_PKCS1_SHA256, RSA_PKCS1_SHA384, RSA_PKCS1_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512]
+                .contains(scheme)
+        };
+        self.0.supported_verify_schemes().into_iter().filter(rsa).collect()
+    }
+}
+
+/// Phones' TLS: trusting `roots`, no resumption, every scheme or `rsa_only`.
+fn phone_config(roots: &[rustls::pki_types::CertificateDer<'static>], rsa_only: bool) -> Arc<rustls::ClientConfig> {
+    let mut config = (*fleet::client_config_trusting(roots, None)).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    if rsa_only {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider).build().unwrap();
+        config.dangerous().set_certificate_verifier(Arc::new(RsaOnly(webpki)));
+    }
+    Arc::new(config)
+}
+
+/// What one server did over the rounds.
+#[derive(Default)]
+struct Tally {
+    phones_per_second: Vec<f64>,
+    cpu_ms_per_phone: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    peak_mb: Vec<f64>,
+}
+
+impl Tally {
+    /// Runs one round against `server`, whose processes are `pids`.
+    fn round(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        run: impl std::future::Future<Output = Storm>,
+        pids: &[u32],
+    ) {
+        for pid in pids {
+            reset_peak(*pid);
+        }
+        let cpu_before = cpu_seconds(pids);
+        let storm = runtime.block_on(run);
+        let cpu = cpu_seconds(pids) - cpu_before;
+        assert_eq!(storm.failures, 0, "failed phones");
+        self.phones_per_second.push(storm.phones_per_second());
+        self.cpu_ms_per_phone.push(cpu * 1e3 / storm.phones as f64);
+        self.p50.push(storm.latency_ms(0.50));
+        self.p99.push(storm.latency_ms(0.99));
+        self.peak_mb.push(pids.iter().map(|pid| proc_status_kib(*pid, "VmHWM:")).sum::<u64>() as f64 / 1024.0);
+    }
 }
 
 fn main() {
     let options = options();
     // Servers on CPU 0, the simulated phones on CPU 1: the client never steals server time,
-    // and the ceiling is one core's worth of signatures.
+    // and each server's ceiling is one core's worth of signatures.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server_cores = if cores >= 2 { 1 } else { cores };
     pin_to(0);
     // Every simulated phone is new to the appliance: the cap on strangers' new connections
     // (100 a second by default) would measure itself, not the TLS ceiling this compares.
-    let flags = ["--max-connections", "4096", "--strangers-per-second", "1000000", "--key-type", &options.key_type];
+    let flags = ["--max-connections", "4096", "--strangers-per-second", "1000000", "--key-type", "dual"];
     let appliance = Appliance::start_with(&flags);
     let scratch = tempfile::tempdir().unwrap();
 
@@ -241,7 +420,6 @@ fn main() {
         .as_array()
         .unwrap()
         .iter()
-        .take(options.phones)
         .map(|d| Target {
             steady: Appliance::path_of(d["steady_url"].as_str().unwrap()),
             mac: d["mac"].as_str().unwrap().to_string(),
@@ -267,62 +445,86 @@ fn main() {
             std::fs::write(dir.join(&file), result["body"].as_str().unwrap()).unwrap();
         }
     }
-    pin_to(0);
-    let nginx = start_nginx(scratch.path(), &appliance.data.join("tls"), &root);
+    let tls = appliance.data.join("tls");
+    let nginx = start_nginx(scratch.path(), &tls, &root);
+    // Each server's signing ceiling on the servers' core, with its own crypto.
+    let ceilings = [
+        (
+            "ECDSA P-256",
+            ring_signatures_per_second(&tls.join("server-ecdsa.key")),
+            openssl_signatures_per_second("ecdsap256"),
+        ),
+        ("RSA-2048", ring_signatures_per_second(&tls.join("server.key")), openssl_signatures_per_second("rsa2048")),
+    ];
     if cores >= 2 {
         pin_to(1);
     }
     let nginx_address: SocketAddr = ([127, 0, 0, 1], nginx.port).into();
-
-    let mut config = (*fleet::client_config_trusting(&appliance.ca(), None)).clone();
-    config.resumption = rustls::client::Resumption::disabled();
-    let config = Arc::new(config);
+    let mut nginx_pids = vec![nginx.child.id()];
+    nginx_pids.extend(&nginx.workers);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (mut ours, mut theirs, mut peaks, mut nginx_peaks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut our_p50, mut our_p99, mut their_p50, mut their_p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let workers = children_of(nginx.child.id());
-    for round in 0..options.rounds {
-        reset_peak(pid);
-        let result = runtime.block_on(storm(appliance.https, config.clone(), &targets, options.concurrency));
-        peaks.push(proc_status_kib(pid, "VmHWM:") as f64);
-        assert_eq!(result.failures, 0, "provbox: failed phones in round {round}");
-        ours.push(result.phones_per_second);
-        our_p50.push(result.p50.as_secs_f64() * 1e3);
-        our_p99.push(result.p99.as_secs_f64() * 1e3);
-        for worker in &workers {
-            reset_peak(*worker);
-        }
-        let result = runtime.block_on(storm(nginx_address, config.clone(), &targets, options.concurrency));
-        nginx_peaks.push(workers.iter().map(|w| proc_status_kib(*w, "VmHWM:")).sum::<u64>() as f64);
-        assert_eq!(result.failures, 0, "nginx: failed phones in round {round}");
-        theirs.push(result.phones_per_second);
-        their_p50.push(result.p50.as_secs_f64() * 1e3);
-        their_p99.push(result.p99.as_secs_f64() * 1e3);
-    }
-    let (per_core, algorithm) = signatures_per_second(&appliance.data.join("tls/server.key"));
-    let ceiling = per_core * server_cores as f64;
-    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    let targets = Arc::new(targets);
+    let length = Duration::from_secs_f64(options.seconds);
 
     println!(
-        "## Boot storm, {} keys: {} phones, {} at a time, {} devices in the store, {} rounds (medians)",
-        options.key_type, options.phones, options.concurrency, options.devices, options.rounds
+        "## Boot storm: {} phones at a time, {} devices in the store, {} rounds of {} s per server, alternating (medians, min-max)",
+        options.concurrency, options.devices, options.rounds, options.seconds
     );
+    for ((label, ours_ceiling, theirs_ceiling), rsa_only) in ceilings.into_iter().zip([false, true]) {
+        let config = phone_config(&appliance.ca(), rsa_only);
+        let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+        for round in 0..options.rounds {
+            let provbox_round = |tally: &mut Tally| {
+                let run = storm(appliance.https, config.clone(), targets.clone(), options.concurrency, length);
+                tally.round(&runtime, run, &[pid]);
+            };
+            let nginx_round = |tally: &mut Tally| {
+                let run = storm(nginx_address, config.clone(), targets.clone(), options.concurrency, length);
+                tally.round(&runtime, run, &nginx_pids);
+            };
+            if round % 2 == 0 {
+                provbox_round(&mut ours);
+                nginx_round(&mut theirs);
+            } else {
+                nginx_round(&mut theirs);
+                provbox_round(&mut ours);
+            }
+        }
+        let phones = if rsa_only { "phones offering RSA only" } else { "phones offering ECDSA" };
+        println!();
+        println!("### {phones}: {label} certificate");
+        println!();
+        println!("| | provbox | nginx | provbox / nginx |");
+        println!("|---|---|---|---|");
+        let (a, a_min, a_max) = spread(&mut ours.phones_per_second);
+        let (b, b_min, b_min_max) = spread(&mut theirs.phones_per_second);
+        println!(
+            "| phones/s (handshake + 2 files) | {a:.0} ({a_min:.0}-{a_max:.0}) | {b:.0} ({b_min:.0}-{b_min_max:.0}) | {:.2}x |",
+            a / b
+        );
+        let (c, _, _) = spread(&mut ours.cpu_ms_per_phone);
+        let (d, _, _) = spread(&mut theirs.cpu_ms_per_phone);
+        println!("| server CPU per phone | {c:.3} ms | {d:.3} ms | {:.2}x |", c / d);
+        let (p50, p99) = (spread(&mut ours.p50).0, spread(&mut ours.p99).0);
+        let (q50, q99) = (spread(&mut theirs.p50).0, spread(&mut theirs.p99).0);
+        println!("| p50 / p99 boot | {p50:.1} / {p99:.1} ms | {q50:.1} / {q99:.1} ms | |");
+        let (m, n) = (spread(&mut ours.peak_mb).0, spread(&mut theirs.peak_mb).0);
+        println!("| peak RSS | {m:.1} MB | {n:.1} MB (master and worker) | |");
+        println!(
+            "| {label} signing ceiling, one core | {ours_ceiling:.0}/s (ring) | {theirs_ceiling:.0}/s (OpenSSL) | {:.2}x |",
+            ours_ceiling / theirs_ceiling
+        );
+        println!(
+            "| achieved / own ceiling | {:.0}% | {:.0}% | |",
+            100.0 * a / ours_ceiling,
+            100.0 * b / theirs_ceiling
+        );
+    }
     println!();
-    println!("| | provbox | nginx | ratio |");
-    println!("|---|---|---|---|");
-    println!("| phones/s (handshake + 2 files) | {ours:.0} | {theirs:.0} | {:.2}x |", ours / theirs);
-    println!("| p50 boot latency | {:.1} ms | {:.1} ms | |", median(&mut our_p50), median(&mut their_p50));
-    println!("| p99 boot latency | {:.1} ms | {:.1} ms | |", median(&mut our_p99), median(&mut their_p99));
+    println!("- idle RSS with {} devices, after a restart: {:.1} MB", options.devices, idle_rss as f64 / 1024.0);
     println!(
-        "| peak RSS during storm | {:.1} MB | {:.1} MB (workers) | |",
-        median(&mut peaks) / 1024.0,
-        median(&mut nginx_peaks) / 1024.0
+        "- servers pinned to CPU 0 of {cores}, the phones to the rest; nginx 1 worker, provbox 1 tokio worker (its affinity)"
     );
-    println!();
-    println!("- idle RSS with {} devices: {:.1} MB", options.devices, idle_rss as f64 / 1024.0);
-    println!("- servers pinned to {server_cores} of {cores} cores, the phones to the rest");
-    println!("- {algorithm} ceiling (ring): {per_core:.0} signatures/s/core x {server_cores} = {ceiling:.0}/s");
-    println!("- achieved/ceiling: provbox {:.0}%, nginx {:.0}%", 100.0 * ours / ceiling, 100.0 * theirs / ceiling);
     drop(nginx);
     let _ = appliance.stop();
 }

@@ -26,10 +26,12 @@ struct Options {
     devices: usize,
     rounds: usize,
     seconds: f64,
+    /// A musl build of provbox to run beside the glibc one.
+    musl: Option<std::path::PathBuf>,
 }
 
 fn options() -> Options {
-    let mut options = Options { concurrency: 200, devices: 3000, rounds: 5, seconds: 5.0 };
+    let mut options = Options { concurrency: 200, devices: 3000, rounds: 5, seconds: 5.0, musl: None };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
         match pair[0].as_str() {
@@ -37,6 +39,7 @@ fn options() -> Options {
             "--devices" => options.devices = pair[1].parse().unwrap_or(options.devices),
             "--rounds" => options.rounds = pair[1].parse().unwrap_or(options.rounds),
             "--seconds" => options.seconds = pair[1].parse().unwrap_or(options.seconds),
+            "--musl" => options.musl = Some(pair[1].clone().into()),
             _ => {}
         }
     }
@@ -395,6 +398,13 @@ impl Tally {
     }
 }
 
+/// One server under test.
+struct Contender {
+    name: &'static str,
+    address: SocketAddr,
+    pids: Vec<u32>,
+}
+
 fn main() {
     let options = options();
     // Servers on CPU 0, the simulated phones on CPU 1: the client never steals server time,
@@ -425,13 +435,22 @@ fn main() {
             mac: d["mac"].as_str().unwrap().to_string(),
         })
         .collect();
-    // Idle memory as after a reboot: restart on the filled store, then let it settle.
+    // Idle memory as after a reboot: restart on the filled store, then let it settle. The
+    // musl build, when asked for, serves a copy of the same data directory.
     let (_, data, dir) = appliance.stop();
+    let musl_data = scratch.path().join("musl-data");
+    if options.musl.is_some() {
+        let copied = Command::new("cp").arg("-a").arg(&data).arg(&musl_data).status().unwrap();
+        assert!(copied.success(), "copying the data directory");
+    }
     pin_to(0);
     let appliance = Appliance::start_on(data, dir, &flags);
-    let pid = appliance.pid();
+    let musl = options.musl.as_ref().map(|exe| Appliance::start_binary_on(exe, musl_data.clone(), None, &flags));
     std::thread::sleep(Duration::from_secs(6)); // past one contact flush
-    let idle_rss = proc_status_kib(pid, "VmRSS:");
+    let mut idle = vec![("provbox (glibc)", proc_status_kib(appliance.pid(), "VmRSS:"))];
+    if let Some(musl) = &musl {
+        idle.push(("provbox (musl)", proc_status_kib(musl.pid(), "VmRSS:")));
+    }
 
     // nginx serves the same files, rendered once by provbox, under the same paths.
     let root = scratch.path().join("root");
@@ -459,72 +478,99 @@ fn main() {
     if cores >= 2 {
         pin_to(1);
     }
-    let nginx_address: SocketAddr = ([127, 0, 0, 1], nginx.port).into();
+    let mut contenders =
+        vec![Contender { name: "provbox (glibc)", address: appliance.https, pids: vec![appliance.pid()] }];
+    if let Some(musl) = &musl {
+        contenders.push(Contender { name: "provbox (musl)", address: musl.https, pids: vec![musl.pid()] });
+    }
     let mut nginx_pids = vec![nginx.child.id()];
     nginx_pids.extend(&nginx.workers);
+    contenders.push(Contender { name: "nginx", address: ([127, 0, 0, 1], nginx.port).into(), pids: nginx_pids });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let targets = Arc::new(targets);
     let length = Duration::from_secs_f64(options.seconds);
 
     println!(
-        "## Boot storm: {} phones at a time, {} devices in the store, {} rounds of {} s per server, alternating (medians, min-max)",
+        "## Boot storm: {} phones at a time, {} devices in the store, {} rounds of {} s per server, the first rotating (medians, min-max)",
         options.concurrency, options.devices, options.rounds, options.seconds
     );
-    for ((label, ours_ceiling, theirs_ceiling), rsa_only) in ceilings.into_iter().zip([false, true]) {
+    for ((label, ring_ceiling, openssl_ceiling), rsa_only) in ceilings.into_iter().zip([false, true]) {
         let config = phone_config(&appliance.ca(), rsa_only);
-        let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+        let mut tallies: Vec<Tally> = contenders.iter().map(|_| Tally::default()).collect();
         for round in 0..options.rounds {
-            let provbox_round = |tally: &mut Tally| {
-                let run = storm(appliance.https, config.clone(), targets.clone(), options.concurrency, length);
-                tally.round(&runtime, run, &[pid]);
-            };
-            let nginx_round = |tally: &mut Tally| {
-                let run = storm(nginx_address, config.clone(), targets.clone(), options.concurrency, length);
-                tally.round(&runtime, run, &nginx_pids);
-            };
-            if round % 2 == 0 {
-                provbox_round(&mut ours);
-                nginx_round(&mut theirs);
-            } else {
-                nginx_round(&mut theirs);
-                provbox_round(&mut ours);
+            for turn in 0..contenders.len() {
+                let index = (round + turn) % contenders.len();
+                let contender = &contenders[index];
+                let run = storm(contender.address, config.clone(), targets.clone(), options.concurrency, length);
+                tallies[index].round(&runtime, run, &contender.pids);
             }
         }
         let phones = if rsa_only { "phones offering RSA only" } else { "phones offering ECDSA" };
+        let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
         println!();
         println!("### {phones}: {label} certificate");
         println!();
-        println!("| | provbox | nginx | provbox / nginx |");
-        println!("|---|---|---|---|");
-        let (a, a_min, a_max) = spread(&mut ours.phones_per_second);
-        let (b, b_min, b_min_max) = spread(&mut theirs.phones_per_second);
-        println!(
-            "| phones/s (handshake + 2 files) | {a:.0} ({a_min:.0}-{a_max:.0}) | {b:.0} ({b_min:.0}-{b_min_max:.0}) | {:.2}x |",
-            a / b
+        println!("| | {} | ratios |", names.join(" | "));
+        println!("|---|{}---|", "---|".repeat(names.len()));
+        let row =
+            |what: &str, cells: Vec<String>, ratio: String| println!("| {what} | {} | {ratio} |", cells.join(" | "));
+        let mut throughput = Vec::new();
+        let mut cells = Vec::new();
+        for tally in &mut tallies {
+            let (median, min, max) = spread(&mut tally.phones_per_second);
+            throughput.push(median);
+            cells.push(format!("{median:.0} ({min:.0}-{max:.0})"));
+        }
+        row("phones/s (handshake + 2 files)", cells, ratios(&names, &throughput));
+        let cpu: Vec<f64> = tallies.iter_mut().map(|t| spread(&mut t.cpu_ms_per_phone).0).collect();
+        row("server CPU per phone", cpu.iter().map(|c| format!("{c:.3} ms")).collect(), ratios(&names, &cpu));
+        let latency: Vec<String> = tallies
+            .iter_mut()
+            .map(|t| format!("{:.1} / {:.1} ms", spread(&mut t.p50).0, spread(&mut t.p99).0))
+            .collect();
+        row("p50 / p99 boot", latency, String::new());
+        let peaks: Vec<f64> = tallies.iter_mut().map(|t| spread(&mut t.peak_mb).0).collect();
+        row("peak RSS", peaks.iter().map(|p| format!("{p:.1} MB")).collect(), ratios(&names, &peaks));
+        let ceiling = |name: &str| if name == "nginx" { openssl_ceiling } else { ring_ceiling };
+        row(
+            &format!("{label} signing ceiling, one core"),
+            names.iter().map(|name| format!("{:.0}/s", ceiling(name))).collect(),
+            "ring for provbox, OpenSSL for nginx".into(),
         );
-        let (c, _, _) = spread(&mut ours.cpu_ms_per_phone);
-        let (d, _, _) = spread(&mut theirs.cpu_ms_per_phone);
-        println!("| server CPU per phone | {c:.3} ms | {d:.3} ms | {:.2}x |", c / d);
-        let (p50, p99) = (spread(&mut ours.p50).0, spread(&mut ours.p99).0);
-        let (q50, q99) = (spread(&mut theirs.p50).0, spread(&mut theirs.p99).0);
-        println!("| p50 / p99 boot | {p50:.1} / {p99:.1} ms | {q50:.1} / {q99:.1} ms | |");
-        let (m, n) = (spread(&mut ours.peak_mb).0, spread(&mut theirs.peak_mb).0);
-        println!("| peak RSS | {m:.1} MB | {n:.1} MB (master and worker) | |");
-        println!(
-            "| {label} signing ceiling, one core | {ours_ceiling:.0}/s (ring) | {theirs_ceiling:.0}/s (OpenSSL) | {:.2}x |",
-            ours_ceiling / theirs_ceiling
-        );
-        println!(
-            "| achieved / own ceiling | {:.0}% | {:.0}% | |",
-            100.0 * a / ours_ceiling,
-            100.0 * b / theirs_ceiling
+        row(
+            "achieved / own ceiling",
+            names.iter().zip(&throughput).map(|(name, rate)| format!("{:.0}%", 100.0 * rate / ceiling(name))).collect(),
+            String::new(),
         );
     }
     println!();
-    println!("- idle RSS with {} devices, after a restart: {:.1} MB", options.devices, idle_rss as f64 / 1024.0);
+    for (name, rss) in idle {
+        println!(
+            "- idle RSS of {name} with {} devices, after a restart: {:.1} MB",
+            options.devices,
+            rss as f64 / 1024.0
+        );
+    }
     println!(
         "- servers pinned to CPU 0 of {cores}, the phones to the rest; nginx 1 worker, provbox 1 tokio worker (its affinity)"
     );
     drop(nginx);
+    if let Some(musl) = musl {
+        let _ = musl.stop();
+    }
     let _ = appliance.stop();
+}
+
+/// The ratios worth reading from per-contender `values`: glibc provbox against nginx, and
+/// musl provbox against glibc provbox.
+fn ratios(names: &[&str], values: &[f64]) -> String {
+    let of = |name: &str| names.iter().position(|n| *n == name).map(|index| values[index]);
+    let mut said = Vec::new();
+    if let (Some(glibc), Some(nginx)) = (of("provbox (glibc)"), of("nginx")) {
+        said.push(format!("glibc/nginx {:.2}x", glibc / nginx));
+    }
+    if let (Some(musl), Some(glibc)) = (of("provbox (musl)"), of("provbox (glibc)")) {
+        said.push(format!("musl/glibc {:.2}x", musl / glibc));
+    }
+    said.join(", ")
 }

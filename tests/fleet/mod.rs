@@ -151,7 +151,7 @@ impl Appliance {
         dir: Option<tempfile::TempDir>,
         extra: &[&str],
     ) -> Appliance {
-        let mut command = match netns {
+        let command = match netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", &netns.appliance]).arg(provbox_command().get_program());
@@ -159,6 +159,22 @@ impl Appliance {
             }
             None => provbox_command(),
         };
+        Appliance::launch(command, sip, data, dir, extra)
+    }
+
+    /// Starts another provbox binary, `exe` (a benchmark's musl build), on `data`.
+    pub fn start_binary_on(exe: &Path, data: PathBuf, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Appliance {
+        Appliance::launch(Command::new(exe), "127.0.0.1:0", data, dir, extra)
+    }
+
+    /// Runs `command` as `serve` on `data` and waits for its listeners.
+    fn launch(
+        mut command: Command,
+        sip: &str,
+        data: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Appliance {
         let mut child = command
             .arg("--data")
             .arg(&data)

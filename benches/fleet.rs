@@ -277,14 +277,16 @@ fn openssl_signatures_per_second(algorithm: &str) -> f64 {
         .output()
         .expect("openssl runs");
     let text = String::from_utf8_lossy(&output.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|line| line.contains("rsa 2048 bits") || line.contains("ecdsa (nistp256)"))
-        .unwrap_or_else(|| panic!("no result in `openssl speed {algorithm}`:\n{text}"));
-    // ... sign verify sign/s verify/s: the second number from the end.
-    let numbers: Vec<f64> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
-    numbers[numbers.len() - 2]
+    let lines: Vec<&str> = text.lines().collect();
+    let found = lines.iter().rposition(|line| line.contains("rsa 2048 bits") || line.contains("ecdsa (nistp256)"));
+    let header = found.and_then(|at| lines[..at].iter().rev().find(|line| line.contains("sign/s")));
+    let (Some(at), Some(header)) = (found, header) else { panic!("no result in `openssl speed {algorithm}`:\n{text}") };
+    // The numbers end the line in the header's column order (OpenSSL 3.0: sign verify
+    // sign/s verify/s; later versions add encryption columns for RSA).
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    let from_end = columns.len() - columns.iter().position(|column| *column == "sign/s").unwrap_or(0);
+    let numbers: Vec<f64> = lines[at].split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    numbers[numbers.len() - from_end]
 }
 
 /// Pins this process (and children spawned after) to `cpu`, when the machine has it.
@@ -390,6 +392,7 @@ impl Tally {
         let storm = runtime.block_on(run);
         let cpu = cpu_seconds(pids) - cpu_before;
         assert_eq!(storm.failures, 0, "failed phones");
+        assert!(storm.phones > 0, "no phone booted in a round");
         self.phones_per_second.push(storm.phones_per_second());
         self.cpu_ms_per_phone.push(cpu * 1e3 / storm.phones as f64);
         self.p50.push(storm.latency_ms(0.50));

@@ -127,6 +127,8 @@ pub struct Pki {
     key_type: KeyType,
     /// The names and addresses the server certificate was last made to cover.
     coverage: std::sync::Mutex<(Vec<String>, Vec<IpAddr>)>,
+    /// Held while an operator certificate is installed: one install at a time.
+    installing: std::sync::Mutex<()>,
 }
 
 impl Pki {
@@ -145,9 +147,10 @@ impl Pki {
             tracing::info!(path = %ca_cert_path.display(), "created the local CA");
         }
         let ca_pem = read_string(&ca_cert_path)?;
+        warn_of_ca_kind(&read_string(&ca_key_path)?, key_type);
         issue_if_needed(&dir, &ca_pem, key_type, names, ips)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let current = load_served(&dir, &provider)?;
+        let current = load_served(&dir, &provider, key_type, Broken::PassOver)?;
         let resolver = Arc::new(Resolver { served: ArcSwap::new(current), suites: provider.cipher_suites.clone() });
         Ok(Pki {
             dir,
@@ -156,6 +159,7 @@ impl Pki {
             ca_pem: ArcSwap::from_pointee(ca_pem),
             key_type,
             coverage: std::sync::Mutex::new((names.to_vec(), ips.to_vec())),
+            installing: std::sync::Mutex::new(()),
         })
     }
 
@@ -203,17 +207,18 @@ impl Pki {
     /// Reloads the served certificates: the operator's if any, else the generated ones. On
     /// error the certificates in use stay.
     pub fn reload(&self) -> Result<(), PkiError> {
-        let served = load_served(&self.dir, &self.provider)?;
+        let served = load_served(&self.dir, &self.provider, self.key_type, Broken::Refuse)?;
         self.resolver.served.store(served);
         Ok(())
     }
 
     /// Installs an operator certificate chain (PEM, leaf first) and its key after checking
     /// that they parse and match; serves it from the next handshake. It replaces the
-    /// operator's certificate of the same key kind and keeps one of the other kind, so an
-    /// operator may serve an RSA and an ECDSA certificate side by side. A refused pair
-    /// changes nothing.
+    /// operator's certificate of the same key kind and keeps a working one of the other
+    /// kind, so an operator may serve an RSA and an ECDSA certificate side by side. A
+    /// refused pair changes nothing.
     pub fn install_operator(&self, chain_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (cert_path, key_path) = (self.dir.join(OPERATOR_PAIRS[0].0), self.dir.join(OPERATOR_PAIRS[0].1));
         let pem_error = |path: &Path, reason: String| PkiError::Pem { path: path.to_path_buf(), reason };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -226,18 +231,33 @@ impl Pki {
         let certified = CertifiedKey::from_der(chain, key, &self.provider)
             .map_err(|e| pem_error(&key_path, format!("does not match the certificate: {e}")))?;
         let kind = kind_of(&certified).ok_or_else(|| pem_error(&key_path, "neither an RSA nor an ECDSA key".into()))?;
-        // The pair goes where no certificate of another kind is: over the one of its own
-        // kind, else into a free pair of files.
-        let kinds: Vec<Option<KeyKind>> = OPERATOR_PAIRS
+        // The pair goes over the operator's one of its own kind, else into the pair of files
+        // that holds nothing that works; a working pair of the other kind stays served.
+        let loaded: Vec<Option<CertifiedKey>> = OPERATOR_PAIRS
             .iter()
             .map(|(cert, key)| load_pair(&self.dir.join(cert), &self.dir.join(key), &self.provider).ok())
-            .map(|loaded| loaded.as_ref().and_then(kind_of))
             .collect();
+        let kinds: Vec<Option<KeyKind>> = loaded.iter().map(|pair| pair.as_ref().and_then(kind_of)).collect();
         let slot = kinds.iter().position(|k| *k == Some(kind)).or_else(|| kinds.iter().position(Option::is_none));
-        let (cert, key) = OPERATOR_PAIRS[slot.unwrap_or(0)];
+        let slot = slot.unwrap_or(0);
+        let (cert, key) = OPERATOR_PAIRS[slot];
+        // The certificate last: a cut in between leaves a key without a certificate, which
+        // is ignored, and the pair of files as it was otherwise.
+        remove_if_there(&self.dir.join(cert))?;
         write_file(&self.dir.join(key), key_pem.as_bytes(), 0o600)?;
         write_file(&self.dir.join(cert), chain_pem.as_bytes(), 0o644)?;
-        self.reload()
+        let mut served: Vec<Arc<CertifiedKey>> = vec![Arc::new(certified)];
+        served.extend(
+            loaded
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| *index != slot)
+                .filter_map(|(_, pair)| pair)
+                .map(Arc::new),
+        );
+        served.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
+        self.resolver.served.store(Arc::new(Served(served)));
+        Ok(())
     }
 
     /// A rustls server configuration serving the current certificate, with TLS 1.2 and 1.3,
@@ -340,20 +360,41 @@ fn issue_if_needed(
     Ok(true)
 }
 
-/// The certificates to serve: the operator's pairs if there is any, else the generated
-/// ones; ECDSA first.
-fn load_served(dir: &Path, provider: &CryptoProvider) -> Result<Arc<Served>, PkiError> {
-    let operator = OPERATOR_PAIRS.iter().any(|(cert, _)| dir.join(cert).exists());
-    let pairs = if operator { OPERATOR_PAIRS } else { SERVER_PAIRS };
+/// How [`load_served`] takes a broken operator certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// As an error: a reload keeps what is served.
+    Refuse,
+    /// Logged and passed over (at start): the appliance serves the rest, or its own
+    /// certificates, rather than not starting.
+    PassOver,
+}
+
+/// The certificates to serve, ECDSA first: the operator's (each pair whose certificate
+/// file is there; a key alone is a pair half written or half removed, and is ignored), else
+/// the generated ones of `key_type`.
+fn load_served(
+    dir: &Path,
+    provider: &CryptoProvider,
+    key_type: KeyType,
+    broken: Broken,
+) -> Result<Arc<Served>, PkiError> {
     let mut served = Vec::new();
-    for (index, (cert, key)) in pairs.iter().enumerate() {
-        // The first pair must be there; a second one is optional.
-        if index == 0 || dir.join(cert).exists() || dir.join(key).exists() {
-            served.push(Arc::new(load_pair(&dir.join(cert), &dir.join(key), provider)?));
+    for (cert, key) in OPERATOR_PAIRS.iter().filter(|(cert, _)| dir.join(cert).exists()) {
+        match load_pair(&dir.join(cert), &dir.join(key), provider) {
+            Ok(pair) => served.push(Arc::new(pair)),
+            Err(error) if broken == Broken::PassOver => {
+                tracing::error!("operator certificate not served: {error}");
+            }
+            Err(error) => return Err(error),
         }
     }
-    if operator && served.is_empty() {
-        return Err(PkiError::Pem { path: dir.join(OPERATOR_PAIRS[0].0), reason: "no operator certificate".into() });
+    if served.is_empty() {
+        // Only the pairs of this key type: a file of another type is from before a change
+        // (or a rollback) and covers what it covered then.
+        for (cert, key) in &SERVER_PAIRS[..key_type.server_kinds().len()] {
+            served.push(Arc::new(load_pair(&dir.join(cert), &dir.join(key), provider)?));
+        }
     }
     served.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
     Ok(Arc::new(Served(served)))
@@ -372,6 +413,20 @@ fn load_pair(cert_path: &Path, key_path: &Path, provider: &CryptoProvider) -> Re
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e.to_string()))?;
     CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| pem_error(key_path, format!("does not match {}: {e}", cert_path.display())))
+}
+
+/// Warns when the CA's key does not suit `key_type`: the CA is made once, on first start,
+/// and stays (phones trust it), so a key type changed later changes only the server
+/// certificates.
+fn warn_of_ca_kind(ca_key_pem: &str, key_type: KeyType) {
+    let ecdsa_ca = KeyPair::from_pem(ca_key_pem).is_ok_and(|key| key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256);
+    if ecdsa_ca && key_type != KeyType::EcdsaP256 {
+        tracing::warn!(
+            "the local CA is ECDSA (made with --key-type ecdsa-p256): phones that know only RSA cannot check \
+             its chain, RSA server certificate or not; a new CA (a factory reset) is one they can, and every \
+             phone must then trust it again"
+        );
+    }
 }
 
 /// The kind of a certificate's key, if RSA or ECDSA.

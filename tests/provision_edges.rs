@@ -35,7 +35,7 @@ async fn tls_12_and_13_both_work_and_sessions_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_key_is_rsa_2048_and_key_files_are_private() {
+async fn the_ca_and_the_first_server_key_are_rsa_2048_by_default_and_key_files_are_private() {
     let appliance = Appliance::start_with(&[]);
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;

@@ -64,3 +64,47 @@ fn a_single_key_type_serves_one_certificate_to_everyone_who_can_use_it() {
     assert!(report.contains("Signature type: RSA-PSS\n") && report.contains("Verification: OK"), "{report}");
     assert!(!appliance.data.join("tls/server-ecdsa.crt").exists());
 }
+
+/// A server certificate of another key type left on disk (a rollback to a build that knew
+/// one type, or a pair copied in) is not served: it covers what it covered then and is
+/// never renewed.
+#[test]
+fn server_certificates_of_another_key_type_are_not_served() {
+    let appliance = Appliance::start_with(&["--key-type", "rsa2048"]);
+    let (_, data, dir) = appliance.stop();
+    let made = tempfile::tempdir().unwrap();
+    let (cert, key) = fleet::openssl_pair(made.path(), "stale-ecdsa", "ec");
+    std::fs::write(data.join("tls/server-ecdsa.crt"), cert).unwrap();
+    std::fs::write(data.join("tls/server-ecdsa.key"), key).unwrap();
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "rsa2048"]);
+    let report = openssl_handshake(appliance.https, &appliance.data.join("tls/ca.crt"), &[]);
+    assert!(report.contains("Signature type: RSA-PSS\n") && report.contains("Verification: OK"), "{report}");
+}
+
+/// A broken operator pair at start is logged and passed over, a key without its
+/// certificate (an install or a removal cut short) is ignored: the appliance starts and
+/// serves what works.
+#[test]
+fn a_broken_or_half_written_operator_certificate_does_not_keep_the_appliance_from_starting() {
+    let appliance = Appliance::start_with(&["--key-type", "dual"]);
+    let (_, data, dir) = appliance.stop();
+    let tls = data.join("tls");
+    let made = tempfile::tempdir().unwrap();
+    let (cert, key) = fleet::openssl_pair(made.path(), "operator-rsa", "rsa:2048");
+    std::fs::write(tls.join("operator.crt"), &cert).unwrap();
+    std::fs::write(tls.join("operator.key"), &key).unwrap();
+    let (_, ecdsa_key) = fleet::openssl_pair(made.path(), "operator-ec", "ec");
+    std::fs::write(tls.join("operator-ecdsa.key"), ecdsa_key).unwrap(); // no certificate
+    let trusted = made.path().join("operator-rsa.crt");
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "dual"]);
+    let report = openssl_handshake(appliance.https, &trusted, &[]);
+    assert!(report.contains("Peer certificate: CN = operator-rsa") && report.contains("Verification: OK"), "{report}");
+
+    // The operator's only pair broken: the appliance's own certificates, and the reason.
+    let (_, data, dir) = appliance.stop();
+    std::fs::write(data.join("tls/operator.key"), "not a key").unwrap();
+    let appliance = Appliance::start_on(data, dir, &["--key-type", "dual"]);
+    let report = openssl_handshake(appliance.https, &appliance.data.join("tls/ca.crt"), &[]);
+    assert!(report.contains("Signature type: ECDSA\n") && report.contains("Verification: OK"), "{report}");
+    assert!(appliance.wait_for_log("operator certificate not served"), "{}", appliance.log());
+}

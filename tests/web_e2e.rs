@@ -728,26 +728,6 @@ async fn a_form_without_a_session_is_refused_before_its_body_is_read() {
     assert_eq!((answer.status, answer.header("location")), (303, Some("/login")));
 }
 
-/// A self-signed certificate and key made by OpenSSL (`openssl req`), for `CN`: `kind` is
-/// `rsa:2048` or `ec`.
-fn openssl_pair(dir: &std::path::Path, cn: &str, kind: &str) -> (String, String) {
-    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-    let mut command = std::process::Command::new("openssl");
-    command.args(["req", "-x509", "-nodes", "-days", "30", "-subj", &format!("/CN={cn}"), "-newkey", kind]);
-    if kind == "ec" {
-        command.args(["-pkeyopt", "ec_paramgen_curve:P-256"]);
-    }
-    let output = command
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (Debian's openssl package) runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
-}
-
 /// The operator may install an RSA and an ECDSA certificate: each replaces the one of its
 /// own kind and keeps the other, and each client gets the one it can use (as OpenSSL's
 /// s_client sees it).
@@ -759,7 +739,7 @@ async fn operator_certificates_of_both_kinds_are_served_side_by_side() {
     let made = tempfile::tempdir().unwrap();
     let trusted = made.path().join("trusted.pem");
     let mut install = async |cn: &str, kind: &str| {
-        let (cert, key) = openssl_pair(made.path(), cn, kind);
+        let (cert, key) = fleet::openssl_pair(made.path(), cn, kind);
         let mut bundle = std::fs::read_to_string(&trusted).unwrap_or_default();
         bundle.push_str(&cert);
         std::fs::write(&trusted, bundle).unwrap();

@@ -445,6 +445,26 @@ pub fn openssl_handshake(https: SocketAddr, ca_file: &Path, args: &[&str]) -> St
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
+/// A self-signed certificate and key made by OpenSSL (`openssl req`), for `CN`: `kind` is
+/// `rsa:2048` or `ec`.
+pub fn openssl_pair(dir: &std::path::Path, cn: &str, kind: &str) -> (String, String) {
+    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    let mut command = std::process::Command::new("openssl");
+    command.args(["req", "-x509", "-nodes", "-days", "30", "-subj", &format!("/CN={cn}"), "-newkey", kind]);
+    if kind == "ec" {
+        command.args(["-pkeyopt", "ec_paramgen_curve:P-256"]);
+    }
+    let output = command
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian's openssl package) runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
+}
+
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Response {

@@ -2,6 +2,7 @@
 //! reserve for addresses that proved themselves, TLS handshake, read, write and header
 //! timeouts, a header size limit, keep-alive, and graceful shutdown.
 
+pub mod idle;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -212,9 +212,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let mut stream = TimeoutStream::new(tcp);
-        stream.set_read_timeout(Some(limits.io_timeout));
-        stream.set_write_timeout(Some(limits.io_timeout));
+        let (stream, idle) = idle::IdleStream::new(tcp, limits.io_timeout);
         let router = listener.router.clone();
         let tls = listener.tls.clone();
         let watcher = graceful.watcher();
@@ -225,7 +223,7 @@ async fn accept_loop(
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         crate::metrics::TLS_HANDSHAKES.inc("ok");
-                        serve_connection(tls_stream, router, peer, limits, watcher).await
+                        serve_connection(tls_stream, router, peer, idle, limits, watcher).await
                     }
                     Ok(Err(error)) => {
                         crate::metrics::TLS_HANDSHAKES.inc("failed");
@@ -236,18 +234,25 @@ async fn accept_loop(
                         tracing::debug!(%peer, "TLS handshake timed out")
                     }
                 },
-                None => serve_connection(stream, router, peer, limits, watcher).await,
+                None => serve_connection(stream, router, peer, idle, limits, watcher).await,
             }
         });
     }
 }
 
-async fn serve_connection<S>(stream: S, router: Router, peer: SocketAddr, limits: Limits, watcher: Watcher)
-where
+async fn serve_connection<S>(
+    stream: S,
+    router: Router,
+    peer: SocketAddr,
+    idle: idle::IdleLimit,
+    limits: Limits,
+    watcher: Watcher,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = router.map_request(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(idle.clone());
         request
     });
     let service = TowerToHyperService::new(service.map_err(|never: Infallible| match never {}));

@@ -49,6 +49,9 @@ const IMPORT_BODY_LIMIT: usize = 1024 * 1024;
 const LOGIN_BODY_LIMIT: usize = 8 * 1024;
 /// The routes whose bodies are large uploads with their own time limits.
 const UPLOAD_PATHS: [&str; 3] = ["/system/update", "/setup/restore", "/api/v1/update"];
+/// How long an upload's connection may go without progress, either way: the uploads'
+/// own wait for their next bytes (their handlers stop at that).
+pub const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// What the page handlers share.
 #[derive(Clone)]
@@ -123,6 +126,11 @@ async fn body_deadline(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     if UPLOAD_PATHS.contains(&request.uri().path()) {
+        // An upload stops reading while it writes what came (to flash, or to the install
+        // service): the connection's idle limit must not count that against the client.
+        if let Some(idle) = request.extensions().get::<crate::server::idle::IdleLimit>() {
+            idle.extend_to(UPLOAD_IDLE_LIMIT);
+        }
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();

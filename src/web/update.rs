@@ -15,7 +15,7 @@ use crate::update::{Installed, UpdateError};
 /// Largest multipart preamble (boundary, the CSRF field, the file part's headers).
 const MAX_PREAMBLE: usize = 16 * 1024;
 /// Longest wait for the next bytes of an upload.
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
+const IDLE_LIMIT: Duration = super::UPLOAD_IDLE_LIMIT;
 /// Longest an upload may take: it holds the install lock meanwhile.
 const MAX_UPLOAD_TIME: Duration = Duration::from_secs(15 * 60);
 /// Most bytes of a refused upload read and dropped before the answer. A client still

@@ -59,9 +59,19 @@ impl<S> IdleStream<S> {
     }
 }
 
-/// After a pending poll: starts the wait if it is new, and fails it once it has lasted the
-/// limit (read now, so that a lengthened limit counts).
-fn check(wait: &mut Option<Wait>, limit: Duration, cx: &mut Context<'_>) -> std::io::Result<()> {
+/// The outcome of one poll of the inner stream, timed: progress (or an error) ends the
+/// wait; a pending poll starts it if it is new, and fails it once it has lasted the limit
+/// (read now, so that a lengthened limit counts).
+fn watched<T>(
+    polled: Poll<std::io::Result<T>>,
+    wait: &mut Option<Wait>,
+    limit: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<T>> {
+    if polled.is_ready() {
+        *wait = None;
+        return polled;
+    }
     let now = Instant::now();
     let wait = wait.get_or_insert_with(|| Wait { since: now, timer: Box::pin(tokio::time::sleep_until(now + limit)) });
     let deadline = wait.since + limit;
@@ -69,56 +79,33 @@ fn check(wait: &mut Option<Wait>, limit: Duration, cx: &mut Context<'_>) -> std:
         wait.timer.as_mut().reset(deadline);
     }
     match wait.timer.as_mut().poll(cx) {
-        Poll::Ready(()) => {
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no progress for {} s", limit.as_secs())))
-        }
-        Poll::Pending => Ok(()),
+        Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no progress for {} s", limit.as_secs()),
+        ))),
+        Poll::Pending => Poll::Pending,
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.read = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => match check(&mut this.read, this.limit.get(), cx) {
-                Ok(()) => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            },
-        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        watched(polled, &mut this.read, this.limit.get(), cx)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, bytes) {
-            Poll::Ready(result) => {
-                this.write = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => match check(&mut this.write, this.limit.get(), cx) {
-                Ok(()) => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            },
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, bytes);
+        watched(polled, &mut this.write, this.limit.get(), cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(result) => {
-                this.write = None;
-                Poll::Ready(result)
-            }
-            Poll::Pending => match check(&mut this.write, this.limit.get(), cx) {
-                Ok(()) => Poll::Pending,
-                Err(error) => Poll::Ready(Err(error)),
-            },
-        }
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        watched(polled, &mut this.write, this.limit.get(), cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

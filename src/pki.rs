@@ -255,8 +255,7 @@ impl Pki {
                 .filter_map(|(_, pair)| pair)
                 .map(Arc::new),
         );
-        served.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
-        self.resolver.served.store(Arc::new(Served(served)));
+        self.resolver.served.store(Served::ordered(served));
         Ok(())
     }
 
@@ -293,6 +292,14 @@ pub fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
 /// The certificates served, the preferred first (ECDSA: a cheaper signature per handshake).
 #[derive(Debug)]
 struct Served(Vec<Arc<CertifiedKey>>);
+
+impl Served {
+    /// `pairs` in the order they are offered: ECDSA first.
+    fn ordered(mut pairs: Vec<Arc<CertifiedKey>>) -> Arc<Served> {
+        pairs.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
+        Arc::new(Served(pairs))
+    }
+}
 
 /// Hands rustls, per handshake, the first served certificate the client can use: one whose
 /// key signs with a scheme the client offers, under a cipher suite it offers. A client that
@@ -396,8 +403,7 @@ fn load_served(
             served.push(Arc::new(load_pair(&dir.join(cert), &dir.join(key), provider)?));
         }
     }
-    served.sort_by_key(|certified| kind_of(certified) != Some(KeyKind::Ecdsa));
-    Ok(Arc::new(Served(served)))
+    Ok(Served::ordered(served))
 }
 
 /// A certificate chain file and its key file, checked to match.

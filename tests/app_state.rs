@@ -305,3 +305,68 @@ fn an_import_past_the_device_cap_writes_nothing() {
     assert_eq!(app.import(&import_csv(0x100, MAX_DEVICES - 1), false, "test").unwrap().imported, MAX_DEVICES - 1);
     assert_eq!(app.devices().unwrap().len(), MAX_DEVICES);
 }
+
+/// The device file `spec` fetches through its steady URL, as served.
+fn fetched(app: &App, spec: &DeviceSpec) -> String {
+    use provbox::app::fetches::{Access, FetchRequest, Fetched, fetch};
+    let view = app.device_view(&spec.mac.parse().unwrap(), false).unwrap();
+    let token = view.steady_url.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    let file = format!("{}.cfg", spec.mac);
+    let request = FetchRequest {
+        access: Access::Steady(&token),
+        file: &file,
+        ip: "192.0.2.50".parse().unwrap(),
+        user_agent: "Yealink SIP-T54W 96.86.0.15",
+        secure: true,
+    };
+    match fetch(app, &request) {
+        Fetched::File { body, .. } => String::from_utf8(body.to_vec()).unwrap(),
+        other => panic!("no file: {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_served_again_follows_every_input_it_is_rendered_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (one, other) = (spec(1), spec(2));
+    app.add_device(&one, "test").unwrap();
+    app.add_device(&other, "test").unwrap();
+    let first = fetched(&app, &one);
+    assert!(first.contains("Desk 1"), "{first}");
+    assert_eq!(fetched(&app, &one), first, "unchanged inputs, the same file");
+    assert!(!fetched(&app, &other).contains("Desk 1"), "each device its own file");
+
+    // The device itself.
+    let mut renamed = one.clone();
+    renamed.lines[0].name = "Front desk".into();
+    app.edit_device(&one.mac.parse().unwrap(), &renamed, "test").unwrap();
+    let edited = fetched(&app, &one);
+    assert!(edited.contains("Front desk") && !edited.contains("Desk 1"), "{edited}");
+
+    // A site setting.
+    assert!(!edited.contains("5070"));
+    app.set_setting("sip.port", "5070", "test").unwrap();
+    assert!(fetched(&app, &one).contains("5070"));
+
+    // The LAN address, which the default URLs follow.
+    let moved = provbox::app::SiteUrls {
+        default_base_url: "https://192.0.2.77:8443/".into(),
+        bootstrap_url: "http://192.0.2.77:8080/".into(),
+    };
+    assert!(app.set_site_urls(moved));
+    assert!(fetched(&app, &one).contains("192.0.2.77"));
+
+    // A template override written on disk, picked up at the next fetch.
+    let overrides = dir.path().join("templates/yealink");
+    std::fs::create_dir_all(&overrides).unwrap();
+    let stock = app.templates.source("yealink/device.cfg").expect("the stock Yealink device template");
+    std::fs::write(overrides.join("device.cfg"), format!("{stock}\n# edited on site\n")).unwrap();
+    assert!(fetched(&app, &one).contains("# edited on site"));
+
+    // The device's URL: a rekey serves the new one, never the old.
+    let before = fetched(&app, &one);
+    app.rekey(&one.mac.parse().unwrap(), false, "test").unwrap();
+    let after = fetched(&app, &one);
+    assert_ne!(before, after, "the file carries the new steady URL");
+}

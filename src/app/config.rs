@@ -11,8 +11,9 @@ use super::{App, AppError, State};
 use crate::clock::now;
 use crate::mac::Mac;
 use crate::metrics::{self, Gauges};
+use crate::provision::cache::{CachedFile, FileIdentity};
 use crate::provision::context::{self, Secrets, SiteFacts};
-use crate::provision::templates::EditedTemplates;
+use crate::provision::templates::{Catalog, EditedTemplates};
 use crate::provision::vendor::{FileMatch, Vendor};
 use crate::redirect::outbox::Plan;
 use crate::settings::{self, Rule, Settings, Table};
@@ -52,19 +53,65 @@ impl App {
     }
 
     /// Hash of the device file as it would be served now, rendered only when the device,
-    /// the settings or the templates changed since it was last worked out.
+    /// the settings or the templates changed since it was last worked out (by this call or
+    /// by a fetch of the file).
     pub fn current_config_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
-        let inputs = self.render_inputs(device);
+        let catalog = self.templates.catalog();
+        let inputs = self.render_inputs(catalog.generation, Some(device));
         let cached = |hashes: &HashMap<Mac, CurrentHash>| {
             hashes.get(&device.mac).filter(|known| known.inputs == inputs).map(|known| known.hash)
         };
         if let Some(hash) = cached(&self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())) {
             return Ok(hash);
         }
-        let hash = self.device_file_hash(device)?;
-        let mut hashes = self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        hashes.insert(device.mac, CurrentHash { inputs, hash });
+        let vendor = catalog.vendor(&device.vendor)?;
+        let file = vendor
+            .device_file_name(&device.mac, &device.model)
+            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
+        let rendered = self.render_for(device, &file, context::Secrets::Real)?;
+        let hash = context::config_hash(&rendered.body);
+        self.note_current_hash(device.mac, inputs, hash);
         Ok(hash)
+    }
+
+    fn note_current_hash(&self, mac: Mac, inputs: u64, hash: [u8; 8]) {
+        let mut hashes = self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        hashes.insert(mac, CurrentHash { inputs, hash });
+    }
+
+    /// `matched` of `vendor` (from `catalog`) as a phone is served it, showing `device` only
+    /// if given (device files): from the cache while nothing it is rendered from changed,
+    /// else rendered and kept. A device file's hash becomes its current one, so that the
+    /// device list says "current" or "pending" without rendering it again. A phonebook
+    /// (rendered from every device) is rendered each time.
+    pub fn served_file(
+        &self,
+        catalog: &Catalog,
+        vendor: &Vendor,
+        device: Option<&Device>,
+        matched: &FileMatch<'_>,
+    ) -> Result<CachedFile, AppError> {
+        if matched.file.directory {
+            return Ok(CachedFile::new(self.render_matched(vendor, device, matched, Secrets::Real)?.body));
+        }
+        let inputs = self.render_inputs(catalog.generation, device);
+        let identity = FileIdentity {
+            vendor: vendor.id.clone(),
+            template: matched.file.template.clone(),
+            requested: matched.requested.clone(),
+            mac: device.map(|device| device.mac),
+        };
+        if let Some(file) = self.rendered.get(&identity, inputs) {
+            return Ok(file);
+        }
+        let file = CachedFile::new(self.render_matched(vendor, device, matched, Secrets::Real)?.body);
+        if let Some(device) = device
+            && vendor.is_device_file(&device.mac, &device.model, &matched.requested)
+        {
+            self.note_current_hash(device.mac, inputs, file.hash);
+        }
+        self.rendered.insert(identity, inputs, file.clone());
+        Ok(file)
     }
 
     /// Notes a change that may alter any device's files (settings, the directory).
@@ -72,32 +119,23 @@ impl App {
         self.site_changes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A fingerprint of everything `device`'s files are rendered from: the site's change
-    /// count, the templates' generation, and the device itself but for what only its
-    /// fetches change (enrollment, last contact, LAN window).
-    fn render_inputs(&self, device: &Device) -> u64 {
-        let mut rendered = device.clone();
-        rendered.enrollment = Enrollment::Open { first_fetch: None };
-        rendered.last_contact = None;
-        rendered.lan_window_until = None;
+    /// A fingerprint of everything a file is rendered from: the site's change count, the
+    /// templates' `generation`, and for a device file the device itself but for what only
+    /// its fetches change (enrollment, last contact, LAN window).
+    fn render_inputs(&self, generation: u64, device: Option<&Device>) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.site_changes.load(Ordering::Relaxed).hash(&mut hasher);
-        self.templates.generation().hash(&mut hasher);
-        // Encoding a device into a Vec cannot fail; an empty encoding would only cost a
-        // re-render.
-        postcard::to_allocvec(&rendered).unwrap_or_default().hash(&mut hasher);
+        generation.hash(&mut hasher);
+        if let Some(device) = device {
+            let mut rendered = device.clone();
+            rendered.enrollment = Enrollment::Open { first_fetch: None };
+            rendered.last_contact = None;
+            rendered.lan_window_until = None;
+            // Encoding a device into a Vec cannot fail; an empty encoding would only cost a
+            // re-render.
+            postcard::to_allocvec(&rendered).unwrap_or_default().hash(&mut hasher);
+        }
         hasher.finish()
-    }
-
-    /// Hash of the device file as it would be served now, rendered afresh.
-    fn device_file_hash(&self, device: &Device) -> Result<[u8; 8], AppError> {
-        let catalog = self.templates.catalog();
-        let vendor = catalog.vendor(&device.vendor)?;
-        let file = vendor
-            .device_file_name(&device.mac, &device.model)
-            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
-        let rendered = self.render_for(device, &file, context::Secrets::Real)?;
-        Ok(context::config_hash(&rendered.body))
     }
 
     /// Generated secrets the store has lost (a damaged store): `serve` refuses to start
@@ -252,10 +290,11 @@ impl App {
     }
 
     /// Forgets what was rendered from the old state (a restore replaced it): the CA read
-    /// for templates, and every file's "current" hash.
+    /// for templates, the cached files, and every file's "current" hash.
     pub(super) fn forget_rendered(&self) {
         *self.ca_pem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.rendered.clear();
         self.site_changed();
     }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use super::{App, AppError};
 use crate::clock::now;
 use crate::mac::Mac;
-use crate::provision::context::{self, Secrets};
+use crate::provision::templates::Catalog;
 use crate::provision::vendor::{FileMatch, UserAgentInfo, Vendor};
 use crate::store::records::{Contact, Device, Enrollment, PhoneSeen, SEEN_CAPACITY, Txn, bounded};
 
@@ -62,8 +62,8 @@ pub struct FetchRequest<'a> {
 pub enum Fetched {
     /// The rendered file.
     File {
-        /// Its contents.
-        body: String,
+        /// Its contents (shared with the cache of rendered files).
+        body: bytes::Bytes,
         /// Its Content-Type.
         content_type: String,
     },
@@ -203,7 +203,7 @@ fn by_token(app: &App, request: &FetchRequest<'_>, token: &str, kind: TokenKind)
     };
     device.enrollment = after;
     let shown = matched.file.secrets.then_some(&device);
-    serve(app, request, vendor, &matched, shown, &claimed, Some((&device, change)))
+    serve(app, request, &catalog, vendor, &matched, shown, Some((&device, change, &claimed)))
 }
 
 fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError> {
@@ -243,7 +243,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
         None => matched,
     };
     if !matched.file.secrets {
-        return serve(app, request, vendor, &matched, None, &claimed, None);
+        return serve(app, request, &catalog, vendor, &matched, None, None);
     }
     let Some(mac) = matched.mac else { return Ok(Outcome::Deny) };
     if wrong_phone(request, &claimed, &mac) {
@@ -256,7 +256,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
             // it is, and the phone's first steady fetch closes the window.
             tracing::info!(mac = %mac, ip = %request.ip, "serving the full config through the LAN enrollment window");
             let change = FetchChange { enrollment: None, close_window: false };
-            return serve(app, request, vendor, &matched, Some(&device), &claimed, Some((&device, change)));
+            return serve(app, request, &catalog, vendor, &matched, Some(&device), Some((&device, change, &claimed)));
         }
         tracing::debug!(mac = %mac, ip = %request.ip, "known phone on the tokenless path; no secrets without a LAN window");
     } else {
@@ -278,7 +278,7 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
     if app.effective_settings()?.get("provision.bootstrap") == "off" {
         return Ok(Outcome::Deny);
     }
-    serve(app, request, vendor, &matched, None, &claimed, None)
+    serve(app, request, &catalog, vendor, &matched, None, None)
 }
 
 /// Renders and, for a known device, records the fetch. An enrollment change is committed
@@ -286,27 +286,24 @@ fn tokenless(app: &App, request: &FetchRequest<'_>) -> Result<Outcome, AppError>
 fn serve(
     app: &App,
     request: &FetchRequest<'_>,
+    catalog: &Catalog,
     vendor: &Vendor,
     matched: &FileMatch<'_>,
     shown: Option<&Device>,
-    claimed: &UserAgentInfo,
-    contacted: Option<(&Device, FetchChange)>,
+    contacted: Option<(&Device, FetchChange, &UserAgentInfo)>,
 ) -> Result<Outcome, AppError> {
     // What the vendor cannot express shows in `provbox render`, not on every fetch.
-    let body = app.render_matched(vendor, shown, matched, Secrets::Real)?.body;
-    if let Some((device, change)) = contacted {
+    let file = app.served_file(catalog, vendor, shown, matched)?;
+    if let Some((device, change, claimed)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
         // Only the device file's hash tells whether the phone has its latest account config.
-        let is_device_file = shown.is_some()
-            && vendor
-                .device_file_name(&device.mac, &device.model)
-                .is_some_and(|name| name.eq_ignore_ascii_case(&matched.requested));
+        let is_device_file = shown.is_some() && vendor.is_device_file(&device.mac, &device.model, &matched.requested);
         let contact = Contact {
             at: now(),
             ip: request.ip,
             user_agent: truncated(request.user_agent),
             firmware: claimed.firmware.as_deref().and_then(|f| bounded("firmware", f).ok()).unwrap_or_default(),
-            config_hash: if is_device_file { context::config_hash(&body) } else { previous_hash },
+            config_hash: if is_device_file { file.hash } else { previous_hash },
         };
         app.record_fetch(device, &change, Some(contact))?;
         // One line per fetch only when asked for: the daemon logs a summary a minute.
@@ -314,7 +311,7 @@ fn serve(
     } else {
         tracing::debug!(ip = %request.ip, file = request.file, "served a secret-free file");
     }
-    Ok(Outcome::Serve(Fetched::File { body, content_type: matched.file.content_type.clone() }))
+    Ok(Outcome::Serve(Fetched::File { body: file.body, content_type: matched.file.content_type.clone() }))
 }
 
 fn truncated<const N: usize>(text: &str) -> heapless::String<N> {

@@ -114,6 +114,8 @@ pub struct App {
     /// Each device file's hash as it would be served now, with what it was rendered from,
     /// so that saying "current" or "pending" re-renders only what changed.
     config_hashes: Mutex<HashMap<Mac, config::CurrentHash>>,
+    /// Files as phones were last served them, while what they were rendered from holds.
+    rendered: crate::provision::cache::RenderCache,
     /// Bumped by every change that may alter files beyond one device's own: settings, and
     /// devices added, edited or removed (the phonebook directory).
     site_changes: AtomicU64,
@@ -173,6 +175,7 @@ impl App {
             sip: SipState::default(),
             setup_code: SetupCode::default(),
             config_hashes: Mutex::new(HashMap::new()),
+            rendered: crate::provision::cache::RenderCache::new(crate::provision::cache::CACHE_BYTES),
             site_changes: AtomicU64::new(0),
             ca_pem: Mutex::new(None),
             tls: std::sync::OnceLock::new(),

@@ -44,6 +44,8 @@ pub struct Catalog {
     pub vendors: BTreeMap<String, Vendor>,
     /// Profiles that failed to load, with the reason; their phones get nothing.
     pub broken: Vec<ProfileError>,
+    /// The snapshot's generation ([`Templates::generation`]) these profiles belong to.
+    pub generation: u64,
 }
 
 impl Catalog {
@@ -98,11 +100,11 @@ impl Templates {
         {
             return snapshot.clone();
         }
-        let catalog = Arc::new(self.load_catalog());
+        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let catalog = Arc::new(Catalog { generation, ..self.load_catalog() });
         for broken in &catalog.broken {
             tracing::error!("{broken}");
         }
-        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let snapshot = Arc::new(Snapshot { stamp, generation, catalog, environment: self.environment() });
         *cached = Some(snapshot.clone());
         snapshot

@@ -214,7 +214,14 @@ pub struct Vendor {
     pub locale: VendorLocale,
     user_agent: Vec<Regex>,
     user_agent_vendor: Option<Regex>,
+    /// What [`Vendor::identify`] read from recent User-Agents: a phone sends the same one on
+    /// every request, and matching the patterns again cost more than the rest of a cached
+    /// answer (`scripts/bench-keepalive`). At most [`READ_USER_AGENTS`], then started afresh.
+    read: std::sync::Mutex<std::collections::HashMap<String, Option<UserAgentInfo>>>,
 }
+
+/// User-Agents a vendor remembers having read, at most.
+const READ_USER_AGENTS: usize = 1024;
 
 impl Vendor {
     /// Parses `vendor.toml` of vendor directory `id`; `read` gives the text of another file
@@ -276,12 +283,27 @@ impl Vendor {
             locale,
             user_agent,
             user_agent_vendor,
+            read: std::sync::Mutex::default(),
         })
     }
 
     /// Reads `user_agent` if it is this vendor's, through the first of its patterns that
     /// matches.
     pub fn identify(&self, user_agent: &str) -> Option<UserAgentInfo> {
+        // A poisoned memo holds whole entries only; it stays usable.
+        let mut read = self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(info) = read.get(user_agent) {
+            return info.clone();
+        }
+        if read.len() >= READ_USER_AGENTS {
+            read.clear();
+        }
+        let info = self.read_user_agent(user_agent);
+        read.insert(user_agent.to_string(), info.clone());
+        info
+    }
+
+    fn read_user_agent(&self, user_agent: &str) -> Option<UserAgentInfo> {
         let captures = self.user_agent.iter().find_map(|pattern| pattern.captures(user_agent))?;
         let group = |name| captures.name(name).map(|m| m.as_str().to_string());
         Some(UserAgentInfo {
@@ -327,6 +349,12 @@ impl Vendor {
                     .replace("{model}", model)
             })
             .find(|name| !name.contains('{'))
+    }
+
+    /// Whether `requested` is the device file ([`Vendor::device_file_name`]) of the phone
+    /// with `mac` and `model`.
+    pub fn is_device_file(&self, mac: &Mac, model: &str, requested: &str) -> bool {
+        self.device_file_name(mac, model).is_some_and(|name| name.eq_ignore_ascii_case(requested))
     }
 }
 
@@ -417,6 +445,22 @@ mod tests {
         assert_eq!(info.firmware.as_deref(), Some("124.85.257.55"));
         assert_eq!(info.mac.unwrap().to_string(), "805ec0d57d72");
         assert!(vendor.identify("curl/8.0").is_none());
+    }
+
+    #[test]
+    fn a_remembered_user_agent_reads_as_it_did_and_the_memory_stays_bounded() {
+        let vendor = Vendor::parse("example", PROFILE, &|_| None).unwrap();
+        let phone = |n: usize| format!("Example T{n} 1.{n} 80:5e:c0:d5:7d:72");
+        let first = vendor.identify(&phone(1));
+        assert_eq!(first.as_ref().and_then(|info| info.model.as_deref()), Some("T1"));
+        assert!(vendor.identify("curl/8.0").is_none());
+        assert_eq!(vendor.identify(&phone(1)), first, "the same answer from memory");
+        assert!(vendor.identify("curl/8.0").is_none(), "a miss is remembered as a miss");
+        for n in 0..READ_USER_AGENTS * 2 {
+            let info = vendor.identify(&phone(n)).unwrap();
+            assert_eq!(info.firmware, Some(format!("1.{n}")), "each User-Agent read as its own");
+        }
+        assert!(vendor.read.lock().unwrap().len() <= READ_USER_AGENTS);
     }
 
     #[test]

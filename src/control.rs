@@ -430,6 +430,28 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+/// Writes the `Ok` answer to [`Request::DeviceList`] a batch at a time, so that a long list
+/// is never held whole. A failure half-way ends the line early: the client reports a
+/// malformed answer.
+async fn write_device_list(app: Arc<App>, writer: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    use crate::app::listing::{ListFormat, stream_devices};
+    let turn = app.heavy.turn().await;
+    let format = ListFormat::Json { open: r#"{"status":"ok","result":"#, close: "}\n" };
+    let mut pieces = stream_devices(app, format, turn);
+    while let Some(piece) = pieces.recv().await {
+        let written = match piece {
+            Ok(bytes) => writer.write_all(&bytes).await,
+            Err(error) => {
+                tracing::error!("control socket: the device list was cut short: {error}");
+                return;
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
 /// Answers control requests until `shutdown` turns true.
 pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let own_uid = nix::unistd::geteuid().as_raw();
@@ -452,6 +474,7 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::R
             let mut line = String::new();
             let read = tokio::io::BufReader::new(reader.take(MAX_REQUEST_BYTES)).read_line(&mut line).await;
             let response = match read.map(|_| serde_json::from_str::<Request>(&line)) {
+                Ok(Ok(Request::DeviceList)) => return write_device_list(app, &mut writer).await,
                 Ok(Ok(request)) => {
                     let app = app.clone();
                     tokio::task::spawn_blocking(move || handle(&app, &request, "cli"))

@@ -389,21 +389,34 @@ pub fn parse_csv(text: &str) -> (Vec<(u64, DeviceSpec)>, Vec<CsvProblem>) {
     (specs, problems)
 }
 
-/// Writes devices as CSV in [`CSV_COLUMNS`] order; passwords only when `reveal`.
+/// Writes devices as CSV in [`CSV_COLUMNS`] order, with the header; passwords only when
+/// `reveal`.
 pub fn write_csv<'d>(devices: impl Iterator<Item = &'d Device>, reveal: bool) -> String {
+    let mut csv = csv_rows(std::iter::once(CSV_COLUMNS.map(String::from)));
+    csv.push_str(&write_csv_rows(devices, reveal));
+    csv
+}
+
+/// The rows of [`write_csv`] without the header: a batch of a longer export.
+pub fn write_csv_rows<'d>(devices: impl Iterator<Item = &'d Device>, reveal: bool) -> String {
     let neutral = |cell: &str| neutralised(cell).into_owned();
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    // Writing to a Vec cannot fail.
-    let write = |writer: &mut csv::Writer<Vec<u8>>, row: &[&str]| writer.write_record(row).expect("CSV into a Vec");
-    write(&mut writer, &CSV_COLUMNS);
-    for device in devices {
+    let rows = devices.flat_map(|device| {
         let mac = device.mac.to_string();
-        for line in &device.lines {
+        device.lines.iter().map(move |line| {
             let password = if reveal { line.sip_password.as_str() } else { "" };
-            let cells = [line.extension.as_str(), &line.display_name, &line.sip_user, password].map(neutral);
-            let [extension, name, sip_user, password] = &cells;
-            write(&mut writer, &[&mac, &device.vendor, &device.model, extension, name, sip_user, password]);
-        }
+            let [extension, name, sip_user, password] =
+                [line.extension.as_str(), &line.display_name, &line.sip_user, password].map(neutral);
+            [mac.clone(), device.vendor.to_string(), device.model.to_string(), extension, name, sip_user, password]
+        })
+    });
+    csv_rows(rows)
+}
+
+fn csv_rows(rows: impl Iterator<Item = [String; 7]>) -> String {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        // Writing to a Vec cannot fail.
+        writer.write_record(&row).expect("CSV into a Vec");
     }
     // into_inner flushes into the Vec, which cannot fail.
     String::from_utf8(writer.into_inner().expect("CSV into a Vec")).expect("CSV of UTF-8 fields is UTF-8")

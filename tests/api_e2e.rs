@@ -342,3 +342,52 @@ async fn a_full_store_keeps_room_for_unlock_settings_and_removal() {
     let (rekeyed, _, said) = fleet::cli(&appliance.data, &["device", "rekey", first, "--new-sip-passwords"]);
     assert!(rekeyed, "{said}");
 }
+
+/// A list longer than one batch (`provbox::app::listing::LIST_BATCH`), asked for by more
+/// clients at once than there are turns for long answers: each gets every device, in MAC
+/// order, streamed (chunked, never built whole), and the same views as the CLI's list over
+/// the control socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_device_lists_are_streamed_whole_to_every_client_at_once() {
+    use provbox::app::listing::{HEAVY_SLOTS, LIST_BATCH};
+    let appliance = Appliance::start();
+    let token = cli_ok(&appliance.data, &["admin", "api-token", "create", "pbx"]).trim().to_string();
+    let count = LIST_BATCH * 3 + 7;
+    let mut csv = String::from("mac,vendor,model,extension,name\n");
+    // Written out of MAC order: the list sorts.
+    for i in (0..count).rev() {
+        csv.push_str(&format!("805ec0{i:06x},yealink,T54W,{},Desk {i}\n", 1000 + i));
+    }
+    let file = appliance.data.join("many.csv");
+    std::fs::write(&file, csv).unwrap();
+    cli_ok(&appliance.data, &["device", "import", file.to_str().unwrap()]);
+
+    let clients = HEAVY_SLOTS + 2;
+    let requests: Vec<_> = (0..clients)
+        .map(|_| {
+            let (config, address, auth) = (appliance.client_config(), appliance.https, format!("Bearer {token}"));
+            tokio::spawn(async move {
+                let mut connection = Connection::open(config, address, None).await.unwrap();
+                connection.request("GET", "/api/v1/devices", &[("Authorization", &auth)], b"").await.unwrap()
+            })
+        })
+        .collect();
+    let mut lists = Vec::new();
+    for request in requests {
+        lists.push(request.await.unwrap());
+    }
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&cli_ok(&appliance.data, &["device", "list", "--json"])).unwrap();
+    let from_cli = from_cli.as_array().unwrap();
+    assert_eq!(from_cli.len(), count);
+    for response in lists {
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("transfer-encoding"), Some("chunked"), "streamed, not built whole");
+        let list: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        let list = list.as_array().unwrap();
+        let macs: Vec<&str> = list.iter().map(|device| device["mac"].as_str().unwrap()).collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("805ec0{i:06x}")).collect();
+        assert_eq!(macs, expected.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(list, from_cli, "the API and the control socket list the same views");
+    }
+}

@@ -44,22 +44,42 @@ impl App {
         self.device_view(&device.mac, false)
     }
 
-    /// Every device, in MAC order.
+    /// Every device, in MAC order (the whole list at once: [`super::listing`] streams it).
     pub fn devices(&self) -> Result<Vec<DeviceView>, AppError> {
+        self.device_views(&self.device_macs())
+    }
+
+    /// The devices in `macs` that still exist, as stored (their latest contact included).
+    pub fn devices_of(&self, macs: &[Mac]) -> Result<Vec<Device>, AppError> {
+        let state = self.lock();
+        let mut devices = Vec::with_capacity(macs.len());
+        for mac in macs {
+            if let Some(device) = state.db.device(mac)? {
+                devices.push(state.with_pending_contact(device));
+            }
+        }
+        Ok(devices)
+    }
+
+    /// Every device's MAC, in order: what a listing walks, a batch of views at a time.
+    pub fn device_macs(&self) -> Vec<Mac> {
+        self.lock().db.device_macs()
+    }
+
+    /// The views of the devices in `macs` that still exist, in that order.
+    pub fn device_views(&self, macs: &[Mac]) -> Result<Vec<DeviceView>, AppError> {
         let (devices, shown): (Vec<(Device, RedirectView, Option<PlainHttpGrant>)>, Shown) = {
             let state = self.lock();
             let settings = state.settings()?;
             let lookup = RedirectLookup::new(&state.db.outbox()?, &settings);
-            let devices = state
-                .db
-                .devices()
-                .map(|device| {
-                    let device = state.with_pending_contact(device?);
-                    let redirect = redirect_view_of(&state, &device, &lookup)?;
-                    let plain_http = state.db.plain_http(&device.mac)?;
-                    Ok((device, redirect, plain_http))
-                })
-                .collect::<Result<_, AppError>>()?;
+            let mut devices = Vec::with_capacity(macs.len());
+            for mac in macs {
+                let Some(device) = state.db.device(mac)? else { continue };
+                let device = state.with_pending_contact(device);
+                let redirect = redirect_view_of(&state, &device, &lookup)?;
+                let plain_http = state.db.plain_http(&device.mac)?;
+                devices.push((device, redirect, plain_http));
+            }
             (devices, self.shown(&state)?)
         };
         devices

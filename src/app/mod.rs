@@ -5,6 +5,7 @@
 //! - [`devices`]: add, edit, remove, unlock, rekey, import and export devices; the phones seen.
 //! - [`fetches`]: the decision behind every config fetch (one-time enrollment), and what a
 //!   fetch records.
+//! - [`listing`]: the device list streamed a batch at a time, and the cap on such answers.
 //! - [`config`]: settings, rendering, the store's usage, the audit log and `/metrics`.
 //! - [`redirect`]: planning redirect work in the device's own transaction, and delivering it.
 //! - [`admin`]: the page's password, setup code and API tokens.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod fetches;
+pub mod listing;
 pub mod policy;
 pub mod redirect;
 pub mod sip;
@@ -116,6 +118,8 @@ pub struct App {
     config_hashes: Mutex<HashMap<Mac, config::CurrentHash>>,
     /// Files as phones were last served them, while what they were rendered from holds.
     rendered: crate::provision::cache::RenderCache,
+    /// Turns for long answers (streamed device lists), so that a few at once bound memory.
+    pub heavy: listing::HeavyAnswers,
     /// Bumped by every change that may alter files beyond one device's own: settings, and
     /// devices added, edited or removed (the phonebook directory).
     site_changes: AtomicU64,
@@ -176,6 +180,7 @@ impl App {
             setup_code: SetupCode::default(),
             config_hashes: Mutex::new(HashMap::new()),
             rendered: crate::provision::cache::RenderCache::new(crate::provision::cache::CACHE_BYTES),
+            heavy: listing::HeavyAnswers::default(),
             site_changes: AtomicU64::new(0),
             ca_pem: Mutex::new(None),
             tls: std::sync::OnceLock::new(),

@@ -828,6 +828,14 @@ impl<F: NorFlash> Db<F> {
         self.store.iter_prefix(&[Kind::Device as u8]).map(|(_, value)| Device::decode(value))
     }
 
+    /// Every device's MAC, in order, without decoding the devices.
+    pub fn device_macs(&self) -> Vec<Mac> {
+        self.store
+            .iter_prefix(&[Kind::Device as u8])
+            .filter_map(|(key, _)| Some(Mac(key.get(1..7)?.try_into().ok()?)))
+            .collect()
+    }
+
     /// Number of devices.
     pub fn device_count(&self) -> usize {
         self.store.iter_prefix(&[Kind::Device as u8]).count()

@@ -76,14 +76,17 @@ pub(super) async fn device_page_of(
 ) -> Response {
     let (web, csrf, unlocked) = (web.clone(), csrf.to_string(), unlocked.cloned());
     off_thread(move || {
-    let devices = match web.app.devices() {
+    // Views for the shown page only: a site's whole list is never built here.
+    let macs = web.app.device_macs();
+    let total = macs.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = page.clamp(1, pages);
+    let shown = macs.iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).copied().collect::<Vec<_>>();
+    let devices = match web.app.device_views(&shown) {
         Ok(devices) => devices,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     };
-    let pages = devices.len().div_ceil(PAGE_SIZE).max(1);
-    let page = page.clamp(1, pages);
-    let rows: Vec<Row> = devices.iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).map(row).collect();
-    let total = devices.len();
+    let rows: Vec<Row> = devices.iter().map(row).collect();
     let vendors: Vec<String> = web.app.templates.catalog().vendors.keys().cloned().collect();
     let unlocked = unlocked.map(|device| {
         minijinja::context! {

@@ -2,12 +2,12 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::Web;
 use super::devices::device_list;
 use super::page::{SessionForm, blocking, page_error, render, session, to_entry};
-use crate::app::AppError;
+use crate::app::{AppError, listing};
 
 pub(super) async fn import_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, csrf)) = session(&web, &headers) else { return to_entry(&web) };
@@ -44,16 +44,11 @@ pub(super) async fn export(State(web): State<Web>, headers: HeaderMap) -> Respon
         return to_entry(&web);
     }
     let app = web.app.clone();
-    match blocking(move || app.export(false)).await {
-        Ok(csv) => {
-            let mut response = csv.into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-            headers
-                .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"devices.csv\""));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
+    let turn = app.heavy.turn().await;
+    let pieces = listing::stream_devices(app, listing::ListFormat::Csv, turn);
+    let mut response = super::stream::response(pieces, "text/csv; charset=utf-8");
+    response
+        .headers_mut()
+        .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"devices.csv\""));
+    response
 }

@@ -12,8 +12,8 @@
 //! `seen`, `import`, `settings`, `templates`, `system`, `login` (setup, login, logout), `backup`
 //! (download on the system page, restore on the first-start page); [`api`]
 //! is the JSON API and `/metrics`. The plumbing they share is in `page` (templates,
-//! cookies, the session and CSRF checks), [`session`] (sessions and the login throttle) and
-//! `update` (streamed firmware uploads).
+//! cookies, the session and CSRF checks), [`session`] (sessions and the login throttle),
+//! `update` (streamed firmware uploads) and `stream` (streamed device lists).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,7 @@ mod page;
 mod seen;
 pub mod session;
 mod settings;
+mod stream;
 mod system;
 mod templates;
 mod update;

@@ -3,7 +3,7 @@
 //! sequences. Everything runs on loopback.
 #![allow(dead_code)] // each test binary uses its own part of the simulator
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -582,8 +582,15 @@ impl Connection {
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(body);
         tokio::time::timeout(limit, async {
-            self.stream.get_mut().write_all(&bytes).await?;
-            read_response(&mut self.stream).await
+            match self.stream.get_mut().write_all(&bytes).await {
+                Ok(()) => read_response(&mut self.stream).await,
+                // A server may answer before the body is all sent (a 413, a 401) and close:
+                // its answer is still there to read.
+                Err(error) if matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                    read_response(&mut self.stream).await.map_err(|_| error)
+                }
+                Err(error) => Err(error),
+            }
         })
         .await?
     }
@@ -600,7 +607,7 @@ impl Connection {
     }
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body.
+/// Reads one HTTP/1.1 response with a Content-Length or a chunked body.
 pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Response> {
     let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut status_line = String::new();
@@ -619,13 +626,49 @@ pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -
         let (name, value) = line.split_once(':').ok_or_else(|| invalid("header"))?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(Ok(0), |(_, v)| v.parse().map_err(|_| invalid("length")))?;
+    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    if header("transfer-encoding").is_some_and(|coding| coding.eq_ignore_ascii_case("chunked")) {
+        let body = read_chunked(reader).await?;
+        return Ok(Response { status, headers, body });
+    }
+    let length: usize = header("content-length").map_or(Ok(0), |v| v.parse().map_err(|_| invalid("length")))?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body).await?;
     Ok(Response { status, headers, body })
+}
+
+/// A chunked body (RFC 9112, section 7.1): hex sizes, each chunk followed by CRLF, a zero
+/// size and the (empty) trailer section at the end. At most 64 MiB.
+async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
+        if size == 0 {
+            break;
+        }
+        if body.len() + size > 64 << 20 {
+            return Err(invalid("body over 64 MiB"));
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..]).await?;
+        let mut crlf = [0; 2];
+        reader.read_exact(&mut crlf).await?;
+    }
+    // The trailer section, up to its empty line.
+    for _ in 0..100 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// A simulated phone: vendor, model, MAC, firmware, and its vendor's boot sequence.

@@ -96,9 +96,9 @@ impl App {
         }
         let inputs = self.render_inputs(catalog.generation, device);
         let identity = FileIdentity {
-            vendor: vendor.id.clone(),
-            template: matched.file.template.clone(),
-            requested: matched.requested.clone(),
+            vendor: &vendor.id,
+            template: &matched.file.template,
+            requested: &matched.requested,
             mac: device.map(|device| device.mac),
         };
         if let Some(file) = self.rendered.get(&identity, inputs) {
@@ -110,7 +110,7 @@ impl App {
         {
             self.note_current_hash(device.mac, inputs, file.hash);
         }
-        self.rendered.insert(identity, inputs, file.clone());
+        self.rendered.insert(&identity, inputs, file.clone());
         Ok(file)
     }
 

@@ -429,6 +429,17 @@ impl App {
     /// competing fetch is never undone by a stale copy.
     pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
+        if change.enrollment.is_none() && !(change.close_window && read.lan_window_until.is_some()) {
+            // Nothing to change but the contact (most fetches): buffer it without reading
+            // the device back. A window opened since the read stays open, as one opened
+            // just after this fetch would; the flush skips a device removed meanwhile.
+            if let Some(contact) = contact {
+                *state.fetches.entry(read.mac).or_default() += 1;
+                self.known_peers.prove(contact.ip);
+                state.pending_contacts.insert(read.mac, contact);
+            }
+            return Ok(());
+        }
         let Some(mut stored) = state.db.device(&read.mac)? else { return Ok(()) };
         if let Some(contact) = &contact {
             *state.fetches.entry(read.mac).or_default() += 1;

@@ -21,16 +21,32 @@ use crate::mac::Mac;
 pub const CACHE_BYTES: usize = 1024 * 1024;
 
 /// What a rendered file is, whatever it was rendered from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FileIdentity {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity<'a> {
     /// The vendor's id.
-    pub vendor: String,
+    pub vendor: &'a str,
     /// The template it is rendered from.
-    pub template: String,
+    pub template: &'a str,
     /// The file name as requested (its placeholders are part of the context).
-    pub requested: String,
+    pub requested: &'a str,
     /// The device shown in it (device files only).
     pub mac: Option<Mac>,
+}
+
+impl FileIdentity<'_> {
+    /// Where the entry lives: a hash of the identity (an entry keeps the whole identity,
+    /// so that two identities of the same hash never answer for each other).
+    fn slot(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Bytes its names count against the budget.
+    fn name_bytes(&self) -> usize {
+        self.vendor.len() + self.template.len() + self.requested.len()
+    }
 }
 
 /// A rendered file and the truncated SHA-256 recorded as "config last served".
@@ -68,6 +84,11 @@ impl CachedFile {
 }
 
 struct Entry {
+    /// The identity's names, `vendor`, `template` and `requested` end to end, and the
+    /// lengths of the first two.
+    names: String,
+    lengths: (usize, usize),
+    mac: Option<Mac>,
     /// The fingerprint of what the body was rendered from.
     inputs: u64,
     file: CachedFile,
@@ -75,8 +96,22 @@ struct Entry {
     used: u64,
 }
 
+impl Entry {
+    fn is(&self, identity: &FileIdentity<'_>) -> bool {
+        let (vendor, template) = self.lengths;
+        self.mac == identity.mac
+            && self.names.get(..vendor) == Some(identity.vendor)
+            && self.names.get(vendor..vendor + template) == Some(identity.template)
+            && self.names.get(vendor + template..) == Some(identity.requested)
+    }
+
+    fn cost(&self) -> usize {
+        self.file.body.len() + self.names.len()
+    }
+}
+
 struct Entries {
-    map: HashMap<FileIdentity, Entry>,
+    map: HashMap<u64, Entry>,
     bytes: usize,
     clock: u64,
 }
@@ -94,11 +129,12 @@ impl RenderCache {
     }
 
     /// The file `identity` as rendered from `inputs`, if the cache has it.
-    pub fn get(&self, identity: &FileIdentity, inputs: u64) -> Option<CachedFile> {
+    pub fn get(&self, identity: &FileIdentity<'_>, inputs: u64) -> Option<CachedFile> {
         let mut entries = self.lock();
         entries.clock += 1;
         let now = entries.clock;
-        let entry = entries.map.get_mut(identity).filter(|entry| entry.inputs == inputs)?;
+        let entry =
+            entries.map.get_mut(&identity.slot()).filter(|entry| entry.is(identity) && entry.inputs == inputs)?;
         entry.used = now;
         Some(entry.file.clone())
     }
@@ -106,29 +142,31 @@ impl RenderCache {
     /// Keeps `file`, rendered from `inputs`, replacing what `identity` held; evicts the least
     /// recently used entries beyond the budget. A file larger than a quarter of the budget
     /// is not kept.
-    pub fn insert(&self, identity: FileIdentity, inputs: u64, file: CachedFile) {
-        let size = cost(&identity, &file);
+    pub fn insert(&self, identity: &FileIdentity<'_>, inputs: u64, file: CachedFile) {
+        let size = file.body.len() + identity.name_bytes();
         if size > self.budget / 4 {
             return;
         }
+        let slot = identity.slot();
         let mut entries = self.lock();
         entries.clock += 1;
         let used = entries.clock;
-        if let Some(old) = entries.map.remove(&identity) {
-            entries.bytes -= cost(&identity, &old.file);
+        if let Some(old) = entries.map.remove(&slot) {
+            entries.bytes -= old.cost();
         }
         // Bounded: every round removes one entry.
         while entries.bytes + size > self.budget {
-            let Some(oldest) = entries.map.iter().min_by_key(|(_, entry)| entry.used).map(|(key, _)| key.clone())
-            else {
+            let Some(oldest) = entries.map.iter().min_by_key(|(_, entry)| entry.used).map(|(slot, _)| *slot) else {
                 break;
             };
             if let Some(evicted) = entries.map.remove(&oldest) {
-                entries.bytes -= cost(&oldest, &evicted.file);
+                entries.bytes -= evicted.cost();
             }
         }
+        let names = [identity.vendor, identity.template, identity.requested].concat();
+        let lengths = (identity.vendor.len(), identity.template.len());
         entries.bytes += size;
-        entries.map.insert(identity, Entry { inputs, file, used });
+        entries.map.insert(slot, Entry { names, lengths, mac: identity.mac, inputs, file, used });
     }
 
     /// Drops every entry (a restore replaced what they were rendered from).
@@ -149,11 +187,6 @@ impl RenderCache {
     }
 }
 
-/// What an entry counts against the budget: its body and its names.
-fn cost(identity: &FileIdentity, file: &CachedFile) -> usize {
-    file.body.len() + identity.vendor.len() + identity.template.len() + identity.requested.len()
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -165,18 +198,18 @@ mod tests {
         pub(super) static WIPED: Cell<usize> = const { Cell::new(0) };
     }
 
-    fn identity(name: &str) -> FileIdentity {
-        FileIdentity { vendor: "v".into(), template: "t".into(), requested: name.into(), mac: None }
+    fn identity(name: &str) -> FileIdentity<'_> {
+        FileIdentity { vendor: "v", template: "t", requested: name, mac: None }
     }
 
     #[test]
     fn a_hit_needs_the_same_inputs() {
         let cache = RenderCache::new(1024);
-        cache.insert(identity("a"), 1, CachedFile::new("one".into()));
+        cache.insert(&identity("a"), 1, CachedFile::new("one".into()));
         assert_eq!(cache.get(&identity("a"), 1).map(|f| f.body), Some(Bytes::from_static(b"one")));
         assert!(cache.get(&identity("a"), 2).is_none(), "other inputs: rendered again");
         assert!(cache.get(&identity("b"), 1).is_none());
-        cache.insert(identity("a"), 2, CachedFile::new("two".into()));
+        cache.insert(&identity("a"), 2, CachedFile::new("two".into()));
         assert!(cache.get(&identity("a"), 1).is_none(), "the new revision replaced the old");
         assert_eq!(cache.bytes(), 3 + 3, "one entry: body and names");
     }
@@ -186,16 +219,16 @@ mod tests {
         // Each entry costs 100 + 3 bytes; 4 fit in 420.
         let cache = RenderCache::new(420);
         for name in ["a", "b", "c", "d"] {
-            cache.insert(identity(name), 0, CachedFile::new("x".repeat(100)));
+            cache.insert(&identity(name), 0, CachedFile::new("x".repeat(100)));
         }
         assert!(cache.get(&identity("a"), 0).is_some(), "a is now the most recent");
-        cache.insert(identity("e"), 0, CachedFile::new("x".repeat(100)));
+        cache.insert(&identity("e"), 0, CachedFile::new("x".repeat(100)));
         assert!(cache.get(&identity("b"), 0).is_none(), "b was the least recently used");
         for name in ["a", "c", "d", "e"] {
             assert!(cache.get(&identity(name), 0).is_some(), "{name} stays");
         }
         assert!(cache.bytes() <= 420);
-        cache.insert(identity("big"), 0, CachedFile::new("x".repeat(200)));
+        cache.insert(&identity("big"), 0, CachedFile::new("x".repeat(200)));
         assert!(cache.get(&identity("big"), 0).is_none(), "over a quarter of the budget: not kept");
         cache.clear();
         assert_eq!(cache.bytes(), 0);
@@ -207,9 +240,9 @@ mod tests {
         let wiped = || WIPED.with(Cell::get);
         let before = wiped();
         let cache = RenderCache::new(1024);
-        cache.insert(identity("a"), 0, CachedFile::new("secret-password".into()));
+        cache.insert(&identity("a"), 0, CachedFile::new("secret-password".into()));
         let served = cache.get(&identity("a"), 0).expect("cached");
-        cache.insert(identity("a"), 1, CachedFile::new("new-password".into()));
+        cache.insert(&identity("a"), 1, CachedFile::new("new-password".into()));
         assert_eq!(&served.body[..], b"secret-password", "a response in flight keeps its body");
         assert_eq!(wiped(), before, "not while a response holds it");
         drop(served);

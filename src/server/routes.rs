@@ -103,9 +103,9 @@ async fn enrollment<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path((token, file)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    answer(&shared, Access::Enrollment(&token), &file, peer, &headers, SECURE)
+    answer(&shared, Access::Enrollment(&token), &file, peer, request.headers(), SECURE)
 }
 
 /// `/p/<token>/FILE`, over TLS (`SECURE`) or plain HTTP.
@@ -113,9 +113,9 @@ async fn steady<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path((token, file)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    answer(&shared, Access::Steady(&token), &file, peer, &headers, SECURE)
+    answer(&shared, Access::Steady(&token), &file, peer, request.headers(), SECURE)
 }
 
 /// `/FILE`, over TLS (`SECURE`) or plain HTTP.
@@ -123,9 +123,9 @@ async fn tokenless<const SECURE: bool>(
     State(shared): State<Shared>,
     Extension(peer): Extension<Peer>,
     Path(file): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    answer(&shared, Access::Tokenless, &file, peer, &headers, SECURE)
+    answer(&shared, Access::Tokenless, &file, peer, request.headers(), SECURE)
 }
 
 /// `/p/<steady>/files/<path>`: firmware, logos and ringtones from `<data>/files/`, with

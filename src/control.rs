@@ -434,20 +434,36 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
 /// is never held whole. A failure half-way ends the line early: the client reports a
 /// malformed answer.
 async fn write_device_list(app: Arc<App>, writer: &mut (impl tokio::io::AsyncWrite + Unpin)) {
-    use crate::app::listing::{ListFormat, stream_devices};
-    let turn = app.heavy.turn().await;
+    use crate::app::listing::{LONG_ANSWER_LIMIT, ListFormat, stream_devices};
+    let Some(turn) = app.heavy.turn().await else {
+        let busy = Response::Error {
+            message: "busy: other device lists are being sent; try again".into(),
+            problems: Vec::new(),
+        };
+        // Responses are plain data; serialising cannot fail.
+        let mut out = serde_json::to_vec(&busy).expect("responses serialise");
+        out.push(b'\n');
+        let _ = writer.write_all(&out).await;
+        return;
+    };
     let format = ListFormat::Json { open: r#"{"status":"ok","result":"#, close: "}\n" };
     let mut pieces = stream_devices(app, format, turn);
-    while let Some(piece) = pieces.recv().await {
-        let written = match piece {
-            Ok(bytes) => writer.write_all(&bytes).await,
-            Err(error) => {
-                tracing::error!("control socket: the device list was cut short: {error}");
-                return;
+    // A reader that stops reading (a suspended CLI) gives the turn back by the deadline.
+    let sent = tokio::time::timeout(LONG_ANSWER_LIMIT, async {
+        while let Some(piece) = pieces.recv().await {
+            match piece {
+                Ok(bytes) => writer.write_all(&bytes).await.map_err(|error| error.to_string())?,
+                Err(error) => return Err(error.to_string()),
             }
-        };
-        if written.is_err() {
-            return;
+        }
+        Ok(())
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!("control socket: the device list was cut short: {error}"),
+        Err(_) => {
+            tracing::warn!("control socket: the device list was cut short: not read within {LONG_ANSWER_LIMIT:?}")
         }
     }
 }

@@ -46,6 +46,8 @@ pub static ENROLLMENT: Counter<4> = Counter::new(["started", "locked", "refused"
 pub static TLS_HANDSHAKES: Counter<2> = Counter::new(["ok", "failed"]);
 /// Static files (firmware, ringtones, logos) served to phones.
 pub static STATIC_FILES: Counter<1> = Counter::new(["served"]);
+/// Files served to phones by where they came from: rendered, or the cache of rendered files.
+pub static SERVED_FROM: Counter<2> = Counter::new(["rendered", "cache"]);
 
 /// What the log's periodic summary counts: phone fetches by result, static files served
 /// and failed TLS handshakes (a page visit or a scrape, which only adds handshakes that
@@ -103,6 +105,12 @@ pub fn render(gauges: &Gauges) -> String {
         "provbox_static_files_total",
         "result",
         "Static files (firmware, ringtones, logos) served to phones.",
+    );
+    SERVED_FROM.write(
+        &mut out,
+        "provbox_served_files_total",
+        "source",
+        "Configuration files served to phones, rendered or from the cache of rendered files.",
     );
     let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

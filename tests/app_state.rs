@@ -334,8 +334,34 @@ fn a_file_served_again_follows_every_input_it_is_rendered_from() {
     app.add_device(&other, "test").unwrap();
     let first = fetched(&app, &one);
     assert!(first.contains("Desk 1"), "{first}");
+    // The counter is the process's: other tests add to it, never take from it.
+    let from_cache = || provbox::metrics::SERVED_FROM.values()[1];
+    let cached_before = from_cache();
     assert_eq!(fetched(&app, &one), first, "unchanged inputs, the same file");
+    assert!(from_cache() > cached_before, "and it came from the cache");
     assert!(!fetched(&app, &other).contains("Desk 1"), "each device its own file");
+
+    // The same name without a token, by a known phone without a LAN window: the bootstrap
+    // file, never the device file cached for its steady URL.
+    {
+        use provbox::app::fetches::{Access, FetchRequest, Fetched, fetch};
+        let file = format!("{}.cfg", one.mac);
+        let request = FetchRequest {
+            access: Access::Tokenless,
+            file: &file,
+            ip: "192.0.2.50".parse().unwrap(),
+            user_agent: "Yealink SIP-T54W 96.86.0.15",
+            secure: true,
+        };
+        match fetch(&app, &request) {
+            Fetched::File { body, .. } => {
+                let body = String::from_utf8(body.to_vec()).unwrap();
+                assert!(!body.contains("Desk 1") && body != first, "{body}");
+            }
+            Fetched::NotFound => {}
+            other => panic!("{other:?}"),
+        }
+    }
 
     // The device itself.
     let mut renamed = one.clone();

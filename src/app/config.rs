@@ -92,6 +92,7 @@ impl App {
         matched: &FileMatch<'_>,
     ) -> Result<CachedFile, AppError> {
         if matched.file.directory {
+            metrics::SERVED_FROM.inc("rendered");
             return Ok(CachedFile::new(self.render_matched(vendor, device, matched, Secrets::Real)?.body));
         }
         let inputs = self.render_inputs(catalog.generation, device);
@@ -102,8 +103,10 @@ impl App {
             mac: device.map(|device| device.mac),
         };
         if let Some(file) = self.rendered.get(&identity, inputs) {
+            metrics::SERVED_FROM.inc("cache");
             return Ok(file);
         }
+        metrics::SERVED_FROM.inc("rendered");
         let file = CachedFile::new(self.render_matched(vendor, device, matched, Secrets::Real)?.body);
         if let Some(device) = device
             && vendor.is_device_file(&device.mac, &device.model, &matched.requested)
@@ -112,6 +115,12 @@ impl App {
         }
         self.rendered.insert(&identity, inputs, file.clone());
         Ok(file)
+    }
+
+    /// Drops `mac`'s cached files at once (removed or rekeyed: the secrets they hold are
+    /// no longer anybody's), rather than when they age out.
+    pub(super) fn forget_files_of(&self, mac: &Mac) {
+        self.rendered.forget_device(mac);
     }
 
     /// Notes a change that may alter any device's files (settings, the directory).
@@ -131,9 +140,9 @@ impl App {
             rendered.enrollment = Enrollment::Open { first_fetch: None };
             rendered.last_contact = None;
             rendered.lan_window_until = None;
-            // Encoding a device into a Vec cannot fail; an empty encoding would only cost a
-            // re-render.
-            postcard::to_allocvec(&rendered).unwrap_or_default().hash(&mut hasher);
+            // Encoding a device into a Vec cannot fail: its types are plain data of bounded
+            // size (a failure would give every revision one fingerprint: stale files).
+            postcard::to_allocvec(&rendered).expect("a device encodes into a Vec").hash(&mut hasher);
         }
         hasher.finish()
     }

@@ -189,6 +189,7 @@ impl App {
         state.fetches.remove(mac);
         drop(state);
         self.config_hashes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(mac);
+        self.forget_files_of(mac);
         self.site_changed();
         self.redirect.wake();
         tracing::info!(%mac, actor, "device removed");
@@ -322,6 +323,7 @@ impl App {
             }
             Ok(())
         })?;
+        self.forget_files_of(mac);
         Ok(Rekeyed { device, passwords })
     }
 

@@ -430,10 +430,12 @@ impl App {
     pub fn record_fetch(&self, read: &Device, change: &FetchChange, contact: Option<Contact>) -> Result<(), AppError> {
         let mut state = self.lock();
         if change.enrollment.is_none() && !(change.close_window && read.lan_window_until.is_some()) {
-            // Nothing to change but the contact (most fetches): buffer it without reading
-            // the device back. A window opened since the read stays open, as one opened
-            // just after this fetch would; the flush skips a device removed meanwhile.
-            if let Some(contact) = contact {
+            // Nothing to change but the contact (most fetches): buffer it without decoding
+            // the device again. A window opened since the read stays open, as one opened
+            // just after this fetch would. A device removed meanwhile gets nothing.
+            if let Some(contact) = contact
+                && state.db.has_device(&read.mac)
+            {
                 *state.fetches.entry(read.mac).or_default() += 1;
                 self.known_peers.prove(contact.ip);
                 state.pending_contacts.insert(read.mac, contact);

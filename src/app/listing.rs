@@ -1,7 +1,8 @@
 //! Long answers written out a batch at a time: the device list as JSON (API, control socket)
 //! and as CSV (the page's export). Memory holds a batch or two of views per answer, never
 //! the whole list, and at most [`HEAVY_SLOTS`] such answers are produced at once; more wait
-//! their turn.
+//! their turn for up to [`TURN_WAIT`], and an answer is cut after [`LONG_ANSWER_LIMIT`], so
+//! that slow readers cannot hold the turns.
 
 use std::sync::Arc;
 
@@ -16,6 +17,10 @@ pub const LIST_BATCH: usize = 100;
 pub const HEAVY_SLOTS: usize = 2;
 /// Batches waiting to be sent, per answer: the producer pauses beyond this.
 const QUEUED_BATCHES: usize = 2;
+/// How long a long answer waits for its turn before it is refused as busy.
+pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a long answer may take to be read, whole; then it is cut short.
+pub const LONG_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What a streamed list is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +48,11 @@ impl Default for HeavyAnswers {
 }
 
 impl HeavyAnswers {
-    /// Waits for a turn to produce a long answer; the turn ends when the permit drops.
-    pub async fn turn(&self) -> OwnedSemaphorePermit {
-        // The semaphore is never closed, so acquiring cannot fail.
-        self.0.clone().acquire_owned().await.expect("the heavy-answer semaphore is never closed")
+    /// Waits up to [`TURN_WAIT`] for a turn to produce a long answer; the turn ends when the
+    /// permit drops. None: every turn stayed taken.
+    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed, so acquiring fails only by the deadline.
+        tokio::time::timeout(TURN_WAIT, self.0.clone().acquire_owned()).await.ok()?.ok()
     }
 }
 

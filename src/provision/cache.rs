@@ -144,11 +144,15 @@ impl RenderCache {
     /// is not kept.
     pub fn insert(&self, identity: &FileIdentity<'_>, inputs: u64, file: CachedFile) {
         let size = file.body.len() + identity.name_bytes();
-        if size > self.budget / 4 {
-            return;
-        }
         let slot = identity.slot();
         let mut entries = self.lock();
+        if size > self.budget / 4 {
+            // Not kept; nor is what the slot held, now out of date.
+            if let Some(old) = entries.map.remove(&slot) {
+                entries.bytes -= old.cost();
+            }
+            return;
+        }
         entries.clock += 1;
         let used = entries.clock;
         if let Some(old) = entries.map.remove(&slot) {
@@ -176,9 +180,18 @@ impl RenderCache {
         entries.bytes = 0;
     }
 
-    /// Bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
+    /// Drops every file of the device `mac`.
+    pub fn forget_device(&self, mac: &Mac) {
+        let mut entries = self.lock();
+        let mut freed = 0;
+        entries.map.retain(|_, entry| {
+            let keep = entry.mac != Some(*mac);
+            if !keep {
+                freed += entry.cost();
+            }
+            keep
+        });
+        entries.bytes -= freed;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -211,7 +224,14 @@ mod tests {
         assert!(cache.get(&identity("b"), 1).is_none());
         cache.insert(&identity("a"), 2, CachedFile::new("two".into()));
         assert!(cache.get(&identity("a"), 1).is_none(), "the new revision replaced the old");
-        assert_eq!(cache.bytes(), 3 + 3, "one entry: body and names");
+        assert_eq!(cache.lock().bytes, 3 + 3, "one entry: body and names");
+        let device = FileIdentity { mac: Some(Mac([1; 6])), ..identity("d") };
+        cache.insert(&device, 0, CachedFile::new("secret".into()));
+        cache.forget_device(&Mac([2; 6]));
+        assert!(cache.get(&device, 0).is_some(), "another device's files stay");
+        cache.forget_device(&Mac([1; 6]));
+        assert!(cache.get(&device, 0).is_none(), "the device's files are gone");
+        assert_eq!(cache.lock().bytes, 3 + 3);
     }
 
     #[test]
@@ -227,11 +247,13 @@ mod tests {
         for name in ["a", "c", "d", "e"] {
             assert!(cache.get(&identity(name), 0).is_some(), "{name} stays");
         }
-        assert!(cache.bytes() <= 420);
+        assert!(cache.lock().bytes <= 420);
         cache.insert(&identity("big"), 0, CachedFile::new("x".repeat(200)));
         assert!(cache.get(&identity("big"), 0).is_none(), "over a quarter of the budget: not kept");
+        cache.insert(&identity("a"), 1, CachedFile::new("x".repeat(200)));
+        assert!(cache.get(&identity("a"), 0).is_none(), "nor what its slot held before");
         cache.clear();
-        assert_eq!(cache.bytes(), 0);
+        assert_eq!(cache.lock().bytes, 0);
         assert!(cache.get(&identity("a"), 0).is_none());
     }
 

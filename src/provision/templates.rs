@@ -44,7 +44,8 @@ pub struct Catalog {
     pub vendors: BTreeMap<String, Vendor>,
     /// Profiles that failed to load, with the reason; their phones get nothing.
     pub broken: Vec<ProfileError>,
-    /// The snapshot's generation ([`Templates::generation`]) these profiles belong to.
+    /// The generation of the templates these profiles belong to: a new one whenever an
+    /// override changed, so that what was rendered under another may now render differently.
     pub generation: u64,
 }
 
@@ -63,7 +64,6 @@ type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
 /// parsed once per snapshot, on first use.
 struct Snapshot {
     stamp: Stamp,
-    generation: u64,
     catalog: Arc<Catalog>,
     environment: Environment<'static>,
 }
@@ -84,12 +84,6 @@ impl Templates {
         self.snapshot().catalog.clone()
     }
 
-    /// A number that changes whenever an override changed since the last call, so that
-    /// what was rendered under another generation may now render differently.
-    pub fn generation(&self) -> u64 {
-        self.snapshot().generation
-    }
-
     fn snapshot(&self) -> Arc<Snapshot> {
         let stamp = self.stamp();
         // A poisoned lock only means another request panicked mid-reload; the snapshot is
@@ -105,7 +99,7 @@ impl Templates {
         for broken in &catalog.broken {
             tracing::error!("{broken}");
         }
-        let snapshot = Arc::new(Snapshot { stamp, generation, catalog, environment: self.environment() });
+        let snapshot = Arc::new(Snapshot { stamp, catalog, environment: self.environment() });
         *cached = Some(snapshot.clone());
         snapshot
     }

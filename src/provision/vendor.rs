@@ -222,6 +222,9 @@ pub struct Vendor {
 
 /// User-Agents a vendor remembers having read, at most.
 const READ_USER_AGENTS: usize = 1024;
+/// Longer User-Agents are read every time, never remembered: phones send under 200 bytes,
+/// and a stranger's 16 KiB headers must not fill the memory (1,024 × 256 bytes at most).
+const REMEMBERED_USER_AGENT_BYTES: usize = 256;
 
 impl Vendor {
     /// Parses `vendor.toml` of vendor directory `id`; `read` gives the text of another file
@@ -290,15 +293,20 @@ impl Vendor {
     /// Reads `user_agent` if it is this vendor's, through the first of its patterns that
     /// matches.
     pub fn identify(&self, user_agent: &str) -> Option<UserAgentInfo> {
+        if user_agent.len() > REMEMBERED_USER_AGENT_BYTES {
+            return self.read_user_agent(user_agent);
+        }
         // A poisoned memo holds whole entries only; it stays usable.
-        let mut read = self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(info) = read.get(user_agent) {
+        let memo = || self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(info) = memo().get(user_agent) {
             return info.clone();
         }
+        // Matched outside the lock: other phones of the vendor do not wait on this one.
+        let info = self.read_user_agent(user_agent);
+        let mut read = memo();
         if read.len() >= READ_USER_AGENTS {
             read.clear();
         }
-        let info = self.read_user_agent(user_agent);
         read.insert(user_agent.to_string(), info.clone());
         info
     }
@@ -461,6 +469,9 @@ mod tests {
             assert_eq!(info.firmware, Some(format!("1.{n}")), "each User-Agent read as its own");
         }
         assert!(vendor.read.lock().unwrap().len() <= READ_USER_AGENTS);
+        let long = format!("{} {}", phone(7), "x".repeat(REMEMBERED_USER_AGENT_BYTES));
+        assert_eq!(vendor.identify(&long).and_then(|info| info.model), Some("T7".into()), "read, ...");
+        assert!(!vendor.read.lock().unwrap().contains_key(&long), "... but not remembered");
     }
 
     #[test]

@@ -828,6 +828,11 @@ impl<F: NorFlash> Db<F> {
         self.store.iter_prefix(&[Kind::Device as u8]).map(|(_, value)| Device::decode(value))
     }
 
+    /// Whether a device with `mac` exists (without decoding it).
+    pub fn has_device(&self, mac: &Mac) -> bool {
+        self.store.get(&device_key(mac)).is_some()
+    }
+
     /// Every device's MAC, in order, without decoding the devices.
     pub fn device_macs(&self) -> Vec<Mac> {
         self.store

@@ -267,7 +267,11 @@ async fn metrics(caller: Caller) -> Response {
     responses((status = 200, description = "Every device", body = Vec<crate::app::views::DeviceView>))))]
 async fn list_devices(caller: Caller) -> Response {
     let app = caller.web.app.clone();
-    let turn = app.heavy.turn().await;
+    let Some(turn) = app.heavy.turn().await else {
+        let mut busy = error(StatusCode::SERVICE_UNAVAILABLE, "busy: other device lists are being sent; try again");
+        busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return busy;
+    };
     let pieces = listing::stream_devices(app, listing::ListFormat::Json { open: "", close: "" }, turn);
     super::stream::response(pieces, "application/json")
 }

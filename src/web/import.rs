@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::Web;
 use super::devices::device_list;
@@ -44,7 +44,11 @@ pub(super) async fn export(State(web): State<Web>, headers: HeaderMap) -> Respon
         return to_entry(&web);
     }
     let app = web.app.clone();
-    let turn = app.heavy.turn().await;
+    let Some(turn) = app.heavy.turn().await else {
+        let busy = [(header::RETRY_AFTER, HeaderValue::from_static("10"))];
+        return (StatusCode::SERVICE_UNAVAILABLE, busy, "busy: other device lists are being sent; try again")
+            .into_response();
+    };
     let pieces = listing::stream_devices(app, listing::ListFormat::Csv, turn);
     let mut response = super::stream::response(pieces, "text/csv; charset=utf-8");
     response

@@ -652,7 +652,7 @@ async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std
         if size == 0 {
             break;
         }
-        if body.len() + size > 64 << 20 {
+        if body.len().checked_add(size).is_none_or(|total| total > 64 << 20) {
             return Err(invalid("body over 64 MiB"));
         }
         let start = body.len();
@@ -660,6 +660,9 @@ async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std
         reader.read_exact(&mut body[start..]).await?;
         let mut crlf = [0; 2];
         reader.read_exact(&mut crlf).await?;
+        if crlf != *b"\r\n" {
+            return Err(invalid("chunk not ended by CRLF"));
+        }
     }
     // The trailer section, up to its empty line.
     for _ in 0..100 {

@@ -430,20 +430,21 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+/// Writes `response` as one JSON line; a client gone meanwhile is no error here.
+async fn write_response(writer: &mut (impl tokio::io::AsyncWrite + Unpin), response: &Response) {
+    // Responses are plain data; serialising cannot fail.
+    let mut out = serde_json::to_vec(response).expect("responses serialise");
+    out.push(b'\n');
+    let _ = writer.write_all(&out).await;
+}
+
 /// Writes the `Ok` answer to [`Request::DeviceList`] a batch at a time, so that a long list
 /// is never held whole. A failure half-way ends the line early: the client reports a
 /// malformed answer.
 async fn write_device_list(app: Arc<App>, writer: &mut (impl tokio::io::AsyncWrite + Unpin)) {
-    use crate::app::listing::{LONG_ANSWER_LIMIT, ListFormat, stream_devices};
+    use crate::app::listing::{BUSY, LONG_ANSWER_LIMIT, ListFormat, stream_devices};
     let Some(turn) = app.heavy.turn().await else {
-        let busy = Response::Error {
-            message: "busy: other device lists are being sent; try again".into(),
-            problems: Vec::new(),
-        };
-        // Responses are plain data; serialising cannot fail.
-        let mut out = serde_json::to_vec(&busy).expect("responses serialise");
-        out.push(b'\n');
-        let _ = writer.write_all(&out).await;
+        write_response(writer, &Response::Error { message: BUSY.into(), problems: Vec::new() }).await;
         return;
     };
     let format = ListFormat::Json { open: r#"{"status":"ok","result":"#, close: "}\n" };
@@ -502,10 +503,7 @@ pub async fn serve(listener: UnixListener, app: Arc<App>, mut shutdown: watch::R
                 }
                 Err(error) => Response::Error { message: format!("read failed: {error}"), problems: Vec::new() },
             };
-            // Responses are plain data; serialising cannot fail.
-            let mut out = serde_json::to_vec(&response).expect("responses serialise");
-            out.push(b'\n');
-            let _ = writer.write_all(&out).await;
+            write_response(&mut writer, &response).await;
         });
     }
 }

@@ -1,6 +1,6 @@
 //! The appliance state without a server: buffered contacts and grace-period expiry.
 
-use provbox::app::fetches::FetchChange;
+use provbox::app::fetches::{FetchChange, Fetched};
 use provbox::app::{App, Site};
 use provbox::devices::{DeviceSpec, LineSpec};
 use provbox::store::Store;
@@ -306,20 +306,24 @@ fn an_import_past_the_device_cap_writes_nothing() {
     assert_eq!(app.devices().unwrap().len(), MAX_DEVICES);
 }
 
-/// The device file `spec` fetches through its steady URL, as served.
-fn fetched(app: &App, spec: &DeviceSpec) -> String {
-    use provbox::app::fetches::{Access, FetchRequest, Fetched, fetch};
-    let view = app.device_view(&spec.mac.parse().unwrap(), false).unwrap();
-    let token = view.steady_url.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+/// What a Yealink asking for `spec`'s device file through `access` over HTTPS gets.
+fn fetch_device_file(app: &App, spec: &DeviceSpec, access: provbox::app::fetches::Access<'_>) -> Fetched {
     let file = format!("{}.cfg", spec.mac);
-    let request = FetchRequest {
-        access: Access::Steady(&token),
+    let request = provbox::app::fetches::FetchRequest {
+        access,
         file: &file,
         ip: "192.0.2.50".parse().unwrap(),
         user_agent: "Yealink SIP-T54W 96.86.0.15",
         secure: true,
     };
-    match fetch(app, &request) {
+    provbox::app::fetches::fetch(app, &request)
+}
+
+/// The device file `spec` fetches through its steady URL, as served.
+fn fetched(app: &App, spec: &DeviceSpec) -> String {
+    let view = app.device_view(&spec.mac.parse().unwrap(), false).unwrap();
+    let token = view.steady_url.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    match fetch_device_file(app, spec, provbox::app::fetches::Access::Steady(&token)) {
         Fetched::File { body, .. } => String::from_utf8(body.to_vec()).unwrap(),
         other => panic!("no file: {other:?}"),
     }
@@ -343,24 +347,13 @@ fn a_file_served_again_follows_every_input_it_is_rendered_from() {
 
     // The same name without a token, by a known phone without a LAN window: the bootstrap
     // file, never the device file cached for its steady URL.
-    {
-        use provbox::app::fetches::{Access, FetchRequest, Fetched, fetch};
-        let file = format!("{}.cfg", one.mac);
-        let request = FetchRequest {
-            access: Access::Tokenless,
-            file: &file,
-            ip: "192.0.2.50".parse().unwrap(),
-            user_agent: "Yealink SIP-T54W 96.86.0.15",
-            secure: true,
-        };
-        match fetch(&app, &request) {
-            Fetched::File { body, .. } => {
-                let body = String::from_utf8(body.to_vec()).unwrap();
-                assert!(!body.contains("Desk 1") && body != first, "{body}");
-            }
-            Fetched::NotFound => {}
-            other => panic!("{other:?}"),
+    match fetch_device_file(&app, &one, provbox::app::fetches::Access::Tokenless) {
+        Fetched::File { body, .. } => {
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(!body.contains("Desk 1") && body != first, "{body}");
         }
+        Fetched::NotFound => {}
+        other => panic!("{other:?}"),
     }
 
     // The device itself.

@@ -65,10 +65,10 @@ impl App {
             return Ok(hash);
         }
         let vendor = catalog.vendor(&device.vendor)?;
-        let file = vendor
-            .device_file_name(&device.mac, &device.model)
-            .ok_or_else(|| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: "(device file)".into() })?;
-        let rendered = self.render_for(device, &file, context::Secrets::Real)?;
+        let no_file = |file: &str| AppError::NoSuchFile { vendor: device.vendor.to_string(), file: file.into() };
+        let file = vendor.device_file_name(&device.mac, &device.model).ok_or_else(|| no_file("(device file)"))?;
+        let matched = vendor.match_file(&file, Some(&device.model)).ok_or_else(|| no_file(&file))?;
+        let rendered = self.render_matched(vendor, matched.file.secrets.then_some(device), &matched, Secrets::Real)?;
         let hash = context::config_hash(&rendered.body);
         self.note_current_hash(device.mac, inputs, hash);
         Ok(hash)
@@ -81,15 +81,17 @@ impl App {
 
     /// `matched` of `vendor` (from `catalog`) as a phone is served it, showing `device` only
     /// if given (device files): from the cache while nothing it is rendered from changed,
-    /// else rendered and kept. A device file's hash becomes its current one, so that the
-    /// device list says "current" or "pending" without rendering it again. A phonebook
-    /// (rendered from every device) is rendered each time.
+    /// else rendered and kept. When it is `device`'s own device file
+    /// ([`Vendor::is_device_file`]), its hash becomes the current one, so that the device
+    /// list says "current" or "pending" without rendering it again. A phonebook (rendered
+    /// from every device) is rendered each time.
     pub fn served_file(
         &self,
         catalog: &Catalog,
         vendor: &Vendor,
         device: Option<&Device>,
         matched: &FileMatch<'_>,
+        is_device_file: bool,
     ) -> Result<CachedFile, AppError> {
         if matched.file.directory {
             metrics::SERVED_FROM.inc("rendered");
@@ -109,7 +111,7 @@ impl App {
         metrics::SERVED_FROM.inc("rendered");
         let file = CachedFile::new(self.render_matched(vendor, device, matched, Secrets::Real)?.body);
         if let Some(device) = device
-            && vendor.is_device_file(&device.mac, &device.model, &matched.requested)
+            && is_device_file
         {
             self.note_current_hash(device.mac, inputs, file.hash);
         }

@@ -51,14 +51,7 @@ impl App {
 
     /// The devices in `macs` that still exist, as stored (their latest contact included).
     pub fn devices_of(&self, macs: &[Mac]) -> Result<Vec<Device>, AppError> {
-        let state = self.lock();
-        let mut devices = Vec::with_capacity(macs.len());
-        for mac in macs {
-            if let Some(device) = state.db.device(mac)? {
-                devices.push(state.with_pending_contact(device));
-            }
-        }
-        Ok(devices)
+        self.lock().stored_devices(macs)
     }
 
     /// Every device's MAC, in order: what a listing walks, a batch of views at a time.
@@ -72,14 +65,15 @@ impl App {
             let state = self.lock();
             let settings = state.settings()?;
             let lookup = RedirectLookup::new(&state.db.outbox()?, &settings);
-            let mut devices = Vec::with_capacity(macs.len());
-            for mac in macs {
-                let Some(device) = state.db.device(mac)? else { continue };
-                let device = state.with_pending_contact(device);
-                let redirect = redirect_view_of(&state, &device, &lookup)?;
-                let plain_http = state.db.plain_http(&device.mac)?;
-                devices.push((device, redirect, plain_http));
-            }
+            let devices = state
+                .stored_devices(macs)?
+                .into_iter()
+                .map(|device| {
+                    let redirect = redirect_view_of(&state, &device, &lookup)?;
+                    let plain_http = state.db.plain_http(&device.mac)?;
+                    Ok((device, redirect, plain_http))
+                })
+                .collect::<Result<_, AppError>>()?;
             (devices, self.shown(&state)?)
         };
         devices

@@ -292,12 +292,13 @@ fn serve(
     shown: Option<&Device>,
     contacted: Option<(&Device, FetchChange, &UserAgentInfo)>,
 ) -> Result<Outcome, AppError> {
+    // Only the device file's hash tells whether the phone has its latest account config.
+    let is_device_file =
+        shown.is_some_and(|device| vendor.is_device_file(&device.mac, &device.model, &matched.requested));
     // What the vendor cannot express shows in `provbox render`, not on every fetch.
-    let file = app.served_file(catalog, vendor, shown, matched)?;
+    let file = app.served_file(catalog, vendor, shown, matched, is_device_file)?;
     if let Some((device, change, claimed)) = contacted {
         let previous_hash = device.last_contact.as_ref().map_or([0; 8], |c| c.config_hash);
-        // Only the device file's hash tells whether the phone has its latest account config.
-        let is_device_file = shown.is_some() && vendor.is_device_file(&device.mac, &device.model, &matched.requested);
         let contact = Contact {
             at: now(),
             ip: request.ip,

@@ -19,6 +19,10 @@ pub const HEAVY_SLOTS: usize = 2;
 const QUEUED_BATCHES: usize = 2;
 /// How long a long answer waits for its turn before it is refused as busy.
 pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What a long answer that found no turn says.
+pub const BUSY: &str = "busy: other device lists are being sent; try again";
+/// When to try again after [`BUSY`], in seconds (an HTTP `Retry-After`).
+pub const BUSY_RETRY_SECONDS: &str = "10";
 /// How long a long answer may take to be read, whole; then it is cut short.
 pub const LONG_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 

@@ -269,6 +269,18 @@ impl App {
 }
 
 impl State {
+    /// The devices in `macs` that still exist, in that order, each with its contact not yet
+    /// flushed.
+    fn stored_devices(&self, macs: &[Mac]) -> Result<Vec<Device>, AppError> {
+        let mut devices = Vec::with_capacity(macs.len());
+        for mac in macs {
+            if let Some(device) = self.db.device(mac)? {
+                devices.push(self.with_pending_contact(device));
+            }
+        }
+        Ok(devices)
+    }
+
     /// `device` with its contact not yet flushed, if any.
     fn with_pending_contact(&self, mut device: Device) -> Device {
         if let Some(contact) = self.pending_contacts.get(&device.mac) {

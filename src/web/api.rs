@@ -268,8 +268,8 @@ async fn metrics(caller: Caller) -> Response {
 async fn list_devices(caller: Caller) -> Response {
     let app = caller.web.app.clone();
     let Some(turn) = app.heavy.turn().await else {
-        let mut busy = error(StatusCode::SERVICE_UNAVAILABLE, "busy: other device lists are being sent; try again");
-        busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        let mut busy = error(StatusCode::SERVICE_UNAVAILABLE, listing::BUSY);
+        busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(listing::BUSY_RETRY_SECONDS));
         return busy;
     };
     let pieces = listing::stream_devices(app, listing::ListFormat::Json { open: "", close: "" }, turn);

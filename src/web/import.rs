@@ -45,9 +45,8 @@ pub(super) async fn export(State(web): State<Web>, headers: HeaderMap) -> Respon
     }
     let app = web.app.clone();
     let Some(turn) = app.heavy.turn().await else {
-        let busy = [(header::RETRY_AFTER, HeaderValue::from_static("10"))];
-        return (StatusCode::SERVICE_UNAVAILABLE, busy, "busy: other device lists are being sent; try again")
-            .into_response();
+        let busy = [(header::RETRY_AFTER, HeaderValue::from_static(listing::BUSY_RETRY_SECONDS))];
+        return (StatusCode::SERVICE_UNAVAILABLE, busy, listing::BUSY).into_response();
     };
     let pieces = listing::stream_devices(app, listing::ListFormat::Csv, turn);
     let mut response = super::stream::response(pieces, "text/csv; charset=utf-8");
